@@ -1,0 +1,230 @@
+"""Typed configuration, loaded from TOML with every key checked.
+
+Each section is a frozen dataclass; ``load_config`` reads a TOML file (or a dict) and
+rejects unknown keys and wrongly typed values with a ``ConfigError`` naming the key.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown or invalid; the message names the key."""
+
+
+def default_data_dir() -> Path:
+    """``$FEDSEARCH_DATA_DIR``, else the ``shared/data`` folder beside the checkout."""
+    env = os.environ.get("FEDSEARCH_DATA_DIR")
+    return Path(env) if env else REPO_ROOT.parent / "shared" / "data"
+
+
+@dataclass(frozen=True)
+class PathsConfig:
+    data_dir: str = ""
+    work_dir: str = "runs"
+
+    @property
+    def data(self) -> Path:
+        return Path(self.data_dir) if self.data_dir else default_data_dir()
+
+    @property
+    def work(self) -> Path:
+        return Path(self.work_dir)
+
+    @property
+    def fashion(self) -> Path:
+        return self.data / "fashion_product_images_small_subset"
+
+    @property
+    def retail(self) -> Path:
+        return self.data / "online_retail_uci"
+
+    @property
+    def encoders(self) -> Path:
+        return self.work / "encoder"
+
+    @property
+    def registry(self) -> Path:
+        return self.work / "registry"
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """Which base encoder to build; see ``common.encoder.create_encoder``.
+
+    ``model`` is a built-in config name (``fedsearch-*``), any open_clip model name, a
+    ``local-dir:`` folder or a checkpoint file. ``pretrained`` is an open_clip pretrained
+    tag or weights file; for built-in configs ``"latest"`` loads the newest checkpoint
+    written by ``fedsearch pretrain`` under ``<work_dir>/encoder``.
+    """
+
+    model: str = "fedsearch-minilm-rn64"
+    pretrained: str = "latest"
+    text_weight: float = 0.5
+    image_weight: float = 0.5
+    batch_size: int = 128
+    device: str = "cpu"
+
+    def validate(self) -> None:
+        _check(self.text_weight >= 0, "encoder.text_weight", "must be >= 0")
+        _check(self.image_weight >= 0, "encoder.image_weight", "must be >= 0")
+        _check(
+            self.text_weight + self.image_weight > 0,
+            "encoder.text_weight",
+            "text_weight + image_weight must be > 0",
+        )
+        _check(self.batch_size > 0, "encoder.batch_size", "must be > 0")
+        _check(self.device in ("cpu", "cuda", "auto"), "encoder.device", "cpu, cuda or auto")
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """CLIP-style training of the vision tower with the text tower locked."""
+
+    time_budget_s: float = 240.0
+    max_epochs: int = 60
+    batch_size: int = 128
+    lr: float = 2e-3
+    weight_decay: float = 0.05
+    val_fraction: float = 0.15
+    seed: int = 0
+    threads: int = 0
+
+    def validate(self) -> None:
+        _check(self.time_budget_s > 0, "pretrain.time_budget_s", "must be > 0")
+        _check(self.max_epochs > 0, "pretrain.max_epochs", "must be > 0")
+        _check(self.batch_size >= 2, "pretrain.batch_size", "must be >= 2")
+        _check(self.lr > 0, "pretrain.lr", "must be > 0")
+        _check(0 < self.val_fraction < 1, "pretrain.val_fraction", "must be in (0, 1)")
+        _check(self.threads >= 0, "pretrain.threads", "must be >= 0 (0 = torch default)")
+
+
+@dataclass(frozen=True)
+class Config:
+    paths: PathsConfig = field(default_factory=PathsConfig)
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+
+    def validate(self) -> None:
+        for f in dataclasses.fields(self):
+            section = getattr(self, f.name)
+            if hasattr(section, "validate"):
+                section.validate()
+
+
+def _check(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"{key}: {message}")
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Check ``value`` against a field annotation (scalars, lists, optionals, sections)."""
+    hint = typing.get_origin(annotation)
+    if hint in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ConfigError:
+                continue
+        raise ConfigError(f"{key}: {value!r} is not a valid {annotation}")
+    if dataclasses.is_dataclass(annotation):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a table, got {type(value).__name__}")
+        return _build(annotation, value, key)
+    if hint is list or hint is tuple:
+        (item_type, *_) = typing.get_args(annotation) or (Any,)
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key}: expected a list, got {type(value).__name__}")
+        items = [_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
+        return tuple(items) if hint is tuple else items
+    if annotation is Any:
+        return value
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation in (int, float) and isinstance(value, bool):
+        raise ConfigError(f"{key}: expected {annotation.__name__}, got bool")
+    if isinstance(annotation, type) and not isinstance(value, annotation):
+        raise ConfigError(
+            f"{key}: expected {annotation.__name__}, got {type(value).__name__} {value!r}"
+        )
+    return value
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in data:
+        if key not in names:
+            where = f"{prefix}.{key}" if prefix else key
+            raise ConfigError(f"{where}: unknown key (known: {', '.join(sorted(names))})")
+    kwargs = {
+        name: _coerce(value, hints[name], f"{prefix}.{name}" if prefix else name)
+        for name, value in data.items()
+    }
+    return cls(**kwargs)
+
+
+def config_from_dict(data: dict[str, Any], base: Config | None = None) -> Config:
+    """Build a ``Config`` from nested dicts, over ``base`` (defaults if None), and validate."""
+    merged = _merge(dataclasses.asdict(base or Config()), data)
+    config = _build(Config, merged, "")
+    config.validate()
+    return config
+
+
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Load a TOML config file (None: defaults only) and apply ``overrides``."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: invalid TOML: {exc}") from exc
+    config = config_from_dict(data)
+    return config_from_dict(overrides, config) if overrides else config
+
+
+def parse_override(text: str) -> dict[str, Any]:
+    """Turn ``section.key=value`` (value in TOML syntax, bare words as strings) into a dict."""
+    if "=" not in text or "." not in text.split("=", 1)[0]:
+        raise ConfigError(f"override {text!r}: expected section.key=value")
+    dotted, raw = text.split("=", 1)
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    out: dict[str, Any] = {}
+    node = out
+    *parents, last = dotted.strip().split(".")
+    for part in parents:
+        node = node.setdefault(part, {})
+    node[last] = value
+    return out
