@@ -16,9 +16,7 @@ from collections.abc import Sequence
 
 from common.config import Config, ConfigError, load_config, parse_override
 
-COMMAND_MODULES = (
-    "server.commands",
-)
+COMMAND_MODULES = ("server.commands",)
 
 
 class UsageError(Exception):

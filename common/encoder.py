@@ -215,7 +215,9 @@ class Encoder:
         for start in tqdm(
             range(0, len(images), self.batch_size), desc="encode images", disable=not progress
         ):
-            batch = [self.preprocess(load_image(im)) for im in images[start : start + self.batch_size]]
+            batch = [
+                self.preprocess(load_image(im)) for im in images[start : start + self.batch_size]
+            ]
             pixels = torch.stack(batch).to(self.device)
             out.append(self.model.encode_image(pixels, normalize=normalize))
         return _stack(out, self.dim)
