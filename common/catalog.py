@@ -46,7 +46,9 @@ def read_csv_records(
             if column not in header:
                 raise DataFormatError(f"{path}: required column {column!r} is missing")
         big = path.stat().st_size >= _PROGRESS_MIN_BYTES
-        rows = tqdm(reader, desc=path.name, unit=" rows", leave=False, disable=None if big else True)
+        rows = tqdm(
+            reader, desc=path.name, unit=" rows", leave=False, disable=None if big else True
+        )
         for row in rows:
             if not row:
                 continue

@@ -22,8 +22,14 @@ NON_PRODUCT_CODES = frozenset(
     {"POST", "DOT", "C2", "M", "BANK CHARGES", "AMAZONFEE", "CRUK", "B", "D", "S", "PADS"}
 )
 NON_PRODUCT_PREFIXES = ("GIFT_0001_", "DCGS")
-TRANSACTION_COLUMNS = ("InvoiceNo", "StockCode", "Quantity", "InvoiceDate", "UnitPrice",
-                       "CustomerID")
+TRANSACTION_COLUMNS = (
+    "InvoiceNo",
+    "StockCode",
+    "Quantity",
+    "InvoiceDate",
+    "UnitPrice",
+    "CustomerID",
+)
 PRODUCT_COLUMNS = ("StockCode", "Description", "median_unit_price")
 _MISSING = frozenset({"", "na", "nan"})
 
@@ -31,8 +37,8 @@ _MISSING = frozenset({"", "na", "nan"})
 def is_product_code(code: str) -> bool:
     """False for empty codes, fees/postage/manual codes, gift vouchers, ``DCGS*`` and ``PADS``."""
     upper = code.upper()
-    return bool(code) and upper not in NON_PRODUCT_CODES and not upper.startswith(
-        NON_PRODUCT_PREFIXES
+    return (
+        bool(code) and upper not in NON_PRODUCT_CODES and not upper.startswith(NON_PRODUCT_PREFIXES)
     )
 
 
@@ -88,8 +94,9 @@ def _parse_purchase(record: dict[str, str]) -> Purchase | str:
         return "non_positive_price"
     if not is_product_code(record["StockCode"]):
         return "non_product_code"
-    return Purchase(customer, record["StockCode"], record["InvoiceNo"], timestamp, quantity,
-                    unit_price)
+    return Purchase(
+        customer, record["StockCode"], record["InvoiceNo"], timestamp, quantity, unit_price
+    )
 
 
 def load_retail_products(path: str | Path) -> tuple[list[Product], LoadReport]:
@@ -133,8 +140,9 @@ def _parse_product(record: dict[str, str], seen: set[str]) -> Product | str:
             return "bad_number"
         if not math.isfinite(price):
             return "bad_number"
-    return Product(id=code, title=title, image_path=None, category=product_type_word(title),
-                   price=price)
+    return Product(
+        id=code, title=title, image_path=None, category=product_type_word(title), price=price
+    )
 
 
 def customer_histories(purchases: Iterable[Purchase], min_items: int = 5) -> dict[str, list[str]]:
