@@ -110,10 +110,102 @@ class PretrainConfig:
 
 
 @dataclass(frozen=True)
+class PopulationConfig:
+    """Simulated device populations (``simulation.population``).
+
+    Retail files: empty means ``<paths.retail>/transactions.csv.gz`` and ``products.csv``.
+    ``impression_size`` = items shown per search; ``shoppers``, ``*_searches``,
+    ``position_bias`` and ``click_temperature`` shape the marketplace's simulated shoppers.
+    """
+
+    retail_transactions: str = ""
+    retail_products: str = ""
+    min_items: int = 5
+    holdout_fraction: float = 0.2
+    impression_size: int = 20
+    shoppers: int = 200
+    train_searches: int = 30
+    test_searches: int = 5
+    position_bias: float = 1.0
+    click_temperature: float = 0.5
+
+    def validate(self) -> None:
+        _check(self.min_items >= 2, "population.min_items", "must be >= 2")
+        _check(0 < self.holdout_fraction < 1, "population.holdout_fraction", "must be in (0, 1)")
+        _check(self.impression_size >= 1, "population.impression_size", "must be >= 1")
+        _check(self.shoppers >= 1, "population.shoppers", "must be >= 1")
+        _check(self.train_searches >= 1, "population.train_searches", "must be >= 1")
+        _check(self.test_searches >= 1, "population.test_searches", "must be >= 1")
+        _check(self.position_bias >= 0, "population.position_bias", "must be >= 0")
+        _check(self.click_temperature > 0, "population.click_temperature", "must be > 0")
+
+
+@dataclass(frozen=True)
+class AdapterConfig:
+    """The shared query adapter and its per-sample ranking loss (``common.ranking_loss``).
+
+    Centralized and federated training both use these: negatives are ``shown_negatives``
+    shown-but-not-clicked items of the same impression plus ``random_negatives`` catalog items.
+    """
+
+    rank: int = 64
+    temperature: float = 0.05
+    shown_negatives: int = 20
+    random_negatives: int = 32
+
+    def validate(self) -> None:
+        _check(self.rank >= 1, "adapter.rank", "must be >= 1")
+        _check(self.temperature > 0, "adapter.temperature", "must be > 0")
+        _check(self.shown_negatives >= 0, "adapter.shown_negatives", "must be >= 0")
+        _check(self.random_negatives >= 0, "adapter.random_negatives", "must be >= 0")
+        _check(
+            self.shown_negatives + self.random_negatives > 0,
+            "adapter.random_negatives",
+            "shown_negatives + random_negatives must be > 0",
+        )
+
+
+@dataclass(frozen=True)
+class CentralizedConfig:
+    """The non-private centralized adapter training (the upper reference baseline)."""
+
+    epochs: int = 5
+    batch_size: int = 256
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    seed: int = 0
+
+    def validate(self) -> None:
+        _check(self.epochs >= 1, "centralized.epochs", "must be >= 1")
+        _check(self.batch_size >= 1, "centralized.batch_size", "must be >= 1")
+        _check(self.lr > 0, "centralized.lr", "must be > 0")
+        _check(self.weight_decay >= 0, "centralized.weight_decay", "must be >= 0")
+
+
+@dataclass(frozen=True)
+class EvaluationConfig:
+    """Held-out evaluation: metrics at ``k`` over the full catalog; personal reranking
+    re-scores the top ``candidates`` with ``beta * cos(user, item)``."""
+
+    k: int = 10
+    candidates: int = 100
+    beta: float = 0.3
+
+    def validate(self) -> None:
+        _check(self.k >= 1, "evaluation.k", "must be >= 1")
+        _check(self.candidates >= self.k, "evaluation.candidates", "must be >= evaluation.k")
+        _check(self.beta >= 0, "evaluation.beta", "must be >= 0")
+
+
+@dataclass(frozen=True)
 class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    population: PopulationConfig = field(default_factory=PopulationConfig)
+    adapter: AdapterConfig = field(default_factory=AdapterConfig)
+    centralized: CentralizedConfig = field(default_factory=CentralizedConfig)
+    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
 
     def validate(self) -> None:
         for f in dataclasses.fields(self):
