@@ -198,6 +198,68 @@ class EvaluationConfig:
 
 
 @dataclass(frozen=True)
+class SearchConfig:
+    """The search service (``fedsearch serve``), its index and its input limits.
+
+    Below ``exact_max_items`` items the index is exact inner product; above, IVF with
+    ``ivf_nprobe`` raised at build time until recall@10 vs exact reaches ``ann_min_recall``.
+    ``store_dir`` "" means ``<work_dir>/search``; ``public_key`` "" means registry versions
+    are checked against their manifest's sha256 only (no signature).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    store_dir: str = ""
+    candidates: int = 200
+    default_k: int = 10
+    max_k: int = 200
+    exact_max_items: int = 20000
+    ivf_nlist: int = 0
+    ivf_nprobe: int = 8
+    ann_min_recall: float = 0.95
+    recall_queries: int = 500
+    max_text_chars: int = 512
+    max_image_bytes: int = 4_000_000
+    max_request_bytes: int = 16_000_000
+    max_upsert_items: int = 256
+    personalization_weight: float = 0.3
+    synthetic_prices: bool = True
+    poll_interval_s: float = 5.0
+    public_key: str = ""
+    admin_token: str = ""
+    shoppers_file: str = ""
+    max_batch: int = 32
+    torch_threads: int = 1
+    faiss_threads: int = 1
+    journal_max_ops: int = 1000
+
+    def validate(self) -> None:
+        _check(0 < self.port < 65536, "search.port", "must be in 1..65535")
+        _check(self.default_k >= 1, "search.default_k", "must be >= 1")
+        _check(self.max_k >= self.default_k, "search.max_k", "must be >= search.default_k")
+        _check(self.candidates >= 1, "search.candidates", "must be >= 1")
+        _check(self.exact_max_items >= 0, "search.exact_max_items", "must be >= 0")
+        _check(self.ivf_nlist >= 0, "search.ivf_nlist", "must be >= 0 (0 = 4 * sqrt(n))")
+        _check(self.ivf_nprobe >= 1, "search.ivf_nprobe", "must be >= 1")
+        _check(0 < self.ann_min_recall <= 1, "search.ann_min_recall", "must be in (0, 1]")
+        _check(self.recall_queries >= 10, "search.recall_queries", "must be >= 10")
+        _check(self.max_text_chars >= 1, "search.max_text_chars", "must be >= 1")
+        _check(self.max_image_bytes >= 1, "search.max_image_bytes", "must be >= 1")
+        _check(
+            self.max_request_bytes >= self.max_image_bytes,
+            "search.max_request_bytes",
+            "must be >= search.max_image_bytes",
+        )
+        _check(self.max_upsert_items >= 1, "search.max_upsert_items", "must be >= 1")
+        _check(self.personalization_weight >= 0, "search.personalization_weight", "must be >= 0")
+        _check(self.poll_interval_s > 0, "search.poll_interval_s", "must be > 0")
+        _check(self.max_batch >= 1, "search.max_batch", "must be >= 1")
+        _check(self.torch_threads >= 0, "search.torch_threads", "must be >= 0 (0 = default)")
+        _check(self.faiss_threads >= 0, "search.faiss_threads", "must be >= 0 (0 = default)")
+        _check(self.journal_max_ops >= 1, "search.journal_max_ops", "must be >= 1")
+
+
+@dataclass(frozen=True)
 class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
@@ -206,6 +268,7 @@ class Config:
     adapter: AdapterConfig = field(default_factory=AdapterConfig)
     centralized: CentralizedConfig = field(default_factory=CentralizedConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
 
     def validate(self) -> None:
         for f in dataclasses.fields(self):
