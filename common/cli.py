@@ -16,7 +16,12 @@ from collections.abc import Sequence
 
 from common.config import Config, ConfigError, load_config, parse_override
 
-COMMAND_MODULES = ("server.commands", "server.deploy_commands", "client.device_commands")
+COMMAND_MODULES = (
+    "server.commands",
+    "server.deploy_commands",
+    "server.search_commands",
+    "client.device_commands",
+)
 
 
 class UsageError(Exception):
