@@ -91,7 +91,7 @@ class EncoderConfig:
 class PretrainConfig:
     """CLIP-style training of the vision tower with the text tower locked."""
 
-    time_budget_s: float = 240.0
+    time_budget_s: float = 150.0
     max_epochs: int = 60
     batch_size: int = 128
     lr: float = 2e-3
@@ -260,6 +260,82 @@ class SearchConfig:
 
 
 @dataclass(frozen=True)
+class FederationConfig:
+    """Federated training of the shared query adapter (DESIGN decisions 4-6).
+
+    Each round every device joins with probability ``clients_per_round / population``
+    (Poisson sampling). User-level DP (``dp``): each device clips its update to
+    ``clipping_norm``, the server adds Gaussian noise ``noise_multiplier * clipping_norm``
+    to the sum, and the run refuses to start if ``rounds`` would spend more than
+    ``epsilon_user`` at ``delta_user`` (0 means 1 / population). ``secagg``: SecAgg+ with
+    ``secagg_shares`` (fraction of the round's devices each one shares its keys with) and
+    ``secagg_threshold`` (fraction of those shares needed to unmask); updates are quantized
+    over [-secagg_range, secagg_range]. ``eval_devices`` devices are evaluated each round
+    (0 = all); the last round evaluates every device.
+    """
+
+    rounds: int = 20
+    clients_per_round: int = 20
+    eval_devices: int = 50
+    seed: int = 0
+    dp: bool = True
+    noise_multiplier: float = 0.7
+    clipping_norm: float = 0.1
+    epsilon_user: float = 8.0
+    delta_user: float = 0.0
+    secagg: bool = True
+    secagg_shares: float = 1.0
+    secagg_threshold: float = 0.6
+    secagg_range: float = 4.0
+    client_cpus: float = 1.0
+    publish: bool = True
+
+    def validate(self) -> None:
+        _check(self.rounds >= 1, "federation.rounds", "must be >= 1")
+        _check(self.clients_per_round >= 1, "federation.clients_per_round", "must be >= 1")
+        _check(self.eval_devices >= 0, "federation.eval_devices", "must be >= 0 (0 = all)")
+        _check(self.noise_multiplier >= 0, "federation.noise_multiplier", "must be >= 0")
+        _check(self.clipping_norm > 0, "federation.clipping_norm", "must be > 0")
+        _check(self.epsilon_user > 0, "federation.epsilon_user", "must be > 0")
+        _check(0 <= self.delta_user < 1, "federation.delta_user", "must be in [0, 1)")
+        _check(0 < self.secagg_shares <= 1, "federation.secagg_shares", "must be in (0, 1]")
+        _check(0 < self.secagg_threshold <= 1, "federation.secagg_threshold", "must be in (0, 1]")
+        _check(self.secagg_range > 0, "federation.secagg_range", "must be > 0")
+        _check(self.client_cpus > 0, "federation.client_cpus", "must be > 0")
+
+
+@dataclass(frozen=True)
+class DeviceConfig:
+    """Local training on a device: Opacus DP-SGD on its copy of the global adapter.
+
+    Poisson batches of expected size ``batch_size``; record-level DP (``dp``) clips each
+    search's gradient to ``max_grad_norm`` and adds noise ``noise_multiplier`` times that.
+    The accountant persists on the device: a device that would pass ``epsilon_budget`` at
+    ``delta`` declines to train.
+    """
+
+    local_epochs: int = 1
+    batch_size: int = 16
+    lr: float = 0.5
+    momentum: float = 0.0
+    dp: bool = True
+    noise_multiplier: float = 0.6
+    max_grad_norm: float = 1.0
+    epsilon_budget: float = 30.0
+    delta: float = 1e-4
+
+    def validate(self) -> None:
+        _check(self.local_epochs >= 1, "device.local_epochs", "must be >= 1")
+        _check(self.batch_size >= 1, "device.batch_size", "must be >= 1")
+        _check(self.lr > 0, "device.lr", "must be > 0")
+        _check(0 <= self.momentum < 1, "device.momentum", "must be in [0, 1)")
+        _check(self.noise_multiplier >= 0, "device.noise_multiplier", "must be >= 0")
+        _check(self.max_grad_norm > 0, "device.max_grad_norm", "must be > 0")
+        _check(self.epsilon_budget > 0, "device.epsilon_budget", "must be > 0")
+        _check(0 < self.delta < 1, "device.delta", "must be in (0, 1)")
+
+
+@dataclass(frozen=True)
 class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
@@ -269,6 +345,8 @@ class Config:
     centralized: CentralizedConfig = field(default_factory=CentralizedConfig)
     evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+    device: DeviceConfig = field(default_factory=DeviceConfig)
 
     def validate(self) -> None:
         for f in dataclasses.fields(self):
