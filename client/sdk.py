@@ -1,0 +1,178 @@
+"""The device SDK: search through the service, personalize on the device, log locally.
+
+``DeviceClient.search`` asks the endpoint for the top ``candidates`` items with
+``return_vectors`` (no user vector leaves the device), reranks them with the private user
+vector using ``common.personalization.rerank`` (the function the server uses, so the order
+is the one server-side reranking would give), logs the search (base query vector, shown
+ids and vectors) in the encrypted store and returns the top ``k``. ``report_click`` logs the
+click and updates the user vector::
+
+    client = DeviceClient("http://127.0.0.1:8000", device.open_store())
+    results = client.search(text="black watch", k=10)
+    client.report_click(results.search_id, results.hits[0].id)
+"""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+
+from client.store import DeviceStore, LoggedSearch, PersonalState
+from common.personalization import rerank, user_vector
+
+
+class SearchError(RuntimeError):
+    """The search service refused the request or could not be reached."""
+
+    def __init__(self, message: str, field: str | None = None, status: int | None = None):
+        super().__init__(message)
+        self.field, self.status = field, status
+
+
+@dataclass(frozen=True)
+class Hit:
+    id: str
+    title: str
+    category: str
+    price: float | None
+    score: float
+    base_score: float
+    photo_url: str | None
+
+
+@dataclass(frozen=True)
+class DeviceResults:
+    search_id: str
+    hits: list[Hit]
+    model_version: str
+    candidates: int
+
+
+class DeviceClient:
+    """Search, on-device personalization and the local log of one device.
+
+    ``candidates`` must not exceed the service's ``search.max_k``; set it to the service's
+    ``search.candidates`` for the same candidate set as server-side reranking.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        store: DeviceStore,
+        *,
+        beta: float = 0.3,
+        candidates: int = 200,
+        timeout_s: float = 10.0,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        if candidates < 1 or beta < 0:
+            raise ValueError("candidates must be >= 1 and beta >= 0")
+        self.store = store
+        self.beta = beta
+        self.candidates = candidates
+        self._http = httpx.Client(base_url=endpoint, timeout=timeout_s, transport=transport)
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> DeviceClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def search(
+        self,
+        text: str | None = None,
+        image: bytes | str | Path | None = None,
+        *,
+        k: int = 10,
+        text_weight: float | None = None,
+        filters: dict[str, Any] | None = None,
+    ) -> DeviceResults:
+        """Top ``k`` results reranked on the device; the search is logged locally."""
+        if k < 1 or k > self.candidates:
+            raise ValueError(f"k must be in 1..{self.candidates}")
+        body: dict[str, Any] = {"k": self.candidates, "return_vectors": True}
+        if text is not None:
+            body["text"] = text
+        if image is not None:
+            body["image"] = base64.b64encode(_image_bytes(image)).decode("ascii")
+        if text_weight is not None:
+            body["text_weight"] = text_weight
+        if filters:
+            body["filters"] = filters
+        data = self._post("/search", body)
+        rows = data["results"]
+        dim = len(data["query_vector"])
+        vectors = np.array([r["vector"] for r in rows], dtype=np.float32).reshape(len(rows), dim)
+        base = np.array([r["base_score"] for r in rows], dtype=np.float32)
+        order, scores = rerank(base, vectors, self.store.load_state().user_vector, self.beta)
+        top, top_scores = order[:k], scores[:k]
+        entry = self.store.log_search(
+            text or "",
+            np.asarray(data["query_vector"], dtype=np.float32),
+            [rows[i]["id"] for i in top],
+            vectors[top],
+            model_version=str(data["model_version"]),
+        )
+        hits = [_hit(rows[i], float(s)) for i, s in zip(top, top_scores, strict=True)]
+        return DeviceResults(entry.search_id, hits, str(data["model_version"]), len(rows))
+
+    def report_click(self, search_id: str, item_id: str) -> None:
+        """Log the click and move the user vector to the mean of the clicked items."""
+        self.store.log_click(search_id, item_id)
+        clicked = _clicked_vectors(self.store.searches())
+
+        def update(state: PersonalState) -> PersonalState:
+            state.user_vector = user_vector(clicked)
+            return state
+
+        self.store.update_state(update)
+
+    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+        try:
+            response = self._http.post(path, json=body)
+        except httpx.HTTPError as exc:
+            raise SearchError(f"search service unreachable: {exc}") from exc
+        if response.status_code >= 400:
+            raise _error(response)
+        return response.json()
+
+
+def _image_bytes(image: bytes | str | Path) -> bytes:
+    return image if isinstance(image, bytes) else Path(image).read_bytes()
+
+
+def _hit(row: dict[str, Any], score: float) -> Hit:
+    return Hit(
+        id=row["id"],
+        title=row.get("title", ""),
+        category=row.get("category", ""),
+        price=row.get("price"),
+        score=score,
+        base_score=float(row["base_score"]),
+        photo_url=row.get("photo_url"),
+    )
+
+
+def _clicked_vectors(log: list[LoggedSearch]) -> np.ndarray:
+    rows = [e.shown_vectors[e.shown.index(e.clicked)] for e in log if e.clicked is not None]
+    return np.stack(rows) if rows else np.zeros((0, len(log[0].query_vector)), np.float32)
+
+
+def _error(response: httpx.Response) -> SearchError:
+    try:
+        detail = response.json()["error"]
+        field, message = detail["field"], detail["message"]
+    except (ValueError, KeyError, TypeError):
+        field, message = None, response.text[:200]
+    where = f"{field}: " if field else ""
+    return SearchError(
+        f"search failed ({response.status_code}): {where}{message}", field, response.status_code
+    )

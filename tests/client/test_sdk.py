@@ -1,0 +1,122 @@
+import socket
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import uvicorn
+
+from client.sdk import DeviceClient, SearchError
+from client.store import DeviceStore, PersonalState, generate_key
+from common.config import config_from_dict
+from common.fusion import l2_normalize
+
+CANDIDATES = 20
+BETA = 1.0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def service_url(tmp_path_factory, small_catalog, untrained_encoder):
+    """The real search service on 127.0.0.1 over the first 40 catalog items."""
+    from server.indexer import build_catalog, fashion_items
+    from server.search_service import create_app
+
+    link = small_catalog.parent / "fashion_product_images_small_subset"
+    if not link.exists():
+        link.symlink_to(small_catalog)
+    work = tmp_path_factory.mktemp("sdk-work")
+    config = config_from_dict(
+        {
+            "paths": {"data_dir": str(small_catalog.parent), "work_dir": str(work)},
+            "search": {"candidates": CANDIDATES},
+        }
+    )
+    catalog = build_catalog(config, untrained_encoder, fashion_items(config), progress=False)
+    app = create_app(config, encoder=untrained_encoder, catalog=catalog, watch_registry=False)
+    port = _free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws="none")
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        assert thread.is_alive() and time.monotonic() < deadline, "search service did not start"
+        time.sleep(0.05)
+    yield f"http://127.0.0.1:{port}"
+    server.should_exit = True
+    thread.join(timeout=10)
+
+
+def _server_ids(url: str, text: str, k: int, user: np.ndarray | None) -> list[str]:
+    body = {"text": text, "k": k}
+    if user is not None:
+        body |= {"user_vector": user.tolist(), "personalization_weight": BETA}
+    response = httpx.post(f"{url}/search", json=body, timeout=30)
+    response.raise_for_status()
+    return [r["id"] for r in response.json()["results"]]
+
+
+def test_local_rerank_matches_server_rerank(service_url: str, tmp_path: Path) -> None:
+    text, k = "blue shirt for men", 5
+    base_ids = _server_ids(service_url, text, CANDIDATES, None)
+    # A user who likes the items ranked last among the candidates: reranking must move them.
+    rows = httpx.post(
+        f"{service_url}/search", json={"text": text, "k": CANDIDATES, "return_vectors": True}
+    ).json()["results"]
+    user = l2_normalize(np.mean([rows[-1]["vector"], rows[-2]["vector"]], axis=0))
+
+    store = DeviceStore(tmp_path, generate_key())
+    store.save_state(PersonalState(user_vector=user))
+    with DeviceClient(service_url, store, beta=BETA, candidates=CANDIDATES) as client:
+        results = client.search(text=text, k=k)
+
+    local_ids = [h.id for h in results.hits]
+    assert local_ids == _server_ids(service_url, text, k, user)
+    assert local_ids != base_ids[:k]  # personalization changed the order
+    assert results.candidates == CANDIDATES
+    scores = [h.score for h in results.hits]
+    assert scores == sorted(scores, reverse=True)
+
+    (entry,) = store.searches()
+    assert entry.search_id == results.search_id and list(entry.shown) == local_ids
+    assert entry.query == text and entry.query_vector.shape == (len(rows[0]["vector"]),)
+    assert entry.clicked is None
+
+
+def test_click_is_logged_and_updates_user_vector(service_url: str, tmp_path: Path) -> None:
+    store = DeviceStore(tmp_path, generate_key())
+    with DeviceClient(service_url, store, candidates=CANDIDATES) as client:
+        first = client.search(text="watch", k=3)
+        client.report_click(first.search_id, first.hits[2].id)
+        second = client.search(text="shoes", k=3)
+        client.report_click(second.search_id, second.hits[0].id)
+    log = store.searches()
+    assert [e.clicked for e in log] == [first.hits[2].id, second.hits[0].id]
+    clicked = np.stack([e.shown_vectors[e.shown.index(e.clicked)] for e in log])
+    expected = l2_normalize(clicked.mean(axis=0))
+    np.testing.assert_allclose(store.load_state().user_vector, expected, atol=1e-6)
+
+
+def test_bad_request_gives_named_field(service_url: str, tmp_path: Path) -> None:
+    store = DeviceStore(tmp_path, generate_key())
+    with DeviceClient(service_url, store, candidates=CANDIDATES) as client:
+        with pytest.raises(SearchError) as info:
+            client.search(text=None, k=3)
+    assert info.value.status is not None and 400 <= info.value.status < 500
+    assert store.searches() == []
+
+
+def test_unreachable_service_is_a_clear_error(tmp_path: Path) -> None:
+    store = DeviceStore(tmp_path, generate_key())
+    with DeviceClient(f"http://127.0.0.1:{_free_port()}", store, timeout_s=2) as client:
+        with pytest.raises(SearchError, match="unreachable"):
+            client.search(text="watch")
