@@ -20,6 +20,7 @@ import base64
 import hashlib
 import json
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -33,6 +34,7 @@ from common.versioning import MANIFEST, IntegrityError, latest_version, verify_f
 
 SIGNATURE_FILE = "signature.json"
 ALGORITHM = "ed25519"
+SIGNING_KEY_ENV = "FEDSEARCH_SIGNING_KEY"
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -102,6 +104,13 @@ def signer(private_key: Ed25519PrivateKey) -> Callable[[Path], None]:
         sign_version(folder, private_key)
 
     return finalize
+
+
+def publisher(private_key_path: str | Path = "") -> Callable[[Path], None] | None:
+    """The ``finalize=`` hook signing with the key at ``private_key_path``, else the key named
+    by ``$FEDSEARCH_SIGNING_KEY`` (set by ``fedsearch deploy superlink``); None if neither."""
+    path = str(private_key_path) or os.environ.get(SIGNING_KEY_ENV, "")
+    return signer(load_private_key(Path(path))) if path else None
 
 
 def verify_version(folder: Path, public_key: Ed25519PublicKey) -> dict[str, Any]:

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from common.flower_env import flower_env
 from common.pki import LOCAL_HOSTS, create_ca, issue_server_cert
-from common.signing import generate_signing_key
+from common.signing import SIGNING_KEY_ENV, generate_signing_key
 
 DEPLOYMENT_FILE = "deployment.json"
 CONNECTION = "fedsearch"
@@ -72,8 +72,9 @@ class Deployment:
     flwr_home = property(lambda self: self.root / "flwr")
 
     def env(self) -> dict[str, str]:
-        """Environment for the SuperLink and the ``flwr`` CLI of this deployment."""
-        return flower_env(FLWR_HOME=str(self.flwr_home))
+        """Environment for the SuperLink and the ``flwr`` CLI of this deployment; the
+        ServerApp inherits ``$FEDSEARCH_SIGNING_KEY`` and signs what it publishes."""
+        return flower_env(FLWR_HOME=str(self.flwr_home), **{SIGNING_KEY_ENV: str(self.signing_key)})
 
 
 def init_deployment(root: Path, info: DeploymentInfo) -> Deployment:

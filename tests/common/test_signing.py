@@ -9,11 +9,13 @@ import pytest
 from common.keyfiles import KeyFileError
 from common.signing import (
     SIGNATURE_FILE,
+    SIGNING_KEY_ENV,
     SignatureError,
     TrustedLoader,
     generate_signing_key,
     load_private_key,
     load_public_key,
+    publisher,
     signer,
     verify_version,
 )
@@ -130,3 +132,13 @@ def test_loader_refuses_rollback_by_renamed_folder(tmp_path: Path, keys) -> None
     (root / "LATEST").write_text("v0003")
     assert loader.refresh() is False
     assert "does not match the signed version" in loader.last_error
+
+
+def test_publisher_signs_with_the_key_named_by_env(tmp_path: Path, keys, monkeypatch) -> None:
+    monkeypatch.delenv(SIGNING_KEY_ENV, raising=False)
+    assert publisher() is None
+    monkeypatch.setenv(SIGNING_KEY_ENV, str(tmp_path / "sign.key"))
+    folder = write_version(
+        tmp_path / "reg", lambda f: (f / "a.bin").write_bytes(b"x"), {}, finalize=publisher()
+    )
+    assert verify_version(folder, keys[1])["files"] == {"a.bin": hashlib.sha256(b"x").hexdigest()}
