@@ -21,6 +21,7 @@ COMMAND_MODULES = (
     "server.deploy_commands",
     "server.search_commands",
     "client.device_commands",
+    "simulation.demo",
 )
 
 
