@@ -22,6 +22,7 @@ COMMAND_MODULES = (
     "server.search_commands",
     "client.device_commands",
     "simulation.demo",
+    "simulation.commands",
 )
 
 
