@@ -11,6 +11,7 @@
       store/             the encrypted search log and personal state
       runtime/           device-local TLS for the SuperNode's loopback Runtime API
       public_items.npz   public catalog item vectors (random negatives for training)
+      flwr/              FLWR_HOME of the SuperNode (the installed app, FAB by FAB)
 
 ``supernode_command`` is the exact ``flower-supernode`` command that joins the federation
 as this device; the ClientApp finds the folder in its node config under ``device-dir``.
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import io
 import json
-import math
 import os
 import shutil
 import time
@@ -40,7 +40,9 @@ from client.store import (
     load_key,
     write_key_file,
 )
+from common.flower_env import flower_env
 from common.pki import create_local_tls, create_node_auth_keys
+from common.retail import split_history
 
 if TYPE_CHECKING:
     from simulation.population import DeviceData
@@ -115,6 +117,11 @@ def init_device(
     return device
 
 
+def device_env(device: Device) -> dict[str, str]:
+    """Environment of the device's SuperNode: Flower's files stay in the device folder."""
+    return flower_env(FLWR_HOME=str(device.folder / "flwr"))
+
+
 def supernode_command(device: Device, *, superlink: str | None = None) -> list[str]:
     """The ``flower-supernode`` command that runs this device (TLS and node auth on)."""
     info = device.info
@@ -169,7 +176,7 @@ def training_data(
 
     Items are the public catalog items first, then any shown item missing from them (with
     the vector the search service returned). The last ``holdout_fraction`` of the clicked
-    searches (at least one, when there are two or more) is held out for evaluation.
+    searches is held out for evaluation, as ``common.retail.split_history`` splits.
     """
     from simulation.population import DeviceData
     from simulation.population import LoggedSearch as TrainingSearch
@@ -196,10 +203,8 @@ def training_data(
         )
         for e in sorted(log, key=lambda e: e.timestamp)
     ]
-    held = 0 if len(searches) < 2 else max(1, math.floor(len(searches) * holdout_fraction))
-    split = len(searches) - held
-    data = DeviceData(device.info.name, searches[:split], searches[split:])
-    return data, ids, vectors
+    train, test = split_history(searches, holdout_fraction) if len(searches) > 1 else (searches, [])
+    return DeviceData(device.info.name, train, test), ids, vectors
 
 
 def import_searches(

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import shlex
+from collections.abc import Callable
 from pathlib import Path
 
 from common.cli import UsageError, add_config_arguments, config_from_args
@@ -32,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     init.add_argument(
         "--runtime-port", type=int, default=9094, help="local port of the SuperNode Runtime API"
     )
-    init.set_defaults(handler=_init)
+    init.set_defaults(handler=_user_errors(_init))
 
     imp = sub.add_parser(
         "import-history",
@@ -50,18 +52,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--num-devices", type=int, default=None, help="population size the index refers to"
     )
     add_config_arguments(imp)
-    imp.set_defaults(handler=_import_history)
+    imp.set_defaults(handler=_user_errors(_import_history))
 
     budget = sub.add_parser("budget", help="show the device's privacy budget and its store")
     budget.add_argument("folder", type=Path)
     add_config_arguments(budget)
-    budget.set_defaults(handler=_budget)
+    budget.set_defaults(handler=_user_errors(_budget))
 
     join = sub.add_parser("join", help="start this device's SuperNode (TLS, device auth)")
     join.add_argument("folder", type=Path)
     join.add_argument("--superlink", metavar="HOST:PORT", help="override the SuperLink address")
     join.add_argument("--print-only", action="store_true", help="print the command only")
-    join.set_defaults(handler=_join)
+    join.set_defaults(handler=_user_errors(_join))
+
+
+def _user_errors(handler: Callable[[argparse.Namespace], int]) -> Callable:
+    """Store and key-file problems are the user's to fix: one line, no traceback."""
+
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace) -> int:
+        from client.store import StoreError
+        from common.keyfiles import KeyFileError
+
+        try:
+            return handler(args)
+        except (StoreError, KeyFileError) as exc:
+            raise UsageError(str(exc)) from exc
+
+    return run
 
 
 def _init(args: argparse.Namespace) -> int:
@@ -110,6 +128,7 @@ def _budget(args: argparse.Namespace) -> int:
     from client.local_training import record_epsilon
 
     device = Device(args.folder)
+    name = device.info.name
     settings = config_from_args(args).device
     store = device.open_store()
     log = store.searches()
@@ -117,7 +136,7 @@ def _budget(args: argparse.Namespace) -> int:
     spent = record_epsilon(state.accountant, settings.delta)
     rounds = state.info.get("rounds_trained", 0)
     print(
-        f"device {device.info.name}: {len(log)} searches logged, "
+        f"device {name}: {len(log)} searches logged, "
         f"{sum(e.clicked is not None for e in log)} with a click"
     )
     print(
@@ -135,14 +154,14 @@ def _budget(args: argparse.Namespace) -> int:
 
 
 def _join(args: argparse.Namespace) -> int:
-    from client.device import Device, supernode_command
-    from common.flower_env import flower_env
+    from client.device import Device, device_env, supernode_command
 
     device = Device(args.folder)
+    device.info  # noqa: B018 - fails clearly if the folder is not a device
     device.open_store()  # fail now, not inside the ClientApp, if the key is wrong
     command = supernode_command(device, superlink=args.superlink)
     print(f"$ {shlex.join(command)}", flush=True)
     if args.print_only:
         return 0
-    os.execvpe(command[0], command, flower_env())
+    os.execvpe(command[0], command, device_env(device))
     return 0
