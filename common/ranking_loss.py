@@ -1,0 +1,114 @@
+"""The per-sample ranking loss of the query adapter (DESIGN decision 4), and its negatives.
+
+Every training path (centralized baseline, federated DP client) uses these functions, so
+both optimize the very same objective:
+
+- ``ranking_loss(adapted_queries (B,d), positives (B,d), negatives (B,m,d), temperature)``
+  -> (B,) losses: softmax cross-entropy of each adapted query against its own clicked item
+  versus its own negatives. Sample ``i``'s loss reads only row ``i`` of each input.
+- ``negative_indices(searches, n_items, ...)`` -> (B, m) item indices: per search, the
+  shown-but-not-clicked items of that same impression (``shown_negatives`` slots, padded
+  with random public catalog items) followed by ``random_negatives`` random catalog items.
+  Never another sample's clicks or impressions (no in-batch negatives): changing one
+  search changes only its own row. The random draws do not depend on the searches' content.
+- ``search_tensors(searches, item_vectors, ...)`` -> (queries, positives, negatives) tensors
+  ready for ``ranking_loss`` (or for a ``TensorDataset`` under Opacus).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch.nn import functional as F
+
+if TYPE_CHECKING:
+    from simulation.population import LoggedSearch
+
+
+def ranking_loss(
+    adapted_queries: torch.Tensor,
+    positives: torch.Tensor,
+    negatives: torch.Tensor,
+    temperature: float,
+) -> torch.Tensor:
+    """Per-sample softmax cross-entropy of the clicked item against the sample's negatives.
+
+    Scores are dot products (cosines for unit vectors) divided by ``temperature``. Returns a
+    (B,) tensor; reduce it yourself (Opacus expects the mean).
+    """
+    if temperature <= 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if adapted_queries.ndim != 2 or positives.shape != adapted_queries.shape:
+        raise ValueError(
+            f"queries {tuple(adapted_queries.shape)} and positives {tuple(positives.shape)} "
+            "must both be (B, d)"
+        )
+    batch, dim = adapted_queries.shape
+    if negatives.ndim != 3 or negatives.shape[0] != batch or negatives.shape[2] != dim:
+        raise ValueError(f"negatives {tuple(negatives.shape)} must be ({batch}, m, {dim})")
+    positive = (adapted_queries * positives).sum(dim=-1, keepdim=True)
+    negative = torch.einsum("bd,bmd->bm", adapted_queries, negatives)
+    logits = torch.cat([positive, negative], dim=1) / temperature
+    return -F.log_softmax(logits, dim=1)[:, 0]
+
+
+def negative_indices(
+    searches: Sequence[LoggedSearch],
+    n_items: int,
+    *,
+    shown_negatives: int,
+    random_negatives: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """(B, shown_negatives + random_negatives) item indices of each search's negatives.
+
+    Row ``i`` holds search ``i``'s first ``shown_negatives`` shown-but-not-clicked items (in
+    impression order; empty slots get random items), then ``random_negatives`` random items.
+    Random items are uniform over the catalog minus the clicked item. The generator is
+    consumed identically whatever the searches hold, so one search never moves another's
+    negatives.
+    """
+    if shown_negatives < 0 or random_negatives < 0 or shown_negatives + random_negatives == 0:
+        raise ValueError("need shown_negatives >= 0, random_negatives >= 0, and some negatives")
+    if n_items < 2:
+        raise ValueError(f"need at least 2 catalog items, got {n_items}")
+    width = shown_negatives + random_negatives
+    clicked = np.array([s.clicked for s in searches], dtype=np.int64)
+    out = rng.integers(0, n_items - 1, size=(len(searches), width), dtype=np.int64)
+    out += out >= clicked[:, None]  # skip over the clicked item
+    for row, search in enumerate(searches):
+        shown = np.asarray(search.shown, dtype=np.int64)
+        others = shown[shown != search.clicked][:shown_negatives]
+        out[row, : len(others)] = others
+    return out
+
+
+def search_tensors(
+    searches: Sequence[LoggedSearch],
+    item_vectors: np.ndarray,
+    *,
+    shown_negatives: int,
+    random_negatives: int,
+    rng: np.random.Generator,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Float32 tensors (queries (B,d), positives (B,d), negatives (B,m,d)) for a batch."""
+    if len(searches) == 0:
+        raise ValueError("search_tensors needs at least one search")
+    vectors = np.asarray(item_vectors, dtype=np.float32)
+    queries = np.stack([np.asarray(s.query_vector, dtype=np.float32) for s in searches])
+    clicked = np.array([s.clicked for s in searches], dtype=np.int64)
+    negatives = negative_indices(
+        searches,
+        len(vectors),
+        shown_negatives=shown_negatives,
+        random_negatives=random_negatives,
+        rng=rng,
+    )
+    return (
+        torch.from_numpy(queries),
+        torch.from_numpy(vectors[clicked]),
+        torch.from_numpy(vectors[negatives]),
+    )

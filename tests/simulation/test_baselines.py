@@ -1,0 +1,75 @@
+import numpy as np
+import pytest
+from conftest import make_config
+
+from simulation.baselines import (
+    format_table,
+    popularity_prior,
+    popularity_ranks,
+    run_baselines,
+    train_centralized,
+    tune_beta,
+    tune_popularity_weight,
+)
+from simulation.evaluation import evaluate_population
+from simulation.population import DeviceData, LoggedSearch, train_popularity
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+TRAINING = {"epochs": 12, "batch_size": 64, "lr": 0.01}
+LOSS = {"rank": 8, "shown_negatives": 10, "random_negatives": 10, "temperature": 0.1}
+
+
+def test_popularity_ranks_count_ties_against_the_relevant_item():
+    popularity = np.array([5, 3, 3, 0])
+    assert list(popularity_ranks(popularity, np.array([0, 1, 2, 3]))) == [0, 2, 2, 3]
+    prior = popularity_prior(popularity)
+    assert prior.max() == pytest.approx(1.0) and prior.min() == 0.0
+    assert not popularity_prior(np.zeros(3)).any()
+
+
+def test_popularity_weight_is_tuned_on_train_with_own_click_left_out(toy_population):
+    population = toy_population(devices=20, train=10, test=2)  # clicks on a popular quarter
+    weight, curve = tune_popularity_weight(population)
+    assert weight > 0 and curve[weight] > curve[0.0]
+    # every train click on a different item: popularity, own click left out, says nothing
+    # of the clicked item, so it must not be rewarded (counting it would pick a big weight)
+    device = population.devices[0]
+    searches = [LoggedSearch(s.query_vector, s.shown, i) for i, s in enumerate(device.train * 3)]
+    population.devices = [DeviceData("once", searches, device.test)]
+    population.popularity = train_popularity(population.devices, population.n_items)
+    assert population.popularity.max() == 1
+    weight, _ = tune_popularity_weight(population)
+    assert weight == 0.0
+
+
+def test_centralized_training_improves_a_toy_population(tmp_path, toy_population):
+    population = toy_population()
+    config = make_config(tmp_path, centralized=TRAINING, adapter=LOSS)
+    adapter, history = train_centralized(population, config, progress=False)
+    assert len(history) == 12 and history[-1]["loss"] < history[0]["loss"]
+    result = evaluate_population(population, adapter=adapter, beta=0.0, candidates=20)
+    base, trained = result.overall["base"], result.overall["adapter"]
+    assert trained["nDCG@10"] > base["nDCG@10"] + 0.1
+    best, curve = tune_beta(population, adapter, candidates=20)
+    assert set(curve) >= {0.0, best}
+
+
+def test_run_baselines_reports_every_method(tmp_path, toy_population):
+    population = toy_population(devices=20)
+    config = make_config(tmp_path, centralized=TRAINING, adapter=LOSS)
+    report = run_baselines(population, config, progress=False)
+    names = [
+        "popularity",
+        "base",
+        "base+popularity",
+        "base+personal",
+        "centralized",
+        "centralized+personal",
+    ]
+    assert list(report.metrics) == names
+    assert all(m["count"] == 100 for m in report.metrics.values())
+    assert report.metrics["centralized"]["nDCG@10"] > report.metrics["base"]["nDCG@10"]
+    assert report.details["popularity_weight"] in report.details["popularity_weight_curve"]
+    table = format_table(report.metrics)
+    assert all(name in table for name in names) and "nDCG@10" in table
