@@ -13,15 +13,20 @@ One folder holds what the operator needs::
       flwr/config.toml         FLWR_HOME for the ``flwr`` CLI: connection "fedsearch"
 
 In flwr 1.41 the SuperLink serves the Fleet, Control and Runtime APIs over HTTPS on one
-port (``--host``/``--port``). With ``--enable-supernode-auth`` a SuperNode may only join
-with a key registered through ``flwr supernode register``; Fleet requests are signed with
-that key. The functions below return the exact commands, so they can be printed, run by
-``fedsearch deploy ...`` or copied into a service manager.
+port, and without Flower's enterprise account authentication the Control and Runtime APIs
+answer anyone who connects. So the SuperLink binds 127.0.0.1 (``superlink_port``: the
+operator's ``flwr`` CLI and the ServerApp use it) and devices dial the Fleet gateway
+(``server.fleet_gateway``, ``port``), which forwards only the Fleet API. With
+``--enable-supernode-auth`` a SuperNode may only join with a key registered through
+``flwr supernode register``; its Fleet requests are signed with that key. The functions
+below return the exact commands, so they can be printed, run by ``fedsearch deploy ...``
+or copied into a service manager.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -32,18 +37,29 @@ from common.signing import SIGNING_KEY_ENV, generate_signing_key
 DEPLOYMENT_FILE = "deployment.json"
 CONNECTION = "fedsearch"
 DEFAULT_PORT = 9092
+DEFAULT_SUPERLINK_PORT = 9093
 
 
 @dataclass(frozen=True)
 class DeploymentInfo:
+    """``host``/``port``: where the Fleet gateway listens for devices; ``superlink_port``:
+    the SuperLink on 127.0.0.1; ``hosts``: certificate names, the first is what devices dial.
+    """
+
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     hosts: list[str] = field(default_factory=lambda: list(LOCAL_HOSTS))
+    superlink_port: int = DEFAULT_SUPERLINK_PORT
 
     @property
     def address(self) -> str:
-        """What SuperNodes and the ``flwr`` CLI dial (the first certificate host)."""
+        """What SuperNodes dial: the gateway, by the first certificate host."""
         return f"{self.hosts[0]}:{self.port}"
+
+    @property
+    def superlink_address(self) -> str:
+        """What the operator's ``flwr`` CLI dials (on the SuperLink's machine)."""
+        return f"127.0.0.1:{self.superlink_port}"
 
 
 class Deployment:
@@ -101,14 +117,15 @@ def write_flwr_config(dep: Deployment, info: DeploymentInfo) -> None:
         "[superlink]\n"
         f'default = "{CONNECTION}"\n\n'
         f"[superlink.{CONNECTION}]\n"
-        f'address = "{info.address}"\n'
+        f'address = "{info.superlink_address}"\n'
         f'root-certificates = "{dep.ca_cert}"\n',
         encoding="utf-8",
     )
 
 
 def superlink_command(dep: Deployment) -> list[str]:
-    """``flower-superlink`` with TLS, SuperNode authentication and a persistent state."""
+    """``flower-superlink`` on 127.0.0.1 with TLS, SuperNode authentication, a persistent
+    state, and no runtime installation of app dependencies."""
     info = dep.info
     return [
         "flower-superlink",
@@ -120,13 +137,18 @@ def superlink_command(dep: Deployment) -> list[str]:
         str(dep.server_key),
         "--enable-supernode-auth",
         "--host",
-        info.host,
+        "127.0.0.1",
         "--port",
-        str(info.port),
+        str(info.superlink_port),
         "--database",
         str(dep.database),
         "--disable-runtime-dependency-installation",
     ]
+
+
+def gateway_command(dep: Deployment) -> list[str]:
+    """The Fleet gateway (``fedsearch deploy gateway``) as a command of this interpreter."""
+    return [sys.executable, "-m", "common.cli", "deploy", "gateway", "--dir", str(dep.root)]
 
 
 def register_command(public_key: Path, name: str | None = None) -> list[str]:

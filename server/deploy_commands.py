@@ -15,6 +15,7 @@ from pathlib import Path
 from common.cli import UsageError
 from server.deploy import (
     DEFAULT_PORT,
+    DEFAULT_SUPERLINK_PORT,
     Deployment,
     DeploymentInfo,
     init_deployment,
@@ -38,8 +39,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = deploy.add_subparsers(dest="deploy_command", metavar="STEP", required=True)
 
     init = _add(sub, "init", "create the CA, SuperLink certificate, signing key, flwr config")
-    init.add_argument("--host", default="127.0.0.1", help="address the SuperLink binds to")
-    init.add_argument("--port", type=int, default=DEFAULT_PORT, help="SuperLink HTTPS port")
+    init.add_argument(
+        "--host", default="127.0.0.1", help="address the Fleet gateway binds to (devices)"
+    )
+    init.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help="Fleet gateway HTTPS port (devices)"
+    )
+    init.add_argument(
+        "--superlink-port",
+        type=int,
+        default=DEFAULT_SUPERLINK_PORT,
+        help="SuperLink HTTPS port on 127.0.0.1 (operator's flwr CLI and the ServerApp)",
+    )
     init.add_argument(
         "--cert-host",
         action="append",
@@ -52,6 +63,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     link = _add(sub, "superlink", "start the SuperLink (TLS, SuperNode authentication)")
     link.set_defaults(handler=_superlink)
+
+    gateway = _add(sub, "gateway", "start the Fleet gateway devices connect to (TLS)")
+    gateway.set_defaults(handler=_gateway)
 
     reg = _add(sub, "register", "allow a device to join: register its auth.pub")
     reg.add_argument("public_key", type=Path, help="the device's auth.pub")
@@ -80,15 +94,20 @@ def _add(sub: argparse._SubParsersAction, name: str, text: str) -> argparse.Argu
 
 
 def _init(args: argparse.Namespace) -> int:
-    if not 0 < args.port < 65536:
-        raise UsageError(f"--port: {args.port} is not in 1..65535")
+    for flag, port in (("--port", args.port), ("--superlink-port", args.superlink_port)):
+        if not 0 < port < 65536:
+            raise UsageError(f"{flag}: {port} is not in 1..65535")
+    if args.port == args.superlink_port:
+        raise UsageError("--port and --superlink-port must differ")
     hosts = args.cert_host or ["127.0.0.1"]
+    info = DeploymentInfo(args.host, args.port, hosts, args.superlink_port)
     try:
-        dep = init_deployment(args.dir, DeploymentInfo(args.host, args.port, hosts))
+        dep = init_deployment(args.dir, info)
     except FileExistsError as exc:
         raise UsageError(str(exc)) from exc
     print(f"deployment folder: {dep.root}")
-    print(f"  SuperLink address for devices: {dep.info.address}")
+    print(f"  devices dial the Fleet gateway: {dep.info.address}")
+    print(f"  SuperLink (operator only): {dep.info.superlink_address}")
     print(f"  give devices: {dep.ca_cert} and {dep.signing_pub}")
     print(f"  keep private: {dep.ca_key}, {dep.server_key}, {dep.signing_key}")
     return 0
@@ -97,6 +116,26 @@ def _init(args: argparse.Namespace) -> int:
 def _superlink(args: argparse.Namespace) -> int:
     dep = Deployment(args.dir)
     return _exec(superlink_command(dep), dep, args.print_only, replace=True)
+
+
+def _gateway(args: argparse.Namespace) -> int:
+    from server.fleet_gateway import run_gateway
+
+    dep = Deployment(args.dir)
+    info = dep.info
+    upstream = f"https://{info.superlink_address}"
+    print(f"Fleet gateway on {info.host}:{info.port} -> {upstream}/v1/fleet/ only", flush=True)
+    if args.print_only:
+        return 0
+    run_gateway(
+        info.host,
+        info.port,
+        upstream,
+        ca_cert=dep.ca_cert,
+        certfile=dep.server_cert,
+        keyfile=dep.server_key,
+    )
+    return 0
 
 
 def _register(args: argparse.Namespace) -> int:

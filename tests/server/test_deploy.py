@@ -41,7 +41,8 @@ def test_init_writes_private_keys_owner_only_and_refuses_twice(dep: Deployment) 
         assert _mode(key) == 0o600
     assert dep.info.address == "fl.example:9092"
     config = (dep.flwr_home / "config.toml").read_text()
-    assert 'address = "fl.example:9092"' in config and str(dep.ca_cert) in config
+    assert dep.info.superlink_address == "127.0.0.1:9093"
+    assert 'address = "127.0.0.1:9093"' in config and str(dep.ca_cert) in config
     with pytest.raises(FileExistsError):
         init_deployment(dep.root, DeploymentInfo())
 
@@ -93,7 +94,7 @@ def test_superlink_command_is_valid_for_flwr(dep: Deployment) -> None:
         str(dep.server_cert),
         str(dep.server_key),
     )
-    assert (args.host, args.port) == ("0.0.0.0", 9092)
+    assert (args.host, args.port) == ("127.0.0.1", 9093)  # private: devices use the gateway
     assert args.runtime_dependency_install is False
     assert register_command(Path("a.pub"), "dev1") == [
         "flwr", "supernode", "register", "a.pub", "fedsearch", "--name", "dev1"
@@ -171,3 +172,19 @@ def test_cli_init_deployment_and_device(tmp_path: Path, capsys) -> None:
     assert "--auth-supernode-private-key" in capsys.readouterr().out
     assert main(["device", "budget", str(dev)]) == 0
     assert "epsilon 0.000 of" in capsys.readouterr().out
+
+
+def test_gateway_forwards_nothing_but_the_fleet_api(dep: Deployment) -> None:
+    from starlette.testclient import TestClient
+
+    from server.fleet_gateway import create_gateway
+
+    unused = socket.socket()
+    unused.bind(("127.0.0.1", 0))
+    upstream = f"https://127.0.0.1:{unused.getsockname()[1]}"  # nothing listens there
+    with TestClient(create_gateway(upstream, dep.ca_cert)) as client:
+        for path in ("/v1/control/register-node", "/v1/control/start-run", "/docs", "/"):
+            assert client.post(path).status_code == 404
+        assert client.get("/v1/fleet/pull-messages").status_code in (404, 405)
+        assert client.post("/v1/fleet/pull-messages", content=b"x").status_code == 502
+    unused.close()
