@@ -112,8 +112,21 @@ def train_centralized(
     """Train a ``QueryAdapter`` on all devices' train searches pooled (no privacy).
 
     Minibatch AdamW on the mean of ``ranking_loss``; negatives are redrawn each batch.
-    Returns the adapter (eval mode) and one log entry per epoch.
+    Runs with ``centralized.threads`` torch threads. Returns the adapter (eval mode) and
+    one log entry per epoch.
     """
+    threads = torch.get_num_threads()
+    if config.centralized.threads:
+        torch.set_num_threads(config.centralized.threads)
+    try:
+        return _train(population, config, progress)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(
+    population: Population, config: Config, progress: bool
+) -> tuple[QueryAdapter, list[dict[str, float]]]:
     settings, loss_cfg = config.centralized, config.adapter
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
