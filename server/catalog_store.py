@@ -17,6 +17,7 @@ restart (or a crash) never loses an acknowledged change. Each upsert gets a fres
 from __future__ import annotations
 
 import base64
+import fcntl
 import hashlib
 import json
 import logging
@@ -41,6 +42,7 @@ ITEMS_FILE = "items.jsonl"
 VECTORS_FILE = "vectors.npy"
 META_FILE = "meta.json"
 PHOTOS_DIR = "photos"
+LOCK_FILE = "LOCK"
 
 
 class StoreError(RuntimeError):
@@ -189,6 +191,7 @@ class Catalog:
         self._next_key = 0
         self._journal_ops = 0
         self._journal: Any = None
+        self._lock_file: Any = None
 
     # -- building and opening -------------------------------------------------------------
 
@@ -206,6 +209,7 @@ class Catalog:
         nprobe: int = 8,
         min_recall: float = 0.95,
         recall_queries: int = 500,
+        query_vectors: np.ndarray | None = None,
         journal_max_ops: int = 1000,
     ) -> Catalog:
         """Build the index over ``items`` and write a fresh store to ``folder`` (replacing it)."""
@@ -213,36 +217,53 @@ class Catalog:
         if len(items) != len(vectors):
             raise ValueError(f"{len(items)} items but {len(vectors)} vectors")
         _check_unique([it.id for it in items])
-        keys = np.arange(len(items), dtype=np.int64)
-        index = VectorIndex.build(
-            vectors,
-            keys,
-            encoder_version=encoder_version,
-            kind=kind,
-            exact_max_items=exact_max_items,
-            nlist=nlist,
-            nprobe=nprobe,
-            min_recall=min_recall,
-            n_recall_queries=recall_queries,
-        )
-        catalog = cls(
-            folder, index, journal_max_ops=journal_max_ops, exact_max_items=exact_max_items
-        )
-        for key, (item, vector) in enumerate(zip(items, vectors, strict=True)):
-            catalog._put(item, vector, key)
-        catalog._next_key = len(items)
-        catalog._write_snapshot(_live_generation(folder) + 1)
+        lock_file = _acquire_lock(Path(folder))
+        try:
+            index = VectorIndex.build(
+                vectors,
+                np.arange(len(items), dtype=np.int64),
+                encoder_version=encoder_version,
+                kind=kind,
+                exact_max_items=exact_max_items,
+                nlist=nlist,
+                nprobe=nprobe,
+                min_recall=min_recall,
+                n_recall_queries=recall_queries,
+                queries=query_vectors,
+            )
+            catalog = cls(
+                folder, index, journal_max_ops=journal_max_ops, exact_max_items=exact_max_items
+            )
+            for key, (item, vector) in enumerate(zip(items, vectors, strict=True)):
+                catalog._put(item, vector, key)
+            catalog._next_key = len(items)
+            catalog._write_snapshot(_live_generation(folder) + 1)
+        except BaseException:
+            lock_file.close()
+            raise
+        catalog._lock_file = lock_file
         return catalog
 
     @classmethod
     def open(
         cls, folder: Path, *, journal_max_ops: int = 1000, exact_max_items: int = 20000
     ) -> Catalog:
-        """Load the live snapshot and replay its journal."""
+        """Load the live snapshot and replay its journal (holding the store's lock)."""
         folder = Path(folder)
         pointer = folder / CURRENT
         if not pointer.is_file():
             raise FileNotFoundError(f"no catalog store at {folder} (run `fedsearch index`)")
+        lock_file = _acquire_lock(folder)
+        try:
+            catalog = cls._load(folder, journal_max_ops, exact_max_items)
+        except BaseException:
+            lock_file.close()
+            raise
+        catalog._lock_file = lock_file
+        return catalog
+
+    @classmethod
+    def _load(cls, folder: Path, journal_max_ops: int, exact_max_items: int) -> Catalog:
         generation = _live_generation(folder)
         snapshot = folder / f"g{generation:06d}"
         index = VectorIndex.load(snapshot)
@@ -385,9 +406,11 @@ class Catalog:
             self._write_snapshot(self.generation + 1)
 
     def close(self) -> None:
-        if self._journal is not None:
-            self._journal.close()
-            self._journal = None
+        """Close the journal and release the store for another process."""
+        self._close_journal()
+        if self._lock_file is not None:
+            self._lock_file.close()
+            self._lock_file = None
 
     # -- internals ------------------------------------------------------------------------
 
@@ -415,6 +438,11 @@ class Catalog:
 
     def _apply_delete(self, item_ids: Sequence[str]) -> None:
         self.index.remove(np.array([self._drop(i) for i in item_ids]))
+
+    def _close_journal(self) -> None:
+        if self._journal is not None:
+            self._journal.close()
+            self._journal = None
 
     def _journal_path(self, generation: int) -> Path:
         return self.folder / f"g{generation:06d}.journal"
@@ -496,7 +524,7 @@ class Catalog:
         _fsync_tree(staging)
         os.replace(staging, self.folder / name)
         _write_atomic(self.folder / CURRENT, name.encode())
-        self.close()
+        self._close_journal()
         self.generation, self._journal_ops = generation, 0
         for path in self.folder.glob("g[0-9]*"):
             if path.name not in (name, self._journal_path(generation).name):
@@ -504,6 +532,20 @@ class Catalog:
                     shutil.rmtree(path)
                 else:
                     path.unlink()
+
+
+def _acquire_lock(folder: Path) -> Any:
+    """An exclusive advisory lock on the store: one writer process at a time."""
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = (folder / LOCK_FILE).open("a")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        raise StoreError(
+            f"catalog store {folder} is in use by another process (a running `fedsearch serve`?)"
+        ) from None
+    return handle
 
 
 def _live_generation(folder: Path) -> int:

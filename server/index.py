@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,6 +45,7 @@ class IndexInfo:
     encoder_version: str
     recall_at_10: float
     recall_queries: int
+    recall_query_source: str = "noisy-items"
     nlist: int = 0
     nprobe: int = 0
     build_seconds: float = 0.0
@@ -60,16 +62,17 @@ def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
     return hits / total if total else 1.0
 
 
-def recall_queries(vectors: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
-    """Held-out-like queries: sampled item vectors plus Gaussian noise, renormalized.
+def noisy_item_queries(vectors: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
+    """Stand-in queries when no real ones are given: sampled items plus Gaussian noise of
+    norm ~1 (cos ~0.7 to their item), so a query sits among the items, not on one.
 
-    The noise (norm ~0.5) puts each query among, not on, the items, so the measured recall
-    is not inflated by the query's own item always ranking first.
+    Real query vectors (``build(queries=...)``) are better: text queries sit farther from
+    the item clusters than this and need a larger ``nprobe``.
     """
     rng = np.random.default_rng(seed)
     rows = rng.choice(len(vectors), size=min(n, len(vectors)), replace=False)
     noise = rng.standard_normal((len(rows), vectors.shape[1])).astype(np.float32)
-    noisy = vectors[rows] + 0.5 * noise / math.sqrt(vectors.shape[1])
+    noisy = vectors[rows] + noise / math.sqrt(vectors.shape[1])
     return (noisy / np.linalg.norm(noisy, axis=1, keepdims=True)).astype(np.float32)
 
 
@@ -92,6 +95,7 @@ class VectorIndex:
         self.backend = faiss_backend()
         self._gpu_index: faiss.Index | None = None
         self._gpu_resources = None
+        self._gpu_lock = threading.Lock()  # FAISS GPU indexes are not thread-safe
 
     @property
     def ntotal(self) -> int:
@@ -114,16 +118,22 @@ class VectorIndex:
         nprobe: int = 8,
         min_recall: float = 0.95,
         n_recall_queries: int = 500,
+        queries: np.ndarray | None = None,
         seed: int = 0,
     ) -> VectorIndex:
-        """Build over ``vectors`` (n, d) float32 with int64 ``keys``; measure recall@10."""
+        """Build over ``vectors`` (n, d) float32 with int64 ``keys``; measure recall@10 on
+        ``queries`` (real query vectors) or, without them, on noisy item vectors."""
         vectors, keys = _as_vectors(vectors), _as_keys(keys)
         if len(vectors) != len(keys):
             raise ValueError(f"{len(vectors)} vectors but {len(keys)} keys")
         if kind == "auto":
             kind = "exact" if len(vectors) <= exact_max_items else "ivf"
         start = time.perf_counter()
-        queries = recall_queries(vectors, n_recall_queries, seed) if len(vectors) else None
+        source = "query-vectors" if queries is not None else "noisy-items"
+        if queries is not None:
+            queries = _as_vectors(queries)[:n_recall_queries]
+        elif len(vectors):
+            queries = noisy_item_queries(vectors, n_recall_queries, seed)
         if kind == "exact":
             index = faiss.IndexIDMap2(faiss.IndexFlatIP(vectors.shape[1]))
             index.add_with_ids(vectors, keys)
@@ -140,6 +150,7 @@ class VectorIndex:
             encoder_version=encoder_version,
             recall_at_10=round(recall, 4),
             recall_queries=0 if queries is None else len(queries),
+            recall_query_source=source,
             nlist=nlist,
             nprobe=nprobe if kind == "ivf" else 0,
             build_seconds=round(time.perf_counter() - start, 3),
@@ -170,18 +181,21 @@ class VectorIndex:
             else:
                 params = faiss.SearchParameters(sel=selector)
             return self.index.search(queries, k, params=params)
-        return self._search_index().search(queries, k)
-
-    def _search_index(self) -> faiss.Index:
-        """The index to search without a filter: a GPU copy when FAISS has a GPU."""
         if self.backend != "faiss-gpu":
-            return self.index
+            return self.index.search(queries, k)
+        with self._gpu_lock:
+            return self._gpu_copy().search(queries, k)
+
+    def _gpu_copy(self) -> faiss.Index:
+        """A GPU copy of the index for unfiltered searches, remade after each change."""
         if self._gpu_index is None:
             if self._gpu_resources is None:
                 self._gpu_resources = faiss.StandardGpuResources()
             self._gpu_index = faiss.index_cpu_to_gpu(self._gpu_resources, 0, self.index)
             if self.info.kind == "ivf":
-                self._gpu_index.nprobe = self.info.nprobe
+                faiss.GpuParameterSpace().set_index_parameter(
+                    self._gpu_index, "nprobe", self.info.nprobe
+                )
         return self._gpu_index
 
     def save(self, folder: Path) -> None:

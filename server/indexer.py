@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import random
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,15 +18,25 @@ import numpy as np
 
 from common.catalog import load_fashion_catalog
 from common.config import Config
-from common.encoder import Encoder, ImageInput
+from common.encoder import Encoder, ImageInput, create_encoder
 from common.fusion import fuse
 from common.schemas import Product
 from server.catalog_store import Catalog, Item
 from server.index import IndexKind
+from server.query_encoder import encode_texts
 
 log = logging.getLogger(__name__)
 
 PRICE_MIN, PRICE_MAX = 5.0, 250.0
+
+
+def encoder_from_config(config: Config) -> Encoder:
+    return create_encoder(
+        config.encoder.model,
+        config.encoder.pretrained,
+        work_dir=config.paths.work,
+        device=config.encoder.device,
+    )
 
 
 def store_path(config: Config) -> Path:
@@ -78,7 +89,12 @@ def item_vectors(
     with_title = [i for i, t in enumerate(titles) if t]
     with_photo = [i for i, p in enumerate(photos) if p is not None]
     if with_title:
-        texts[with_title] = encoder.encode_text([titles[i] for i in with_title], progress=progress)
+        texts[with_title] = encode_texts(
+            encoder,
+            [titles[i] for i in with_title],
+            batch_size=encoder.batch_size,
+            progress=progress,
+        )
     if with_photo:
         images[with_photo] = encoder.encode_image(
             [photos[i] for i in with_photo], progress=progress
@@ -91,6 +107,28 @@ def item_vectors(
         text_weight=np.where(has_title, text_weight, 0.0),
         image_weight=np.where(has_photo, image_weight, 0.0),
     )
+
+
+def catalog_text_queries(items: Sequence[Item], n: int, seed: int = 0) -> list[str]:
+    """Distinct shopper-like text queries from item attributes and titles ("black watches",
+    "women casual shoes", ...), shuffled; for measuring recall on realistic queries."""
+    found: set[str] = set()
+    for it in items:
+        a = it.attributes
+        for parts in (
+            (a.get("baseColour", ""), it.category),
+            (a.get("gender", ""), it.category),
+            (a.get("usage", ""), it.category),
+            (it.category,),
+        ):
+            if all(parts):
+                found.add(" ".join(parts).lower())
+        words = it.title.split()
+        if len(words) > 2:
+            found.add(" ".join(words[1:4]).lower())
+    queries = sorted(found)
+    random.Random(seed).shuffle(queries)
+    return queries[:n]
 
 
 def build_catalog(
@@ -112,7 +150,17 @@ def build_catalog(
         image_weight=config.encoder.image_weight,
         progress=progress,
     )
-    return create_catalog(config, items, vectors, encoder.version, folder=folder, kind=kind)
+    ann = kind == "ivf" or (kind == "auto" and len(items) > config.search.exact_max_items)
+    queries = catalog_text_queries(items, config.search.recall_queries) if ann else []
+    return create_catalog(
+        config,
+        items,
+        vectors,
+        encoder.version,
+        folder=folder,
+        kind=kind,
+        query_vectors=encode_texts(encoder, queries) if queries else None,
+    )
 
 
 def create_catalog(
@@ -123,7 +171,10 @@ def create_catalog(
     *,
     folder: Path | None = None,
     kind: IndexKind = "auto",
+    query_vectors: np.ndarray | None = None,
 ) -> Catalog:
+    """Write a store of ``items`` and their ``vectors``; recall measured on
+    ``query_vectors`` when given (else on noisy item vectors)."""
     s = config.search
     return Catalog.create(
         folder or store_path(config),
@@ -136,6 +187,7 @@ def create_catalog(
         nprobe=s.ivf_nprobe,
         min_recall=s.ann_min_recall,
         recall_queries=s.recall_queries,
+        query_vectors=query_vectors,
         journal_max_ops=s.journal_max_ops,
     )
 

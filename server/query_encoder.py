@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from PIL import Image
+from tqdm.auto import tqdm
 
 from common.encoder import Encoder
 from common.fusion import fuse
@@ -34,6 +35,19 @@ def encode_text_trimmed(encoder: Encoder, texts: Sequence[str]) -> np.ndarray:
     with torch.no_grad():
         out = encoder.model.encode_text(tokens[:, :width].to(encoder.device), normalize=True)
     return out.float().cpu().numpy()
+
+
+def encode_texts(
+    encoder: Encoder, texts: Sequence[str], *, batch_size: int = 128, progress: bool = False
+) -> np.ndarray:
+    """Many texts, batched by length (little padding to trim), in their original order."""
+    out = np.zeros((len(texts), encoder.dim), dtype=np.float32)
+    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+    starts = range(0, len(order), batch_size)
+    for start in tqdm(starts, desc="encode text", disable=not progress):
+        rows = order[start : start + batch_size]
+        out[rows] = encode_text_trimmed(encoder, [texts[i] for i in rows])
+    return out
 
 
 @dataclass

@@ -1,10 +1,12 @@
-"""Search commands: ``fedsearch index``, ``fedsearch serve``, ``fedsearch bench-search``."""
+"""Search commands: ``fedsearch index``, ``serve``, ``search`` and ``bench-search``."""
 
 from __future__ import annotations
 
 import argparse
+import functools
 import shlex
 import sys
+from collections.abc import Callable
 
 from common.cli import UsageError, add_config_arguments, config_from_args
 
@@ -33,6 +35,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     serve.add_argument("--port", type=int, help="default: search.port")
     serve.set_defaults(handler=_serve)
 
+    search = subparsers.add_parser(
+        "search",
+        help="one query, side by side for simulated shoppers (in-process, no server)",
+        description="Runs the service's pipeline in-process on the served catalog with the "
+        "latest verified adapter: the query without personalization and for each shopper "
+        "(from the last simulation run's shoppers.json), printed side by side.",
+    )
+    add_config_arguments(search)
+    search.add_argument("text", help="the query text")
+    search.add_argument(
+        "--shopper",
+        action="append",
+        dest="shoppers",
+        metavar="NAME",
+        help="a shopper's name (repeatable; default: the first two)",
+    )
+    search.add_argument("-k", type=int, default=10, help="results per column (default 10)")
+    search.set_defaults(handler=_search)
+
     bench = subparsers.add_parser(
         "bench-search",
         help="benchmark the search service over HTTP (exact vs ANN, 100k items)",
@@ -49,19 +70,30 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bench.set_defaults(handler=_bench)
 
 
+def _user_errors(handler: Callable[[argparse.Namespace], int]) -> Callable:
+    """Encoder and store problems are the user's to fix: one line, not a traceback."""
+
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace) -> int:
+        from common.encoder import EncoderError
+        from server.catalog_store import StoreError
+
+        try:
+            return handler(args)
+        except (EncoderError, StoreError) as exc:
+            raise UsageError(str(exc)) from exc
+
+    return run
+
+
+@_user_errors
 def _index(args: argparse.Namespace) -> int:
-    from common.encoder import create_encoder
-    from server.indexer import build_catalog, fashion_items
+    from server.indexer import build_catalog, encoder_from_config, fashion_items
 
     config = config_from_args(args)
     if args.limit is not None and args.limit < 1:
         raise UsageError("--limit: must be >= 1")
-    encoder = create_encoder(
-        config.encoder.model,
-        config.encoder.pretrained,
-        work_dir=config.paths.work,
-        device=config.encoder.device,
-    )
+    encoder = encoder_from_config(config)
     catalog = build_catalog(config, encoder, fashion_items(config, args.limit), kind=args.kind)
     info = catalog.index.info
     print(
@@ -84,6 +116,7 @@ def apply_thread_settings(torch_threads: int, faiss_threads: int) -> None:
         faiss.omp_set_num_threads(faiss_threads)
 
 
+@_user_errors
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -99,6 +132,28 @@ def _serve(args: argparse.Namespace) -> int:
     return 0
 
 
+@_user_errors
+def _search(args: argparse.Namespace) -> int:
+    from server.indexer import encoder_from_config, open_or_build_catalog
+    from server.shopper_compare import compare_shoppers
+
+    config = config_from_args(args)
+    if not args.text.strip() or len(args.text) > config.search.max_text_chars:
+        raise UsageError(f"text: give 1 to {config.search.max_text_chars} characters")
+    if not 1 <= args.k <= config.search.max_k:
+        raise UsageError(f"-k: must be between 1 and {config.search.max_k}")
+    encoder = encoder_from_config(config)
+    catalog = open_or_build_catalog(config, encoder)
+    try:
+        print(compare_shoppers(config, encoder, catalog, args.text, names=args.shoppers, k=args.k))
+    except KeyError as exc:
+        raise UsageError(str(exc.args[0])) from exc
+    finally:
+        catalog.close()
+    return 0
+
+
+@_user_errors
 def _bench(args: argparse.Namespace) -> int:
     from server.search_bench import run_search_bench
 

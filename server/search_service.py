@@ -25,11 +25,11 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common.config import Config
-from common.encoder import Encoder, create_encoder
+from common.encoder import Encoder
 from common.signing import load_public_key
 from server import prom
 from server.catalog_store import Catalog, Item
-from server.indexer import item_vectors, open_or_build_catalog
+from server.indexer import encoder_from_config, item_vectors, open_or_build_catalog
 from server.model_state import ModelState, ModelWatcher
 from server.query_encoder import QueryEncoder
 from server.search_api import (
@@ -51,7 +51,7 @@ from server.search_api import (
     validation_error,
 )
 from server.search_engine import SearchEngine
-from server.shoppers import demo_shoppers, find_shoppers_file, load_shoppers
+from server.shoppers import shoppers_for
 
 log = logging.getLogger(__name__)
 
@@ -188,12 +188,7 @@ def create_app(
 ) -> FastAPI:
     """The service app. Builds the encoder and catalog from ``config`` unless given."""
     if encoder is None:
-        encoder = create_encoder(
-            config.encoder.model,
-            config.encoder.pretrained,
-            work_dir=config.paths.work,
-            device=config.encoder.device,
-        )
+        encoder = encoder_from_config(config)
     if catalog is None:
         catalog = open_or_build_catalog(config, encoder)
     service = SearchService(config, encoder, catalog)
@@ -234,7 +229,8 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        body = ApiError(exc.status_code, "path", str(exc.detail)).body()
+        field = "path" if exc.status_code in (404, 405) else "body"
+        body = ApiError(exc.status_code, field, str(exc.detail)).body()
         return JSONResponse(body, status_code=exc.status_code)
 
 
@@ -288,17 +284,11 @@ def _add_search_routes(app: FastAPI, service: SearchService) -> None:
 
     @app.get("/shoppers", summary="Simulated shoppers (names and user vectors) for the page")
     def shoppers() -> dict[str, Any]:
-        path = (
-            Path(service.config.search.shoppers_file)
-            if service.config.search.shoppers_file
-            else find_shoppers_file(service.config.paths.work)
+        cfg = service.config
+        source, people = shoppers_for(
+            cfg.paths.work, cfg.search.shoppers_file, service.catalog, service.encoder.dim
         )
-        if path is not None and path.is_file():
-            try:
-                return {"source": str(path), "shoppers": load_shoppers(path, service.encoder.dim)}
-            except (ValueError, KeyError) as exc:
-                log.warning("ignoring shoppers file: %s", exc)
-        return {"source": "demo", "shoppers": demo_shoppers(service.catalog)}
+        return {"source": source, "shoppers": people}
 
     @app.get("/", include_in_schema=False)
     def web_page() -> FileResponse:

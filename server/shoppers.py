@@ -14,6 +14,7 @@ are derived from catalog attributes (``demo_shoppers``) and labelled as such.
 from __future__ import annotations
 
 import json
+import logging
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -23,6 +24,8 @@ import numpy as np
 
 from common.personalization import user_vector
 from server.catalog_store import Catalog
+
+log = logging.getLogger(__name__)
 
 FORMAT = "fedsearch-shoppers/1"
 FILE_NAME = "shoppers.json"
@@ -75,6 +78,20 @@ def load_shoppers(path: Path, dim: int) -> list[dict[str, Any]]:
         {"name": s["name"], "description": s.get("description", ""), "vector": s["vector"]}
         for s in shoppers
     ]
+
+
+def shoppers_for(
+    work_dir: Path, shoppers_file: str, catalog: Catalog, dim: int
+) -> tuple[str, list[dict[str, Any]]]:
+    """(source, shoppers): ``shoppers_file`` if set, else the newest run's file under
+    ``work_dir``, else demo shoppers from the catalog (source ``"demo"``)."""
+    path = Path(shoppers_file) if shoppers_file else find_shoppers_file(work_dir)
+    if path is not None and path.is_file():
+        try:
+            return str(path), load_shoppers(path, dim)
+        except (ValueError, KeyError) as exc:
+            log.warning("ignoring shoppers file: %s", exc)
+    return "demo", demo_shoppers(catalog)
 
 
 def demo_shoppers(catalog: Catalog, n: int = 4) -> list[dict[str, Any]]:

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from server.catalog_store import Catalog, Filters, Item
+from server.catalog_store import Catalog, Filters, Item, StoreError
 
 
 def unit(rng, n, dim=16):
@@ -132,3 +132,13 @@ def test_a_rebuilt_store_replaces_the_live_snapshot(store, tmp_path):
 def test_missing_store_is_a_clear_error(tmp_path):
     with pytest.raises(FileNotFoundError, match="fedsearch index"):
         Catalog.open(tmp_path / "nothing")
+
+
+def test_a_store_in_use_cannot_be_opened_or_rebuilt_by_another(store, tmp_path):
+    catalog, items, vectors, _ = store
+    with pytest.raises(StoreError, match="in use"):
+        Catalog.open(tmp_path / "s")
+    with pytest.raises(StoreError, match="in use"):
+        Catalog.create(tmp_path / "s", items, vectors, encoder_version="enc")
+    catalog.close()
+    Catalog.open(tmp_path / "s").close()

@@ -141,9 +141,8 @@ def test_with_a_public_key_only_signed_versions_are_served(make_app, keys):
         }  # fmt: skip
 
 
-def test_the_service_starts_on_the_latest_published_version(make_app):
-    app, config = make_app()
-    publish(config.paths.registry, random_adapter(1))
-    app, _ = make_app(reopen=True)
+def test_the_service_starts_on_the_latest_published_version(make_app, tmp_path):
+    publish(tmp_path / "work" / "registry", random_adapter(1))
+    app, _ = make_app()
     with TestClient(app) as c:
         assert c.get("/healthz").json()["model_version"] == "v0001"

@@ -72,3 +72,21 @@ def test_unknown_kind_and_missing_files_are_clear_errors(tmp_path):
         VectorIndex.build(clustered(50), np.arange(50), encoder_version="e", kind="hnsw")
     with pytest.raises(FileNotFoundError, match="index.faiss"):
         VectorIndex.load(tmp_path)
+
+
+def test_recall_is_measured_on_given_query_vectors():
+    x = clustered(3000)
+    rng = np.random.default_rng(9)
+    between = x[rng.choice(3000, 200)] + x[rng.choice(3000, 200)]  # queries between clusters
+    between /= np.linalg.norm(between, axis=1, keepdims=True)
+    index = VectorIndex.build(
+        x, np.arange(3000), encoder_version="e", kind="ivf", nprobe=1, queries=between
+    )
+    assert index.info.recall_query_source == "query-vectors"
+    assert index.info.recall_queries == 200
+    truth = exact_top_k(x, np.arange(3000), between, 10)
+    assert recall_at_k(index.search(between, 10)[1], truth) == pytest.approx(
+        index.info.recall_at_10, abs=1e-4
+    )
+    plain = VectorIndex.build(x, np.arange(3000), encoder_version="e", kind="ivf")
+    assert plain.info.recall_query_source == "noisy-items"

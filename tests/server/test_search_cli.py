@@ -4,12 +4,17 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-import common.encoder
+import server.indexer
 from common.cli import main
 from common.config import config_from_dict
 from server.catalog_store import Item
-from server.indexer import open_catalog, open_or_build_catalog, synthetic_price
-from server.search_bench import _codes, perturbed_copies, run_load, text_queries
+from server.indexer import (
+    catalog_text_queries,
+    open_catalog,
+    open_or_build_catalog,
+    synthetic_price,
+)
+from server.search_bench import _codes, perturbed_copies, run_load
 
 
 @pytest.fixture
@@ -28,7 +33,7 @@ def config(tmp_path, small_catalog):
 @pytest.fixture
 def shared_encoder(monkeypatch, untrained_encoder):
     """Commands build their encoder with ``create_encoder``: hand them the session's."""
-    monkeypatch.setattr(common.encoder, "create_encoder", lambda *a, **k: untrained_encoder)
+    monkeypatch.setattr(server.indexer, "create_encoder", lambda *a, **k: untrained_encoder)
     return untrained_encoder
 
 
@@ -87,7 +92,7 @@ def test_bench_copies_form_clusters_around_the_originals():
 
 
 def test_bench_queries_and_load_over_http(make_app, serve_app, search_items):
-    queries = text_queries(search_items, 40)
+    queries = catalog_text_queries(search_items, 40)
     assert len(queries) == len(set(queries)) == 40
     assert all(q == q.lower() and q.strip() for q in queries)
     app, _ = make_app()
@@ -102,3 +107,24 @@ def test_bench_queries_and_load_over_http(make_app, serve_app, search_items):
 def test_item_json_roundtrip_keeps_every_field():
     item = Item(id="x", title="t", category="c", price=1.5, photo="/p.jpg", attributes={"a": "b"})
     assert Item(**item.to_json()) == item
+
+
+def test_search_command_prints_shoppers_side_by_side(config, shared_encoder, capsys):
+    from server.shoppers import write_shoppers
+
+    rng = np.random.default_rng(3)
+    people = [{"name": n, "vector": rng.standard_normal(384)} for n in ("ana", "bo", "cy")]
+    write_shoppers(config.paths.work / "sim-run" / "shoppers.json", people)
+    args = ["--set", f"paths.data_dir={config.paths.data}", "--set",
+            f"paths.work_dir={config.paths.work}", "--set", "encoder.pretrained=none"]  # fmt: skip
+    assert (
+        main(["search", "black watch", "-k", "5", "--shopper", "cy", "--shopper", "ana", *args])
+        == 0
+    )
+    out = capsys.readouterr().out
+    header = next(line for line in out.splitlines() if line.startswith("not personalized"))
+    assert header.split() == ["not", "personalized", "cy", "ana"]
+    ranked = [line for line in out.splitlines() if line.lstrip().startswith("5.")]
+    assert len(ranked) == 1 and ranked[0].count("5.") == 3
+    assert main(["search", "black watch", "--shopper", "nobody", *args]) == 2
+    assert "unknown shopper" in capsys.readouterr().err
