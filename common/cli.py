@@ -78,9 +78,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from common.encoder import EncoderError
+
     try:
         return int(args.handler(args) or 0)
-    except (ConfigError, UsageError, FileNotFoundError) as exc:
+    except (ConfigError, UsageError, FileNotFoundError, EncoderError) as exc:
         print(f"fedsearch {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -199,13 +199,25 @@ class Encoder:
     def encode_text(
         self, texts: Sequence[str], *, normalize: bool = True, progress: bool = False
     ) -> np.ndarray:
-        out = []
-        for start in tqdm(
-            range(0, len(texts), self.batch_size), desc="encode text", disable=not progress
-        ):
-            tokens = self.tokenizer(list(texts[start : start + self.batch_size]))
-            out.append(self.model.encode_text(tokens.to(self.device), normalize=normalize))
-        return _stack(out, self.dim)
+        """Text vectors in input order. Texts are batched by length and each batch is cut
+        after its longest text's last token: the text tower masks padding, so the vectors
+        are unchanged and short queries cost a fraction of the full context length."""
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        starts = range(0, len(order), self.batch_size)
+        for start in tqdm(starts, desc="encode text", disable=not progress):
+            rows = order[start : start + self.batch_size]
+            tokens = self._trim_padding(self.tokenizer([texts[i] for i in rows]))
+            vecs = self.model.encode_text(tokens.to(self.device), normalize=normalize)
+            out[rows] = vecs.float().cpu().numpy()
+        return out
+
+    def _trim_padding(self, tokens: torch.Tensor) -> torch.Tensor:
+        pad = getattr(getattr(self.tokenizer, "tokenizer", None), "pad_token_id", None)
+        if pad is None:  # open_clip's own tokenizer: causal text tower, keep full width
+            return tokens
+        positions = torch.arange(1, tokens.shape[1] + 1)
+        return tokens[:, : max(1, int(((tokens != pad) * positions).max()))]
 
     @torch.no_grad()
     def encode_image(
@@ -239,28 +251,32 @@ class Encoder:
 
     def encode_items(
         self,
-        titles: Sequence[str],
+        titles: Sequence[str | None],
         images: Sequence[ImageInput | None],
         *,
         text_weight: float = 0.5,
         image_weight: float = 0.5,
         progress: bool = False,
     ) -> np.ndarray:
-        """Item vectors: title and photo fused per item (title alone where no photo)."""
+        """Item vectors: title and photo fused per item; either may be missing (not both)."""
         if len(titles) != len(images):
             raise ValueError(f"{len(titles)} titles but {len(images)} images")
-        text = self.encode_text(titles, progress=progress)
-        with_photo = [i for i, im in enumerate(images) if im is not None]
+        has_title = np.array([bool(t) for t in titles], dtype=bool)
+        has_photo = np.array([im is not None for im in images], dtype=bool)
+        if not np.all(has_title | has_photo):
+            raise ValueError("every item needs a title, a photo, or both")
+        text = np.zeros((len(titles), self.dim), dtype=np.float32)
         photos = np.zeros_like(text)
-        if with_photo:
-            encoded = self.encode_image([images[i] for i in with_photo], progress=progress)
-            photos[with_photo] = encoded
-        has_photo = np.zeros(len(titles), dtype=bool)
-        has_photo[with_photo] = True
+        if has_title.any():
+            rows = np.flatnonzero(has_title)
+            text[rows] = self.encode_text([titles[i] for i in rows], progress=progress)
+        if has_photo.any():
+            rows = np.flatnonzero(has_photo)
+            photos[rows] = self.encode_image([images[i] for i in rows], progress=progress)
         return fuse(
             text,
             photos,
-            text_weight=text_weight,
+            text_weight=np.where(has_title, text_weight, 0.0),
             image_weight=np.where(has_photo, image_weight, 0.0),
         )
 

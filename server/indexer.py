@@ -18,12 +18,10 @@ import numpy as np
 
 from common.catalog import load_fashion_catalog
 from common.config import Config
-from common.encoder import Encoder, ImageInput, create_encoder
-from common.fusion import fuse
+from common.encoder import Encoder, create_encoder
 from common.schemas import Product
 from server.catalog_store import Catalog, Item
 from server.index import IndexKind
-from server.query_encoder import encode_texts
 
 log = logging.getLogger(__name__)
 
@@ -72,43 +70,6 @@ def items_from_products(products: Sequence[Product], synthetic_prices: bool) -> 
     ]
 
 
-def item_vectors(
-    encoder: Encoder,
-    titles: Sequence[str | None],
-    photos: Sequence[ImageInput | None],
-    *,
-    text_weight: float,
-    image_weight: float,
-    progress: bool = False,
-) -> np.ndarray:
-    """Title and photo fused per item, like ``Encoder.encode_items``, where either may be
-    missing (an item needs at least one)."""
-    n, dim = len(titles), encoder.dim
-    texts = np.zeros((n, dim), dtype=np.float32)
-    images = np.zeros((n, dim), dtype=np.float32)
-    with_title = [i for i, t in enumerate(titles) if t]
-    with_photo = [i for i, p in enumerate(photos) if p is not None]
-    if with_title:
-        texts[with_title] = encode_texts(
-            encoder,
-            [titles[i] for i in with_title],
-            batch_size=encoder.batch_size,
-            progress=progress,
-        )
-    if with_photo:
-        images[with_photo] = encoder.encode_image(
-            [photos[i] for i in with_photo], progress=progress
-        )
-    has_title = np.array([bool(t) for t in titles])
-    has_photo = np.array([p is not None for p in photos])
-    return fuse(
-        texts,
-        images,
-        text_weight=np.where(has_title, text_weight, 0.0),
-        image_weight=np.where(has_photo, image_weight, 0.0),
-    )
-
-
 def catalog_text_queries(items: Sequence[Item], n: int, seed: int = 0) -> list[str]:
     """Distinct shopper-like text queries from item attributes and titles ("black watches",
     "women casual shoes", ...), shuffled; for measuring recall on realistic queries."""
@@ -142,8 +103,7 @@ def build_catalog(
 ) -> Catalog:
     """Encode ``items`` and write a new store (replacing the live snapshot atomically)."""
     encoder.batch_size = config.encoder.batch_size
-    vectors = item_vectors(
-        encoder,
+    vectors = encoder.encode_items(
         [it.title for it in items],
         [it.photo for it in items],
         text_weight=config.encoder.text_weight,
@@ -159,7 +119,7 @@ def build_catalog(
         encoder.version,
         folder=folder,
         kind=kind,
-        query_vectors=encode_texts(encoder, queries) if queries else None,
+        query_vectors=encoder.encode_text(queries) if queries else None,
     )
 
 

@@ -2,52 +2,21 @@
 
 One worker thread owns the encoder for queries: it takes every request waiting in its queue
 (up to ``max_batch``) and encodes their texts in one call and their images in another, so
-under load the encoder runs few large batches instead of many competing small ones. Text
-is tokenized as usual and then cut after the longest query's last token: MiniLM masks
-padding, so the vectors are the same (checked in tests) at a fraction of the cost.
+under load the encoder runs few large batches instead of many competing small ones.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
-from collections.abc import Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 import numpy as np
-import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from common.encoder import Encoder
 from common.fusion import fuse
-
-
-def encode_text_trimmed(encoder: Encoder, texts: Sequence[str]) -> np.ndarray:
-    """``encoder.encode_text(texts)`` without the trailing padding columns (HF tokenizers)."""
-    pad = getattr(getattr(encoder.tokenizer, "tokenizer", None), "pad_token_id", None)
-    if pad is None:
-        return encoder.encode_text(texts)
-    tokens = encoder.tokenizer(list(texts))
-    positions = torch.arange(1, tokens.shape[1] + 1)
-    width = max(1, int(((tokens != pad) * positions).max()))
-    with torch.no_grad():
-        out = encoder.model.encode_text(tokens[:, :width].to(encoder.device), normalize=True)
-    return out.float().cpu().numpy()
-
-
-def encode_texts(
-    encoder: Encoder, texts: Sequence[str], *, batch_size: int = 128, progress: bool = False
-) -> np.ndarray:
-    """Many texts, batched by length (little padding to trim), in their original order."""
-    out = np.zeros((len(texts), encoder.dim), dtype=np.float32)
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    starts = range(0, len(order), batch_size)
-    for start in tqdm(starts, desc="encode text", disable=not progress):
-        rows = order[start : start + batch_size]
-        out[rows] = encode_text_trimmed(encoder, [texts[i] for i in rows])
-    return out
 
 
 @dataclass
@@ -123,7 +92,7 @@ class QueryEncoder:
         with_text = [i for i, j in enumerate(jobs) if j.text]
         with_image = [i for i, j in enumerate(jobs) if j.image is not None]
         if with_text:
-            texts[with_text] = encode_text_trimmed(self.encoder, [jobs[i].text for i in with_text])
+            texts[with_text] = self.encoder.encode_text([jobs[i].text for i in with_text])
         if with_image:
             images[with_image] = self.encoder.encode_image([jobs[i].image for i in with_image])
         text_w = np.array([j.text_weight if j.text else 0.0 for j in jobs], dtype=np.float32)

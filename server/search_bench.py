@@ -41,11 +41,9 @@ from server.indexer import (
     create_catalog,
     encoder_from_config,
     fashion_items,
-    item_vectors,
     open_catalog,
     store_path,
 )
-from server.query_encoder import encode_text_trimmed, encode_texts
 
 log = logging.getLogger(__name__)
 
@@ -86,8 +84,7 @@ def _catalog_vectors(config: Config, encoder: Encoder) -> tuple[list[Item], np.n
             return [by_id[ids[i]] for i in keep], vectors[keep]
     print(f"item vectors: encoding {len(items):,} catalog items")
     encoder.batch_size = config.encoder.batch_size
-    vectors = item_vectors(
-        encoder,
+    vectors = encoder.encode_items(
         [it.title for it in items],
         [it.photo for it in items],
         text_weight=config.encoder.text_weight,
@@ -234,7 +231,7 @@ def in_process_ms(
     times = []
     for text in queries:
         start = time.perf_counter()
-        vector = encode_text_trimmed(encoder, [text])[0]
+        vector = encoder.encode_text([text])[0]
         catalog.search(vector, k)
         times.append((time.perf_counter() - start) * 1000)
     return float(np.median(times))
@@ -267,9 +264,9 @@ def run_search_bench(
         queries=catalog_text_queries(real_items, TUNING_QUERIES + LOAD_QUERIES),
     )
     tuning, load = setup.queries[:TUNING_QUERIES], setup.queries[TUNING_QUERIES:]
-    tuning_vectors = encode_texts(encoder, tuning)
+    tuning_vectors = encoder.encode_text(tuning)
     truth = exact_top_k(
-        setup.vectors, np.arange(items, dtype=np.int64), encode_texts(encoder, load), RECALL_K
+        setup.vectors, np.arange(items, dtype=np.int64), encoder.encode_text(load), RECALL_K
     )
     results: dict[str, Any] = {
         "command": command or "server.search_bench.run_search_bench()",

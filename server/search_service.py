@@ -29,7 +29,7 @@ from common.encoder import Encoder
 from common.signing import load_public_key
 from server import prom
 from server.catalog_store import Catalog, Item
-from server.indexer import encoder_from_config, item_vectors, open_or_build_catalog
+from server.indexer import encoder_from_config, open_or_build_catalog
 from server.model_state import ModelState, ModelWatcher
 from server.query_encoder import QueryEncoder
 from server.search_api import (
@@ -356,8 +356,7 @@ def _upsert(service: SearchService, body: UpsertBody) -> dict[str, Any]:
         )
         raw.append(data)
     enc = service.config.encoder
-    vectors = item_vectors(
-        service.encoder,
+    vectors = service.encoder.encode_items(
         titles,
         photos,
         text_weight=enc.text_weight,

@@ -34,6 +34,16 @@ def test_encoding_is_deterministic_and_batch_independent(untrained_encoder, smal
     )
 
 
+def test_trimmed_padding_gives_the_full_width_vectors(untrained_encoder):
+    import torch
+
+    texts = ["watch", "black casual shoes for men", "a much longer query " * 3, "red", "x y"]
+    with torch.no_grad():
+        tokens = untrained_encoder.tokenizer(texts)  # padded to the full context length
+        full = untrained_encoder.model.encode_text(tokens, normalize=True).numpy()
+    np.testing.assert_allclose(untrained_encoder.encode_text(texts), full, atol=1e-5)
+
+
 def test_fused_query_and_items(untrained_encoder, small_catalog):
     image = next((small_catalog / "images").glob("*.jpg"))
     t = untrained_encoder.encode_text(["black watch"])[0]
@@ -41,9 +51,12 @@ def test_fused_query_and_items(untrained_encoder, small_catalog):
     q = untrained_encoder.encode_query("black watch", image, text_weight=0.5, image_weight=0.5)
     np.testing.assert_allclose(q, (t + i) / np.linalg.norm(t + i), atol=1e-5)
     np.testing.assert_allclose(untrained_encoder.encode_query("black watch"), t, atol=1e-6)
-    items = untrained_encoder.encode_items(["black watch", "red shirt"], [image, None])
+    items = untrained_encoder.encode_items(["black watch", "red shirt", None], [image, None, image])
     np.testing.assert_allclose(items[0], q, atol=1e-5)
     np.testing.assert_allclose(items[1], untrained_encoder.encode_text(["red shirt"])[0], atol=1e-5)
+    np.testing.assert_allclose(items[2], i, atol=1e-5)
+    with pytest.raises(ValueError, match="title, a photo"):
+        untrained_encoder.encode_items([None], [None])
     with pytest.raises(ValueError, match="text, an image"):
         untrained_encoder.encode_query()
 

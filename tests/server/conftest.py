@@ -27,10 +27,8 @@ def search_items(fashion_dir):
 
 @pytest.fixture(scope="session")
 def search_vectors(search_items, untrained_encoder) -> np.ndarray:
-    from server.indexer import item_vectors
 
-    return item_vectors(
-        untrained_encoder,
+    return untrained_encoder.encode_items(
         [it.title for it in search_items],
         [it.photo for it in search_items],
         text_weight=0.5,

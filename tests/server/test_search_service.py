@@ -8,9 +8,6 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from server.indexer import item_vectors
-from server.query_encoder import encode_text_trimmed, encode_texts
-
 
 def png_bytes(color=(200, 30, 30)) -> bytes:
     buf = io.BytesIO()
@@ -23,25 +20,6 @@ def client(make_app):
     app, _ = make_app()
     with TestClient(app) as c:
         yield c
-
-
-def test_trimmed_text_encoding_equals_the_encoders(untrained_encoder):
-    texts = ["watch", "black casual shoes for men", "a much longer query " * 3, "red", "x y"]
-    expected = untrained_encoder.encode_text(texts)
-    np.testing.assert_allclose(encode_text_trimmed(untrained_encoder, texts), expected, atol=1e-5)
-    np.testing.assert_allclose(
-        encode_texts(untrained_encoder, texts, batch_size=2), expected, atol=1e-5
-    )
-
-
-def test_item_vectors_equal_the_encoders_fused_items(untrained_encoder, search_items):
-    titles = [it.title for it in search_items[:6]]
-    photos = [it.photo for it in search_items[:3]] + [None] * 3
-    np.testing.assert_allclose(
-        item_vectors(untrained_encoder, titles, photos, text_weight=0.5, image_weight=0.5),
-        untrained_encoder.encode_items(titles, photos, text_weight=0.5, image_weight=0.5),
-        atol=1e-5,
-    )
 
 
 def test_text_search_returns_results_with_version_and_timing(client):
