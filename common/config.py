@@ -169,11 +169,15 @@ class AdapterConfig:
 class CentralizedConfig:
     """The non-private centralized adapter training (the upper reference baseline).
 
-    ``threads``: torch threads while training (1 is ~7x faster than 2 for these small
-    tensors on a shared 2-core machine; 0 keeps torch's default).
+    Up to ``epochs`` epochs; with ``patience`` > 0, each device's last train search is held
+    out for validation (never trained on), training stops after ``patience`` epochs without
+    a better validation nDCG, and the best epoch's adapter is kept (0: train all epochs on
+    all searches). ``threads``: torch threads while training (1 is ~7x faster than 2 for
+    these small tensors on a shared 2-core machine; 0 keeps torch's default).
     """
 
-    epochs: int = 5
+    epochs: int = 30
+    patience: int = 3
     batch_size: int = 256
     lr: float = 1e-3
     weight_decay: float = 0.0
@@ -182,6 +186,7 @@ class CentralizedConfig:
 
     def validate(self) -> None:
         _check(self.epochs >= 1, "centralized.epochs", "must be >= 1")
+        _check(self.patience >= 0, "centralized.patience", "must be >= 0")
         _check(self.threads >= 0, "centralized.threads", "must be >= 0 (0 = torch default)")
         _check(self.batch_size >= 1, "centralized.batch_size", "must be >= 1")
         _check(self.lr > 0, "centralized.lr", "must be > 0")

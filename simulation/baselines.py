@@ -8,7 +8,8 @@
 - ``centralized``: the same ``QueryAdapter`` trained without privacy on all devices' train
   searches pooled, with the same per-sample loss as the devices (``common.ranking_loss``:
   own impression's shown-but-not-clicked items + random catalog items, never in-batch
-  negatives). The upper reference for federated training.
+  negatives). The upper reference for federated training. Early stopping looks only at
+  each device's last TRAIN search, held out from training (``validation_split``).
 - ``*+personal``: the ranking above with the device's user vector reranking the top
   ``evaluation.candidates`` (``common.personalization.rerank``, ``evaluation.beta``).
 
@@ -17,6 +18,7 @@
 
 from __future__ import annotations
 
+import copy
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -112,8 +114,10 @@ def train_centralized(
     """Train a ``QueryAdapter`` on all devices' train searches pooled (no privacy).
 
     Minibatch AdamW on the mean of ``ranking_loss``; negatives are redrawn each batch.
-    Runs with ``centralized.threads`` torch threads. Returns the adapter (eval mode) and
-    one log entry per epoch.
+    With ``centralized.patience`` > 0, stops early on the nDCG of each device's last train
+    search (held out from training) and keeps the best epoch. Runs with
+    ``centralized.threads`` torch threads. Returns the adapter (eval mode) and one log entry
+    per epoch (``loss``, ``seconds``, ``val_ndcg``, ``best``).
     """
     threads = torch.get_num_threads()
     if config.centralized.threads:
@@ -127,43 +131,86 @@ def train_centralized(
 def _train(
     population: Population, config: Config, progress: bool
 ) -> tuple[QueryAdapter, list[dict[str, float]]]:
-    settings, loss_cfg = config.centralized, config.adapter
+    settings = config.centralized
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
-    searches = pooled_train_searches(population)
-    adapter = QueryAdapter(population.item_vectors.shape[1], loss_cfg.rank)
+    searches, validation = validation_split(population, settings.patience > 0)
+    adapter = QueryAdapter(population.item_vectors.shape[1], config.adapter.rank)
     optimizer = torch.optim.AdamW(
         adapter.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
     )
-    history = []
+    history: list[dict[str, float]] = []
+    best: tuple[float, dict[str, torch.Tensor]] | None = None
     for epoch in range(settings.epochs):
-        start, total = time.perf_counter(), 0.0
-        order = rng.permutation(len(searches))
-        batches = range(0, len(order), settings.batch_size)
-        adapter.train()
-        for b in tqdm(batches, desc=f"centralized epoch {epoch + 1}", disable=not progress):
-            batch = [searches[i] for i in order[b : b + settings.batch_size]]
-            queries, positives, negatives = search_tensors(
-                batch,
-                population.item_vectors,
-                shown_negatives=loss_cfg.shown_negatives,
-                random_negatives=loss_cfg.random_negatives,
-                rng=rng,
-            )
-            losses = ranking_loss(adapter(queries), positives, negatives, loss_cfg.temperature)
-            optimizer.zero_grad()
-            losses.mean().backward()
-            optimizer.step()
-            total += float(losses.detach().sum())
-        history.append(
-            {
-                "epoch": epoch + 1,
-                "loss": total / len(searches),
-                "seconds": time.perf_counter() - start,
-            }
+        start = time.perf_counter()
+        loss = _epoch(adapter, optimizer, searches, population.item_vectors, config, rng, progress)
+        entry = {"epoch": epoch + 1, "loss": loss, "seconds": time.perf_counter() - start}
+        history.append(entry)
+        if not validation:
+            continue
+        adapter.eval()
+        sums = evaluate_searches(
+            validation, population.item_vectors, adapter=adapter, k=config.evaluation.k
         )
+        entry["val_ndcg"] = sums["ndcg_sum"] / sums["count"]
+        if best is None or entry["val_ndcg"] > best[0]:
+            best = (entry["val_ndcg"], copy.deepcopy(adapter.state_dict()))
+            entry["best"] = 1.0
+        elif epoch + 1 - _best_epoch(history) >= settings.patience:
+            break
+    if best is not None:
+        adapter.load_state_dict(best[1])
     adapter.eval()
     return adapter, history
+
+
+def _best_epoch(history: list[dict[str, float]]) -> int:
+    return max(int(h["epoch"]) for h in history if h.get("best"))
+
+
+def validation_split(
+    population: Population, hold_out: bool
+) -> tuple[list[LoggedSearch], list[LoggedSearch]]:
+    """(train, validation): with ``hold_out``, each device's last train search (devices with
+    at least 2) is validation and the rest is pooled for training; else all is training."""
+    if not hold_out:
+        return pooled_train_searches(population), []
+    train, validation = [], []
+    for device in population.devices:
+        held = len(device.train) >= 2
+        train += device.train[:-1] if held else device.train
+        validation += device.train[-1:] if held else []
+    return train, validation
+
+
+def _epoch(
+    adapter: QueryAdapter,
+    optimizer: torch.optim.Optimizer,
+    searches: list[LoggedSearch],
+    item_vectors: np.ndarray,
+    config: Config,
+    rng: np.random.Generator,
+    progress: bool,
+) -> float:
+    """One pass over ``searches`` in random minibatches; returns the mean loss."""
+    batch_size, loss_cfg = config.centralized.batch_size, config.adapter
+    order = rng.permutation(len(searches))
+    adapter.train()
+    total = 0.0
+    for b in tqdm(range(0, len(order), batch_size), desc="centralized epoch", disable=not progress):
+        queries, positives, negatives = search_tensors(
+            [searches[i] for i in order[b : b + batch_size]],
+            item_vectors,
+            shown_negatives=loss_cfg.shown_negatives,
+            random_negatives=loss_cfg.random_negatives,
+            rng=rng,
+        )
+        losses = ranking_loss(adapter(queries), positives, negatives, loss_cfg.temperature)
+        optimizer.zero_grad()
+        losses.mean().backward()
+        optimizer.step()
+        total += float(losses.detach().sum())
+    return total / len(searches)
 
 
 def tune_beta(

@@ -10,13 +10,14 @@ from simulation.baselines import (
     train_centralized,
     tune_beta,
     tune_popularity_weight,
+    validation_split,
 )
-from simulation.evaluation import evaluate_population
+from simulation.evaluation import evaluate_population, evaluate_searches
 from simulation.population import DeviceData, LoggedSearch, train_popularity
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-TRAINING = {"epochs": 12, "batch_size": 64, "lr": 0.01}
+TRAINING = {"epochs": 12, "patience": 0, "batch_size": 64, "lr": 0.01}
 LOSS = {"rank": 8, "shown_negatives": 10, "random_negatives": 10, "temperature": 0.1}
 
 
@@ -53,6 +54,31 @@ def test_centralized_training_improves_a_toy_population(tmp_path, toy_population
     assert trained["nDCG@10"] > base["nDCG@10"] + 0.1
     best, curve = tune_beta(population, adapter, candidates=20)
     assert set(curve) >= {0.0, best}
+
+
+def test_validation_split_holds_out_each_devices_last_train_search(toy_population):
+    population = toy_population(devices=5, train=4, test=1)
+    population.devices[0].train = population.devices[0].train[:1]  # too short to hold out
+    train, validation = validation_split(population, True)
+    assert [id(s) for s in validation] == [id(d.train[-1]) for d in population.devices[1:]]
+    assert len(train) == 1 + 4 * 3 and not {id(s) for s in train} & {id(s) for s in validation}
+    assert validation_split(population, False) == (
+        [s for d in population.devices for s in d.train],
+        [],
+    )
+
+
+def test_early_stopping_keeps_the_best_validation_epoch(tmp_path, toy_population):
+    population = toy_population()
+    training = {**TRAINING, "epochs": 40, "patience": 2, "lr": 0.03}
+    config = make_config(tmp_path, centralized=training, adapter=LOSS)
+    adapter, history = train_centralized(population, config, progress=False)
+    scores = [h["val_ndcg"] for h in history]
+    best = int(np.argmax(scores))
+    assert len(history) == 40 or len(history) - 1 - best == 2  # stopped 2 epochs after best
+    _, validation = validation_split(population, True)
+    sums = evaluate_searches(validation, population.item_vectors, adapter=adapter)
+    assert sums["ndcg_sum"] / sums["count"] == pytest.approx(scores[best])
 
 
 def test_run_baselines_reports_every_method(tmp_path, toy_population):
