@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -235,17 +236,15 @@ def test_superlink_three_devices_dp_secagg_signed_version(tmp_path: Path, monkey
             f'num-devices=3 population="marketplace" run-dir="{tmp_path / "run"}" '
             f'config-file="{_config_file(tmp_path / "fedsearch.toml", work)}"'
         )
-        started = subprocess.run(
-            run_command(app_dir, run_config, stream=False) + ["--format", "json"],
-            env=dep.env(),
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert started.returncode == 0, started.stdout + started.stderr
-        run_id = int(json.loads(started.stdout[started.stdout.index("{") :])["run-id"])
-        _wait_for(lambda: _run_status(dep, run_id).startswith("finished"), RUN_TIMEOUT_S, "the run")
+        # `flwr run --stream` returns when the run ends (one process, no polling).
+        runner = procs.start("flwr-run", run_command(app_dir, run_config), dep.env())
+        try:
+            runner.wait(timeout=RUN_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            pytest.fail("the run did not finish in time:\n" + procs.log("flwr-run")[-3000:])
+        started = re.search(r"Successfully started run (\d+)", procs.log("flwr-run"))
+        assert runner.returncode == 0 and started, procs.log("flwr-run")[-3000:]
+        run_id = int(started.group(1))
         assert _run_status(dep, run_id) == "finished:completed", procs.log("superlink")
         for device in devices[:3]:
             assert procs.procs[device.info.name].poll() is None, procs.log(device.info.name)
