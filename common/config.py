@@ -278,11 +278,11 @@ class FederationConfig:
     (Poisson sampling). User-level DP (``dp``): each device clips its update to
     ``clipping_norm``, the server adds Gaussian noise ``noise_multiplier * clipping_norm``
     to the sum, and the run refuses to start if ``rounds`` would spend more than
-    ``epsilon_user`` at ``delta_user`` (0 means 1 / population). ``secagg``: SecAgg+ with
-    ``secagg_shares`` (fraction of the round's devices each one shares its keys with) and
-    ``secagg_threshold`` (fraction of those shares needed to unmask); updates are quantized
-    over [-secagg_range, secagg_range]. ``eval_devices`` devices are evaluated each round
-    (0 = all); the last round evaluates every device.
+    ``epsilon_user`` at ``delta_user`` (0 means 1 / population). ``secagg``: SecAgg+ where
+    each device shares its keys with ``secagg_neighbours`` others of its round (all of them
+    in smaller rounds) and ``secagg_threshold`` of those shares are needed to unmask; updates
+    are quantized over [-secagg_range, secagg_range]. ``eval_devices`` devices are evaluated
+    each round (0 = all); the last round evaluates every device.
     """
 
     rounds: int = 20
@@ -295,7 +295,7 @@ class FederationConfig:
     epsilon_user: float = 8.0
     delta_user: float = 0.0
     secagg: bool = True
-    secagg_shares: float = 1.0
+    secagg_neighbours: int = 10
     secagg_threshold: float = 0.6
     secagg_range: float = 4.0
     client_cpus: float = 1.0
@@ -309,7 +309,7 @@ class FederationConfig:
         _check(self.clipping_norm > 0, "federation.clipping_norm", "must be > 0")
         _check(self.epsilon_user > 0, "federation.epsilon_user", "must be > 0")
         _check(0 <= self.delta_user < 1, "federation.delta_user", "must be in [0, 1)")
-        _check(0 < self.secagg_shares <= 1, "federation.secagg_shares", "must be in (0, 1]")
+        _check(self.secagg_neighbours >= 2, "federation.secagg_neighbours", "must be >= 2")
         _check(0 < self.secagg_threshold <= 1, "federation.secagg_threshold", "must be in (0, 1]")
         _check(self.secagg_range > 0, "federation.secagg_range", "must be > 0")
         _check(self.client_cpus > 0, "federation.client_cpus", "must be > 0")
@@ -319,15 +319,17 @@ class FederationConfig:
 class DeviceConfig:
     """Local training on a device: Opacus DP-SGD on its copy of the global adapter.
 
-    Poisson batches of expected size ``batch_size``; record-level DP (``dp``) clips each
+    Poisson batches of expected size ``batch_size``, ``optimizer`` "adam" or "sgd" (with
+    ``momentum``), a fresh optimizer each round; record-level DP (``dp``) clips each
     search's gradient to ``max_grad_norm`` and adds noise ``noise_multiplier`` times that.
     The accountant persists on the device: a device that would pass ``epsilon_budget`` at
     ``delta`` declines to train.
     """
 
-    local_epochs: int = 1
+    local_epochs: int = 5
     batch_size: int = 16
-    lr: float = 0.5
+    optimizer: str = "adam"
+    lr: float = 0.003
     momentum: float = 0.0
     dp: bool = True
     noise_multiplier: float = 0.6
@@ -338,6 +340,7 @@ class DeviceConfig:
     def validate(self) -> None:
         _check(self.local_epochs >= 1, "device.local_epochs", "must be >= 1")
         _check(self.batch_size >= 1, "device.batch_size", "must be >= 1")
+        _check(self.optimizer in ("adam", "sgd"), "device.optimizer", "adam or sgd")
         _check(self.lr > 0, "device.lr", "must be > 0")
         _check(0 <= self.momentum < 1, "device.momentum", "must be in [0, 1)")
         _check(self.noise_multiplier >= 0, "device.noise_multiplier", "must be >= 0")
