@@ -1,0 +1,94 @@
+"""What the server and every device of one federated run agree on, and their message vocabulary.
+
+A ``RunSpec`` is built once by ``fedsearch simulate`` (and handed to both apps), or from a
+Flower run config (``flwr run .``: the ``[tool.flwr.app.config]`` table of pyproject.toml,
+where ``section.key`` entries override the fedsearch config and ``config-file`` names a
+TOML config file).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from common.config import Config, ConfigError, load_config
+
+RUN_KEYS = ("population", "num-devices", "run-dir", "config-file", "base-model")
+
+# Scalar metrics a device may send (fit replies), besides its adapter weights.
+FIT_METRICS = ("num_examples", "loss", "steps", "epsilon_record", "declined", "train_seconds")
+# Evaluation replies: per model, sums over the device's held-out searches and their count.
+EVAL_MODELS = ("base", "global", "personal")
+EVAL_SUMS = ("hr", "ndcg", "mrr")
+# Fit config keys the server sends.
+ROUND_KEY = "round"
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """Config, population and run folder of one federated run.
+
+    ``num_devices`` is the population size (one Flower node per device, partition id =
+    device index); ``run_dir`` holds the devices' private state folders and the report.
+    """
+
+    config: Config
+    population: str
+    num_devices: int
+    run_dir: Path
+    base_model: str = ""
+
+    def __post_init__(self) -> None:
+        if self.population not in ("retail", "marketplace"):
+            raise ConfigError(
+                f"population: expected retail or marketplace, got {self.population!r}"
+            )
+        if self.num_devices < 2:
+            raise ConfigError(
+                f"num-devices: a federation needs >= 2 devices, got {self.num_devices}"
+            )
+
+    @property
+    def devices_dir(self) -> Path:
+        return self.run_dir / "devices"
+
+    @property
+    def device_key_file(self) -> Path:
+        return self.run_dir / "device.key"
+
+    @property
+    def delta_user(self) -> float:
+        """User-level delta: the configured one, else 1 / population."""
+        return self.config.federation.delta_user or 1.0 / self.num_devices
+
+    @property
+    def sample_rate(self) -> float:
+        """Probability that a device joins a round: clients_per_round / population."""
+        return min(1.0, self.config.federation.clients_per_round / self.num_devices)
+
+    @classmethod
+    def from_run_config(cls, run_config: Mapping[str, Any], run_id: int) -> RunSpec:
+        """Build from a flat Flower run config (see the module doc)."""
+        overrides: dict[str, Any] = {}
+        for key, value in run_config.items():
+            if key in RUN_KEYS:
+                continue
+            if "." not in key:
+                raise ConfigError(f"run config: unknown key {key!r} (known: {', '.join(RUN_KEYS)})")
+            section, name = key.split(".", 1)
+            overrides.setdefault(section, {})[name.replace("-", "_")] = value
+        config_file = str(run_config.get("config-file", "") or "") or None
+        config = load_config(config_file, overrides or None)
+        run_dir = str(run_config.get("run-dir", "") or "")
+        return cls(
+            config=config,
+            population=str(run_config.get("population", "marketplace")),
+            num_devices=int(run_config.get("num-devices", 0)),
+            run_dir=Path(run_dir)
+            if run_dir
+            else config.paths.work / "federation" / f"run-{run_id}",
+            base_model=str(run_config.get("base-model", ""))
+            or f"{config.encoder.model}@{config.encoder.pretrained}",
+        )
