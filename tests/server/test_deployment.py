@@ -125,9 +125,6 @@ rank = 4
 shown_negatives = 5
 random_negatives = 5
 [federation]
-rounds = 2
-clients_per_round = 3
-eval_devices = 0
 dp = true
 secagg = true
 noise_multiplier = 1.0
@@ -234,7 +231,8 @@ def test_superlink_three_devices_dp_secagg_signed_version(tmp_path: Path, monkey
 
         run_config = (
             f'num-devices=3 population="marketplace" run-dir="{tmp_path / "run"}" '
-            f'config-file="{_config_file(tmp_path / "fedsearch.toml", work)}"'
+            f'config-file="{_config_file(tmp_path / "fedsearch.toml", work)}" '
+            "federation.rounds=2 federation.clients_per_round=3 federation.eval_devices=0"
         )
         # `flwr run --stream` returns when the run ends (one process, no polling).
         runner = procs.start("flwr-run", run_command(app_dir, run_config), dep.env())
