@@ -1,0 +1,109 @@
+"""Simulation commands: ``simulate`` and ``bench-federation``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from common.cli import UsageError, add_config_arguments, config_from_args
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    simulate = subparsers.add_parser(
+        "simulate",
+        help="run a federated simulation (DP + SecAgg+) and write its report",
+        description="Federated training of the query adapter on a population of simulated "
+        "devices with Flower's Simulation Engine: user-level DP (client clipping, server "
+        "noise, RDP ledger) and SecAgg+ on unless switched off. Writes per-round metrics, the "
+        "privacy ledger, a summary table with the baselines, plots and the shoppers' user "
+        "vectors into the run folder, and prints the summary.",
+    )
+    simulate.add_argument("--population", choices=("retail", "marketplace"), required=True)
+    simulate.add_argument(
+        "--clients",
+        type=int,
+        metavar="N",
+        help="number of devices (marketplace: shoppers, default population.shoppers; "
+        "retail: a seeded sample of customers, default all)",
+    )
+    simulate.add_argument("--rounds", type=int, metavar="R", help="default federation.rounds")
+    simulate.add_argument(
+        "--per-round",
+        type=int,
+        metavar="M",
+        help="expected devices per round (federation.clients_per_round)",
+    )
+    simulate.add_argument("--no-dp", action="store_true", help="switch user-level DP off")
+    simulate.add_argument("--no-secagg", action="store_true", help="switch SecAgg+ off")
+    simulate.add_argument("--no-baselines", action="store_true", help="skip the baselines")
+    simulate.add_argument("--run-dir", type=Path, help="default <work_dir>/simulations/<name>")
+    add_config_arguments(simulate)
+    simulate.set_defaults(handler=_simulate)
+
+    bench = subparsers.add_parser(
+        "bench-federation",
+        help="time and memory of federated runs, time per device update, bytes per device",
+        description="Runs the 100-shopper, 20-round marketplace simulation (DP + SecAgg+) and "
+        "the Online Retail simulation (all customers), each timed with its peak memory; "
+        "measures the time per device update and the bytes each device sends per round with "
+        "and without SecAgg+. Prints the figures and writes bench.json.",
+    )
+    bench.add_argument("--shoppers", type=int, default=100)
+    bench.add_argument("--rounds", type=int, default=20)
+    bench.add_argument("--retail-rounds", type=int, help="default federation.rounds")
+    bench.add_argument("--skip-retail", action="store_true")
+    bench.add_argument("--out", type=Path, help="default <work_dir>/bench/federation-<time>")
+    add_config_arguments(bench)
+    bench.set_defaults(handler=_bench)
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from simulation.baselines import run_baselines
+    from simulation.bench import PeakMemory
+    from simulation.population import describe, load_population
+    from simulation.report import table, write_report
+    from simulation.runner import simulate, with_overrides
+
+    for name in ("clients", "rounds", "per_round"):
+        value = getattr(args, name)
+        if value is not None and value < (2 if name == "clients" else 1):
+            raise UsageError(
+                f"--{name.replace('_', '-')}: must be >= {2 if name == 'clients' else 1}"
+            )
+    config = with_overrides(
+        config_from_args(args),
+        rounds=args.rounds,
+        clients_per_round=args.per_round,
+        dp=False if args.no_dp else None,
+        secagg=False if args.no_secagg else None,
+    )
+    with PeakMemory() as memory:
+        population = load_population(
+            args.population, config, num_devices=args.clients, seed=config.federation.seed
+        )
+        if len(population.devices) < 2:
+            raise UsageError(f"--population {args.population}: only one device")
+        print(describe(population))
+        result = simulate(config, args.population, population=population, run_dir=args.run_dir)
+    baselines = None if args.no_baselines else run_baselines(population, config).metrics
+    summary = write_report(result, population, baselines, peak_memory_bytes=memory.peak_bytes)
+    print(table(summary))
+    print(f"report: {result.run_dir}")
+    return 0
+
+
+def _bench(args: argparse.Namespace) -> int:
+    from simulation.bench import format_bench, run_bench
+
+    if args.shoppers < 2 or args.rounds < 1:
+        raise UsageError("--shoppers must be >= 2 and --rounds >= 1")
+    figures = run_bench(
+        config_from_args(args),
+        shoppers=args.shoppers,
+        rounds=args.rounds,
+        retail_rounds=args.retail_rounds,
+        retail=not args.skip_retail,
+        out=args.out,
+    )
+    print(format_bench(figures))
+    return 0

@@ -1,0 +1,57 @@
+"""``fedsearch simulate`` / ``bench-federation`` input errors and the refusal to overspend,
+all before any data is loaded or any simulation starts."""
+
+from __future__ import annotations
+
+import pytest
+
+from common.cli import main
+from common.config import config_from_dict
+from server.privacy_ledger import PrivacyBudgetError
+from simulation.bench import bytes_per_device_round, tree_rss
+from simulation.runner import simulate
+from simulation.synthetic import synthetic_population
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--clients", "1"], "--clients"),
+        (["--rounds", "0"], "--rounds"),
+        (["--per-round", "0"], "--per-round"),
+        (["--set", "federation.noise_multiplier=-1"], "federation.noise_multiplier"),
+    ],
+)
+def test_simulate_rejects_bad_input_with_one_line(argv, message, capsys):
+    assert main(["simulate", "--population", "marketplace", *argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_bench_rejects_bad_input(capsys):
+    assert main(["bench-federation", "--shoppers", "1"]) == 2
+    assert "--shoppers" in capsys.readouterr().err
+
+
+def test_refuses_to_start_when_the_rounds_would_overspend(tmp_path):
+    config = config_from_dict(
+        {
+            "paths": {"work_dir": str(tmp_path / "work")},
+            "federation": {"rounds": 500, "clients_per_round": 3, "epsilon_user": 2.0},
+        }
+    )
+    with pytest.raises(PrivacyBudgetError, match="federation.rounds: 500 rounds"):
+        simulate(config, "marketplace", population=synthetic_population(4), run_dir=tmp_path / "r")
+    assert not (tmp_path / "r").exists()
+
+
+def test_memory_and_traffic_helpers(tmp_path):
+    import os
+    import pickle
+
+    assert tree_rss(os.getpid()) > 10 * 2**20
+    for node, size in ((0, 100), (0, 50), (1, 10)):
+        entry = {"node": node, "type": "train", "round": "1", "bytes": size}
+        (tmp_path / f"{node}-{size}.pkl").write_bytes(pickle.dumps(entry))
+    figures = bytes_per_device_round(tmp_path)
+    assert figures == {"mean": 80.0, "max": 150.0, "samples": 2}
