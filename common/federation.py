@@ -1,9 +1,10 @@
 """What the server and every device of one federated run agree on, and their message vocabulary.
 
 A ``RunSpec`` is built once by ``fedsearch simulate`` (and handed to both apps), or from a
-Flower run config (``flwr run .``: the ``[tool.flwr.app.config]`` table of pyproject.toml,
-where ``section.key`` entries override the fedsearch config and ``config-file`` names a
-TOML config file).
+Flower run config (``flwr run .``: the ``[tool.flwr.app.config]`` table of pyproject.toml
+and ``--run-config`` overrides): ``section.key`` entries override the fedsearch config read
+from ``config-file`` (a TOML file; empty: the defaults), and an empty string leaves a key
+unset (flwr only accepts overrides of keys the table lists).
 """
 
 from __future__ import annotations
@@ -77,6 +78,8 @@ class RunSpec:
                 continue
             if "." not in key:
                 raise ConfigError(f"run config: unknown key {key!r} (known: {', '.join(RUN_KEYS)})")
+            if value == "":
+                continue  # listed so that `flwr run --run-config` may set it; unset here
             section, name = key.split(".", 1)
             overrides.setdefault(section, {})[name.replace("-", "_")] = value
         config_file = str(run_config.get("config-file", "") or "") or None

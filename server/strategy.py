@@ -84,9 +84,13 @@ class FederatedAdapterStrategy(FedAvg):
     def configure_fit(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, FitIns]]:
+        self.current = parameters_to_ndarrays(parameters)
+        if not self.current:
+            raise RuntimeError(
+                "no initial adapter: the device asked for it failed (see the ClientApp error)"
+            )
         devices = self._devices(client_manager)
         joined = self.rng.random(len(devices)) < self.spec.sample_rate
-        self.current = parameters_to_ndarrays(parameters)
         if self.on_sample is not None:
             self.on_sample(int(joined.sum()))
         fit_ins = FitIns(parameters, {ROUND_KEY: server_round})

@@ -13,7 +13,7 @@ from flwr.supercore.differential_privacy import KEY_CLIPPING_NORM
 from flwr.supercore.task_identity import TaskIdentity
 
 from client.app import clipping_mod
-from common.config import ConfigError
+from common.config import Config, ConfigError
 from common.federation import RunSpec
 
 CLIP = 0.1
@@ -72,11 +72,13 @@ def test_run_spec_from_a_flower_run_config(tmp_path):
             "federation.rounds": 4,
             "federation.clients_per_round": 3,
             "device.local-epochs": 2,
+            "federation.noise_multiplier": "",
         },
         run_id=7,
     )
     assert spec.population == "retail" and spec.num_devices == 12
     assert spec.config.federation.rounds == 4 and spec.config.device.local_epochs == 2
+    assert spec.config.federation.noise_multiplier == Config().federation.noise_multiplier
     assert spec.sample_rate == pytest.approx(3 / 12) and spec.delta_user == pytest.approx(1 / 12)
     assert spec.run_dir == tmp_path / "run"
     default = RunSpec.from_run_config({"num-devices": 3}, run_id=7)
