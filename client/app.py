@@ -23,6 +23,7 @@ import fcntl
 import functools
 import pickle
 import re
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -57,7 +58,7 @@ class LocalDevice:
     data: DeviceData
     item_vectors: np.ndarray
     store: DeviceStore
-    index: int
+    index: int | None  # the simulated device's partition; None on a real device
 
 
 class AdapterClient(NumPyClient):
@@ -76,21 +77,24 @@ class AdapterClient(NumPyClient):
 
     def fit(self, parameters: list[np.ndarray], config: dict) -> tuple[list, int, dict]:
         adapter = self._adapter(parameters)
-        state = self._state()
         result = train_local(
             adapter,
             self.device.data.train,
             self.device.item_vectors,
             self.config.device,
             self.config.adapter,
-            state.accountant,
+            self._state().accountant,
             seed=self._seed(int(config[ROUND_KEY])),
         )
-        state.accountant = result.accountant
-        state.info["rounds_trained"] = int(state.info.get("rounds_trained", 0)) + (
-            0 if result.declined else 1
-        )
-        self.device.store.save_state(state)
+
+        def record(state: PersonalState) -> PersonalState:
+            # under the store lock: an SDK update of the user vector meanwhile is kept
+            state.accountant = result.accountant
+            trained = int(state.info.get("rounds_trained", 0))
+            state.info["rounds_trained"] = trained + (0 if result.declined else 1)
+            return state
+
+        self.device.store.update_state(record)
         # Uniform weight 1: under user-level DP every device counts once (sensitivity C).
         # A device that declines sends the global weights back: a zero update.
         weights = parameters if result.declined else result.weights
@@ -126,13 +130,22 @@ class AdapterClient(NumPyClient):
     def _state(self) -> PersonalState:
         """The private state; the user vector (mean of clicked items) is built on first use."""
         state = self.device.store.load_state()
-        if state.user_vector is None:
-            clicked = [s.clicked for s in self.device.data.train]
-            state.user_vector = user_vector(self.device.item_vectors[clicked])
-            self.device.store.save_state(state)
-        return state
+        if state.user_vector is not None:
+            return state
+
+        def build(state: PersonalState) -> PersonalState:
+            if state.user_vector is None:
+                clicked = [s.clicked for s in self.device.data.train]
+                state.user_vector = user_vector(self.device.item_vectors[clicked])
+            return state
+
+        return self.device.store.update_state(build)
 
     def _seed(self, server_round: int) -> int:
+        """Reproducible per device and round in simulation; from the OS on a real device,
+        where a seed derived from public values would make the DP noise predictable."""
+        if self.device.index is None:
+            return secrets.randbits(63)
         seq = np.random.SeedSequence([self.config.federation.seed, self.device.index, server_round])
         return int(seq.generate_state(1)[0])
 
@@ -182,7 +195,7 @@ def _deployed_device(folder: Path, spec: RunSpec) -> LocalDevice:
 
     device = Device(folder)
     data, _, vectors = training_data(device, spec.config.population.holdout_fraction)
-    return LocalDevice(data, vectors, device.open_store(), 0)
+    return LocalDevice(data, vectors, device.open_store(), None)
 
 
 @functools.cache
