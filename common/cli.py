@@ -75,9 +75,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+        level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    for package in ("common", "server", "client", "simulation"):
+        logging.getLogger(package).setLevel(logging.DEBUG if args.verbose else logging.INFO)
     from common.encoder import EncoderError
 
     try:

@@ -1,44 +1,67 @@
-"""``fedsearch demo``: the main job on the built-in defaults, end to end."""
+"""``fedsearch demo``: the main job on the built-in defaults, end to end.
+
+It is the commands a user would type, in order, with the same configuration:
+``pretrain`` (skipped when a checkpoint exists), ``simulate`` (a small marketplace federation
+with DP and SecAgg+), then ``search`` (one query for two simulated shoppers side by side).
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
 
 from common.cli import add_config_arguments, config_from_args
-from common.config import Config
 from common.versioning import latest_version
+
+DEMO_QUERY = "casual shoes"
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     demo = subparsers.add_parser(
         "demo",
-        help="run the main job: pretrain the encoder and print its retrieval quality",
+        help="run the main job: pretrain, federated simulation, personalized search",
         description="The main job on the built-in defaults: pretrain the base encoder on the "
         "real fashion catalog (skipped if a checkpoint exists, unless --retrain) and print "
-        "its retrieval quality on held-out items.",
+        "its held-out retrieval quality; run a small federated marketplace simulation with "
+        "user-level DP and SecAgg+ and print its summary; then search one query for two "
+        "simulated shoppers, side by side.",
     )
     add_config_arguments(demo)
     demo.add_argument("--retrain", action="store_true", help="pretrain even if a checkpoint exists")
+    demo.add_argument("--shoppers", type=int, default=40, help="simulated shoppers (default 40)")
+    demo.add_argument("--rounds", type=int, default=5, help="federated rounds (default 5)")
+    demo.add_argument("--query", default=DEMO_QUERY, help=f'the search (default "{DEMO_QUERY}")')
     demo.set_defaults(handler=_run)
 
 
 def _run(args: argparse.Namespace) -> int:
+    from common.cli import main
+
+    shared = (["--config", args.config] if args.config else []) + [
+        arg for override in args.overrides for arg in ("--set", override)
+    ]
     config = config_from_args(args)
-    _ensure_encoder(config, retrain=args.retrain)
+    existing = latest_version(config.paths.encoders)
+    if existing is None or args.retrain:
+        _step("1/3 pretrain the base encoder on the fashion catalog")
+        if status := main(["pretrain", *shared]):
+            return status
+    else:
+        from server.encoder_eval import format_table
+
+        _step(f"1/3 base encoder: {existing} (pass --retrain to train a new one)")
+        metrics = json.loads((existing / "metrics.json").read_text(encoding="utf-8"))
+        print(format_table(metrics["validation"]))
+    _step(f"2/3 federated simulation: {args.shoppers} shoppers, {args.rounds} rounds, DP + SecAgg+")
+    simulate = ["simulate", "--population", "marketplace", "--clients", str(args.shoppers)]
+    if status := main([*simulate, "--rounds", str(args.rounds), *shared]):
+        return status
+    _step(f'3/3 personalized search: "{args.query}" for two simulated shoppers')
+    if status := main(["search", args.query, *shared]):
+        return status
+    print("\nopen the web page: fedsearch serve, then http://127.0.0.1:8000/")
     return 0
 
 
-def _ensure_encoder(config: Config, *, retrain: bool) -> None:
-    import json
-
-    from server.encoder_eval import format_table
-    from server.pretrain import run_pretrain
-
-    existing = latest_version(config.paths.encoders)
-    if existing is None or retrain:
-        print("== 1. pretrain the base encoder on the fashion catalog")
-        run_pretrain(config)
-        return
-    print(f"== 1. base encoder: using {existing} (pass --retrain to train a new one)")
-    metrics = json.loads((existing / "metrics.json").read_text(encoding="utf-8"))
-    print(format_table(metrics["validation"]))
+def _step(title: str) -> None:
+    print(f"\n== {title}", flush=True)
