@@ -41,6 +41,7 @@ from flwr.server.workflow.default_workflows import (
 from flwr.serverapp import Grid, ServerApp
 from tqdm.auto import tqdm
 
+from common.config import ConfigError
 from common.federation import RunSpec
 from common.signing import publisher
 from server.privacy_ledger import PrivacyLedger
@@ -49,6 +50,8 @@ from server.strategy import FederatedAdapterStrategy, RoundLog, expected_clients
 
 log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.jsonl"
+# flwr's SecAgg+ quantizes to 2**22 levels and sums modulo 2**32 (its defaults, kept here).
+SECAGG_MAX_DEVICES = 2**32 // 2**22
 LEDGER_FILE = "privacy_ledger.json"
 Workflow = Callable[[Grid, Context], None]
 
@@ -93,6 +96,12 @@ def fit_workflow(spec: RunSpec) -> tuple[Workflow, Callable[[int], None] | None]
     federation = spec.config.federation
     if not federation.secagg:
         return default_fit_workflow, None
+    expected = expected_clients(spec)
+    if expected + 6 * math.sqrt(expected) >= SECAGG_MAX_DEVICES:
+        raise ConfigError(
+            f"federation.clients_per_round: {expected} expected devices per round; SecAgg+ "
+            f"sums fewer than {SECAGG_MAX_DEVICES} quantized updates without overflow"
+        )
     secagg = SecAggPlusWorkflow(
         num_shares=1.0,
         reconstruction_threshold=federation.secagg_threshold,

@@ -58,18 +58,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from simulation.baselines import run_baselines
-    from simulation.bench import PeakMemory
-    from simulation.population import describe, load_population
-    from simulation.report import table, write_report
-    from simulation.runner import simulate, with_overrides
+    from simulation.report import simulate_and_report, table
+    from simulation.runner import with_overrides
 
     for name in ("clients", "rounds", "per_round"):
         value = getattr(args, name)
-        if value is not None and value < (2 if name == "clients" else 1):
-            raise UsageError(
-                f"--{name.replace('_', '-')}: must be >= {2 if name == 'clients' else 1}"
-            )
+        least = 2 if name == "clients" else 1
+        if value is not None and value < least:
+            raise UsageError(f"--{name.replace('_', '-')}: must be >= {least}")
     config = with_overrides(
         config_from_args(args),
         rounds=args.rounds,
@@ -77,18 +73,15 @@ def _simulate(args: argparse.Namespace) -> int:
         dp=False if args.no_dp else None,
         secagg=False if args.no_secagg else None,
     )
-    with PeakMemory() as memory:
-        population = load_population(
-            args.population, config, num_devices=args.clients, seed=config.federation.seed
-        )
-        if len(population.devices) < 2:
-            raise UsageError(f"--population {args.population}: only one device")
-        print(describe(population))
-        result = simulate(config, args.population, population=population, run_dir=args.run_dir)
-    baselines = None if args.no_baselines else run_baselines(population, config).metrics
-    summary = write_report(result, population, baselines, peak_memory_bytes=memory.peak_bytes)
+    summary = simulate_and_report(
+        config,
+        args.population,
+        num_devices=args.clients,
+        run_dir=args.run_dir,
+        baselines=not args.no_baselines,
+    )
     print(table(summary))
-    print(f"report: {result.run_dir}")
+    print(f"report: {summary['run_dir']}")
     return 0
 
 

@@ -28,11 +28,12 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
+from common.config import Config, ConfigError  # noqa: E402
 from server.shoppers import FILE_NAME as SHOPPERS_FILE  # noqa: E402
 from server.shoppers import write_shoppers  # noqa: E402
 from simulation.evaluation import device_user_vector  # noqa: E402
-from simulation.population import Population  # noqa: E402
-from simulation.runner import SimulationResult  # noqa: E402
+from simulation.population import Population, describe, load_population  # noqa: E402
+from simulation.runner import SimulationResult, simulate  # noqa: E402
 
 METRICS = ("HR@10", "nDCG@10", "MRR")
 MAX_SHOPPERS = 200
@@ -196,3 +197,28 @@ def write_report(
         encoder_version=str(population.info.get("encoder", "")),
     )
     return summary
+
+
+def simulate_and_report(
+    config: Config,
+    population_name: str,
+    *,
+    num_devices: int | None = None,
+    run_dir: Path | None = None,
+    baselines: bool = True,
+) -> dict[str, Any]:
+    """Load the population, run the federation, the baselines and write the report
+    (``fedsearch simulate``); return the summary (``table(summary)`` prints it)."""
+    from simulation.baselines import run_baselines
+    from simulation.bench import PeakMemory
+
+    with PeakMemory() as memory:
+        population = load_population(
+            population_name, config, num_devices=num_devices, seed=config.federation.seed
+        )
+        if len(population.devices) < 2:
+            raise ConfigError(f"population {population_name}: a federation needs >= 2 devices")
+        print(describe(population))
+        result = simulate(config, population_name, population=population, run_dir=run_dir)
+    reference = run_baselines(population, config).metrics if baselines else None
+    return write_report(result, population, reference, peak_memory_bytes=memory.peak_bytes)

@@ -53,13 +53,14 @@ def default_run_dir(config: Config, population: str) -> Path:
 
 
 def prepare_run(spec: RunSpec, population: Population) -> None:
-    """Refuse an over-budget plan, then lay out the run folder for the devices."""
+    """Refuse an over-budget or oversized plan, then lay out the run folder for the devices."""
     from client.app import save_population, simulation_key
-    from server.app import user_ledger
+    from server.app import fit_workflow, user_ledger
 
     ledger = user_ledger(spec)
     if ledger is not None:
         ledger.check_plan(spec.config.federation.rounds)
+    fit_workflow(spec)  # refuses rounds too large for SecAgg+
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     save_population(population, spec.run_dir)
     simulation_key(spec.device_key_file)

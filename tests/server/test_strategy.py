@@ -18,10 +18,10 @@ from flwr.server.client_manager import SimpleClientManager
 from flwr.server.client_proxy import ClientProxy
 
 from common.adapter import WEIGHTS_FILE, QueryAdapter
-from common.config import config_from_dict
+from common.config import ConfigError, config_from_dict
 from common.federation import RunSpec
 from common.versioning import verify_files
-from server.app import build_strategy, user_ledger
+from server.app import build_strategy, fit_workflow, user_ledger
 from server.publish import publish_adapter
 from server.strategy import expected_clients, pooled_metrics
 
@@ -177,3 +177,13 @@ def test_published_version_loads_and_verifies(tmp_path):
     loaded = QueryAdapter.load(folder / WEIGHTS_FILE)
     for got, want in zip(loaded.get_weights(), weights, strict=True):
         np.testing.assert_array_equal(got, want)
+
+
+def test_secagg_refuses_rounds_that_would_overflow(tmp_path):
+    with pytest.raises(ConfigError, match="federation.clients_per_round"):
+        fit_workflow(_spec(tmp_path, devices=5000, clients_per_round=1000))
+    workflow, size = fit_workflow(_spec(tmp_path, devices=5000, clients_per_round=500))
+    size(250)
+    assert workflow.num_shares == pytest.approx(11 / 250)
+    size(4)
+    assert workflow.num_shares == 1.0
