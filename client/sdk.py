@@ -5,7 +5,10 @@
 vector using ``common.personalization.rerank`` (the function the server uses, so the order
 is the one server-side reranking would give), logs the search (base query vector, shown
 ids and vectors) in the encrypted store and returns the top ``k``. ``report_click`` logs the
-click and updates the user vector::
+click and updates the user vector. With ``model`` (a ``common.signing.TrustedLoader`` over
+the registry the device syncs), the device scores the candidates itself with the newest
+global adapter whose signature and files it verified, instead of trusting the service's
+scores; a version that fails verification is refused and the one held is kept::
 
     client = DeviceClient("http://127.0.0.1:8000", device.open_store())
     results = client.search(text="black watch", k=10)
@@ -23,7 +26,9 @@ import httpx
 import numpy as np
 
 from client.store import DeviceStore, LoggedSearch, PersonalState
+from common.adapter import WEIGHTS_FILE, QueryAdapter
 from common.personalization import rerank, user_vector
+from common.signing import TrustedLoader
 
 
 class SearchError(RuntimeError):
@@ -69,12 +74,14 @@ class DeviceClient:
         candidates: int = 200,
         timeout_s: float = 10.0,
         transport: httpx.BaseTransport | None = None,
+        model: TrustedLoader[QueryAdapter] | None = None,
     ) -> None:
         if candidates < 1 or beta < 0:
             raise ValueError("candidates must be >= 1 and beta >= 0")
         self.store = store
         self.beta = beta
         self.candidates = candidates
+        self.model = model
         self._http = httpx.Client(base_url=endpoint, timeout=timeout_s, transport=transport)
 
     def close(self) -> None:
@@ -111,7 +118,7 @@ class DeviceClient:
         rows = data["results"]
         dim = len(data["query_vector"])
         vectors = np.array([r["vector"] for r in rows], dtype=np.float32).reshape(len(rows), dim)
-        base = np.array([r["base_score"] for r in rows], dtype=np.float32)
+        base = self._base_scores(data, vectors)
         order, scores = rerank(base, vectors, self.store.load_state().user_vector, self.beta)
         top, top_scores = order[:k], scores[:k]
         entry = self.store.log_search(
@@ -123,6 +130,15 @@ class DeviceClient:
         )
         hits = [_hit(rows[i], float(s)) for i, s in zip(top, top_scores, strict=True)]
         return DeviceResults(entry.search_id, hits, str(data["model_version"]), len(rows))
+
+    def _base_scores(self, data: dict[str, Any], vectors: np.ndarray) -> np.ndarray:
+        """The service's scores, or the device's own from its verified global adapter."""
+        if self.model is not None:
+            self.model.refresh()
+        if self.model is None or self.model.value is None:
+            return np.array([r["base_score"] for r in data["results"]], dtype=np.float32)
+        query = np.asarray(data["query_vector"], dtype=np.float32)
+        return vectors @ self.model.value.apply_numpy(query)
 
     def report_click(self, search_id: str, item_id: str) -> None:
         """Log the click and move the user vector to the mean of the clicked items."""
@@ -175,4 +191,11 @@ def _error(response: httpx.Response) -> SearchError:
     where = f"{field}: " if field else ""
     return SearchError(
         f"search failed ({response.status_code}): {where}{message}", field, response.status_code
+    )
+
+
+def verified_adapters(registry: str | Path, public_key) -> TrustedLoader[QueryAdapter]:
+    """A loader of the registry's newest adapter version signed by ``public_key``."""
+    return TrustedLoader(
+        Path(registry), public_key, lambda folder, _: QueryAdapter.load(folder / WEIGHTS_FILE)
     )

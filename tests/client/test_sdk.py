@@ -120,3 +120,51 @@ def test_unreachable_service_is_a_clear_error(tmp_path: Path) -> None:
     with DeviceClient(f"http://127.0.0.1:{_free_port()}", store, timeout_s=2) as client:
         with pytest.raises(SearchError, match="unreachable"):
             client.search(text="watch")
+
+
+def _publish(registry: Path, adapter, private_key) -> Path:
+    from common.signing import signer
+    from server.publish import publish_adapter
+
+    return publish_adapter(
+        registry, adapter.get_weights(), {"round": 1}, finalize=signer(private_key)
+    )
+
+
+def test_device_scores_with_its_verified_adapter_and_keeps_it_when_a_version_is_bad(
+    service_url: str, tmp_path: Path
+) -> None:
+    import torch
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from client.sdk import verified_adapters
+    from common.adapter import QueryAdapter
+
+    key, other_key = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
+    registry = tmp_path / "registry"
+    torch.manual_seed(0)
+    adapter = QueryAdapter(384, 8)
+    torch.nn.init.normal_(adapter.up.weight, std=0.5)
+    _publish(registry, adapter, key)
+
+    store = DeviceStore(tmp_path / "store", generate_key())
+    model = verified_adapters(registry, key.public_key())
+    with DeviceClient(service_url, store, beta=0.0, candidates=CANDIDATES, model=model) as client:
+        results = client.search(text="blue shirt for men", k=CANDIDATES)
+        assert model.version == "v0001"
+        (entry,) = store.searches()
+        rows = httpx.post(
+            f"{service_url}/search",
+            json={"text": "blue shirt for men", "k": CANDIDATES, "return_vectors": True},
+        ).json()["results"]
+        vectors = {r["id"]: np.array(r["vector"], dtype=np.float32) for r in rows}
+        own = adapter.apply_numpy(entry.query_vector)
+        expected = sorted(vectors, key=lambda i: -float(vectors[i] @ own))
+        assert [h.id for h in results.hits] == expected
+        assert expected != [r["id"] for r in rows]  # the service's own order differs
+
+        tampered = _publish(registry, adapter, key)  # v0002, then altered after signing
+        (tampered / "adapter.safetensors").write_bytes(b"not the signed weights")
+        _publish(registry, adapter, other_key)  # v0003, signed by another key
+        client.search(text="watch", k=3)
+        assert model.version == "v0001" and model.last_error
