@@ -10,10 +10,11 @@ whose next round would pass its budget declines to train.
 
 from __future__ import annotations
 
+import functools
 import math
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -99,22 +100,29 @@ def train_local(
             return _declined(len(searches), record_epsilon(accountant, device.delta), accountant)
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    data = TensorDataset(
-        *search_tensors(
-            searches,
-            item_vectors,
-            shown_negatives=loss_config.shown_negatives,
-            random_negatives=loss_config.random_negatives,
-            rng=rng,
-        )
+    draw = functools.partial(
+        search_tensors,
+        searches,
+        item_vectors,
+        shown_negatives=loss_config.shown_negatives,
+        random_negatives=loss_config.random_negatives,
+        rng=rng,
     )
+    data = TensorDataset(*draw())
+
+    def redraw_negatives() -> None:
+        """Fresh random negatives for the next epoch (each search's own, as before)."""
+        data.tensors[2].copy_(draw()[2])
+
     adapter.train()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         if device.dp:
-            losses, accountant = _train_dp(adapter, data, device, loss_config, accountant)
+            losses, accountant = _train_dp(
+                adapter, data, redraw_negatives, device, loss_config, accountant
+            )
         else:
-            losses = _train_plain(adapter, data, device, loss_config)
+            losses = _train_plain(adapter, data, redraw_negatives, device, loss_config)
     adapter.eval()
     metrics = {
         "num_examples": float(len(searches)),
@@ -155,6 +163,7 @@ def _step_loss(model: torch.nn.Module, batch: Sequence[torch.Tensor], temperatur
 def _train_dp(
     adapter: QueryAdapter,
     data: TensorDataset,
+    new_epoch: Callable[[], None],
     device: DeviceConfig,
     loss_config: AdapterConfig,
     accountant: dict[str, Any],
@@ -170,7 +179,9 @@ def _train_dp(
         poisson_sampling=True,
     )
     losses = []
-    for _ in range(device.local_epochs):
+    for epoch in range(device.local_epochs):
+        if epoch:
+            new_epoch()
         for batch in loader:
             optimizer.zero_grad()
             loss, size = _step_loss(model, batch, loss_config.temperature)
@@ -183,12 +194,18 @@ def _train_dp(
 
 
 def _train_plain(
-    adapter: QueryAdapter, data: TensorDataset, device: DeviceConfig, loss_config: AdapterConfig
+    adapter: QueryAdapter,
+    data: TensorDataset,
+    new_epoch: Callable[[], None],
+    device: DeviceConfig,
+    loss_config: AdapterConfig,
 ) -> list[float]:
     optimizer = _optimizer(adapter, device)
     loader = DataLoader(data, batch_size=device.batch_size, shuffle=True)
     losses = []
-    for _ in range(device.local_epochs):
+    for epoch in range(device.local_epochs):
+        if epoch:
+            new_epoch()
         for batch in loader:
             optimizer.zero_grad()
             loss, _ = _step_loss(adapter, batch, loss_config.temperature)

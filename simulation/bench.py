@@ -18,9 +18,12 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from common.config import Config
-from simulation.population import load_population
+from client.local_training import train_local
+from common.adapter import QueryAdapter
+from common.config import Config, config_from_dict
+from simulation.population import Population, load_population
 from simulation.report import write_report
 from simulation.runner import SimulationResult, simulate, with_overrides
 from simulation.wiretap import read_tap, wiretap
@@ -116,6 +119,32 @@ def update_times(result: SimulationResult) -> dict[str, float]:
     }
 
 
+def local_update_seconds(config: Config, population: Population, devices: int = 20) -> dict:
+    """Mean seconds of one device's local round, with and without record-level DP (Opacus),
+    timed directly on the first ``devices`` devices (no Flower)."""
+    torch.set_num_threads(1)
+    dim = population.item_vectors.shape[1]
+    out = {}
+    for record_dp in (True, False):
+        settings = config_from_dict({"device": {"dp": record_dp}}, config)
+        times = []
+        for index, device in enumerate(population.devices[:devices]):
+            adapter = QueryAdapter(dim, settings.adapter.rank)
+            start = time.perf_counter()
+            train_local(
+                adapter,
+                device.train,
+                population.item_vectors,
+                settings.device,
+                settings.adapter,
+                {},
+                seed=index,
+            )
+            times.append(time.perf_counter() - start)
+        out["record_dp" if record_dp else "no_record_dp"] = round(float(np.mean(times)), 4)
+    return out
+
+
 def bytes_per_device_round(folder: Path) -> dict[str, float]:
     """Mean and max bytes one device sends in the training messages of one round."""
     sent: dict[tuple[int, str], int] = defaultdict(int)
@@ -128,11 +157,8 @@ def bytes_per_device_round(folder: Path) -> dict[str, float]:
     return {"mean": float(np.mean(values)), "max": float(max(values)), "samples": len(values)}
 
 
-def traffic(config: Config, shoppers: int, out: Path) -> dict[str, dict[str, float]]:
+def traffic(config: Config, population: Population, out: Path) -> dict[str, dict[str, float]]:
     """Bytes per device per round with and without SecAgg+ (same population, short runs)."""
-    population = load_population(
-        "marketplace", config, num_devices=shoppers, seed=config.federation.seed
-    )
     figures = {}
     for secagg in (True, False):
         label = "secagg" if secagg else "plain"
@@ -170,7 +196,11 @@ def run_bench(
     )
     if retail:
         figures["retail"] = timed_run(with_overrides(config, rounds=retail_rounds), "retail", out)
-    figures["bytes_per_device_round"] = traffic(config, shoppers, out)
+    population = load_population(
+        "marketplace", config, num_devices=shoppers, seed=config.federation.seed
+    )
+    figures["local_update_seconds"] = local_update_seconds(config, population)
+    figures["bytes_per_device_round"] = traffic(config, population, out)
     (out / "bench.json").write_text(json.dumps(figures, indent=2), "utf-8")
     figures["out"] = str(out)
     return figures
@@ -189,6 +219,11 @@ def format_bench(figures: dict[str, Any]) -> str:
             f"local update {run['local_update_seconds']} s, "
             f"round time per participating device {run['round_seconds_per_participant']} s"
         )
+    local = figures["local_update_seconds"]
+    lines.append(
+        f"one device's local round, timed alone: {local['record_dp']} s with record-level DP "
+        f"(Opacus), {local['no_record_dp']} s without"
+    )
     for label, value in figures["bytes_per_device_round"].items():
         lines.append(
             f"bytes sent per device per round ({label}): mean {value['mean']:,.0f}, "

@@ -8,7 +8,7 @@ import pytest
 from common.cli import main
 from common.config import config_from_dict
 from server.privacy_ledger import PrivacyBudgetError
-from simulation.bench import bytes_per_device_round, tree_rss
+from simulation.bench import bytes_per_device_round, local_update_seconds, tree_rss
 from simulation.runner import simulate
 from simulation.synthetic import synthetic_population
 
@@ -55,3 +55,9 @@ def test_memory_and_traffic_helpers(tmp_path):
         (tmp_path / f"{node}-{size}.pkl").write_bytes(pickle.dumps(entry))
     figures = bytes_per_device_round(tmp_path)
     assert figures == {"mean": 80.0, "max": 150.0, "samples": 2}
+
+
+def test_local_update_timing_with_and_without_record_level_dp():
+    config = config_from_dict({"adapter": {"rank": 4, "shown_negatives": 4, "random_negatives": 4}})
+    times = local_update_seconds(config, synthetic_population(3, dim=16), devices=2)
+    assert set(times) == {"record_dp", "no_record_dp"} and all(t > 0 for t in times.values())
