@@ -18,7 +18,7 @@ import numpy as np
 
 from common.catalog import load_fashion_catalog
 from common.config import Config
-from common.encoder import Encoder, create_encoder
+from common.encoder import Encoder, create_encoder, with_text_precision
 from common.schemas import Product
 from server.catalog_store import Catalog, Item
 from server.index import IndexKind
@@ -35,6 +35,14 @@ def encoder_from_config(config: Config) -> Encoder:
         work_dir=config.paths.work,
         device=config.encoder.device,
     )
+
+
+def query_text_encoder(config: Config, encoder: Encoder) -> Encoder:
+    """``encoder`` with its text tower at ``search.query_precision``, for query texts."""
+    queries = with_text_precision(encoder, config.search.query_precision)
+    precision = "bfloat16" if queries.text_autocast is not None else "float32"
+    log.info("query texts are encoded in %s", precision)
+    return queries
 
 
 def store_path(config: Config) -> Path:

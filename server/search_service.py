@@ -29,7 +29,7 @@ from common.encoder import Encoder
 from common.signing import load_public_key
 from server import prom
 from server.catalog_store import Catalog, Item
-from server.indexer import encoder_from_config, open_or_build_catalog
+from server.indexer import encoder_from_config, open_or_build_catalog, query_text_encoder
 from server.model_state import ModelState, ModelWatcher
 from server.query_encoder import QueryEncoder
 from server.search_api import (
@@ -74,7 +74,7 @@ class SearchService:
         self.encoder = encoder
         self.catalog = catalog
         self.engine = SearchEngine(
-            QueryEncoder(encoder, max_batch=config.search.max_batch),
+            QueryEncoder(query_text_encoder(config, encoder), max_batch=config.search.max_batch),
             catalog,
             candidates=config.search.candidates,
         )
@@ -392,6 +392,7 @@ def _add_ops_routes(app: FastAPI, service: SearchService) -> None:
         return {
             "model": state.model.describe(),
             "encoder_version": service.encoder.version,
+            "query_precision": service.engine.query_encoder.precision,
             "index": {**asdict(index.info), "backend": index.backend, "items": index.ntotal},
             "catalog": {"items": len(state.catalog), "store": str(state.catalog.folder)},
             "registry": {

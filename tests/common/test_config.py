@@ -30,6 +30,7 @@ def test_toml_file_overrides_defaults(tmp_path):
         ({"encoder": {"text_weight": 0, "image_weight": 0}}, "encoder.text_weight"),
         ({"encoder": {"device": "tpu"}}, "encoder.device"),
         ({"encoder": "cpu"}, "encoder"),
+        ({"search": {"query_precision": "half"}}, "search.query_precision"),
     ],
 )
 def test_bad_values_name_the_key(data, key):

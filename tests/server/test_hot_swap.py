@@ -12,6 +12,7 @@ from fastapi.testclient import TestClient
 from common.adapter import WEIGHTS_FILE, QueryAdapter
 from common.signing import generate_signing_key, load_private_key, signer
 from common.versioning import write_version
+from server.indexer import query_text_encoder
 
 QUERY = {"text": "black watch", "k": 5}
 
@@ -43,7 +44,7 @@ def test_publish_under_load_zero_failures_and_one_version_per_response(
 ):
     app, config = make_app(watch_registry=True)
     adapter = random_adapter(1)
-    q = untrained_encoder.encode_text([QUERY["text"]])[0]
+    q = query_text_encoder(config, untrained_encoder).encode_text([QUERY["text"]])[0]
     expected = {
         "base": expected_scores(q, search_vectors),
         "v0001": expected_scores(q, search_vectors, adapter),

@@ -34,9 +34,13 @@ def test_text_search_returns_results_with_version_and_timing(client):
     assert scores == sorted(scores, reverse=True)
 
 
-def test_service_scores_match_the_in_process_pipeline(client, untrained_encoder, search_vectors):
-    body = client.post("/search", json={"text": "blue jeans", "k": 3}).json()
-    query = untrained_encoder.encode_text(["blue jeans"])[0]
+def test_service_scores_match_the_in_process_pipeline(make_app, untrained_encoder, search_vectors):
+    from server.indexer import query_text_encoder
+
+    app, config = make_app()
+    with TestClient(app) as client:
+        body = client.post("/search", json={"text": "blue jeans", "k": 3}).json()
+    query = query_text_encoder(config, untrained_encoder).encode_text(["blue jeans"])[0]
     expected = np.sort(search_vectors @ query)[::-1][:3]
     np.testing.assert_allclose([r["score"] for r in body["results"]], expected, atol=1e-4)
 
@@ -219,3 +223,21 @@ def test_errors_are_json_even_for_unknown_routes(client):
 
 def _b64(data: bytes) -> str:
     return base64.b64encode(data).decode()
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_query_precision_is_served_and_reported(make_app, untrained_encoder, precision):
+    from common.encoder import bf16_native
+
+    app, _ = make_app(query_precision=precision)
+    with TestClient(app) as c:
+        served = c.get("/version").json()["query_precision"]
+        body = c.post("/search", json={"text": "black watch", "return_vectors": True}).json()
+    query = np.asarray(body["query_vector"], dtype=np.float32)
+    reference = untrained_encoder.encode_text(["black watch"])[0]
+    native = bf16_native(untrained_encoder.device)
+    assert served == ("bfloat16" if precision == "bfloat16" and native else "float32")
+    if served == "float32":
+        np.testing.assert_allclose(query, reference, atol=1e-6)
+    else:
+        assert not np.array_equal(query, reference) and float(query @ reference) > 0.999
