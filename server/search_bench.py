@@ -16,6 +16,7 @@ end-to-end latency over in-process encode + search time.
 from __future__ import annotations
 
 import dataclasses
+import http.client
 import json
 import logging
 import math
@@ -27,6 +28,7 @@ import threading
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
@@ -42,6 +44,7 @@ from server.indexer import (
     encoder_from_config,
     fashion_items,
     open_catalog,
+    query_text_encoder,
     store_path,
 )
 
@@ -160,42 +163,54 @@ def process_cpu_s(pid: int) -> float:
 def run_load(
     url: str, queries: list[str], clients: int, requests: int, k: int = RECALL_K
 ) -> dict[str, Any]:
-    """Closed loop: ``clients`` threads, each with a keep-alive client, ``requests`` in all.
+    """Closed loop: ``clients`` threads, each with one keep-alive HTTP/1.1 connection,
+    ``requests`` in all. The clients use the standard library's ``http.client``: the load
+    generator shares the CPUs with the service, so it should cost as little as it can.
 
     Returns client-side latencies and the server's own ``took_ms`` (ms), failures, elapsed
     seconds and each query's result ids.
     """
+    host, port = urlsplit(url).hostname, urlsplit(url).port
     latencies: list[float] = []
     server_ms: list[float] = []
     failures: list[str] = []
     answers: dict[str, list[str]] = {}
     counter = iter(range(requests))
     lock = threading.Lock()
+    headers = {"Content-Type": "application/json"}
 
     def worker() -> None:
-        with httpx.Client(base_url=url, timeout=30) as client:
+        connection = http.client.HTTPConnection(host, port, timeout=30)
+        try:
             while True:
                 with lock:
                     i = next(counter, None)
                 if i is None:
                     return
                 text = queries[i % len(queries)]
+                payload = json.dumps({"text": text, "k": k})
                 start = time.perf_counter()
                 try:
-                    response = client.post("/search", json={"text": text, "k": k})
-                except httpx.HTTPError as exc:
+                    connection.request("POST", "/search", payload, headers)
+                    response = connection.getresponse()
+                    data = response.read()
+                except (OSError, http.client.HTTPException) as exc:
+                    connection.close()  # reconnects on the next request
                     with lock:
                         failures.append(repr(exc))
                     continue
                 elapsed = (time.perf_counter() - start) * 1000
+                if response.status != 200:
+                    with lock:
+                        failures.append(f"HTTP {response.status}")
+                    continue
+                body = json.loads(data)
                 with lock:
-                    if response.status_code != 200:
-                        failures.append(f"HTTP {response.status_code}")
-                        continue
-                    body = response.json()
                     latencies.append(elapsed)
                     server_ms.append(body["took_ms"])
                     answers.setdefault(text, [r["id"] for r in body["results"]])
+        finally:
+            connection.close()
 
     threads = [threading.Thread(target=worker) for _ in range(clients)]
     start = time.perf_counter()
@@ -264,10 +279,12 @@ def run_search_bench(
         queries=catalog_text_queries(real_items, TUNING_QUERIES + LOAD_QUERIES),
     )
     tuning, load = setup.queries[:TUNING_QUERIES], setup.queries[TUNING_QUERIES:]
-    tuning_vectors = encoder.encode_text(tuning)
-    truth = exact_top_k(
-        setup.vectors, np.arange(items, dtype=np.int64), encoder.encode_text(load), RECALL_K
-    )
+    queries = query_text_encoder(config, encoder)  # as the service encodes them
+    tuning_vectors = queries.encode_text(tuning)
+    rows = np.arange(items, dtype=np.int64)
+    truth = {"exact": exact_top_k(setup.vectors, rows, queries.encode_text(load), RECALL_K)}
+    if queries.text_autocast is not None:  # what lower-precision query vectors cost
+        truth["float32"] = exact_top_k(setup.vectors, rows, encoder.encode_text(load), RECALL_K)
     results: dict[str, Any] = {
         "command": command or "server.search_bench.run_search_bench()",
         "items": items,
@@ -276,6 +293,7 @@ def run_search_bench(
         "tuning_queries": len(tuning),
         "load_queries": len(load),
         "encoder_version": encoder.version,
+        "query_precision": "bfloat16" if queries.text_autocast else "float32",
         "cpu_count": os.cpu_count(),
         "load_average_before": os.getloadavg()[0],
         "kinds": {},
@@ -287,7 +305,7 @@ def run_search_bench(
                 config, setup.items, setup.vectors, encoder.version,
                 folder=Path(tmp) / kind, kind=kind, query_vectors=tuning_vectors,
             )  # fmt: skip
-            figures = _bench_kind(config, encoder, catalog, load, truth, clients, requests)
+            figures = _bench_kind(config, queries, catalog, load, truth, clients, requests)
             results["kinds"][kind] = figures
     results["load_average_after"] = os.getloadavg()[0]
     _print(results)
@@ -308,10 +326,13 @@ def _bench_kind(
     encoder: Encoder,
     catalog: Catalog,
     queries: list[str],
-    truth: np.ndarray,
+    truth: dict[str, np.ndarray],
     clients: int,
     requests: int,
 ) -> dict[str, Any]:
+    """One index kind, served and loaded. ``encoder`` encodes queries as the service does;
+    ``truth``: exact top-k rows per held-out query ("exact", and "float32" when the
+    service's query vectors are of lower precision)."""
     info, folder = catalog.index.info, catalog.folder
     in_process = in_process_ms(encoder, catalog, queries[:IN_PROCESS_QUERIES])
     row_of = {item_id: row for row, item_id in enumerate(catalog.all_vectors()[0])}
@@ -335,6 +356,7 @@ def _bench_kind(
     asked = [i for i, q in enumerate(queries) if q in answers]
     found = np.array([_codes(answers[queries[i]], row_of, RECALL_K) for i in asked])
     concurrent, sequential = _summary(loaded), _summary(single)
+    recall = {name: round(recall_at_k(found, top[asked]), 4) for name, top in truth.items()}
     return {
         "index": {
             "kind": info.kind,
@@ -346,7 +368,8 @@ def _bench_kind(
         "concurrent": concurrent,
         "sequential": sequential,
         "server_cpu_ms_per_query": round(server_cpu * 1000 / requests, 2),
-        "recall_at_10_vs_exact": round(recall_at_k(found, truth[asked]), 4),
+        "recall_at_10_vs_exact": recall["exact"],
+        **({"recall_at_10_vs_float32": recall["float32"]} if "float32" in recall else {}),
         "recall_queries": len(asked),
         "in_process_p50_ms": round(in_process, 2),
         "e2e_over_in_process_p50": round(sequential["p50_ms"] / in_process, 2),
@@ -370,7 +393,8 @@ def _codes(ids: list[str], code: dict[str, int], width: int) -> list[int]:
 def _print(results: dict[str, Any]) -> None:
     print(
         f"\nsearch benchmark: {results['items']:,} items, {results['requests']:,} text queries "
-        f"per index over HTTP on 127.0.0.1, encoder {results['encoder_version']}\n"
+        f"per index over HTTP on 127.0.0.1, encoder {results['encoder_version']} (query "
+        f"texts in {results['query_precision']})\n"
         f"{results['cpu_count']} CPUs, load average {results['load_average_before']:.1f} before "
         f"and {results['load_average_after']:.1f} after (other processes share the CPUs)"
     )
@@ -402,6 +426,12 @@ def _print(results: dict[str, Any]) -> None:
         f"queries ({results['tuning_queries']} others tuned nprobe); e2e/in-proc: sequential "
         "p50 over in-process encode + search p50"
     )
+    for kind, r in results["kinds"].items():
+        if "recall_at_10_vs_float32" in r:
+            print(
+                f"{kind}: query texts in {results['query_precision']}; recall@10 against exact "
+                f"search with float32 query vectors {r['recall_at_10_vs_float32']:.4f}"
+            )
     print(f"command: {results['command']}")
     if "ivf" in results["kinds"]:
         r = results["kinds"]["ivf"]
