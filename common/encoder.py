@@ -186,10 +186,23 @@ def with_text_precision(encoder: Encoder, precision: str) -> Encoder:
 
 
 def bf16_native(device: torch.device) -> bool:
-    """Whether ``device`` computes bfloat16 matrix products natively."""
+    """Whether ``device`` computes bfloat16 matrix products natively (a CPU: the AVX512-BF16
+    or AMX-BF16 instructions, read from ``/proc/cpuinfo``; elsewhere: no)."""
     if device.type == "cuda":
         return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    return device.type == "cpu" and bool(_CPU_BF16_FLAGS & _cpu_flags())
+
+
+_CPU_BF16_FLAGS = {"avx512_bf16", "amx_bf16"}
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return set()
+    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
+    return set(line.partition(":")[2].split())
 
 
 def load_image(image: ImageInput) -> Image.Image:
