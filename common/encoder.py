@@ -235,6 +235,11 @@ class Encoder:
         return int(self.config["embed_dim"])
 
     @property
+    def text_precision(self) -> str:
+        """The text tower's compute precision: "bfloat16" (autocast) or "float32"."""
+        return "bfloat16" if self.text_autocast is not None else "float32"
+
+    @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 

@@ -40,8 +40,7 @@ def encoder_from_config(config: Config) -> Encoder:
 def query_text_encoder(config: Config, encoder: Encoder) -> Encoder:
     """``encoder`` with its text tower at ``search.query_precision``, for query texts."""
     queries = with_text_precision(encoder, config.search.query_precision)
-    precision = "bfloat16" if queries.text_autocast is not None else "float32"
-    log.info("query texts are encoded in %s", precision)
+    log.info("query texts are encoded in %s", queries.text_precision)
     return queries
 
 

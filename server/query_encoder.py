@@ -42,11 +42,6 @@ class QueryEncoder:
     def dim(self) -> int:
         return self.encoder.dim
 
-    @property
-    def precision(self) -> str:
-        """The text tower's precision for query texts."""
-        return "bfloat16" if self.encoder.text_autocast is not None else "float32"
-
     def encode(
         self,
         text: str | None = None,

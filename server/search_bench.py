@@ -283,7 +283,7 @@ def run_search_bench(
     tuning_vectors = queries.encode_text(tuning)
     rows = np.arange(items, dtype=np.int64)
     truth = {"exact": exact_top_k(setup.vectors, rows, queries.encode_text(load), RECALL_K)}
-    if queries.text_autocast is not None:  # what lower-precision query vectors cost
+    if queries.text_precision != "float32":  # what lower-precision query vectors cost
         truth["float32"] = exact_top_k(setup.vectors, rows, encoder.encode_text(load), RECALL_K)
     results: dict[str, Any] = {
         "command": command or "server.search_bench.run_search_bench()",
@@ -293,7 +293,7 @@ def run_search_bench(
         "tuning_queries": len(tuning),
         "load_queries": len(load),
         "encoder_version": encoder.version,
-        "query_precision": "bfloat16" if queries.text_autocast else "float32",
+        "query_precision": queries.text_precision,
         "cpu_count": os.cpu_count(),
         "load_average_before": os.getloadavg()[0],
         "kinds": {},

@@ -392,7 +392,7 @@ def _add_ops_routes(app: FastAPI, service: SearchService) -> None:
         return {
             "model": state.model.describe(),
             "encoder_version": service.encoder.version,
-            "query_precision": service.engine.query_encoder.precision,
+            "query_precision": service.engine.query_encoder.encoder.text_precision,
             "index": {**asdict(index.info), "backend": index.backend, "items": index.ntotal},
             "catalog": {"items": len(state.catalog), "store": str(state.catalog.folder)},
             "registry": {

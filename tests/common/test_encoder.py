@@ -59,7 +59,8 @@ def test_query_text_precision(untrained_encoder, monkeypatch, caplog):
         with_text_precision(untrained_encoder, "fp8")
     if bf16_native(untrained_encoder.device):
         fast = with_text_precision(untrained_encoder, "auto")
-        assert fast.model is untrained_encoder.model and untrained_encoder.text_autocast is None
+        assert fast.model is untrained_encoder.model and fast.text_precision == "bfloat16"
+        assert untrained_encoder.text_precision == "float32"
         half = fast.encode_text(queries)
         assert not np.array_equal(half, full)  # it really ran in bfloat16 ...
         assert np.min(np.sum(half * full, axis=1)) > 0.999  # ... and stays close to float32
