@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+TEXT_PRECISIONS = ("auto", "float32", "bfloat16")
 
 
 class ConfigError(ValueError):
@@ -270,9 +271,9 @@ class SearchConfig:
         _check(self.poll_interval_s > 0, "search.poll_interval_s", "must be > 0")
         _check(self.max_batch >= 1, "search.max_batch", "must be >= 1")
         _check(
-            self.query_precision in ("auto", "float32", "bfloat16"),
+            self.query_precision in TEXT_PRECISIONS,
             "search.query_precision",
-            "auto, float32 or bfloat16",
+            " or ".join(TEXT_PRECISIONS),
         )
         _check(self.torch_threads >= 0, "search.torch_threads", "must be >= 0 (0 = default)")
         _check(self.faiss_threads >= 0, "search.faiss_threads", "must be >= 0 (0 = default)")

@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import io
 import json
@@ -27,11 +28,11 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm.auto import tqdm
 
+from common.config import TEXT_PRECISIONS
 from common.fusion import fuse
 from common.versioning import latest_version, read_manifest
 
 log = logging.getLogger(__name__)
-TEXT_PRECISIONS = ("auto", "float32", "bfloat16")
 
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 PACKAGE_PREFIX = "pkg:"
@@ -196,13 +197,14 @@ def bf16_native(device: torch.device) -> bool:
 _CPU_BF16_FLAGS = {"avx512_bf16", "amx_bf16"}
 
 
-def _cpu_flags() -> set[str]:
+@functools.cache
+def _cpu_flags() -> frozenset[str]:
     try:
         text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
     except OSError:
-        return set()
+        return frozenset()
     line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
-    return set(line.partition(":")[2].split())
+    return frozenset(line.partition(":")[2].split())
 
 
 def load_image(image: ImageInput) -> Image.Image:

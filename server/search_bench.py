@@ -170,7 +170,7 @@ def run_load(
     Returns client-side latencies and the server's own ``took_ms`` (ms), failures, elapsed
     seconds and each query's result ids.
     """
-    host, port = urlsplit(url).hostname, urlsplit(url).port
+    address = urlsplit(url)
     latencies: list[float] = []
     server_ms: list[float] = []
     failures: list[str] = []
@@ -180,7 +180,7 @@ def run_load(
     headers = {"Content-Type": "application/json"}
 
     def worker() -> None:
-        connection = http.client.HTTPConnection(host, port, timeout=30)
+        connection = http.client.HTTPConnection(address.hostname, address.port, timeout=30)
         try:
             while True:
                 with lock:
