@@ -292,7 +292,9 @@ class FederationConfig:
     each device shares its keys with ``secagg_neighbours`` others of its round (all of them
     in smaller rounds) and ``secagg_threshold`` of those shares are needed to unmask; updates
     are quantized over [-secagg_range, secagg_range]. ``eval_devices`` devices are evaluated
-    each round (0 = all); the last round evaluates every device.
+    each round (0 = all); the last round evaluates every device. ``average_decay``: devices
+    evaluate, and the registry publishes, a moving average of the global adapter with this
+    decay per round (0: the latest aggregate); training continues from the aggregate.
     """
 
     rounds: int = 20
@@ -310,6 +312,7 @@ class FederationConfig:
     secagg_range: float = 4.0
     client_cpus: float = 1.0
     publish: bool = True
+    average_decay: float = 0.8
 
     def validate(self) -> None:
         _check(self.rounds >= 1, "federation.rounds", "must be >= 1")
@@ -323,6 +326,7 @@ class FederationConfig:
         _check(0 < self.secagg_threshold <= 1, "federation.secagg_threshold", "must be in (0, 1]")
         _check(self.secagg_range > 0, "federation.secagg_range", "must be > 0")
         _check(self.client_cpus > 0, "federation.client_cpus", "must be > 0")
+        _check(0 <= self.average_decay < 1, "federation.average_decay", "must be in [0, 1)")
 
 
 @dataclass(frozen=True)

@@ -3,12 +3,15 @@
 One code path, the legacy workflow API (the one that supports SecAgg+ in 1.41)::
 
     DefaultWorkflow(fit_workflow=SecAggPlusWorkflow(...) or default_fit_workflow)
-    with LegacyContext(strategy = DP wrapper(FederatedAdapterStrategy))
+    with LegacyContext(strategy = MovingAverage(DP wrapper(FederatedAdapterStrategy)))
 
 - ``federation.dp``: ``DifferentialPrivacyClientSideFixedClipping`` (devices clip their
   update to C with ``fixedclipping_mod``; the server adds N(0, (sigma C)^2) to the sum) and a
   user-level ``PrivacyLedger``; the run refuses to start when ``federation.rounds`` would
   pass ``federation.epsilon_user``.
+- ``federation.average_decay``: ``server.averaging.MovingAverage``; devices evaluate, and
+  the registry publishes, a moving average of the global adapter (post-processing: no
+  privacy cost).
 - ``federation.secagg``: SecAgg+ (devices run ``secaggplus_mod``); the server only ever
   sees the sum of the (clipped, quantized) updates.
 
@@ -44,6 +47,7 @@ from tqdm.auto import tqdm
 from common.config import ConfigError
 from common.federation import RunSpec
 from common.signing import publisher
+from server.averaging import MovingAverage
 from server.privacy_ledger import PrivacyLedger
 from server.publish import publish_adapter
 from server.strategy import FederatedAdapterStrategy, RoundLog, expected_clients
@@ -75,15 +79,17 @@ def build_strategy(
     """(the strategy the workflow runs, the inner FedAvg strategy holding the round log)."""
     inner = FederatedAdapterStrategy(spec, on_sample)
     federation = spec.config.federation
-    if not federation.dp:
-        return inner, inner
-    wrapped = DifferentialPrivacyClientSideFixedClipping(
-        inner,
-        noise_multiplier=federation.noise_multiplier,
-        clipping_norm=federation.clipping_norm,
-        num_sampled_clients=expected_clients(spec),
-    )
-    return wrapped, inner
+    strategy: Strategy = inner
+    if federation.dp:
+        strategy = DifferentialPrivacyClientSideFixedClipping(
+            inner,
+            noise_multiplier=federation.noise_multiplier,
+            clipping_norm=federation.clipping_norm,
+            num_sampled_clients=expected_clients(spec),
+        )
+    if federation.average_decay > 0:
+        strategy = MovingAverage(strategy, decay=federation.average_decay)
+    return strategy, inner
 
 
 def fit_workflow(spec: RunSpec) -> tuple[Workflow, Callable[[int], None] | None]:
@@ -143,10 +149,15 @@ class RunRecorder:
 
         return run
 
-    def recorded(self, evaluate: Workflow) -> Workflow:
+    def recorded(self, evaluate: Workflow, strategy: Strategy) -> Workflow:
+        """Evaluate, then record and publish what was evaluated (the moving average if
+        the run keeps one, else the global adapter)."""
+
         def run(grid: Grid, context: Context) -> None:
             evaluate(grid, context)
-            self.record(_current_round(context), _global_weights(context))
+            average = strategy.average if isinstance(strategy, MovingAverage) else None
+            weights = average if average is not None else _global_weights(context)
+            self.record(_current_round(context), weights)
 
         return run
 
@@ -214,7 +225,7 @@ def run_federation(
     recorder = RunRecorder(spec, inner.log, ledger, finalize)
     workflow = DefaultWorkflow(
         fit_workflow=recorder.charged(fit),
-        evaluate_workflow=recorder.recorded(default_evaluate_workflow),
+        evaluate_workflow=recorder.recorded(default_evaluate_workflow, strategy),
     )
     legacy = LegacyContext(
         context, config=ServerConfig(num_rounds=spec.config.federation.rounds), strategy=strategy

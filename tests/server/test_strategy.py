@@ -21,9 +21,10 @@ from common.adapter import WEIGHTS_FILE, QueryAdapter
 from common.config import ConfigError, config_from_dict
 from common.federation import RunSpec
 from common.versioning import verify_files
-from server.app import build_strategy, fit_workflow, user_ledger
+from server.app import RunRecorder, build_strategy, fit_workflow, user_ledger
+from server.averaging import MovingAverage
 from server.publish import publish_adapter
-from server.strategy import expected_clients, pooled_metrics
+from server.strategy import RoundLog, expected_clients, pooled_metrics
 
 OK = Status(Code.OK, "")
 
@@ -187,3 +188,49 @@ def test_secagg_refuses_rounds_that_would_overflow(tmp_path):
     assert workflow.num_shares == pytest.approx(11 / 250)
     size(4)
     assert workflow.num_shares == 1.0
+
+
+def test_moving_average_is_evaluated_and_published_while_training_follows_the_aggregate(
+    tmp_path, monkeypatch
+):
+    spec = _spec(tmp_path, dp=False, average_decay=0.75)
+    strategy, _ = build_strategy(spec)
+    assert isinstance(strategy, MovingAverage)
+    manager = _manager(spec.num_devices)
+    current = _weights(1)
+    aggregates = []
+    for server_round in (1, 2):
+        strategy.configure_fit(server_round, ndarrays_to_parameters(current), manager)
+        deltas = [_weights(10 * server_round + i, 0.01) for i in range(3)]
+        params, _ = strategy.aggregate_fit(server_round, _fit_results(current, deltas), [])
+        current = parameters_to_ndarrays(params)
+        for j, g in enumerate(aggregates[-1] if aggregates else _weights(1)):
+            np.testing.assert_allclose(current[j], g + sum(d[j] for d in deltas) / 3, atol=1e-6)
+        aggregates.append(current)
+    average = [0.75 * a + 0.25 * b for a, b in zip(*aggregates, strict=True)]
+    for got, want in zip(strategy.average, average, strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-6)
+
+    evaluate_ins = strategy.configure_evaluate(2, ndarrays_to_parameters(current), manager)
+    for _, ins in evaluate_ins:
+        for got, want in zip(parameters_to_ndarrays(ins.parameters), average, strict=True):
+            np.testing.assert_allclose(got, want, atol=1e-6)
+
+    published = {}
+    recorder = RunRecorder(spec, RoundLog(), None)
+    monkeypatch.setattr(recorder, "record", lambda r, w: published.update({r: w}))
+    monkeypatch.setattr("server.app._current_round", lambda context: 2)
+    monkeypatch.setattr("server.app._global_weights", lambda context: current)
+    recorder.recorded(lambda grid, context: None, strategy)(None, None)
+    recorder.close()
+    for got, want in zip(published[2], average, strict=True):
+        np.testing.assert_allclose(got, want, atol=1e-6)
+
+
+def test_moving_average_off_and_bad_decay(tmp_path):
+    strategy, inner = build_strategy(_spec(tmp_path, average_decay=0.0))
+    assert not isinstance(strategy, MovingAverage)
+    with pytest.raises(ValueError, match="decay"):
+        MovingAverage(inner, decay=1.0)
+    with pytest.raises(ConfigError, match="federation.average_decay"):
+        _spec(tmp_path, average_decay=1.5)
