@@ -73,6 +73,20 @@ def user_ledger(spec: RunSpec) -> PrivacyLedger | None:
     )
 
 
+class PoissonCohortFilter(logging.Filter):
+    """Drops flwr's DP-wrapper warning that a round's cohort differs from the expected size.
+
+    Cohorts are Poisson-sampled, so their size varies by design; under DP the strategy
+    averages over the fixed expected size, which is the sensitivity the wrapper's noise is
+    calibrated to (``server.strategy``), so the warning is a false alarm here.
+    """
+
+    PREFIX = "The number of clients returning parameters"
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.PREFIX)
+
+
 def build_strategy(
     spec: RunSpec, on_sample: Callable[[int], None] | None = None
 ) -> tuple[Strategy, FederatedAdapterStrategy]:
@@ -81,6 +95,9 @@ def build_strategy(
     federation = spec.config.federation
     strategy: Strategy = inner
     if federation.dp:
+        flwr_logger = logging.getLogger("flwr")
+        if not any(isinstance(f, PoissonCohortFilter) for f in flwr_logger.filters):
+            flwr_logger.addFilter(PoissonCohortFilter())
         strategy = DifferentialPrivacyClientSideFixedClipping(
             inner,
             noise_multiplier=federation.noise_multiplier,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -234,3 +235,17 @@ def test_moving_average_off_and_bad_decay(tmp_path):
         MovingAverage(inner, decay=1.0)
     with pytest.raises(ConfigError, match="federation.average_decay"):
         _spec(tmp_path, average_decay=1.5)
+
+
+def test_dp_wrapper_cohort_size_warning_is_dropped_and_other_warnings_kept(tmp_path, caplog):
+    strategy, _ = build_strategy(_spec(tmp_path))
+    manager = _manager(40)
+    global_weights = _weights(1)
+    strategy.configure_fit(1, ndarrays_to_parameters(global_weights), manager)
+    deltas = [_weights(10 + i, 0.001) for i in range(7)]  # 7 devices joined, 10 expected
+    with caplog.at_level(logging.WARNING, logger="flwr"):
+        strategy.aggregate_fit(1, _fit_results(global_weights, deltas), [])
+        logging.getLogger("flwr").warning("another warning")
+    messages = [r.getMessage() for r in caplog.records]
+    assert "another warning" in messages
+    assert not [m for m in messages if m.startswith("The number of clients returning")]
