@@ -64,6 +64,7 @@ def summarize(
     rows.update({FEDERATED[mode]: values for mode, values in final.items()})
     base = final["base"]["nDCG@10"]
     personal = final["personal"]["nDCG@10"]
+    central = rows.get("centralized+personal", {}).get("nDCG@10")
     return {
         "run_dir": str(spec.run_dir),
         "population": spec.population,
@@ -80,6 +81,7 @@ def summarize(
         "wall_seconds": round(result.wall_seconds, 1),
         "peak_memory_mb": round(peak_memory_bytes / 2**20) if peak_memory_bytes else None,
         "personal_vs_base_ndcg": personal / base if base and personal is not None else None,
+        "share_of_centralized_gain": _gain_share(base, personal, central),
         "models": rows,
     }
 
@@ -107,7 +109,19 @@ def table(summary: dict[str, Any]) -> str:
     ratio = summary["personal_vs_base_ndcg"]
     if ratio is not None:
         lines += ["", f"personalized nDCG@10 / base nDCG@10 = {ratio:.3f}"]
+    share = summary["share_of_centralized_gain"]
+    if share is not None:
+        lines.append(
+            f"federated nDCG@10 gain over base = {share:.1%} of the centralized (+ personal) gain"
+        )
     return "\n".join(lines)
+
+
+def _gain_share(base: float | None, federated: float | None, central: float | None) -> float | None:
+    """(federated - base) / (centralized - base) nDCG@10, or None without a positive gain."""
+    if base is None or federated is None or central is None or central <= base:
+        return None
+    return (federated - base) / (central - base)
 
 
 def _fmt(value: Any) -> str:

@@ -212,7 +212,10 @@ def test_report_files(runs):
     summary = write_report(
         result,
         runs["population"],
-        {"base": {"HR@10": 0.5, "nDCG@10": 0.3, "MRR": 0.2, "count": 12.0}},
+        {
+            "base": {"HR@10": 0.5, "nDCG@10": 0.3, "MRR": 0.2, "count": 12.0},
+            "centralized+personal": {"HR@10": 1.0, "nDCG@10": 0.99, "MRR": 0.9, "count": 12.0},
+        },
     )
     for name in (
         "summary.json",
@@ -226,6 +229,11 @@ def test_report_files(runs):
         assert (result.run_dir / name).is_file(), name
     assert summary["rounds"] == ROUNDS and summary["dp"] and summary["secagg"]
     assert "base" in summary["models"]
+    final = result.final["evaluate"]
+    base, personal = final["base.nDCG@10"], final["personal.nDCG@10"]
+    share = (personal - base) / (0.99 - base)
+    assert summary["share_of_centralized_gain"] == pytest.approx(share)
+    assert f"= {share:.1%} of the centralized" in (result.run_dir / "summary.md").read_text()
     shoppers = json.loads((result.run_dir / SHOPPERS_FILE).read_text())
     assert len(shoppers["shoppers"]) == DEVICES and shoppers["dim"] == DIM
     assert len(list_versions(runs["noisy"]["registry"])) == ROUNDS
