@@ -42,6 +42,7 @@ from flwr.server.workflow.default_workflows import (
     default_fit_workflow,
 )
 from flwr.serverapp import Grid, ServerApp
+from flwr.supercore.differential_privacy import CLIENTS_DISCREPANCY_WARNING
 from tqdm.auto import tqdm
 
 from common.config import ConfigError
@@ -81,10 +82,11 @@ class PoissonCohortFilter(logging.Filter):
     calibrated to (``server.strategy``), so the warning is a false alarm here.
     """
 
-    PREFIX = "The number of clients returning parameters"
-
     def filter(self, record: logging.LogRecord) -> bool:
-        return not str(record.msg).startswith(self.PREFIX)
+        return record.msg != CLIENTS_DISCREPANCY_WARNING
+
+
+logging.getLogger("flwr").addFilter(PoissonCohortFilter())
 
 
 def build_strategy(
@@ -95,9 +97,6 @@ def build_strategy(
     federation = spec.config.federation
     strategy: Strategy = inner
     if federation.dp:
-        flwr_logger = logging.getLogger("flwr")
-        if not any(isinstance(f, PoissonCohortFilter) for f in flwr_logger.filters):
-            flwr_logger.addFilter(PoissonCohortFilter())
         strategy = DifferentialPrivacyClientSideFixedClipping(
             inner,
             noise_multiplier=federation.noise_multiplier,
