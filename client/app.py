@@ -40,11 +40,11 @@ from flwr.common import parameters_to_ndarrays
 
 from client.local_training import train_local
 from client.store import DeviceStore, PersonalState, load_key, write_key_file
-from common.adapter import QueryAdapter
 from common.config import ConfigError
-from common.federation import ROUND_KEY, RunSpec
-from common.personalization import user_vector
-from common.ranking_loss import ranking_loss, search_tensors
+from common.federation.run_spec import ROUND_KEY, RunSpec
+from common.model.adapter import QueryAdapter
+from common.model.personalization import user_vector
+from common.model.ranking_loss import ranking_loss, search_tensors
 from simulation.evaluation import evaluate_searches, flat_metrics
 from simulation.population import DeviceData, Population, load_population
 

@@ -40,9 +40,9 @@ from client.store import (
     load_key,
     write_key_file,
 )
-from common.flower_env import flower_env
-from common.pki import create_local_tls, create_node_auth_keys
-from common.retail import split_history
+from common.data.retail import split_history
+from common.federation.flower_env import flower_env
+from common.security.pki import create_local_tls, create_node_auth_keys
 
 if TYPE_CHECKING:
     from simulation.population import DeviceData
@@ -176,7 +176,7 @@ def training_data(
 
     Items are the public catalog items first, then any shown item missing from them (with
     the vector the search service returned). The last ``holdout_fraction`` of the clicked
-    searches is held out for evaluation, as ``common.retail.split_history`` splits.
+    searches is held out for evaluation, as ``common.data.retail.split_history`` splits.
     """
     from simulation.population import DeviceData
     from simulation.population import LoggedSearch as TrainingSearch

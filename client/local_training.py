@@ -1,6 +1,6 @@
 """One device's local round: Opacus DP-SGD on its copy of the global query adapter.
 
-The loss is per search (``common.ranking_loss``): the adapted query against its own clicked
+The loss is per search (``common.model.ranking_loss``): the adapted query against its own clicked
 item versus its own impression's shown-but-not-clicked items and random public items, so
 each search moves only its own gradient and per-sample clipping bounds its influence.
 Batches are Poisson-sampled; the Opacus RDP accountant's state is kept by the caller on
@@ -24,9 +24,9 @@ from opacus import PrivacyEngine
 from opacus.accountants import RDPAccountant
 from torch.utils.data import DataLoader, TensorDataset
 
-from common.adapter import QueryAdapter
 from common.config import AdapterConfig, DeviceConfig
-from common.ranking_loss import ranking_loss, search_tensors
+from common.model.adapter import QueryAdapter
+from common.model.ranking_loss import ranking_loss, search_tensors
 
 if TYPE_CHECKING:
     from simulation.population import LoggedSearch

@@ -2,10 +2,10 @@
 
 ``DeviceClient.search`` asks the endpoint for the top ``candidates`` items with
 ``return_vectors`` (no user vector leaves the device), reranks them with the private user
-vector using ``common.personalization.rerank`` (the function the server uses, so the order
+vector using ``common.model.personalization.rerank`` (the function the server uses, so the order
 is the one server-side reranking would give), logs the search (base query vector, shown
 ids and vectors) in the encrypted store and returns the top ``k``. ``report_click`` logs the
-click and updates the user vector. With ``model`` (a ``common.signing.TrustedLoader`` over
+click and updates the user vector. With ``model`` (a ``common.security.signing.TrustedLoader`` over
 the registry the device syncs), the device scores the candidates itself with the newest
 global adapter whose signature and files it verified, instead of trusting the service's
 scores; a version that fails verification is refused and the one held is kept::
@@ -26,9 +26,9 @@ import httpx
 import numpy as np
 
 from client.store import DeviceStore, LoggedSearch, PersonalState
-from common.adapter import WEIGHTS_FILE, QueryAdapter
-from common.personalization import rerank, user_vector
-from common.signing import TrustedLoader
+from common.model.adapter import WEIGHTS_FILE, QueryAdapter
+from common.model.personalization import rerank, user_vector
+from common.security.signing import TrustedLoader
 
 
 class SearchError(RuntimeError):

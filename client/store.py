@@ -33,8 +33,8 @@ import numpy as np
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from common.keyfiles import read_owner_only, write_owner_only
-from common.schemas import SearchRecord
+from common.data.records import SearchRecord
+from common.security.keyfiles import read_owner_only, write_owner_only
 
 KEY_ENV = "FEDSEARCH_DEVICE_KEY"
 KEY_BYTES = 32

@@ -17,10 +17,10 @@ from collections.abc import Sequence
 from common.config import Config, ConfigError, load_config, parse_override
 
 COMMAND_MODULES = (
-    "server.commands",
-    "server.deploy_commands",
-    "server.search_commands",
-    "client.device_commands",
+    "server.training.commands",
+    "server.deploy.commands",
+    "server.search.commands",
+    "client.commands",
     "simulation.demo",
     "simulation.commands",
 )
@@ -80,7 +80,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for package in ("common", "server", "client", "simulation"):
         logging.getLogger(package).setLevel(logging.DEBUG if args.verbose else logging.INFO)
-    from common.encoder import EncoderError
+    from common.model.encoder import EncoderError
 
     try:
         return int(args.handler(args) or 0)

@@ -61,7 +61,7 @@ class PathsConfig:
 
 @dataclass(frozen=True)
 class EncoderConfig:
-    """Which base encoder to build; see ``common.encoder.create_encoder``.
+    """Which base encoder to build; see ``common.model.encoder.create_encoder``.
 
     ``model`` is a built-in config name (``fedsearch-*``), any open_clip model name, a
     ``local-dir:`` folder or a checkpoint file. ``pretrained`` is an open_clip pretrained
@@ -143,7 +143,7 @@ class PopulationConfig:
 
 @dataclass(frozen=True)
 class AdapterConfig:
-    """The shared query adapter and its per-sample ranking loss (``common.ranking_loss``).
+    """The shared query adapter and its per-sample ranking loss (``common.model.ranking_loss``).
 
     Centralized and federated training both use these: negatives are ``shown_negatives``
     shown-but-not-clicked items of the same impression plus ``random_negatives`` catalog items.

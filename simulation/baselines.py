@@ -6,12 +6,12 @@
   ``w`` picked on TRAIN searches only (``tune_popularity_weight``: each search's clicked item
   counted with its own click left out); never on test.
 - ``centralized``: the same ``QueryAdapter`` trained without privacy on all devices' train
-  searches pooled, with the same per-sample loss as the devices (``common.ranking_loss``:
+  searches pooled, with the same per-sample loss as the devices (``common.model.ranking_loss``:
   own impression's shown-but-not-clicked items + random catalog items, never in-batch
   negatives). The upper reference for federated training. Early stopping looks only at
   each device's last TRAIN search, held out from training (``validation_split``).
 - ``*+personal``: the ranking above with the device's user vector reranking the top
-  ``evaluation.candidates`` (``common.personalization.rerank``, ``evaluation.beta``).
+  ``evaluation.candidates`` (``common.model.personalization.rerank``, ``evaluation.beta``).
 
 ``run_baselines(population, config)`` returns a ``BaselineReport``; ``format_table`` prints it.
 """
@@ -28,11 +28,11 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from common.adapter import QueryAdapter
 from common.config import Config
-from common.metrics import ndcg_at_k, ranks_from_scores
-from common.personalization import user_vector
-from common.ranking_loss import ranking_loss, search_tensors
+from common.evaluation.metrics import ndcg_at_k, ranks_from_scores
+from common.model.adapter import QueryAdapter
+from common.model.personalization import user_vector
+from common.model.ranking_loss import ranking_loss, search_tensors
 from simulation.evaluation import (
     evaluate_population,
     evaluate_searches,

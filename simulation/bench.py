@@ -21,11 +21,11 @@ import numpy as np
 import torch
 
 from client.local_training import train_local
-from common.adapter import QueryAdapter
 from common.config import Config, config_from_dict
+from common.model.adapter import QueryAdapter
+from simulation.engine import SimulationResult, simulate, with_overrides
 from simulation.population import Population, load_population
 from simulation.report import write_report
-from simulation.runner import SimulationResult, simulate, with_overrides
 from simulation.wiretap import read_tap, wiretap
 
 SAMPLE_INTERVAL_S = 0.2

@@ -58,8 +58,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def _simulate(args: argparse.Namespace) -> int:
+    from simulation.engine import with_overrides
     from simulation.report import simulate_and_report, table
-    from simulation.runner import with_overrides
 
     for name in ("clients", "rounds", "per_round"):
         value = getattr(args, name)

@@ -11,7 +11,7 @@ import argparse
 import json
 
 from common.cli import add_config_arguments, config_from_args
-from common.versioning import latest_version
+from common.security.versions import latest_version
 
 DEMO_QUERY = "casual shoes"
 
@@ -47,7 +47,7 @@ def _run(args: argparse.Namespace) -> int:
         if status := main(["pretrain", *shared]):
             return status
     else:
-        from server.encoder_eval import format_table
+        from server.training.encoder_eval import format_table
 
         _step(f"1/3 base encoder: {existing} (pass --retrain to train a new one)")
         metrics = json.loads((existing / "metrics.json").read_text(encoding="utf-8"))

@@ -13,7 +13,7 @@ Interface (used by the federated clients' evaluation and the simulation reports)
 
 Ranking: score = (adapted) query . item (+ ``item_prior``, a per-item bonus) over every
 catalog item. With a user vector and beta > 0, the top ``candidates`` items are reordered by
-``common.personalization.rerank`` (score + beta * cos(user, item)) and the rest keep the
+``common.model.personalization.rerank`` (score + beta * cos(user, item)) and the rest keep the
 base order below them. Ranks are 0-based with ties counted against the relevant item.
 """
 
@@ -24,9 +24,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common.adapter import QueryAdapter
-from common.metrics import hit_rate_at_k, mrr, ndcg_at_k, ranks_from_scores
-from common.personalization import rerank, user_vector
+from common.evaluation.metrics import hit_rate_at_k, mrr, ndcg_at_k, ranks_from_scores
+from common.model.adapter import QueryAdapter
+from common.model.personalization import rerank, user_vector
 from simulation.population import DeviceData, LoggedSearch, Population
 
 MODES = ("base", "adapter", "personal")

@@ -37,10 +37,10 @@ from dataclasses import dataclass
 import numpy as np
 from tqdm.auto import tqdm
 
-from common.catalog import load_fashion_catalog
 from common.config import Config, ConfigError
-from common.encoder import Encoder
-from common.schemas import Product
+from common.data.fashion import load_fashion_catalog
+from common.data.records import Product
+from common.model.encoder import Encoder
 from simulation.population import (
     DeviceData,
     LoggedSearch,

@@ -37,13 +37,13 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from common.config import Config, ConfigError
-from common.encoder import Encoder, create_encoder
-from common.retail import (
+from common.data.retail import (
     customer_histories,
     load_retail_products,
     load_retail_transactions,
     split_history,
 )
+from common.model.encoder import Encoder, create_encoder
 from simulation.vector_cache import cache_key, cached_vectors
 
 log = logging.getLogger(__name__)

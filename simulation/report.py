@@ -9,7 +9,7 @@
       summary.md           the same as a table
       metrics.png          HR@10, nDCG@10 and MRR per round (baselines dashed)
       epsilon.png          user-level epsilon and the largest device (record-level) epsilon
-      shoppers.json        the simulated shoppers' user vectors (``server.shoppers`` format)
+      shoppers.json        the simulated shoppers' user vectors (``server.search.shoppers`` format)
 
 The last round evaluates every device, so the summary's federated rows cover all held-out
 searches, like the baselines.
@@ -29,11 +29,11 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from common.config import Config, ConfigError  # noqa: E402
-from server.shoppers import FILE_NAME as SHOPPERS_FILE  # noqa: E402
-from server.shoppers import write_shoppers  # noqa: E402
+from server.search.shoppers import FILE_NAME as SHOPPERS_FILE  # noqa: E402
+from server.search.shoppers import write_shoppers  # noqa: E402
+from simulation.engine import SimulationResult, simulate  # noqa: E402
 from simulation.evaluation import device_user_vector  # noqa: E402
 from simulation.population import Population, describe, load_population  # noqa: E402
-from simulation.runner import SimulationResult, simulate  # noqa: E402
 
 METRICS = ("HR@10", "nDCG@10", "MRR")
 MAX_SHOPPERS = 200

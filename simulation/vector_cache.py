@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.versioning import sha256_file
+from common.security.versions import sha256_file
 
 log = logging.getLogger(__name__)
 

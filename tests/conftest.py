@@ -52,7 +52,7 @@ def small_catalog(tmp_path_factory, fashion_dir) -> Path:
 @pytest.fixture(scope="session")
 def untrained_encoder():
     """The built-in encoder with an untrained vision tower (MiniLM text tower is real)."""
-    from common.encoder import create_encoder
+    from common.model.encoder import create_encoder
 
     return create_encoder("fedsearch-minilm-rn64", "none")
 
@@ -61,7 +61,7 @@ def untrained_encoder():
 def tiny_checkpoint(tmp_path_factory, small_catalog):
     """A real ``fedsearch pretrain`` run on 40 items for a few steps; returns (config, folder)."""
     from common.config import config_from_dict
-    from server.pretrain import run_pretrain
+    from server.training.pretrain import run_pretrain
 
     work = tmp_path_factory.mktemp("work")
     config = config_from_dict(
@@ -72,3 +72,13 @@ def tiny_checkpoint(tmp_path_factory, small_catalog):
     )
     folder, metrics = run_pretrain(config)
     return config, folder, metrics
+
+@pytest.fixture
+def one_torch_thread():
+    """Tiny tensors: one thread avoids spinning on a shared 2-core machine (~7x faster)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

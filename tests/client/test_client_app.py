@@ -14,7 +14,7 @@ from flwr.supercore.task_identity import TaskIdentity
 
 from client.app import clipping_mod
 from common.config import Config, ConfigError
-from common.federation import RunSpec
+from common.federation.run_spec import RunSpec
 
 CLIP = 0.1
 

@@ -14,8 +14,8 @@ from client.device import (
 )
 from client.store import KEY_ENV, generate_key
 from common.cli import main
-from common.pki import create_ca
-from common.signing import generate_signing_key
+from common.security.pki import create_ca
+from common.security.signing import generate_signing_key
 from simulation.population import DeviceData, LoggedSearch
 
 DIM = 6

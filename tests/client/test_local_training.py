@@ -9,9 +9,9 @@ from opacus.accountants import RDPAccountant
 from client.app import AdapterClient, LocalDevice
 from client.local_training import ORDERS, plan, record_epsilon, train_local
 from client.store import DeviceStore
-from common.adapter import QueryAdapter
 from common.config import config_from_dict
-from common.federation import FIT_METRICS, RunSpec
+from common.federation.run_spec import FIT_METRICS, RunSpec
+from common.model.adapter import QueryAdapter
 from simulation.synthetic import synthetic_population
 
 

@@ -11,7 +11,7 @@ import uvicorn
 from client.sdk import DeviceClient, SearchError
 from client.store import DeviceStore, PersonalState, generate_key
 from common.config import config_from_dict
-from common.fusion import l2_normalize
+from common.model.fusion import l2_normalize
 
 CANDIDATES = 20
 BETA = 1.0
@@ -26,8 +26,8 @@ def _free_port() -> int:
 @pytest.fixture(scope="module")
 def service_url(tmp_path_factory, small_catalog, untrained_encoder):
     """The real search service on 127.0.0.1 over the first 40 catalog items."""
-    from server.indexer import build_catalog, fashion_items
-    from server.search_service import create_app
+    from server.search.catalog_build import build_catalog, fashion_items
+    from server.search.service import create_app
 
     link = small_catalog.parent / "fashion_product_images_small_subset"
     if not link.exists():
@@ -123,8 +123,8 @@ def test_unreachable_service_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def _publish(registry: Path, adapter, private_key) -> Path:
-    from common.signing import signer
-    from server.publish import publish_adapter
+    from common.security.signing import signer
+    from server.federation.publish import publish_adapter
 
     return publish_adapter(
         registry, adapter.get_weights(), {"round": 1}, finalize=signer(private_key)
@@ -138,7 +138,7 @@ def test_device_scores_with_its_verified_adapter_and_keeps_it_when_a_version_is_
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
     from client.sdk import verified_adapters
-    from common.adapter import QueryAdapter
+    from common.model.adapter import QueryAdapter
 
     key, other_key = Ed25519PrivateKey.generate(), Ed25519PrivateKey.generate()
     registry = tmp_path / "registry"

@@ -21,7 +21,7 @@ from client.store import (
     load_key,
     write_key_file,
 )
-from common.keyfiles import KeyFileError
+from common.security.keyfiles import KeyFileError
 
 DIM = 8
 

@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from common.config import config_from_dict
-from common.fusion import l2_normalize
+from common.model.fusion import l2_normalize
 
 RETAIL_HEADER = "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country"
 PRODUCTS_HEADER = (
@@ -47,16 +47,6 @@ class WordHashEncoder:
     def encode_items(self, titles, images, *, text_weight=0.5, image_weight=0.5, progress=False):
         return self.encode_text(titles)
 
-
-@pytest.fixture
-def one_torch_thread():
-    """Tiny tensors: one thread avoids spinning on a shared 2-core machine (~7x faster)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

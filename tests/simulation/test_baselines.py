@@ -1,6 +1,5 @@
 import numpy as np
 import pytest
-from conftest import make_config
 
 from simulation.baselines import (
     format_table,
@@ -14,6 +13,7 @@ from simulation.baselines import (
 )
 from simulation.evaluation import evaluate_population, evaluate_searches
 from simulation.population import DeviceData, LoggedSearch, train_popularity
+from tests.simulation.conftest import make_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -7,9 +7,9 @@ import pytest
 
 from common.cli import main
 from common.config import config_from_dict
-from server.privacy_ledger import PrivacyBudgetError
+from server.federation.ledger import PrivacyBudgetError
 from simulation.bench import bytes_per_device_round, local_update_seconds, tree_rss
-from simulation.runner import simulate
+from simulation.engine import simulate
 from simulation.synthetic import synthetic_population
 
 

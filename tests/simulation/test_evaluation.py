@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from common.adapter import QueryAdapter
+from common.model.adapter import QueryAdapter
 from simulation.evaluation import (
     MODES,
     add_sums,

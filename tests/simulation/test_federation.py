@@ -15,15 +15,15 @@ import torch
 from flwr.common.secure_aggregation.secaggplus_constants import Key
 from opacus.accountants import RDPAccountant
 
-from common.adapter import WEIGHTS_FILE, QueryAdapter
 from common.config import config_from_dict
-from common.federation import FIT_METRICS
-from common.personalization import user_vector
-from common.versioning import list_versions, verify_files
-from server.shoppers import FILE_NAME as SHOPPERS_FILE
+from common.federation.run_spec import FIT_METRICS
+from common.model.adapter import WEIGHTS_FILE, QueryAdapter
+from common.model.personalization import user_vector
+from common.security.versions import list_versions, verify_files
+from server.search.shoppers import FILE_NAME as SHOPPERS_FILE
+from simulation.engine import simulate
 from simulation.evaluation import evaluate_population
 from simulation.report import write_report
-from simulation.runner import simulate
 from simulation.synthetic import synthetic_population
 from simulation.wiretap import read_tap, wiretap
 

@@ -2,12 +2,12 @@ import os
 
 import numpy as np
 import pytest
-from conftest import PRODUCTS, WordHashEncoder, make_config
 
 from common.config import ConfigError, default_data_dir
-from common.retail import product_type_word
+from common.data.retail import product_type_word
 from simulation import marketplace
 from simulation.population import describe, load_population, top_items
+from tests.simulation.conftest import PRODUCTS, WordHashEncoder, make_config
 
 
 def load(name, config, encoder, **kwargs):

@@ -1,0 +1,167 @@
+"""``fedsearch device ...``: set up a device, import a history, show its budget, join."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import os
+import shlex
+from collections.abc import Callable
+from pathlib import Path
+
+from common.cli import UsageError, add_config_arguments, config_from_args
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    device = subparsers.add_parser(
+        "device",
+        help="a shopper's device: keys, encrypted store, privacy budget, joining the federation",
+        description="Device commands. A device folder holds the device's SuperNode key pair "
+        "(made on the device), the federation's CA certificate, the model-signing public "
+        "key and the encrypted local store (key: $FEDSEARCH_DEVICE_KEY or store.key).",
+    )
+    sub = device.add_subparsers(dest="device_command", metavar="STEP", required=True)
+
+    init = sub.add_parser("init", help="create a device folder (keys, empty encrypted store)")
+    init.add_argument("folder", type=Path)
+    init.add_argument("--superlink", required=True, metavar="HOST:PORT", help="SuperLink address")
+    init.add_argument("--ca", type=Path, required=True, help="the federation's CA certificate")
+    init.add_argument(
+        "--signing-key", type=Path, required=True, help="the server's signing.pub (Ed25519)"
+    )
+    init.add_argument("--endpoint", default="", help="search service URL, e.g. http://host:8000")
+    init.add_argument("--name", help="device name (default: the folder name)")
+    init.add_argument(
+        "--runtime-port", type=int, default=9094, help="local port of the SuperNode Runtime API"
+    )
+    init.set_defaults(handler=_user_errors(_init))
+
+    imp = sub.add_parser(
+        "import-history",
+        help="import one device's history from a population (real or simulated shopper)",
+        description="Write one device's searches (query vector, shown items, click) from "
+        "the same populations the simulation uses into the device's encrypted store, with "
+        "the public catalog item vectors it trains against.",
+    )
+    imp.add_argument("folder", type=Path)
+    imp.add_argument("--population", choices=("retail", "marketplace"), default="retail")
+    imp.add_argument(
+        "--index", type=int, required=True, help="which device of the population (0-based)"
+    )
+    imp.add_argument(
+        "--num-devices", type=int, default=None, help="population size the index refers to"
+    )
+    add_config_arguments(imp)
+    imp.set_defaults(handler=_user_errors(_import_history))
+
+    budget = sub.add_parser("budget", help="show the device's privacy budget and its store")
+    budget.add_argument("folder", type=Path)
+    add_config_arguments(budget)
+    budget.set_defaults(handler=_user_errors(_budget))
+
+    join = sub.add_parser("join", help="start this device's SuperNode (TLS, device auth)")
+    join.add_argument("folder", type=Path)
+    join.add_argument("--superlink", metavar="HOST:PORT", help="override the SuperLink address")
+    join.add_argument("--print-only", action="store_true", help="print the command only")
+    join.set_defaults(handler=_user_errors(_join))
+
+
+def _user_errors(handler: Callable[[argparse.Namespace], int]) -> Callable:
+    """Store and key-file problems are the user's to fix: one line, no traceback."""
+
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace) -> int:
+        from client.store import StoreError
+        from common.security.keyfiles import KeyFileError
+
+        try:
+            return handler(args)
+        except (StoreError, KeyFileError) as exc:
+            raise UsageError(str(exc)) from exc
+
+    return run
+
+
+def _init(args: argparse.Namespace) -> int:
+    from client.device import DeviceInfo, init_device
+
+    if not 0 < args.runtime_port < 65536:
+        raise UsageError(f"--runtime-port: {args.runtime_port} is not in 1..65535")
+    if ":" not in args.superlink:
+        raise UsageError(f"--superlink: expected HOST:PORT, got {args.superlink!r}")
+    info = DeviceInfo(
+        name=args.name or args.folder.resolve().name,
+        superlink=args.superlink,
+        endpoint=args.endpoint,
+        runtime_port=args.runtime_port,
+    )
+    try:
+        device = init_device(args.folder, info, ca_cert=args.ca, signing_pub=args.signing_key)
+    except FileExistsError as exc:
+        raise UsageError(str(exc)) from exc
+    print(f"device {info.name}: {device.folder}")
+    print(f"  send {device.auth_pub} to the operator (fedsearch deploy register ...)")
+    print(f"  {device.auth_key} and {device.store_key} stay on this device")
+    return 0
+
+
+def _import_history(args: argparse.Namespace) -> int:
+    from client.device import Device, import_searches, save_public_items
+    from simulation.population import load_population
+
+    device = Device(args.folder)
+    device.info  # noqa: B018 - fails clearly if the folder is not a device
+    config = config_from_args(args)
+    population = load_population(args.population, config, num_devices=args.num_devices)
+    if not 0 <= args.index < len(population.devices):
+        raise UsageError(f"--index: {args.index} is not in 0..{len(population.devices) - 1}")
+    data = population.devices[args.index]
+    save_public_items(device, population.item_ids, population.item_vectors)
+    count = import_searches(device, data, population.item_ids, population.item_vectors)
+    print(f"imported {count} searches of {data.device_id} into {device.store_dir}")
+    print(f"  public catalog: {len(population.item_ids):,} items in {device.public_items}")
+    return 0
+
+
+def _budget(args: argparse.Namespace) -> int:
+    from client.device import Device
+    from client.local_training import record_epsilon
+
+    device = Device(args.folder)
+    name = device.info.name
+    settings = config_from_args(args).device
+    store = device.open_store()
+    log = store.searches()
+    state = store.load_state()
+    spent = record_epsilon(state.accountant, settings.delta)
+    rounds = state.info.get("rounds_trained", 0)
+    print(
+        f"device {name}: {len(log)} searches logged, "
+        f"{sum(e.clicked is not None for e in log)} with a click"
+    )
+    print(
+        f"  record-level privacy: epsilon {spent:.3f} of {settings.epsilon_budget:g} "
+        f"spent at delta {settings.delta:g} ({rounds} rounds trained)"
+    )
+    left = settings.epsilon_budget - spent
+    print(f"  budget left: {left:.3f}" if left > 0 else "  budget spent: the device stops training")
+    user = state.user_vector is not None
+    print(
+        f"  personal state: user vector {'set' if user else 'not set'}, "
+        f"personal head {len(state.head)} arrays"
+    )
+    return 0
+
+
+def _join(args: argparse.Namespace) -> int:
+    from client.device import Device, device_env, supernode_command
+
+    device = Device(args.folder)
+    device.info  # noqa: B018 - fails clearly if the folder is not a device
+    device.open_store()  # fail now, not inside the ClientApp, if the key is wrong
+    command = supernode_command(device, superlink=args.superlink)
+    print(f"$ {shlex.join(command)}", flush=True)
+    if args.print_only:
+        return 0
+    os.execvpe(command[0], command, device_env(device))
+    return 0

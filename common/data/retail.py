@@ -1,0 +1,170 @@
+"""Loading the UCI Online Retail data: clean purchases, the product catalogue, histories.
+
+A clean purchase (as in the data's README) has a ``CustomerID``, an ``InvoiceNo`` not
+starting with "C", ``Quantity`` > 0 and ``UnitPrice`` > 0; on top of that, rows whose
+``StockCode`` is not a product (fees, postage, gift vouchers, ``DCGS*``, ``PADS``) are
+dropped. Every skipped row is counted once, under the first reason it meets.
+"""
+
+from __future__ import annotations
+
+import math
+import string
+from collections.abc import Iterable
+from datetime import datetime
+from operator import attrgetter
+from pathlib import Path
+
+from common.data.fashion import read_csv_records
+from common.data.records import LoadReport, Product, Purchase
+
+NON_PRODUCT_CODES = frozenset(
+    {"POST", "DOT", "C2", "M", "BANK CHARGES", "AMAZONFEE", "CRUK", "B", "D", "S", "PADS"}
+)
+NON_PRODUCT_PREFIXES = ("GIFT_0001_", "DCGS")
+TRANSACTION_COLUMNS = (
+    "InvoiceNo",
+    "StockCode",
+    "Quantity",
+    "InvoiceDate",
+    "UnitPrice",
+    "CustomerID",
+)
+PRODUCT_COLUMNS = ("StockCode", "Description", "median_unit_price")
+_MISSING = frozenset({"", "na", "nan"})
+
+
+def is_product_code(code: str) -> bool:
+    """False for empty codes, fees/postage/manual codes, gift vouchers, ``DCGS*`` and ``PADS``."""
+    upper = code.upper()
+    return (
+        bool(code) and upper not in NON_PRODUCT_CODES and not upper.startswith(NON_PRODUCT_PREFIXES)
+    )
+
+
+def product_type_word(description: str) -> str:
+    """The product-type word of a description: its last word, outer punctuation removed."""
+    words = description.split()
+    if not words:
+        return ""
+    return words[-1].strip(string.punctuation) or words[-1]
+
+
+def load_retail_transactions(path: str | Path) -> tuple[list[Purchase], LoadReport]:
+    """Read the clean product purchases of a transactions ``.csv`` or ``.csv.gz`` file.
+
+    Skip reasons, in the order checked: ``wrong_field_count``, ``bad_number`` (Quantity or
+    UnitPrice), ``bad_date``, ``missing_customer_id``, ``cancellation``,
+    ``non_positive_quantity``, ``non_positive_price``, ``non_product_code``.
+    """
+    path = Path(path)
+    report = LoadReport(source=str(path))
+    purchases: list[Purchase] = []
+    for record in read_csv_records(path, TRANSACTION_COLUMNS, report):
+        result = _parse_purchase(record)
+        if isinstance(result, str):
+            report.skip(result)
+        else:
+            purchases.append(result)
+    report.rows_kept = len(purchases)
+    return purchases, report
+
+
+def _parse_purchase(record: dict[str, str]) -> Purchase | str:
+    """The purchase in one row, or the reason to skip it."""
+    try:
+        quantity = int(record["Quantity"])
+        unit_price = float(record["UnitPrice"])
+    except ValueError:
+        return "bad_number"
+    if not math.isfinite(unit_price):
+        return "bad_number"
+    try:
+        timestamp = datetime.fromisoformat(record["InvoiceDate"])
+    except ValueError:
+        return "bad_date"
+    customer = record["CustomerID"].removesuffix(".0")
+    if customer.lower() in _MISSING:
+        return "missing_customer_id"
+    if record["InvoiceNo"].upper().startswith("C"):
+        return "cancellation"
+    if quantity <= 0:
+        return "non_positive_quantity"
+    if unit_price <= 0:
+        return "non_positive_price"
+    if not is_product_code(record["StockCode"]):
+        return "non_product_code"
+    return Purchase(
+        customer, record["StockCode"], record["InvoiceNo"], timestamp, quantity, unit_price
+    )
+
+
+def load_retail_products(path: str | Path) -> tuple[list[Product], LoadReport]:
+    """Read the product catalogue (``products.csv``): one ``Product`` per product code.
+
+    ``title`` is the description, ``category`` its product-type word, ``price`` the
+    ``median_unit_price`` (None where empty). Skip reasons: ``wrong_field_count``,
+    ``missing_id``, ``missing_title``, ``duplicate_id``, ``non_product_code``, ``bad_number``.
+    """
+    path = Path(path)
+    report = LoadReport(source=str(path))
+    products: list[Product] = []
+    seen: set[str] = set()
+    for record in read_csv_records(path, PRODUCT_COLUMNS, report):
+        result = _parse_product(record, seen)
+        if isinstance(result, str):
+            report.skip(result)
+            continue
+        seen.add(result.id)
+        products.append(result)
+    report.rows_kept = len(products)
+    return products, report
+
+
+def _parse_product(record: dict[str, str], seen: set[str]) -> Product | str:
+    """The product in one catalogue row, or the reason to skip it."""
+    code, title = record["StockCode"], record["Description"]
+    if not code:
+        return "missing_id"
+    if not title:
+        return "missing_title"
+    if code in seen:
+        return "duplicate_id"
+    if not is_product_code(code):
+        return "non_product_code"
+    price: float | None = None
+    if record["median_unit_price"]:
+        try:
+            price = float(record["median_unit_price"])
+        except ValueError:
+            return "bad_number"
+        if not math.isfinite(price):
+            return "bad_number"
+    return Product(
+        id=code, title=title, image_path=None, category=product_type_word(title), price=price
+    )
+
+
+def customer_histories(purchases: Iterable[Purchase], min_items: int = 5) -> dict[str, list[str]]:
+    """Each customer's distinct items in order of first purchase (stable for equal times).
+
+    Only customers with at least ``min_items`` distinct items are kept.
+    """
+    firsts: dict[str, dict[str, None]] = {}
+    for purchase in sorted(purchases, key=attrgetter("timestamp")):
+        firsts.setdefault(purchase.customer_id, {}).setdefault(purchase.item_id, None)
+    return {c: list(items) for c, items in firsts.items() if len(items) >= min_items}
+
+
+def split_history(items: list[str], holdout_fraction: float = 0.2) -> tuple[list[str], list[str]]:
+    """Split a history into (train, held out): the last ``holdout_fraction`` (at least 1).
+
+    The held-out count is ``floor(len(items) * holdout_fraction)``, at least 1, and at least
+    one item always stays in train.
+    """
+    if not 0 < holdout_fraction < 1:
+        raise ValueError(f"holdout_fraction must be in (0, 1), got {holdout_fraction}")
+    if len(items) < 2:
+        raise ValueError(f"a history needs at least 2 items to split, got {len(items)}")
+    n_held = max(1, math.floor(len(items) * holdout_fraction + 1e-9))
+    return list(items[:-n_held]), list(items[-n_held:])

@@ -1,0 +1,173 @@
+"""``fedsearch deploy ...``: certificates, SuperLink, device registration, runs.
+
+Each command prints the exact flwr command it runs, so a deployment can also be driven by
+hand or by a service manager.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shlex
+import subprocess
+from pathlib import Path
+
+from common.cli import UsageError
+from server.deploy.layout import (
+    DEFAULT_PORT,
+    DEFAULT_SUPERLINK_PORT,
+    Deployment,
+    DeploymentInfo,
+    init_deployment,
+    register_command,
+    run_command,
+    superlink_command,
+)
+
+ENV_NO_DEPS = "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    deploy = subparsers.add_parser(
+        "deploy",
+        help="run the federation on real devices (Flower Deployment Engine, TLS, device auth)",
+        description="Operator commands for a Flower Deployment Engine federation: create "
+        "the CA, the SuperLink certificate and the model-signing key; start the SuperLink "
+        "with TLS and SuperNode authentication; register devices; start runs.",
+    )
+    sub = deploy.add_subparsers(dest="deploy_command", metavar="STEP", required=True)
+
+    init = _add(sub, "init", "create the CA, SuperLink certificate, signing key, flwr config")
+    init.add_argument(
+        "--host", default="127.0.0.1", help="address the Fleet gateway binds to (devices)"
+    )
+    init.add_argument(
+        "--port", type=int, default=DEFAULT_PORT, help="Fleet gateway HTTPS port (devices)"
+    )
+    init.add_argument(
+        "--superlink-port",
+        type=int,
+        default=DEFAULT_SUPERLINK_PORT,
+        help="SuperLink HTTPS port on 127.0.0.1 (operator's flwr CLI and the ServerApp)",
+    )
+    init.add_argument(
+        "--cert-host",
+        action="append",
+        default=[],
+        metavar="NAME_OR_IP",
+        help="host name or IP devices dial, put in the certificate (repeatable; the first "
+        "is the address devices use; 127.0.0.1 and localhost are always added)",
+    )
+    init.set_defaults(handler=_init)
+
+    link = _add(sub, "superlink", "start the SuperLink (TLS, SuperNode authentication)")
+    link.set_defaults(handler=_superlink)
+
+    gateway = _add(sub, "gateway", "start the Fleet gateway devices connect to (TLS)")
+    gateway.set_defaults(handler=_gateway)
+
+    reg = _add(sub, "register", "allow a device to join: register its auth.pub")
+    reg.add_argument("public_key", type=Path, help="the device's auth.pub")
+    reg.add_argument("--name", help="a name for the device")
+    reg.set_defaults(handler=_register)
+
+    run = _add(sub, "run", "start a federated run of this project's ServerApp/ClientApp")
+    run.add_argument("--app", type=Path, default=REPO_ROOT, help="Flower app folder")
+    run.add_argument("--run-config", help='run config overrides, e.g. "num-server-rounds=2"')
+    run.add_argument("--no-stream", action="store_true", help="return once the run started")
+    run.set_defaults(handler=_run)
+
+    env = _add(sub, "env", "print the shell exports for using `flwr` on this deployment")
+    env.set_defaults(handler=_env)
+
+
+def _add(sub: argparse._SubParsersAction, name: str, text: str) -> argparse.ArgumentParser:
+    parser = sub.add_parser(name, help=text, description=text)
+    parser.add_argument(
+        "--dir", type=Path, default=Path("deploy"), help="deployment folder (default: deploy)"
+    )
+    parser.add_argument(
+        "--print-only", action="store_true", help="print the command instead of running it"
+    )
+    return parser
+
+
+def _init(args: argparse.Namespace) -> int:
+    for flag, port in (("--port", args.port), ("--superlink-port", args.superlink_port)):
+        if not 0 < port < 65536:
+            raise UsageError(f"{flag}: {port} is not in 1..65535")
+    if args.port == args.superlink_port:
+        raise UsageError("--port and --superlink-port must differ")
+    hosts = args.cert_host or ["127.0.0.1"]
+    info = DeploymentInfo(args.host, args.port, hosts, args.superlink_port)
+    try:
+        dep = init_deployment(args.dir, info)
+    except FileExistsError as exc:
+        raise UsageError(str(exc)) from exc
+    print(f"deployment folder: {dep.root}")
+    print(f"  devices dial the Fleet gateway: {dep.info.address}")
+    print(f"  SuperLink (operator only): {dep.info.superlink_address}")
+    print(f"  give devices: {dep.ca_cert} and {dep.signing_pub}")
+    print(f"  keep private: {dep.ca_key}, {dep.server_key}, {dep.signing_key}")
+    return 0
+
+
+def _superlink(args: argparse.Namespace) -> int:
+    dep = Deployment(args.dir)
+    return _exec(superlink_command(dep), dep, args.print_only, replace=True)
+
+
+def _gateway(args: argparse.Namespace) -> int:
+    from server.deploy.gateway import run_gateway
+
+    dep = Deployment(args.dir)
+    info = dep.info
+    upstream = f"https://{info.superlink_address}"
+    print(f"Fleet gateway on {info.host}:{info.port} -> {upstream}/v1/fleet/ only", flush=True)
+    if args.print_only:
+        return 0
+    run_gateway(
+        info.host,
+        info.port,
+        upstream,
+        ca_cert=dep.ca_cert,
+        certfile=dep.server_cert,
+        keyfile=dep.server_key,
+    )
+    return 0
+
+
+def _register(args: argparse.Namespace) -> int:
+    if not args.public_key.is_file():
+        raise FileNotFoundError(f"public key not found: {args.public_key}")
+    dep = Deployment(args.dir)
+    return _exec(register_command(args.public_key, args.name), dep, args.print_only)
+
+
+def _run(args: argparse.Namespace) -> int:
+    dep = Deployment(args.dir)
+    command = run_command(args.app, args.run_config, stream=not args.no_stream)
+    return _exec(command, dep, args.print_only)
+
+
+def _env(args: argparse.Namespace) -> int:
+    dep = Deployment(args.dir)
+    dep.info  # noqa: B018 - fails clearly if the folder is not a deployment
+    for key in (
+        "FLWR_HOME",
+        "FLWR_TELEMETRY_ENABLED",
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION",
+    ):
+        print(f"export {key}={shlex.quote(dep.env()[key])}")
+    return 0
+
+
+def _exec(command: list[str], dep: Deployment, print_only: bool, replace: bool = False) -> int:
+    env = dep.env()
+    print(f"$ FLWR_HOME={shlex.quote(env['FLWR_HOME'])} {shlex.join(command)}", flush=True)
+    if print_only:
+        return 0
+    if replace:
+        os.execvpe(command[0], command, env)
+    return subprocess.run(command, env=env, check=False).returncode

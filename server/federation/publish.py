@@ -1,0 +1,42 @@
+"""Publish a global query adapter as a new version in the model registry.
+
+A version folder holds ``adapter.safetensors`` and ``manifest.json`` (the sha256 of each
+file, plus what the caller passes: round, metrics, privacy ledger, base model, ...);
+``finalize`` runs on the staged folder before it is published (e.g.
+``common.security.signing.signer``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.model.adapter import WEIGHTS_FILE, QueryAdapter
+from common.security.versions import write_version
+
+
+def adapter_from_weights(weights: list[np.ndarray]) -> QueryAdapter:
+    """Rebuild a ``QueryAdapter`` from its Flower wire format (dims read off the arrays)."""
+    rank, dim = np.asarray(weights[0]).shape
+    adapter = QueryAdapter(dim, rank)
+    adapter.set_weights(weights)
+    adapter.eval()
+    return adapter
+
+
+def publish_adapter(
+    registry: Path,
+    weights: list[np.ndarray],
+    manifest: dict[str, Any],
+    *,
+    finalize: Callable[[Path], None] | None = None,
+) -> Path:
+    """Write the adapter as the registry's next version; return its folder."""
+    adapter = adapter_from_weights(weights)
+    full = {"kind": "query-adapter", "dim": adapter.dim, "rank": adapter.rank, **manifest}
+    return write_version(
+        Path(registry), lambda folder: adapter.save(folder / WEIGHTS_FILE), full, finalize=finalize
+    )

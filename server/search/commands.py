@@ -1,0 +1,175 @@
+"""Search commands: ``fedsearch index``, ``serve``, ``search`` and ``bench-search``."""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import shlex
+import sys
+from collections.abc import Callable
+
+from common.cli import UsageError, add_config_arguments, config_from_args
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    index = subparsers.add_parser(
+        "index",
+        help="encode the fashion catalog and build the search index",
+        description="Encodes every fashion item (title + photo) with the base encoder, "
+        "builds a FAISS index (exact, or IVF above search.exact_max_items, with recall@10 "
+        "measured) and writes the catalog store the service serves.",
+    )
+    add_config_arguments(index)
+    index.add_argument("--limit", type=int, help="index only the first N items")
+    index.add_argument("--kind", choices=("auto", "exact", "ivf"), default="auto")
+    index.set_defaults(handler=_index)
+
+    serve = subparsers.add_parser(
+        "serve",
+        help="run the search service (web page at /, API docs at /docs)",
+        description="Serves the catalog store (built first if missing) with the latest "
+        "verified adapter version from the registry, hot-swapping newer ones.",
+    )
+    add_config_arguments(serve)
+    serve.add_argument("--host", help="default: search.host")
+    serve.add_argument("--port", type=int, help="default: search.port")
+    serve.set_defaults(handler=_serve)
+
+    search = subparsers.add_parser(
+        "search",
+        help="one query, side by side for simulated shoppers (in-process, no server)",
+        description="Runs the service's pipeline in-process on the served catalog with the "
+        "latest verified adapter: the query without personalization and for each shopper "
+        "(from the last simulation run's shoppers.json), printed side by side.",
+    )
+    add_config_arguments(search)
+    search.add_argument("text", help="the query text")
+    search.add_argument(
+        "--shopper",
+        action="append",
+        dest="shoppers",
+        metavar="NAME",
+        help="a shopper's name (repeatable; default: the first two)",
+    )
+    search.add_argument("-k", type=int, default=10, help="results per column (default 10)")
+    search.set_defaults(handler=_search)
+
+    bench = subparsers.add_parser(
+        "bench-search",
+        help="benchmark the search service over HTTP (exact vs ANN, 100k items)",
+        description="Builds a 100k-item index from the catalog's vectors plus perturbed "
+        "copies, serves it on 127.0.0.1, runs concurrent text-query clients and prints "
+        "p50/p99 latency, throughput, ANN recall@10 and the end-to-end/in-process ratio.",
+    )
+    add_config_arguments(bench)
+    bench.add_argument("--items", type=int, default=100_000)
+    bench.add_argument("--clients", type=int, default=8)
+    bench.add_argument("--requests", type=int, default=2000, help="per index kind")
+    bench.add_argument("--kinds", default="exact,ivf", help="comma-separated: exact, ivf")
+    bench.add_argument("--out", help="also write the figures as JSON to this file")
+    bench.set_defaults(handler=_bench)
+
+
+def _user_errors(handler: Callable[[argparse.Namespace], int]) -> Callable:
+    """Encoder and store problems are the user's to fix: one line, not a traceback."""
+
+    @functools.wraps(handler)
+    def run(args: argparse.Namespace) -> int:
+        from common.model.encoder import EncoderError
+        from server.search.catalog import StoreError
+
+        try:
+            return handler(args)
+        except (EncoderError, StoreError) as exc:
+            raise UsageError(str(exc)) from exc
+
+    return run
+
+
+@_user_errors
+def _index(args: argparse.Namespace) -> int:
+    from server.search.catalog_build import build_catalog, encoder_from_config, fashion_items
+
+    config = config_from_args(args)
+    if args.limit is not None and args.limit < 1:
+        raise UsageError("--limit: must be >= 1")
+    encoder = encoder_from_config(config)
+    catalog = build_catalog(config, encoder, fashion_items(config, args.limit), kind=args.kind)
+    info = catalog.index.info
+    print(
+        f"indexed {len(catalog):,} items into {catalog.folder}: {info.kind} index on "
+        f"{catalog.index.backend}, recall@10 vs exact {info.recall_at_10:.4f}"
+        + (f" (nlist {info.nlist}, nprobe {info.nprobe})" if info.kind == "ivf" else "")
+        + f", encoder {info.encoder_version}"
+    )
+    catalog.close()
+    return 0
+
+
+def apply_thread_settings(torch_threads: int, faiss_threads: int) -> None:
+    import faiss
+    import torch
+
+    if torch_threads > 0:
+        torch.set_num_threads(torch_threads)
+    if faiss_threads > 0:
+        faiss.omp_set_num_threads(faiss_threads)
+
+
+@_user_errors
+def _serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from server.search.service import create_app
+
+    config = config_from_args(args)
+    apply_thread_settings(config.search.torch_threads, config.search.faiss_threads)
+    host = args.host or config.search.host
+    port = args.port or config.search.port
+    app = create_app(config)
+    print(f"serving on http://{host}:{port}/ (API docs: http://{host}:{port}/docs)", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level="warning")
+    return 0
+
+
+@_user_errors
+def _search(args: argparse.Namespace) -> int:
+    from server.search.catalog_build import encoder_from_config, open_or_build_catalog
+    from server.search.compare import compare_shoppers
+
+    config = config_from_args(args)
+    if not args.text.strip() or len(args.text) > config.search.max_text_chars:
+        raise UsageError(f"text: give 1 to {config.search.max_text_chars} characters")
+    if not 1 <= args.k <= config.search.max_k:
+        raise UsageError(f"-k: must be between 1 and {config.search.max_k}")
+    encoder = encoder_from_config(config)
+    catalog = open_or_build_catalog(config, encoder)
+    try:
+        print(compare_shoppers(config, encoder, catalog, args.text, names=args.shoppers, k=args.k))
+    except KeyError as exc:
+        raise UsageError(str(exc.args[0])) from exc
+    finally:
+        catalog.close()
+    return 0
+
+
+@_user_errors
+def _bench(args: argparse.Namespace) -> int:
+    from server.search.bench import run_search_bench
+
+    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
+    for kind in kinds:
+        if kind not in ("exact", "ivf"):
+            raise UsageError(f"--kinds: unknown kind {kind!r} (exact, ivf)")
+    if args.items < 1000 or args.clients < 1 or args.requests < args.clients:
+        raise UsageError("need --items >= 1000, --clients >= 1 and --requests >= --clients")
+    run_search_bench(
+        config_from_args(args),
+        items=args.items,
+        clients=args.clients,
+        requests=args.requests,
+        kinds=kinds,
+        out=args.out,
+        command=" ".join(["fedsearch", *map(shlex.quote, sys.argv[1:])]),
+    )
+    return 0

@@ -1,0 +1,119 @@
+"""Simulated shoppers shown on the web page: names and user vectors from a simulation run.
+
+File format (``<work_dir>/<run>/shoppers.json``, written by ``write_shoppers``)::
+
+    {"format": "fedsearch-shoppers/1", "dim": 384, "encoder_version": "...",
+     "shoppers": [{"name": "shopper-017", "description": "likes black casual shoes",
+                   "vector": [0.01, ...]}, ...]}
+
+These are simulated people, so their vectors may be sent to the browser, which passes one
+back as ``user_vector`` exactly as a device would. Without a simulation run, demo shoppers
+are derived from catalog attributes (``demo_shoppers``) and labelled as such.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from common.model.personalization import user_vector
+from server.search.catalog import Catalog
+
+log = logging.getLogger(__name__)
+
+FORMAT = "fedsearch-shoppers/1"
+FILE_NAME = "shoppers.json"
+
+
+def write_shoppers(
+    path: Path, shoppers: Sequence[dict[str, Any]], *, encoder_version: str = ""
+) -> None:
+    """Write ``[{"name", "description", "vector"}]`` in the shoppers format."""
+    records = [
+        {
+            "name": str(s["name"]),
+            "description": str(s.get("description", "")),
+            "vector": [float(x) for x in np.asarray(s["vector"], dtype=np.float32)],
+        }
+        for s in shoppers
+    ]
+    dims = {len(r["vector"]) for r in records}
+    if len(dims) > 1:
+        raise ValueError(f"shopper vectors have different lengths: {sorted(dims)}")
+    data = {
+        "format": FORMAT,
+        "dim": dims.pop() if dims else 0,
+        "encoder_version": encoder_version,
+        "shoppers": records,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data), encoding="utf-8")
+    tmp.replace(path)
+
+
+def find_shoppers_file(work_dir: Path) -> Path | None:
+    """The newest ``shoppers.json`` one or two folders below ``work_dir``."""
+    found = list(work_dir.glob(f"*/{FILE_NAME}")) + list(work_dir.glob(f"*/*/{FILE_NAME}"))
+    return max(found, key=lambda p: p.stat().st_mtime) if found else None
+
+
+def load_shoppers(path: Path, dim: int) -> list[dict[str, Any]]:
+    """Read a shoppers file; ``ValueError`` naming the problem if it does not fit ``dim``."""
+    data = json.loads(Path(path).read_text(encoding="utf-8"))
+    if data.get("format") != FORMAT:
+        raise ValueError(f"{path}: format {data.get('format')!r}, expected {FORMAT!r}")
+    shoppers = data.get("shoppers", [])
+    for i, s in enumerate(shoppers):
+        vector = np.asarray(s.get("vector", []), dtype=np.float32)
+        if vector.shape != (dim,) or not np.all(np.isfinite(vector)):
+            raise ValueError(f"{path}: shoppers[{i}].vector must be {dim} finite numbers")
+    return [
+        {"name": s["name"], "description": s.get("description", ""), "vector": s["vector"]}
+        for s in shoppers
+    ]
+
+
+def shoppers_for(
+    work_dir: Path, shoppers_file: str, catalog: Catalog, dim: int
+) -> tuple[str, list[dict[str, Any]]]:
+    """(source, shoppers): ``shoppers_file`` if set, else the newest run's file under
+    ``work_dir``, else demo shoppers from the catalog (source ``"demo"``)."""
+    path = Path(shoppers_file) if shoppers_file else find_shoppers_file(work_dir)
+    if path is not None and path.is_file():
+        try:
+            return str(path), load_shoppers(path, dim)
+        except (ValueError, KeyError) as exc:
+            log.warning("ignoring shoppers file: %s", exc)
+    return "demo", demo_shoppers(catalog)
+
+
+def demo_shoppers(catalog: Catalog, n: int = 4) -> list[dict[str, Any]]:
+    """Shoppers who like one (gender, colour) group of the catalog: the normalized mean of
+    those items' vectors. A stand-in when no simulation run has written shoppers."""
+    items = catalog.items()
+    groups = Counter(
+        (it.attributes.get("gender", ""), it.attributes.get("baseColour", "")) for it in items
+    )
+    chosen = [g for g, count in groups.most_common() if all(g) and count >= 3][:n]
+    shoppers = []
+    for gender, colour in chosen:
+        ids = [
+            it.id
+            for it in items
+            if (it.attributes.get("gender"), it.attributes.get("baseColour")) == (gender, colour)
+        ]
+        shoppers.append(
+            {
+                "name": f"demo: {gender} / {colour}",
+                "description": f"likes {colour.lower()} items for {gender.lower()} (demo)",
+                "vector": user_vector(catalog.vectors_of(ids)).tolist(),
+            }
+        )
+    return shoppers

@@ -1,0 +1,144 @@
+import numpy as np
+import pytest
+
+from server.search.catalog import Catalog, Filters, Item, StoreError
+
+
+def unit(rng, n, dim=16):
+    x = rng.standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def make_items(n, prefix="i"):
+    return [
+        Item(id=f"{prefix}{i}", title=f"item {i}", category=["Watches", "Shirts"][i % 2],
+             price=None if i % 5 == 0 else float(i))
+        for i in range(n)
+    ]  # fmt: skip
+
+
+@pytest.fixture
+def store(tmp_path):
+    rng = np.random.default_rng(0)
+    items = make_items(40)
+    vectors = unit(rng, 40)
+    catalog = Catalog.create(tmp_path / "s", items, vectors, encoder_version="enc")
+    yield catalog, items, vectors, rng
+    catalog.close()
+
+
+def state(catalog: Catalog):
+    ids, vectors = catalog.all_vectors()
+    order = np.argsort(ids)
+    return [ids[i] for i in order], vectors[order]
+
+
+def test_search_returns_items_scores_and_vectors(store):
+    catalog, items, vectors, _ = store
+    found, scores, vecs = catalog.search(vectors[3], 5)
+    assert found[0].id == "i3" and scores[0] == pytest.approx(1.0, abs=1e-5)
+    np.testing.assert_allclose(vecs[0], vectors[3])
+    assert list(scores) == sorted(scores, reverse=True)
+
+
+@pytest.mark.parametrize("exact_max_items", [1000, 0])  # rows scored directly / FAISS selector
+def test_filters_on_category_and_price(tmp_path, exact_max_items):
+    rng = np.random.default_rng(1)
+    items, vectors = make_items(40), unit(rng, 40)
+    catalog = Catalog.create(
+        tmp_path / "s", items, vectors, encoder_version="e", exact_max_items=exact_max_items
+    )
+    found, _, _ = catalog.search(vectors[0], 40, Filters(categories=("watches",)))
+    assert found and {it.category for it in found} == {"Watches"}
+    found, _, _ = catalog.search(vectors[0], 40, Filters(price_min=10, price_max=20))
+    assert sorted(int(it.price) for it in found) == [11, 12, 13, 14, 16, 17, 18, 19]
+    found, _, _ = catalog.search(vectors[0], 40, Filters(categories=("nothing",)))
+    assert found == []
+    catalog.close()
+
+
+def test_upsert_and_delete_survive_a_restart_via_the_journal(store, tmp_path):
+    catalog, items, vectors, rng = store
+    new = unit(rng, 2)
+    catalog.upsert([Item(id="i1", title="replaced"), Item(id="new", title="added")], new)
+    catalog.delete(["i2"])
+    assert len(catalog) == 40 and catalog.index.ntotal == 40
+    before = state(catalog)
+    catalog.close()
+
+    reopened = Catalog.open(tmp_path / "s")
+    after = state(reopened)
+    assert after[0] == before[0]
+    np.testing.assert_array_equal(after[1], before[1])
+    assert reopened.get("i1").title == "replaced" and reopened.get("i2") is None
+    assert reopened.search(new[1], 1)[0][0].id == "new"
+    assert reopened.index.ntotal == len(reopened) == 40
+    reopened.close()
+
+
+def test_compaction_writes_a_new_snapshot_and_drops_the_old(tmp_path):
+    rng = np.random.default_rng(2)
+    catalog = Catalog.create(
+        tmp_path / "s", make_items(10), unit(rng, 10), encoder_version="e", journal_max_ops=2
+    )
+    for i in range(5):
+        catalog.upsert([Item(id=f"n{i}", title="x")], unit(rng, 1))
+    generations = sorted(p.name for p in (tmp_path / "s").glob("g*"))
+    assert catalog.generation == 3
+    assert generations == ["g000003", "g000003.journal"]
+    expected = state(catalog)
+    catalog.close()
+    reopened = Catalog.open(tmp_path / "s")
+    assert state(reopened)[0] == expected[0] and len(reopened) == 15
+    reopened.close()
+
+
+def test_torn_last_journal_record_is_dropped_not_fatal(store, tmp_path):
+    catalog, _, _, rng = store
+    catalog.upsert([Item(id="kept", title="k")], unit(rng, 1))
+    catalog.close()
+    journal = next((tmp_path / "s").glob("*.journal"))
+    with journal.open("ab") as fh:
+        fh.write(b'{"op": "upsert", "items": [{"id": "torn"')  # a crash mid-write
+    reopened = Catalog.open(tmp_path / "s")
+    assert reopened.get("kept") is not None and reopened.get("torn") is None
+    assert len(reopened) == 41
+    reopened.close()
+
+
+def test_delete_of_unknown_id_changes_nothing(store):
+    catalog, *_ = store
+    with pytest.raises(KeyError):
+        catalog.delete(["i0", "missing"])
+    assert catalog.get("i0") is not None and len(catalog) == 40
+
+
+def test_duplicate_ids_in_one_upsert_are_refused(store):
+    catalog, _, _, rng = store
+    with pytest.raises(ValueError, match="twice"):
+        catalog.upsert([Item(id="a", title="a"), Item(id="a", title="b")], unit(rng, 2))
+    assert catalog.get("a") is None
+
+
+def test_a_rebuilt_store_replaces_the_live_snapshot(store, tmp_path):
+    catalog, items, vectors, _ = store
+    catalog.close()
+    Catalog.create(tmp_path / "s", items[:5], vectors[:5], encoder_version="enc2").close()
+    reopened = Catalog.open(tmp_path / "s")
+    assert len(reopened) == 5 and reopened.encoder_version == "enc2"
+    reopened.close()
+
+
+def test_missing_store_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="fedsearch index"):
+        Catalog.open(tmp_path / "nothing")
+
+
+def test_a_store_in_use_cannot_be_opened_or_rebuilt_by_another(store, tmp_path):
+    catalog, items, vectors, _ = store
+    with pytest.raises(StoreError, match="in use"):
+        Catalog.open(tmp_path / "s")
+    with pytest.raises(StoreError, match="in use"):
+        Catalog.create(tmp_path / "s", items, vectors, encoder_version="enc")
+    catalog.close()
+    Catalog.open(tmp_path / "s").close()
