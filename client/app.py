@@ -11,22 +11,20 @@ then ``fixedclipping_mod`` (clips the update to the norm C the server's DP wrapp
 so the update is clipped before it is quantized and masked. Each is on when the run's
 config says so; a device whose config requires it refuses a round that lacks it.
 
-Where the device's data comes from, by node config:
-- ``partition-id`` (simulation): device ``partition-id`` of the run's population, with its
-  private state in ``<run_dir>/devices/<device_id>/`` (encrypted store, one key per run);
-- ``device-dir`` (deployment, ``client.device``): the device folder's encrypted store.
+Where the device's data comes from is injected (``source``): on a real device, the
+encrypted store of its device folder (``stored_device``, node config ``device-dir``); in a
+simulation, the simulated population (``simulation.devices``). The ClientApp itself never
+depends on the simulator.
 """
 
 from __future__ import annotations
 
-import fcntl
 import functools
-import pickle
-import re
 import secrets
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import flwr.compat.common.recorddict_compat as compat
 import numpy as np
@@ -38,17 +36,16 @@ from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.common import parameters_to_ndarrays
 
+from client.device import Device, training_data
 from client.local_training import train_local
-from client.store import DeviceStore, PersonalState, load_key, write_key_file
+from client.store import DeviceStore, PersonalState
 from common.config import ConfigError
+from common.data.searches import DeviceData
+from common.evaluation.protocol import evaluate_searches, flat_metrics
 from common.federation.run_spec import ROUND_KEY, RunSpec
 from common.model.adapter import QueryAdapter
 from common.model.personalization import user_vector
 from common.model.ranking_loss import ranking_loss, search_tensors
-from simulation.evaluation import evaluate_searches, flat_metrics
-from simulation.population import DeviceData, Population, load_population
-
-POPULATION_FILE = "population.pkl"
 
 
 @dataclass
@@ -171,68 +168,16 @@ class AdapterClient(NumPyClient):
 
 # --- where the device's data lives ----------------------------------------------------------
 
-
-def local_device(spec: RunSpec, node_config: dict) -> LocalDevice:
-    """The device this node runs (see the module doc)."""
-    if "device-dir" in node_config:
-        return _deployed_device(Path(str(node_config["device-dir"])), spec)
-    if "partition-id" not in node_config:
-        raise ConfigError("node config: needs partition-id (simulation) or device-dir (device)")
-    index = int(node_config["partition-id"])
-    population = cached_population(spec)
-    if not 0 <= index < len(population.devices):
-        raise ConfigError(
-            f"partition-id {index}: the population has {len(population.devices)} devices"
-        )
-    data = population.devices[index]
-    folder = spec.devices_dir / re.sub(r"[^A-Za-z0-9_.-]", "_", data.device_id)
-    store = DeviceStore(folder, simulation_key(spec.device_key_file))
-    return LocalDevice(data, population.item_vectors, store, index)
+DeviceSource = Callable[[RunSpec, Mapping[str, Any]], LocalDevice]
 
 
-def _deployed_device(folder: Path, spec: RunSpec) -> LocalDevice:
-    from client.device import Device, training_data
-
-    device = Device(folder)
+def stored_device(spec: RunSpec, node_config: Mapping[str, Any]) -> LocalDevice:
+    """A real device: the encrypted store of the device folder named by ``device-dir``."""
+    if "device-dir" not in node_config:
+        raise ConfigError("node config: device-dir is not set (fedsearch device join sets it)")
+    device = Device(Path(str(node_config["device-dir"])))
     data, _, vectors = training_data(device, spec.config.population.holdout_fraction)
     return LocalDevice(data, vectors, device.open_store(), None)
-
-
-@functools.cache
-def cached_population(spec: RunSpec) -> Population:
-    """The run's population, loaded once per process: the runner's pickle if present."""
-    path = spec.run_dir / POPULATION_FILE
-    if path.is_file():
-        with path.open("rb") as fh:
-            return pickle.load(fh)
-    return load_population(
-        spec.population,
-        spec.config,
-        num_devices=spec.num_devices,
-        seed=spec.config.federation.seed,
-        progress=False,
-    )
-
-
-def save_population(population: Population, run_dir: Path) -> Path:
-    """Write the population where every simulated device of the run finds it."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / POPULATION_FILE
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as fh:
-        pickle.dump(population, fh, protocol=pickle.HIGHEST_PROTOCOL)
-    tmp.replace(path)
-    return path
-
-
-def simulation_key(path: Path) -> bytes:
-    """The simulated devices' store key (``$FEDSEARCH_DEVICE_KEY`` or a per-run key file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path.with_name(f".{path.name}.lock"), "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        if not path.exists():
-            write_key_file(path)
-    return load_key(path)
 
 
 # --- the ClientApp ----------------------------------------------------------------------------
@@ -293,9 +238,15 @@ def _spec_from_run_config(items: tuple, run_id: int) -> RunSpec:
 
 
 def build_client_app(
-    spec: RunSpec | None = None, outer_mods: Sequence[Mod] = (), inner_mods: Sequence[Mod] = ()
+    spec: RunSpec | None = None,
+    *,
+    source: DeviceSource = stored_device,
+    outer_mods: Sequence[Mod] = (),
+    inner_mods: Sequence[Mod] = (),
 ) -> ClientApp:
     """The ClientApp; ``spec`` None reads it from the Flower run config (``flwr run``).
+
+    ``source(spec, node_config)`` gives the device's data and store (see the module doc).
 
     ``outer_mods`` wrap everything (they see what leaves the device); ``inner_mods`` sit
     inside the privacy mods (they see the client's reply before clipping and masking).
@@ -304,7 +255,7 @@ def build_client_app(
     def client_fn(context: Context):
         torch.set_num_threads(1)
         run = _spec(spec, context)
-        return AdapterClient(local_device(run, dict(context.node_config)), run).to_client()
+        return AdapterClient(source(run, dict(context.node_config)), run).to_client()
 
     return ClientApp(client_fn=client_fn, mods=[*outer_mods, privacy_mod(spec), *inner_mods])
 

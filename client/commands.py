@@ -1,4 +1,4 @@
-"""``fedsearch device ...``: set up a device, import a history, show its budget, join."""
+"""``fedsearch device ...``: set up a device, show its budget, join the federation."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from pathlib import Path
 from common.cli import UsageError, add_config_arguments, config_from_args
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register_device_commands(subparsers: argparse._SubParsersAction) -> None:
     device = subparsers.add_parser(
         "device",
         help="a shopper's device: keys, encrypted store, privacy budget, joining the federation",
@@ -21,6 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "key and the encrypted local store (key: $FEDSEARCH_DEVICE_KEY or store.key).",
     )
     sub = device.add_subparsers(dest="device_command", metavar="STEP", required=True)
+    device.set_defaults(subcommands=sub)  # other packages add device steps (import-history)
 
     init = sub.add_parser("init", help="create a device folder (keys, empty encrypted store)")
     init.add_argument("folder", type=Path)
@@ -34,39 +35,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     init.add_argument(
         "--runtime-port", type=int, default=9094, help="local port of the SuperNode Runtime API"
     )
-    init.set_defaults(handler=_user_errors(_init))
-
-    imp = sub.add_parser(
-        "import-history",
-        help="import one device's history from a population (real or simulated shopper)",
-        description="Write one device's searches (query vector, shown items, click) from "
-        "the same populations the simulation uses into the device's encrypted store, with "
-        "the public catalog item vectors it trains against.",
-    )
-    imp.add_argument("folder", type=Path)
-    imp.add_argument("--population", choices=("retail", "marketplace"), default="retail")
-    imp.add_argument(
-        "--index", type=int, required=True, help="which device of the population (0-based)"
-    )
-    imp.add_argument(
-        "--num-devices", type=int, default=None, help="population size the index refers to"
-    )
-    add_config_arguments(imp)
-    imp.set_defaults(handler=_user_errors(_import_history))
+    init.set_defaults(handler=user_errors(_init))
 
     budget = sub.add_parser("budget", help="show the device's privacy budget and its store")
     budget.add_argument("folder", type=Path)
     add_config_arguments(budget)
-    budget.set_defaults(handler=_user_errors(_budget))
+    budget.set_defaults(handler=user_errors(_budget))
 
     join = sub.add_parser("join", help="start this device's SuperNode (TLS, device auth)")
     join.add_argument("folder", type=Path)
     join.add_argument("--superlink", metavar="HOST:PORT", help="override the SuperLink address")
     join.add_argument("--print-only", action="store_true", help="print the command only")
-    join.set_defaults(handler=_user_errors(_join))
+    join.set_defaults(handler=user_errors(_join))
 
 
-def _user_errors(handler: Callable[[argparse.Namespace], int]) -> Callable:
+def user_errors(handler: Callable[[argparse.Namespace], int]) -> Callable:
     """Store and key-file problems are the user's to fix: one line, no traceback."""
 
     @functools.wraps(handler)
@@ -102,24 +85,6 @@ def _init(args: argparse.Namespace) -> int:
     print(f"device {info.name}: {device.folder}")
     print(f"  send {device.auth_pub} to the operator (fedsearch deploy register ...)")
     print(f"  {device.auth_key} and {device.store_key} stay on this device")
-    return 0
-
-
-def _import_history(args: argparse.Namespace) -> int:
-    from client.device import Device, import_searches, save_public_items
-    from simulation.population import load_population
-
-    device = Device(args.folder)
-    device.info  # noqa: B018 - fails clearly if the folder is not a device
-    config = config_from_args(args)
-    population = load_population(args.population, config, num_devices=args.num_devices)
-    if not 0 <= args.index < len(population.devices):
-        raise UsageError(f"--index: {args.index} is not in 0..{len(population.devices) - 1}")
-    data = population.devices[args.index]
-    save_public_items(device, population.item_ids, population.item_vectors)
-    count = import_searches(device, data, population.item_ids, population.item_vectors)
-    print(f"imported {count} searches of {data.device_id} into {device.store_dir}")
-    print(f"  public catalog: {len(population.item_ids):,} items in {device.public_items}")
     return 0
 
 

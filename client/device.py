@@ -27,7 +27,6 @@ import time
 import uuid
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -41,11 +40,9 @@ from client.store import (
     write_key_file,
 )
 from common.data.retail import split_history
+from common.data.searches import DeviceData, SearchExample
 from common.federation.flower_env import flower_env
 from common.security.pki import create_local_tls, create_node_auth_keys
-
-if TYPE_CHECKING:
-    from simulation.population import DeviceData
 
 DEVICE_FILE = "device.json"
 NODE_CONFIG_KEY = "device-dir"
@@ -178,9 +175,6 @@ def training_data(
     the vector the search service returned). The last ``holdout_fraction`` of the clicked
     searches is held out for evaluation, as ``common.data.retail.split_history`` splits.
     """
-    from simulation.population import DeviceData
-    from simulation.population import LoggedSearch as TrainingSearch
-
     log = [e for e in device.open_store().searches() if e.clicked is not None]
     ids, public = load_public_items(device)
     index = {item: i for i, item in enumerate(ids)}
@@ -195,7 +189,7 @@ def training_data(
     parts = [p for p in (public, np.asarray(extra, np.float32).reshape(-1, dim)) if p is not None]
     vectors = np.concatenate(parts) if parts else np.zeros((0, dim), np.float32)
     searches = [
-        TrainingSearch(
+        SearchExample(
             e.query_vector,
             np.array([index[i] for i in e.shown], dtype=np.int64),
             index[e.clicked],

@@ -16,7 +16,7 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
@@ -25,16 +25,35 @@ from opacus.accountants import RDPAccountant
 from torch.utils.data import DataLoader, TensorDataset
 
 from common.config import AdapterConfig, DeviceConfig
+from common.data.searches import SearchExample
 from common.model.adapter import QueryAdapter
 from common.model.ranking_loss import ranking_loss, search_tensors
 
-if TYPE_CHECKING:
-    from simulation.population import LoggedSearch
-
 # RDP orders for the device's epsilon: a coarser grid than Opacus's default, about 4x
 # faster to evaluate; any set of orders gives a valid upper bound (this one within ~1%).
-ORDERS = [1.25, 1.5, 1.75, 2, 2.25, 2.5, 3, 3.5, 4, 4.5, 5, 6, 7, 8, 10, 12, 14, 16, 20, 24]
-ORDERS += [32, 48, 64]
+RECORD_RDP_ORDERS = [
+    1.25,
+    1.5,
+    1.75,
+    2,
+    2.25,
+    2.5,
+    3,
+    3.5,
+    4,
+    4.5,
+    5,
+    6,
+    7,
+    8,
+    10,
+    12,
+    14,
+    16,
+    20,
+    24,
+]
+RECORD_RDP_ORDERS += [32, 48, 64]
 
 
 @dataclass
@@ -67,7 +86,9 @@ def accountant_state(accountant: RDPAccountant) -> dict[str, Any]:
 
 
 def record_epsilon(state: dict[str, Any], delta: float) -> float:
-    return float(load_accountant(state).get_epsilon(delta, alphas=ORDERS)) if state else 0.0
+    return (
+        float(load_accountant(state).get_epsilon(delta, alphas=RECORD_RDP_ORDERS)) if state else 0.0
+    )
 
 
 def plan(num_searches: int, device: DeviceConfig) -> tuple[float, int]:
@@ -78,7 +99,7 @@ def plan(num_searches: int, device: DeviceConfig) -> tuple[float, int]:
 
 def train_local(
     adapter: QueryAdapter,
-    searches: Sequence[LoggedSearch],
+    searches: Sequence[SearchExample],
     item_vectors: np.ndarray,
     device: DeviceConfig,
     loss_config: AdapterConfig,
@@ -95,7 +116,7 @@ def train_local(
         after = load_accountant(accountant)
         for _ in range(steps):
             after.step(noise_multiplier=device.noise_multiplier, sample_rate=sample_rate)
-        epsilon = float(after.get_epsilon(device.delta, alphas=ORDERS))
+        epsilon = float(after.get_epsilon(device.delta, alphas=RECORD_RDP_ORDERS))
         if epsilon > device.epsilon_budget:
             return _declined(len(searches), record_epsilon(accountant, device.delta), accountant)
     rng = np.random.default_rng(seed)

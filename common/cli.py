@@ -1,29 +1,26 @@
 """The ``fedsearch`` command line.
 
-Each command lives in the package that owns it, as a module with
-``register(subparsers)``; this module only assembles them. Heavy imports (torch, flwr,
+Each command lives in the package that owns it and is registered by a function named in
+the ``fedsearch.commands`` entry-point group of the package metadata (pyproject.toml);
+this module only assembles them, in the order of the packages' layers (client and server
+before simulation, which extends the device group). It imports none of them itself, so a
+device with the client alone has the device commands alone. Heavy imports (torch, flwr,
 faiss) happen inside the command handlers, so ``fedsearch --help`` stays fast.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import os
 import sys
 from collections.abc import Sequence
+from importlib import metadata
 
 from common.config import Config, ConfigError, load_config, parse_override
 
-COMMAND_MODULES = (
-    "server.training.commands",
-    "server.deploy.commands",
-    "server.search.commands",
-    "client.commands",
-    "simulation.demo",
-    "simulation.commands",
-)
+COMMANDS_GROUP = "fedsearch.commands"
+LAYERS = ("common", "client", "server", "simulation")
 
 
 class UsageError(Exception):
@@ -63,9 +60,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(subparsers)
+    for entry in command_entry_points():
+        entry.load()(subparsers)
     return parser
+
+
+def command_entry_points() -> list[metadata.EntryPoint]:
+    """The registered command groups, lower layers first (see the module doc)."""
+
+    def layer(entry: metadata.EntryPoint) -> tuple[int, str]:
+        package = entry.value.split(".", 1)[0]
+        return (LAYERS.index(package) if package in LAYERS else len(LAYERS), entry.name)
+
+    return sorted(metadata.entry_points(group=COMMANDS_GROUP), key=layer)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,7 +13,7 @@
 - ``*+personal``: the ranking above with the device's user vector reranking the top
   ``evaluation.candidates`` (``common.model.personalization.rerank``, ``evaluation.beta``).
 
-``run_baselines(population, config)`` returns a ``BaselineReport``; ``format_table`` prints it.
+``run_baselines(population, config)`` returns a ``BaselineReport``; ``baseline_table`` prints it.
 """
 
 from __future__ import annotations
@@ -29,19 +29,20 @@ import torch
 from tqdm.auto import tqdm
 
 from common.config import Config
+from common.data.searches import SearchExample
 from common.evaluation.metrics import ndcg_at_k, ranks_from_scores
-from common.model.adapter import QueryAdapter
-from common.model.personalization import user_vector
-from common.model.ranking_loss import ranking_loss, search_tensors
-from simulation.evaluation import (
-    evaluate_population,
+from common.evaluation.protocol import (
     evaluate_searches,
     metrics_from_sums,
     rank_sums,
     search_ranks,
     stack_searches,
 )
-from simulation.population import LoggedSearch, Population
+from common.model.adapter import QueryAdapter
+from common.model.personalization import user_vector
+from common.model.ranking_loss import ranking_loss, search_tensors
+from simulation.evaluation import evaluate_population
+from simulation.population import Population
 
 POPULARITY_WEIGHTS = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0)
 BETAS = (0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.8)
@@ -62,11 +63,11 @@ def popularity_ranks(popularity: np.ndarray, relevant: np.ndarray) -> np.ndarray
     return at_least - 1
 
 
-def held_out_searches(population: Population) -> list[LoggedSearch]:
+def held_out_searches(population: Population) -> list[SearchExample]:
     return [s for d in population.devices for s in d.test]
 
 
-def pooled_train_searches(population: Population) -> list[LoggedSearch]:
+def pooled_train_searches(population: Population) -> list[SearchExample]:
     return [s for d in population.devices for s in d.train]
 
 
@@ -170,7 +171,7 @@ def _best_epoch(history: list[dict[str, float]]) -> int:
 
 def validation_split(
     population: Population, hold_out: bool
-) -> tuple[list[LoggedSearch], list[LoggedSearch]]:
+) -> tuple[list[SearchExample], list[SearchExample]]:
     """(train, validation): with ``hold_out``, each device's last train search (devices with
     at least 2) is validation and the rest is pooled for training; else all is training."""
     if not hold_out:
@@ -186,7 +187,7 @@ def validation_split(
 def _epoch(
     adapter: QueryAdapter,
     optimizer: torch.optim.Optimizer,
-    searches: list[LoggedSearch],
+    searches: list[SearchExample],
     item_vectors: np.ndarray,
     config: Config,
     rng: np.random.Generator,
@@ -295,7 +296,7 @@ def run_baselines(
     return BaselineReport(metrics, details, adapter)
 
 
-def format_table(metrics: dict[str, dict[str, float]], k: int = 10) -> str:
+def baseline_table(metrics: dict[str, dict[str, float]], k: int = 10) -> str:
     """A plain-text table: one row per baseline, HR@k, nDCG@k, MRR and the search count."""
     header = f"{'method':<24}{f'HR@{k}':>9}{f'nDCG@{k}':>10}{'MRR':>9}{'searches':>10}"
     lines = [header, "-" * len(header)]

@@ -24,7 +24,8 @@ from client.local_training import train_local
 from common.config import Config, config_from_dict
 from common.model.adapter import QueryAdapter
 from simulation.engine import SimulationResult, simulate, with_overrides
-from simulation.population import Population, load_population
+from simulation.loader import load_population
+from simulation.population import Population
 from simulation.report import write_report
 from simulation.wiretap import read_tap, wiretap
 

@@ -1,14 +1,15 @@
-"""Simulation commands: ``simulate`` and ``bench-federation``."""
+"""Simulation commands: ``simulate``, ``bench-federation`` and ``device import-history``."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+from client.commands import user_errors
 from common.cli import UsageError, add_config_arguments, config_from_args
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register_simulation_commands(subparsers: argparse._SubParsersAction) -> None:
     simulate = subparsers.add_parser(
         "simulate",
         help="run a federated simulation (DP + SecAgg+) and write its report",
@@ -18,7 +19,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "privacy ledger, a summary table with the baselines, plots and the shoppers' user "
         "vectors into the run folder, and prints the summary.",
     )
-    simulate.add_argument("--population", choices=("retail", "marketplace"), required=True)
+    simulate.add_argument(
+        "--population", required=True, help="retail (real customers) or marketplace (simulated)"
+    )
     simulate.add_argument(
         "--clients",
         type=int,
@@ -55,6 +58,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     bench.add_argument("--out", type=Path, help="default <work_dir>/bench/federation-<time>")
     add_config_arguments(bench)
     bench.set_defaults(handler=_bench)
+    _register_import_history(subparsers.choices["device"].get_default("subcommands"))
+
+
+def _register_import_history(device_steps: argparse._SubParsersAction) -> None:
+    """``fedsearch device import-history``: fill a device's store from a population."""
+    imp = device_steps.add_parser(
+        "import-history",
+        help="import one device's history from a population (real or simulated shopper)",
+        description="Write one device's searches (query vector, shown items, click) from "
+        "the same populations the simulation uses into the device's encrypted store, with "
+        "the public catalog item vectors it trains against.",
+    )
+    imp.add_argument("folder", type=Path)
+    imp.add_argument("--population", default="retail", help="retail (default) or marketplace")
+    imp.add_argument(
+        "--index", type=int, required=True, help="which device of the population (0-based)"
+    )
+    imp.add_argument(
+        "--num-devices", type=int, default=None, help="population size the index refers to"
+    )
+    add_config_arguments(imp)
+    imp.set_defaults(handler=user_errors(_import_history))
 
 
 def _simulate(args: argparse.Namespace) -> int:
@@ -99,4 +124,22 @@ def _bench(args: argparse.Namespace) -> int:
         out=args.out,
     )
     print(format_bench(figures))
+    return 0
+
+
+def _import_history(args: argparse.Namespace) -> int:
+    from client.device import Device, import_searches, save_public_items
+    from simulation.loader import load_population
+
+    device = Device(args.folder)
+    device.info  # noqa: B018 - fails clearly if the folder is not a device
+    config = config_from_args(args)
+    population = load_population(args.population, config, num_devices=args.num_devices)
+    if not 0 <= args.index < len(population.devices):
+        raise UsageError(f"--index: {args.index} is not in 0..{len(population.devices) - 1}")
+    data = population.devices[args.index]
+    save_public_items(device, population.item_ids, population.item_vectors)
+    count = import_searches(device, data, population.item_ids, population.item_vectors)
+    print(f"imported {count} searches of {data.device_id} into {device.store_dir}")
+    print(f"  public catalog: {len(population.item_ids):,} items in {device.public_items}")
     return 0

@@ -16,7 +16,7 @@ from common.security.versions import latest_version
 DEMO_QUERY = "casual shoes"
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register_demo_command(subparsers: argparse._SubParsersAction) -> None:
     demo = subparsers.add_parser(
         "demo",
         help="run the main job: pretrain, federated simulation, personalized search",
@@ -47,11 +47,11 @@ def _run(args: argparse.Namespace) -> int:
         if status := main(["pretrain", *shared]):
             return status
     else:
-        from server.training.encoder_eval import format_table
+        from server.training.encoder_eval import encoder_table
 
         _step(f"1/3 base encoder: {existing} (pass --retrain to train a new one)")
         metrics = json.loads((existing / "metrics.json").read_text(encoding="utf-8"))
-        print(format_table(metrics["validation"]))
+        print(encoder_table(metrics["validation"]))
     _step(f"2/3 federated simulation: {args.shoppers} shoppers, {args.rounds} rounds, DP + SecAgg+")
     simulate = ["simulate", "--population", "marketplace", "--clients", str(args.shoppers)]
     if status := main([*simulate, "--rounds", str(args.rounds), *shared]):

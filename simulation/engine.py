@@ -18,9 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from client.app import build_client_app
 from common.config import Config, config_from_dict
 from common.federation.run_spec import RunSpec
-from simulation.population import Population, load_population
+from simulation.devices import save_population, simulated_device, simulation_key
+from simulation.loader import load_population
+from simulation.population import Population
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +57,6 @@ def default_run_dir(config: Config, population: str) -> Path:
 
 def prepare_run(spec: RunSpec, population: Population) -> None:
     """Refuse an over-budget or oversized plan, then lay out the run folder for the devices."""
-    from client.app import save_population, simulation_key
     from server.federation.app import fit_workflow, user_ledger
 
     ledger = user_ledger(spec)
@@ -118,13 +120,14 @@ def simulate(
 def _run_engine(spec: RunSpec, outer_mods: Sequence, inner_mods: Sequence, verbose: bool) -> None:
     from flwr.simulation import run_simulation
 
-    from client.app import build_client_app
     from server.federation.app import build_server_app
 
     logging.getLogger("flwr").propagate = False
     run_simulation(
         server_app=build_server_app(spec),
-        client_app=build_client_app(spec, outer_mods, inner_mods),
+        client_app=build_client_app(
+            spec, source=simulated_device, outer_mods=outer_mods, inner_mods=inner_mods
+        ),
         num_supernodes=spec.num_devices,
         backend_config={
             "client_resources": {"num_cpus": spec.config.federation.client_cpus, "num_gpus": 0.0},

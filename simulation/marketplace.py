@@ -40,16 +40,9 @@ from tqdm.auto import tqdm
 from common.config import Config, ConfigError
 from common.data.fashion import load_fashion_catalog
 from common.data.records import Product
+from common.data.searches import DeviceData, SearchExample
 from common.model.encoder import Encoder
-from simulation.population import (
-    DeviceData,
-    LoggedSearch,
-    Population,
-    encode_texts,
-    impression,
-    top_items,
-    train_popularity,
-)
+from simulation.population import Population, encode_texts, impression, top_items, train_popularity
 from simulation.vector_cache import cache_key, cached_vectors
 
 GENDER_WEIGHT = 3.0
@@ -70,7 +63,7 @@ MAX_TRIES_PER_SEARCH = 20
 
 
 @dataclass(frozen=True)
-class Catalog:
+class FashionCatalog:
     """Integer-coded attributes of the catalog items, and their value names."""
 
     products: list[Product]
@@ -78,7 +71,7 @@ class Catalog:
     values: dict[str, list[str]]
 
     @classmethod
-    def from_products(cls, products: list[Product]) -> Catalog:
+    def from_products(cls, products: list[Product]) -> FashionCatalog:
         columns = {
             "gender": [p.attributes.get("gender", "") for p in products],
             "colour": [p.attributes.get("baseColour", "") for p in products],
@@ -108,17 +101,17 @@ class Shopper:
 
 
 @dataclass(frozen=True)
-class Query:
+class ShopperQuery:
     text: str
     matches: np.ndarray
 
 
-def query_text(catalog: Catalog, type_code: int, template: str, value: str = "") -> str:
+def query_text(catalog: FashionCatalog, type_code: int, template: str, value: str = "") -> str:
     name = catalog.values["type"][type_code]
     return f"{value} {name}".strip().lower() if template != "type" else name.lower()
 
 
-def all_query_texts(catalog: Catalog) -> list[str]:
+def all_query_texts(catalog: FashionCatalog) -> list[str]:
     """Every query text a shopper can issue, sorted (encoded once and cached)."""
     texts = set()
     for t in range(len(catalog.values["type"])):
@@ -131,7 +124,7 @@ def all_query_texts(catalog: Catalog) -> list[str]:
     return sorted(texts)
 
 
-def make_shopper(catalog: Catalog, quality: np.ndarray, rng: np.random.Generator) -> Shopper:
+def make_shopper(catalog: FashionCatalog, quality: np.ndarray, rng: np.random.Generator) -> Shopper:
     """Draw one shopper's tastes and the utility of every item for them."""
     counts = [int(np.sum(catalog.gender_fits(g))) for g in SHOPPER_GENDERS]
     gender = SHOPPER_GENDERS[rng.choice(len(counts), p=np.array(counts) / sum(counts))]
@@ -165,7 +158,7 @@ def _scaled_dirichlet(size: int, alpha: float, rng: np.random.Generator) -> np.n
     return taste / taste.max()
 
 
-def draw_query(catalog: Catalog, shopper: Shopper, rng: np.random.Generator) -> Query:
+def draw_query(catalog: FashionCatalog, shopper: Shopper, rng: np.random.Generator) -> ShopperQuery:
     """An ambiguous query from the shopper's tastes, and the items that match it."""
     type_code = int(rng.choice(len(shopper.type_taste), p=shopper.type_taste))
     of_type = catalog.codes["type"] == type_code
@@ -177,18 +170,20 @@ def draw_query(catalog: Catalog, shopper: Shopper, rng: np.random.Generator) -> 
             colour = int(rng.choice(colours, p=weights / weights.sum()))
             value = catalog.values["colour"][colour]
             matches = of_type & (catalog.codes["colour"] == colour)
-            return Query(query_text(catalog, type_code, "colour", value), np.flatnonzero(matches))
+            return ShopperQuery(
+                query_text(catalog, type_code, "colour", value), np.flatnonzero(matches)
+            )
     if template == "gender":
         matches = of_type & catalog.gender_fits(shopper.gender)
         if matches.any():
             text = query_text(catalog, type_code, "gender", shopper.gender)
-            return Query(text, np.flatnonzero(matches))
-    return Query(query_text(catalog, type_code, "type"), np.flatnonzero(of_type))
+            return ShopperQuery(text, np.flatnonzero(matches))
+    return ShopperQuery(query_text(catalog, type_code, "type"), np.flatnonzero(of_type))
 
 
 def click(
     shown: np.ndarray,
-    query: Query,
+    query: ShopperQuery,
     shopper: Shopper,
     position_bias: float,
     temperature: float,
@@ -207,7 +202,7 @@ def click(
     return int(rng.choice(shown, p=weights / weights.sum()))
 
 
-def best_unseen(query: Query, shopper: Shopper, seen: set[int]) -> int | None:
+def best_unseen(query: ShopperQuery, shopper: Shopper, seen: set[int]) -> int | None:
     """The shopper's highest-utility matching item not in ``seen`` (independent of ranking)."""
     candidates = np.array([i for i in query.matches if int(i) not in seen], dtype=np.int64)
     if len(candidates) == 0:
@@ -217,7 +212,7 @@ def best_unseen(query: Query, shopper: Shopper, seen: set[int]) -> int | None:
 
 def simulate_device(
     device_id: str,
-    catalog: Catalog,
+    catalog: FashionCatalog,
     shopper: Shopper,
     base: Callable[[str], tuple[np.ndarray, np.ndarray]],
     config: Config,
@@ -231,7 +226,7 @@ def simulate_device(
     """
     settings = config.population
     test_rng, train_rng = rngs
-    targets: list[tuple[Query, int]] = []
+    targets: list[tuple[ShopperQuery, int]] = []
     seen: set[int] = set()
     for _ in range(settings.test_searches * MAX_TRIES_PER_SEARCH):
         if len(targets) == settings.test_searches:
@@ -241,7 +236,7 @@ def simulate_device(
         if target is not None:
             seen.add(target)
             targets.append((query, target))
-    train: list[LoggedSearch] = []
+    train: list[SearchExample] = []
     for _ in range(settings.train_searches * MAX_TRIES_PER_SEARCH):
         if len(train) == settings.train_searches:
             break
@@ -257,11 +252,11 @@ def simulate_device(
             excluded=seen,
         )
         if clicked is not None:
-            train.append(LoggedSearch(vector, top, clicked, query.text))
+            train.append(SearchExample(vector, top, clicked, query.text))
     test = []
     for query, target in targets:
         vector, top = base(query.text)
-        test.append(LoggedSearch(vector, impression(top, target), target, query.text))
+        test.append(SearchExample(vector, impression(top, target), target, query.text))
     return DeviceData(device_id, train, test)
 
 
@@ -302,7 +297,7 @@ def load_marketplace(
     products, report = load_fashion_catalog(config.paths.fashion)
     if len(products) < 2:
         raise ConfigError(f"paths.data_dir: fewer than 2 fashion items in {config.paths.fashion}")
-    catalog = Catalog.from_products(products)
+    catalog = FashionCatalog.from_products(products)
     vectors = item_vectors(encoder, products, config, progress)
     texts = all_query_texts(catalog)
     query_vectors = encode_texts(

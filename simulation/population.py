@@ -1,75 +1,29 @@
-"""Populations of simulated devices: each device's logged searches, split into train and test.
+"""A simulated population: many devices' searches over one public item table.
 
-Interface (used by the federated client, server evaluation and simulation runner)::
-
-    LoggedSearch(query_vector (d,) float32, shown (s,) int64, clicked int, query str)
-        what a device logs for one search (DESIGN decision 4): the base (un-adapted) query
-        vector, the item indices shown (the impression, always including the clicked one)
-        and the item clicked/bought. ``query`` (the text) is kept for analysis only.
-    DeviceData(device_id, train: list[LoggedSearch], test: list[LoggedSearch])
-        ``test`` holds held-out searches that are never trained on.
-    Population(name, item_ids, item_vectors (n_items, d) float32 normalized, devices,
-               popularity (n_items,) = click counts over all devices' TRAIN searches,
-               item_titles, info)
-    load_population(name, config, *, num_devices=None, seed=0, encoder=None) -> Population
-        name: ``retail`` (Online Retail customers) or ``marketplace`` (simulated shoppers on
-        the fashion catalog). ``num_devices`` picks a seeded subset (retail) or the number
-        of shoppers (marketplace; default ``population.shoppers``).
-    describe(population) -> str
-
-Retail: one device per real customer with >= ``population.min_items`` distinct items, one
-search per distinct item in order of first purchase: query = the item's product-type word
-(last word of its description), clicked = the item, shown = the base ranking's top
-``impression_size`` items for that query plus the clicked one. The last
-``holdout_fraction`` (at least 1) of each history is the test set. Items are ranked against
-the whole product catalog; item vectors are text embeddings of the descriptions.
+``Population`` holds the item ids, their normalized vectors (n_items, d) float32, each
+device's ``DeviceData`` (train and held-out test ``SearchExample``s), the click counts of
+every item over all devices' TRAIN searches (``popularity``, never test), the item titles and
+a free-form ``info`` dict (what was loaded, skipped, how long it took). The helpers below are
+shared by the population loaders (``simulation.loader``).
 """
 
 from __future__ import annotations
 
-import logging
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from common.config import Config, ConfigError
-from common.data.retail import (
-    customer_histories,
-    load_retail_products,
-    load_retail_transactions,
-    split_history,
-)
-from common.model.encoder import Encoder, create_encoder
+from common.data.searches import DeviceData
+from common.model.encoder import Encoder
 from simulation.vector_cache import cache_key, cached_vectors
-
-log = logging.getLogger(__name__)
-
-POPULATIONS = ("retail", "marketplace")
-
-
-@dataclass(frozen=True)
-class LoggedSearch:
-    """One logged search: base query vector, the impression shown, the item clicked."""
-
-    query_vector: np.ndarray
-    shown: np.ndarray
-    clicked: int
-    query: str = ""
-
-
-@dataclass
-class DeviceData:
-    device_id: str
-    train: list[LoggedSearch]
-    test: list[LoggedSearch]
 
 
 @dataclass
 class Population:
+    """Devices, items and their vectors (see the module doc)."""
+
     name: str
     item_ids: list[str]
     item_vectors: np.ndarray
@@ -83,119 +37,7 @@ class Population:
         return len(self.item_ids)
 
 
-def load_population(
-    name: str,
-    config: Config,
-    *,
-    num_devices: int | None = None,
-    seed: int = 0,
-    encoder: Encoder | None = None,
-    progress: bool = True,
-) -> Population:
-    """Build population ``name`` from the data named in ``config`` (see the module doc).
-
-    ``encoder``: the base encoder to use; by default built from ``config.encoder``. Vectors
-    are cached under ``<paths.work>/cache``. ``info["load_seconds"]`` records the wall time.
-    """
-    if name not in POPULATIONS:
-        raise ConfigError(f"population: unknown name {name!r} (known: {', '.join(POPULATIONS)})")
-    if num_devices is not None and num_devices < 1:
-        raise ConfigError(f"num_devices must be >= 1, got {num_devices}")
-    start = time.perf_counter()
-    if encoder is None:
-        encoder = create_encoder(
-            config.encoder.model,
-            config.encoder.pretrained,
-            work_dir=config.paths.work,
-            device=config.encoder.device,
-        )
-        encoder.batch_size = config.encoder.batch_size
-    if name == "retail":
-        population = load_retail(config, encoder, num_devices, seed, progress)
-    else:
-        from simulation.marketplace import load_marketplace
-
-        population = load_marketplace(config, encoder, num_devices, seed, progress)
-    population.info["encoder"] = encoder.version
-    population.info["load_seconds"] = round(time.perf_counter() - start, 2)
-    return population
-
-
-def retail_paths(config: Config) -> tuple[Path, Path]:
-    """(transactions, products) files: ``population.retail_*`` or the retail data folder."""
-    folder = config.paths.retail
-    transactions = config.population.retail_transactions or folder / "transactions.csv.gz"
-    products = config.population.retail_products or folder / "products.csv"
-    return Path(transactions), Path(products)
-
-
-def load_retail(
-    config: Config,
-    encoder: Encoder,
-    num_devices: int | None,
-    seed: int,
-    progress: bool,
-) -> Population:
-    """The Online Retail population (see the module doc)."""
-    settings = config.population
-    transactions_path, products_path = retail_paths(config)
-    products, product_report = load_retail_products(products_path)
-    if not products:
-        raise ConfigError(f"population.retail_products: no products in {products_path}")
-    purchases, purchase_report = load_retail_transactions(transactions_path)
-    index = {p.id: i for i, p in enumerate(products)}
-    known = [p for p in purchases if p.item_id in index]
-    histories = customer_histories(known, settings.min_items)
-    customers = _pick(sorted(histories), num_devices, seed)
-    if not customers:
-        raise ConfigError(
-            f"population.min_items: no customer in {transactions_path} has "
-            f">= {settings.min_items} distinct catalog items"
-        )
-    titles = [p.title for p in products]
-    cache_dir = config.paths.work / "cache"
-    item_vectors = encode_texts(
-        encoder, titles, cache_dir, "retail-items", [products_path], progress
-    )
-    words = [p.category for p in products]
-    used = sorted({words[index[i]] for c in customers for i in histories[c]})
-    word_vectors = encode_texts(encoder, used, cache_dir, "retail-queries", [], progress)
-    word_row = {w: r for r, w in enumerate(used)}
-    tops = top_items(word_vectors, item_vectors, settings.impression_size)
-
-    def search(item_id: str) -> LoggedSearch:
-        item = index[item_id]
-        row = word_row[words[item]]
-        return LoggedSearch(word_vectors[row], impression(tops[row], item), item, words[item])
-
-    devices = []
-    for customer in tqdm(customers, desc="retail devices", disable=not progress, leave=False):
-        train_items, test_items = split_history(histories[customer], settings.holdout_fraction)
-        devices.append(
-            DeviceData(
-                f"customer-{customer}",
-                [search(i) for i in train_items],
-                [search(i) for i in test_items],
-            )
-        )
-    info = {
-        "transactions": purchase_report.summary(),
-        "products": product_report.summary(),
-        "purchases_of_unknown_items": len(purchases) - len(known),
-        "eligible_customers": len(histories),
-    }
-    return Population(
-        "retail",
-        [p.id for p in products],
-        item_vectors,
-        devices,
-        train_popularity(devices, len(products)),
-        titles,
-        info,
-    )
-
-
-def _pick(ids: list[str], count: int | None, seed: int) -> list[str]:
+def seeded_subset(ids: list[str], count: int | None, seed: int) -> list[str]:
     """All ``ids``, or a seeded sample of ``count`` of them (kept in sorted order)."""
     if count is None or count >= len(ids):
         return ids

@@ -29,11 +29,12 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from common.config import Config, ConfigError  # noqa: E402
+from common.evaluation.protocol import device_user_vector  # noqa: E402
 from server.search.shoppers import FILE_NAME as SHOPPERS_FILE  # noqa: E402
 from server.search.shoppers import write_shoppers  # noqa: E402
 from simulation.engine import SimulationResult, simulate  # noqa: E402
-from simulation.evaluation import device_user_vector  # noqa: E402
-from simulation.population import Population, describe, load_population  # noqa: E402
+from simulation.loader import load_population  # noqa: E402
+from simulation.population import Population, describe  # noqa: E402
 
 METRICS = ("HR@10", "nDCG@10", "MRR")
 MAX_SHOPPERS = 200

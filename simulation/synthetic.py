@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from simulation.population import DeviceData, LoggedSearch, Population, train_popularity
+from common.data.searches import DeviceData, SearchExample
+from simulation.population import Population, train_popularity
 
 
 def synthetic_population(
@@ -30,7 +31,7 @@ def synthetic_population(
     items = _unit(centres[cluster] + 0.8 * rng.normal(size=(n_items, dim)) / np.sqrt(dim))
     taste = _unit(rng.normal(size=(num_devices, dim)))
 
-    def search(device: int) -> LoggedSearch:
+    def search(device: int) -> SearchExample:
         c = int(rng.integers(clusters))
         members = np.flatnonzero(cluster == c)
         clicked = int(members[np.argmax(items[members] @ taste[device])])
@@ -38,7 +39,7 @@ def synthetic_population(
         impression = rng.choice(n_items, size=shown, replace=False)
         if clicked not in impression:
             impression[0] = clicked
-        return LoggedSearch(query, impression.astype(np.int64), clicked, f"cluster {c}")
+        return SearchExample(query, impression.astype(np.int64), clicked, f"cluster {c}")
 
     devices = [
         DeviceData(

@@ -73,6 +73,7 @@ def tiny_checkpoint(tmp_path_factory, small_catalog):
     folder, metrics = run_pretrain(config)
     return config, folder, metrics
 
+
 @pytest.fixture
 def one_torch_thread():
     """Tiny tensors: one thread avoids spinning on a shared 2-core machine (~7x faster)."""

@@ -20,9 +20,6 @@ RUN_KEYS = ("population", "num-devices", "run-dir", "config-file", "base-model")
 
 # Scalar metrics a device may send (fit replies), besides its adapter weights.
 FIT_METRICS = ("num_examples", "loss", "steps", "epsilon_record", "declined", "train_seconds")
-# Evaluation replies: per model, sums over the device's held-out searches and their count.
-EVAL_MODELS = ("base", "global", "personal")
-EVAL_SUMS = ("hr", "ndcg", "mrr")
 # Fit config keys the server sends.
 ROUND_KEY = "round"
 

@@ -18,14 +18,12 @@ both optimize the very same objective:
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch.nn import functional as F
 
-if TYPE_CHECKING:
-    from simulation.population import LoggedSearch
+from common.data.searches import SearchExample
 
 
 def ranking_loss(
@@ -56,7 +54,7 @@ def ranking_loss(
 
 
 def negative_indices(
-    searches: Sequence[LoggedSearch],
+    searches: Sequence[SearchExample],
     n_items: int,
     *,
     shown_negatives: int,
@@ -87,7 +85,7 @@ def negative_indices(
 
 
 def search_tensors(
-    searches: Sequence[LoggedSearch],
+    searches: Sequence[SearchExample],
     item_vectors: np.ndarray,
     *,
     shown_negatives: int,

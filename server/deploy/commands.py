@@ -13,6 +13,7 @@ import subprocess
 from pathlib import Path
 
 from common.cli import UsageError
+from common.config import REPO_ROOT
 from server.deploy.layout import (
     DEFAULT_PORT,
     DEFAULT_SUPERLINK_PORT,
@@ -25,10 +26,9 @@ from server.deploy.layout import (
 )
 
 ENV_NO_DEPS = "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register_deploy_commands(subparsers: argparse._SubParsersAction) -> None:
     deploy = subparsers.add_parser(
         "deploy",
         help="run the federation on real devices (Flower Deployment Engine, TLS, device auth)",

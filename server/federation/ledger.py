@@ -18,7 +18,7 @@ from opacus.accountants.rdp import RDPAccountant
 
 from common.config import ConfigError
 
-ORDERS = tuple(RDPAccountant.DEFAULT_ALPHAS)
+USER_RDP_ORDERS = tuple(RDPAccountant.DEFAULT_ALPHAS)
 
 
 class PrivacyBudgetError(ConfigError):
@@ -55,14 +55,19 @@ class PrivacyLedger:
             return 0.0
         if self.noise_multiplier == 0:
             return math.inf
-        eps, _ = get_privacy_spent(orders=ORDERS, rdp=rounds * self._round_rdp(), delta=self.delta)
+        eps, _ = get_privacy_spent(
+            orders=USER_RDP_ORDERS, rdp=rounds * self._round_rdp(), delta=self.delta
+        )
         return float(eps)
 
     def _round_rdp(self) -> np.ndarray:
         """RDP of one round at each order (rounds compose additively)."""
         if self._rdp is None:
             self._rdp = compute_rdp(
-                q=self.sample_rate, noise_multiplier=self.noise_multiplier, steps=1, orders=ORDERS
+                q=self.sample_rate,
+                noise_multiplier=self.noise_multiplier,
+                steps=1,
+                orders=USER_RDP_ORDERS,
             )
         return self._rdp
 

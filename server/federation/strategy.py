@@ -36,8 +36,8 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg
 
+from common.evaluation.protocol import MODES, SUM_KEYS, add_sums, metrics_from_sums
 from common.federation.run_spec import ROUND_KEY, RunSpec
-from simulation.evaluation import MODES, SUM_KEYS, add_sums, metrics_from_sums
 
 log = logging.getLogger(__name__)
 REGISTRATION_TIMEOUT_S = 600

@@ -46,6 +46,7 @@ from server.search.catalog_build import (
     query_text_encoder,
     store_path,
 )
+from server.search.threads import apply_thread_settings
 from server.search.vector_index import RECALL_K, exact_top_k, recall_at_k
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,6 @@ def _serve_child(config: Config, port: int) -> None:
     """Run the service (its own process) on the store named by ``config``."""
     import uvicorn
 
-    from server.search.commands import apply_thread_settings
     from server.search.service import create_app
 
     logging.basicConfig(level=logging.WARNING)
@@ -267,7 +267,6 @@ def run_search_bench(
     Queries are split: ``TUNING_QUERIES`` tune IVF's nprobe at build time, the others are
     sent to the service and scored against exact search, so recall is on held-out queries.
     """
-    from server.search.commands import apply_thread_settings
 
     logging.getLogger("httpx").setLevel(logging.WARNING)
     apply_thread_settings(config.search.torch_threads, config.search.faiss_threads)

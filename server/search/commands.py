@@ -9,9 +9,10 @@ import sys
 from collections.abc import Callable
 
 from common.cli import UsageError, add_config_arguments, config_from_args
+from server.search.threads import apply_thread_settings
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register_search_commands(subparsers: argparse._SubParsersAction) -> None:
     index = subparsers.add_parser(
         "index",
         help="encode the fashion catalog and build the search index",
@@ -104,16 +105,6 @@ def _index(args: argparse.Namespace) -> int:
     )
     catalog.close()
     return 0
-
-
-def apply_thread_settings(torch_threads: int, faiss_threads: int) -> None:
-    import faiss
-    import torch
-
-    if torch_threads > 0:
-        torch.set_num_threads(torch_threads)
-    if faiss_threads > 0:
-        faiss.omp_set_num_threads(faiss_threads)
 
 
 @_user_errors

@@ -7,7 +7,7 @@ import argparse
 from common.cli import add_config_arguments, config_from_args
 
 
-def register(subparsers: argparse._SubParsersAction) -> None:
+def register_training_commands(subparsers: argparse._SubParsersAction) -> None:
     pretrain = subparsers.add_parser(
         "pretrain",
         help="train the vision tower on the catalog (text tower locked) and evaluate it",

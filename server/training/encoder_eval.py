@@ -104,7 +104,7 @@ def evaluate_encoder(
     }
 
 
-def format_table(results: dict[str, dict[str, float]]) -> str:
+def encoder_table(results: dict[str, dict[str, float]]) -> str:
     """A plain-text table: one row per ranking, one column per metric."""
     columns = list(dict.fromkeys(key for row in results.values() for key in row))
     width = max(len(name) for name in results) + 2

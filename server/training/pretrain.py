@@ -26,7 +26,7 @@ from common.data.fashion import load_fashion_catalog
 from common.data.records import Product
 from common.model.encoder import CONFIG_FILE, WEIGHTS_FILE, Encoder, create_encoder
 from common.security.versions import write_version
-from server.training.encoder_eval import evaluate_encoder, format_table
+from server.training.encoder_eval import encoder_table, evaluate_encoder
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ def run_pretrain(config: Config) -> tuple[Path, dict]:
         f"\nvalidation: {len(val)} held-out items (never trained on); trained "
         f"{stats['steps']} steps ({stats['epochs']} epochs) in {stats['train_seconds']:.0f}s"
     )
-    print(format_table(results))
+    print(encoder_table(results))
     print(
         f'\nsaved {folder} (load with encoder.pretrained = "latest" or '
         f'encoder.model = "local-dir:{folder}")'

@@ -14,9 +14,9 @@ from client.device import (
 )
 from client.store import KEY_ENV, generate_key
 from common.cli import main
+from common.data.searches import DeviceData, SearchExample
 from common.security.pki import create_ca
 from common.security.signing import generate_signing_key
-from simulation.population import DeviceData, LoggedSearch
 
 DIM = 6
 
@@ -36,7 +36,7 @@ def device(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
 
 def _history(rng: np.random.Generator, n: int, items: int) -> DeviceData:
     searches = [
-        LoggedSearch(
+        SearchExample(
             rng.standard_normal(DIM).astype(np.float32),
             shown := rng.choice(items, size=3, replace=False),
             int(shown[1]),

@@ -7,7 +7,7 @@ import pytest
 from opacus.accountants import RDPAccountant
 
 from client.app import AdapterClient, LocalDevice
-from client.local_training import ORDERS, plan, record_epsilon, train_local
+from client.local_training import RECORD_RDP_ORDERS, plan, record_epsilon, train_local
 from client.store import DeviceStore
 from common.config import config_from_dict
 from common.federation.run_spec import FIT_METRICS, RunSpec
@@ -59,7 +59,9 @@ def test_accountant_persists_and_matches_an_independent_opacus_accountant(popula
     for _ in range(3 * steps):
         reference.step(noise_multiplier=1.0, sample_rate=sample_rate)
     assert epsilons[0] < epsilons[1] < epsilons[2]
-    assert epsilons[-1] == pytest.approx(reference.get_epsilon(config.device.delta, alphas=ORDERS))
+    assert epsilons[-1] == pytest.approx(
+        reference.get_epsilon(config.device.delta, alphas=RECORD_RDP_ORDERS)
+    )
     assert record_epsilon(state, config.device.delta) == pytest.approx(epsilons[-1])
     # The coarse orders are a valid, slightly looser bound than Opacus's default grid.
     default = reference.get_epsilon(config.device.delta)

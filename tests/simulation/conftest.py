@@ -12,7 +12,9 @@ import pytest
 from PIL import Image
 
 from common.config import config_from_dict
+from common.data.searches import DeviceData, SearchExample
 from common.model.fusion import l2_normalize
+from simulation.population import Population, impression, top_items, train_popularity
 
 RETAIL_HEADER = "InvoiceNo,StockCode,Description,Quantity,InvoiceDate,UnitPrice,CustomerID,Country"
 PRODUCTS_HEADER = (
@@ -46,7 +48,6 @@ class WordHashEncoder:
 
     def encode_items(self, titles, images, *, text_weight=0.5, image_weight=0.5, progress=False):
         return self.encode_text(titles)
-
 
 
 @pytest.fixture
@@ -173,24 +174,15 @@ def build_toy_population(
     """Random unit item vectors; each search's query is its clicked item's vector plus a
     shift shared by all queries (which misleads the base ranking) and noise. An adapter
     can learn to undo the shift."""
-    from simulation.population import (
-        DeviceData,
-        LoggedSearch,
-        Population,
-        impression,
-        top_items,
-        train_popularity,
-    )
-
     rng = np.random.default_rng(seed)
     items = l2_normalize(rng.standard_normal((n_items, dim)))
     offset = shift * l2_normalize(rng.standard_normal(dim))
     popular = rng.permutation(n_items)[: n_items // 4]
 
-    def search(item: int) -> LoggedSearch:
+    def search(item: int) -> SearchExample:
         query = l2_normalize(items[item] + offset + noise * rng.standard_normal(dim))
         top = top_items(query[None, :], items, 10)[0]
-        return LoggedSearch(query, impression(top, item), item)
+        return SearchExample(query, impression(top, item), item)
 
     population = []
     for d in range(devices):

@@ -1,8 +1,10 @@
 import numpy as np
 import pytest
 
+from common.data.searches import DeviceData, SearchExample
+from common.evaluation.protocol import evaluate_searches
 from simulation.baselines import (
-    format_table,
+    baseline_table,
     popularity_prior,
     popularity_ranks,
     run_baselines,
@@ -11,8 +13,8 @@ from simulation.baselines import (
     tune_popularity_weight,
     validation_split,
 )
-from simulation.evaluation import evaluate_population, evaluate_searches
-from simulation.population import DeviceData, LoggedSearch, train_popularity
+from simulation.evaluation import evaluate_population
+from simulation.population import train_popularity
 from tests.simulation.conftest import make_config
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -36,7 +38,7 @@ def test_popularity_weight_is_tuned_on_train_with_own_click_left_out(toy_populat
     # every train click on a different item: popularity, own click left out, says nothing
     # of the clicked item, so it must not be rewarded (counting it would pick a big weight)
     device = population.devices[0]
-    searches = [LoggedSearch(s.query_vector, s.shown, i) for i, s in enumerate(device.train * 3)]
+    searches = [SearchExample(s.query_vector, s.shown, i) for i, s in enumerate(device.train * 3)]
     population.devices = [DeviceData("once", searches, device.test)]
     population.popularity = train_popularity(population.devices, population.n_items)
     assert population.popularity.max() == 1
@@ -97,5 +99,5 @@ def test_run_baselines_reports_every_method(tmp_path, toy_population):
     assert all(m["count"] == 100 for m in report.metrics.values())
     assert report.metrics["centralized"]["nDCG@10"] > report.metrics["base"]["nDCG@10"]
     assert report.details["popularity_weight"] in report.details["popularity_weight_curve"]
-    table = format_table(report.metrics)
+    table = baseline_table(report.metrics)
     assert all(name in table for name in names) and "nDCG@10" in table

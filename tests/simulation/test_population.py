@@ -6,7 +6,8 @@ import pytest
 from common.config import ConfigError, default_data_dir
 from common.data.retail import product_type_word
 from simulation import marketplace
-from simulation.population import describe, load_population, top_items
+from simulation.loader import load_population
+from simulation.population import describe, top_items
 from tests.simulation.conftest import PRODUCTS, WordHashEncoder, make_config
 
 
@@ -151,7 +152,7 @@ def test_marketplace_shoppers_do_not_depend_on_population_size(tmp_path, fashion
 def shopper_and_query():
     utility = np.zeros(10)
     shopper = marketplace.Shopper("Men", np.ones(1), np.ones(1), utility)
-    return shopper, marketplace.Query("q", np.array([0, 9]))
+    return shopper, marketplace.ShopperQuery("q", np.array([0, 9]))
 
 
 def test_click_model_is_position_biased_and_only_on_matching_items():
@@ -171,7 +172,7 @@ def test_click_model_is_position_biased_and_only_on_matching_items():
 def test_best_unseen_is_the_top_utility_matching_item():
     shopper, _ = shopper_and_query()
     shopper.utility[:] = np.arange(10)
-    query = marketplace.Query("q", np.array([2, 7, 5]))
+    query = marketplace.ShopperQuery("q", np.array([2, 7, 5]))
     assert marketplace.best_unseen(query, shopper, set()) == 7
     assert marketplace.best_unseen(query, shopper, {7}) == 5
     assert marketplace.best_unseen(query, shopper, {2, 5, 7}) is None

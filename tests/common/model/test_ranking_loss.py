@@ -5,24 +5,24 @@ import pytest
 import torch
 from torch.nn import functional as F
 
+from common.data.searches import SearchExample
 from common.model.adapter import QueryAdapter
 from common.model.fusion import l2_normalize
 from common.model.ranking_loss import negative_indices, ranking_loss, search_tensors
-from simulation.population import LoggedSearch
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 DIM, N_ITEMS = 8, 40
 
 
-def make_searches(n: int, seed: int = 0) -> tuple[list[LoggedSearch], np.ndarray]:
+def make_searches(n: int, seed: int = 0) -> tuple[list[SearchExample], np.ndarray]:
     rng = np.random.default_rng(seed)
     items = l2_normalize(rng.standard_normal((N_ITEMS, DIM)))
     searches = []
     for _ in range(n):
         shown = rng.choice(N_ITEMS, size=5, replace=False)
         query = l2_normalize(rng.standard_normal(DIM))
-        searches.append(LoggedSearch(query, shown.astype(np.int64), int(shown[2])))
+        searches.append(SearchExample(query, shown.astype(np.int64), int(shown[2])))
     return searches, items
 
 
@@ -70,7 +70,7 @@ def test_negatives_are_own_shown_items_then_random_items_never_the_click():
 def test_changing_one_search_changes_only_its_own_negatives():
     searches, _ = make_searches(8)
     changed = list(searches)
-    changed[3] = LoggedSearch(searches[3].query_vector, np.array([0, 1, 2]), 0)
+    changed[3] = SearchExample(searches[3].query_vector, np.array([0, 1, 2]), 0)
     kwargs = {"shown_negatives": 5, "random_negatives": 7}
     a = negative_indices(searches, N_ITEMS, rng=np.random.default_rng(1), **kwargs)
     b = negative_indices(changed, N_ITEMS, rng=np.random.default_rng(1), **kwargs)

@@ -5,7 +5,7 @@ import numpy as np
 from common.security.versions import read_manifest, verify_files
 from server.training.encoder_eval import (
     category_precision,
-    format_table,
+    encoder_table,
     random_category_precision,
     random_title_to_photo,
     title_to_photo,
@@ -67,4 +67,4 @@ def test_category_precision_by_hand():
     assert out == {"P@2 type": 1.0, "P@2 type+colour": 0.5}
     rnd = random_category_precision(queries, items, k=2)
     assert rnd == {"P@2 type": 0.75, "P@2 type+colour": 0.5}
-    assert "P@2 type" in format_table({"x": out})
+    assert "P@2 type" in encoder_table({"x": out})

@@ -1,0 +1,246 @@
+"""Held-out evaluation of searches over the full catalog: HR@k, nDCG@k and MRR.
+
+The evaluation protocol every party shares: devices evaluate their held-out searches with
+it, the server pools the sums, simulations evaluate whole populations with it::
+
+    evaluate_searches(searches, item_vectors, *, adapter=None, user=None, beta=0.0,
+                      candidates=100, k=10, item_prior=None) -> dict
+        sums over the searches: {"count", "hr_sum", "ndcg_sum", "rr_sum"} (floats), so
+        sums from many devices add up; ``metrics_from_sums`` turns them into means.
+    evaluate_device(device, item_vectors, *, adapter=None, beta, candidates, k)
+        -> {mode: sums} for MODES = ("base", "adapter", "personal")
+    flat_metrics(sums_by_mode) -> {"base.hr_sum": ..., ...}  (scalar metrics for Flower)
+
+Ranking: score = (adapted) query . item (+ ``item_prior``, a per-item bonus) over every
+catalog item. With a user vector and beta > 0, the top ``candidates`` items are reordered by
+``common.model.personalization.rerank`` (score + beta * cos(user, item)) and the rest keep the
+base order below them. Ranks are 0-based with ties counted against the relevant item.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+
+from common.data.searches import DeviceData, SearchExample
+from common.evaluation.metrics import hit_rate_at_k, mrr, ndcg_at_k, ranks_from_scores
+from common.model.adapter import QueryAdapter
+from common.model.personalization import rerank, user_vector
+
+MODES = ("base", "adapter", "personal")
+SUM_KEYS = ("count", "hr_sum", "ndcg_sum", "rr_sum")
+_CHUNK = 1024
+
+
+def search_ranks(
+    queries: np.ndarray,
+    relevant: np.ndarray,
+    item_vectors: np.ndarray,
+    *,
+    users: np.ndarray | None = None,
+    beta: float = 0.0,
+    candidates: int = 100,
+    item_prior: np.ndarray | None = None,
+) -> np.ndarray:
+    """0-based full-catalog rank of each relevant item (see the module doc).
+
+    ``users``: None, one user vector (d,) for all queries, or one per query (n, d).
+    """
+    plain, personal = _ranks(queries, relevant, item_vectors, users, beta, candidates, item_prior)
+    return plain if personal is None else personal
+
+
+def ranks_by_mode(
+    base_queries: np.ndarray,
+    adapted_queries: np.ndarray | None,
+    relevant: np.ndarray,
+    item_vectors: np.ndarray,
+    *,
+    users: np.ndarray | None,
+    beta: float,
+    candidates: int,
+) -> dict[str, np.ndarray]:
+    """Ranks for MODES from one scoring pass per query set; without adapted queries,
+    "adapter" is "base" and "personal" reranks the base ranking."""
+    adapted = adapted_queries is not None
+    base, base_personal = _ranks(
+        base_queries, relevant, item_vectors, None if adapted else users, beta, candidates, None
+    )
+    if not adapted:
+        return {"base": base, "adapter": base, "personal": _or(base_personal, base)}
+    plain, personal = _ranks(adapted_queries, relevant, item_vectors, users, beta, candidates, None)
+    return {"base": base, "adapter": plain, "personal": _or(personal, plain)}
+
+
+def _or(ranks: np.ndarray | None, default: np.ndarray) -> np.ndarray:
+    return default if ranks is None else ranks
+
+
+def _ranks(
+    queries: np.ndarray,
+    relevant: np.ndarray,
+    item_vectors: np.ndarray,
+    users: np.ndarray | None,
+    beta: float,
+    candidates: int,
+    item_prior: np.ndarray | None,
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """(plain ranks, personal ranks or None when there is no user or beta is 0)."""
+    queries = np.asarray(queries, dtype=np.float32)
+    relevant = np.asarray(relevant, dtype=np.int64)
+    item_t = np.ascontiguousarray(np.asarray(item_vectors, dtype=np.float32).T)
+    plain = np.empty(len(relevant), dtype=np.int64)
+    personal = plain.copy() if users is not None and beta != 0.0 else None
+    if personal is not None:
+        users = np.broadcast_to(np.asarray(users, dtype=np.float32), queries.shape)
+    for start in range(0, len(relevant), _CHUNK):
+        stop = start + _CHUNK
+        scores = queries[start:stop] @ item_t
+        if item_prior is not None:
+            scores = scores + item_prior[None, :]
+        plain[start:stop] = ranks_from_scores(scores, relevant[start:stop])
+        if personal is None:
+            continue
+        top = _top_candidates(scores, candidates)
+        for row, score in enumerate(scores):
+            i = start + row
+            personal[i] = (
+                _personal_rank(score, top[row], int(relevant[i]), item_vectors, users[i], beta)
+                if np.any(users[i])
+                else plain[i]
+            )
+    return plain, personal
+
+
+def _top_candidates(scores: np.ndarray, candidates: int) -> np.ndarray:
+    """(rows, n) indices of each row's top ``candidates`` scores, best first."""
+    n = min(candidates, scores.shape[1])
+    top = np.argpartition(-scores, n - 1, axis=1)[:, :n] if n < scores.shape[1] else None
+    if top is None:
+        top = np.broadcast_to(np.arange(n), scores.shape)
+    picked = np.take_along_axis(scores, top, axis=1)
+    return np.take_along_axis(top, np.argsort(-picked, axis=1, kind="stable"), axis=1)
+
+
+def _personal_rank(
+    scores: np.ndarray,
+    top: np.ndarray,
+    relevant: int,
+    item_vectors: np.ndarray,
+    user: np.ndarray,
+    beta: float,
+) -> int:
+    """Rank after ``rerank`` of the candidates ``top``; items outside them rank below all."""
+    hit = np.flatnonzero(top == relevant)
+    if len(hit) == 0:
+        return max(len(top), int((scores >= scores[relevant]).sum()) - 1)
+    order, final = rerank(scores[top], item_vectors[top], user, beta)
+    target = final[int(np.flatnonzero(order == hit[0])[0])]
+    return int((final >= target).sum()) - 1
+
+
+def rank_sums(ranks: np.ndarray, k: int) -> dict[str, float]:
+    """{"count", "hr_sum", "ndcg_sum", "rr_sum"} of a set of ranks."""
+    ranks = np.asarray(ranks)
+    return {
+        "count": float(len(ranks)),
+        "hr_sum": float(np.sum(hit_rate_at_k(ranks, k))),
+        "ndcg_sum": float(np.sum(ndcg_at_k(ranks, k))),
+        "rr_sum": float(np.sum(mrr(ranks))),
+    }
+
+
+def evaluate_searches(
+    searches: Sequence[SearchExample],
+    item_vectors: np.ndarray,
+    *,
+    adapter: QueryAdapter | None = None,
+    user: np.ndarray | None = None,
+    beta: float = 0.0,
+    candidates: int = 100,
+    k: int = 10,
+    item_prior: np.ndarray | None = None,
+) -> dict[str, float]:
+    """Metric sums of ``searches`` ranked over the full catalog (see the module doc)."""
+    if not searches:
+        return dict.fromkeys(SUM_KEYS, 0.0)
+    queries, relevant = stack_searches(searches)
+    if adapter is not None:
+        queries = adapter.apply_numpy(queries)
+    ranks = search_ranks(
+        queries,
+        relevant,
+        item_vectors,
+        users=user,
+        beta=beta,
+        candidates=candidates,
+        item_prior=item_prior,
+    )
+    return rank_sums(ranks, k)
+
+
+def stack_searches(searches: Sequence[SearchExample]) -> tuple[np.ndarray, np.ndarray]:
+    """(query vectors (n, d) float32, clicked items (n,) int64) of ``searches``."""
+    queries = np.stack([np.asarray(s.query_vector, dtype=np.float32) for s in searches])
+    return queries, np.array([s.clicked for s in searches], dtype=np.int64)
+
+
+def device_user_vector(device: DeviceData, item_vectors: np.ndarray) -> np.ndarray:
+    """The device's user vector: mean of the vectors of the items it clicked in train."""
+    clicked = [s.clicked for s in device.train]
+    return user_vector(np.asarray(item_vectors, dtype=np.float32)[clicked])
+
+
+def evaluate_device(
+    device: DeviceData,
+    item_vectors: np.ndarray,
+    *,
+    adapter: QueryAdapter | None = None,
+    beta: float,
+    candidates: int,
+    k: int = 10,
+) -> dict[str, dict[str, float]]:
+    """Sums for the device's test searches: base, base + adapter, + personal rerank.
+
+    Without an adapter, "adapter" equals "base" and "personal" reranks the base ranking.
+    """
+    if not device.test:
+        return {mode: dict.fromkeys(SUM_KEYS, 0.0) for mode in MODES}
+    queries, relevant = stack_searches(device.test)
+    ranks = ranks_by_mode(
+        queries,
+        adapter.apply_numpy(queries) if adapter is not None else None,
+        relevant,
+        item_vectors,
+        users=device_user_vector(device, item_vectors),
+        beta=beta,
+        candidates=candidates,
+    )
+    return {mode: rank_sums(r, k) for mode, r in ranks.items()}
+
+
+def flat_metrics(sums_by_mode: dict[str, dict[str, float]]) -> dict[str, float]:
+    """``{"base.hr_sum": ..., ...}``: scalar metrics a client can send and a server can sum."""
+    return {f"{m}.{key}": v for m, sums in sums_by_mode.items() for key, v in sums.items()}
+
+
+def add_sums(parts: Iterable[dict[str, float]]) -> dict[str, float]:
+    """Element-wise sum of metric-sum dicts."""
+    total = dict.fromkeys(SUM_KEYS, 0.0)
+    for part in parts:
+        for key in SUM_KEYS:
+            total[key] += part[key]
+    return total
+
+
+def metrics_from_sums(sums: dict[str, float], k: int = 10) -> dict[str, float]:
+    """Means: {"HR@k", "nDCG@k", "MRR", "count"} (NaN where count is 0)."""
+    count = sums["count"]
+    mean = (lambda x: x / count) if count else (lambda x: float("nan"))
+    return {
+        f"HR@{k}": mean(sums["hr_sum"]),
+        f"nDCG@{k}": mean(sums["ndcg_sum"]),
+        "MRR": mean(sums["rr_sum"]),
+        "count": count,
+    }

@@ -1,0 +1,79 @@
+"""Simulated devices for the ClientApp: one device per member of a population.
+
+The simulation injects ``simulated_device`` into ``client.app.build_client_app``: node
+config ``partition-id`` picks the device of the run's population (loaded once per process
+from the run folder), whose private state lives in ``<run_dir>/devices/<device_id>/`` (an
+encrypted store, one key per run, as a real device keeps its own).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import functools
+import pickle
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from client.app import LocalDevice
+from client.store import DeviceStore, load_key, write_key_file
+from common.config import ConfigError
+from common.federation.run_spec import RunSpec
+from simulation.loader import load_population
+from simulation.population import Population
+
+POPULATION_FILE = "population.pkl"
+
+
+def simulated_device(spec: RunSpec, node_config: Mapping[str, Any]) -> LocalDevice:
+    """The device ``partition-id`` of the run's population (see the module doc)."""
+    if "partition-id" not in node_config:
+        raise ConfigError("node config: a simulated device needs partition-id")
+    index = int(node_config["partition-id"])
+    population = cached_population(spec)
+    if not 0 <= index < len(population.devices):
+        raise ConfigError(
+            f"partition-id {index}: the population has {len(population.devices)} devices"
+        )
+    data = population.devices[index]
+    folder = spec.devices_dir / re.sub(r"[^A-Za-z0-9_.-]", "_", data.device_id)
+    store = DeviceStore(folder, simulation_key(spec.device_key_file))
+    return LocalDevice(data, population.item_vectors, store, index)
+
+
+@functools.cache
+def cached_population(spec: RunSpec) -> Population:
+    """The run's population, loaded once per process: the runner's pickle if present."""
+    path = spec.run_dir / POPULATION_FILE
+    if path.is_file():
+        with path.open("rb") as fh:
+            return pickle.load(fh)
+    return load_population(
+        spec.population,
+        spec.config,
+        num_devices=spec.num_devices,
+        seed=spec.config.federation.seed,
+        progress=False,
+    )
+
+
+def save_population(population: Population, run_dir: Path) -> Path:
+    """Write the population where every simulated device of the run finds it."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    path = run_dir / POPULATION_FILE
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("wb") as fh:
+        pickle.dump(population, fh, protocol=pickle.HIGHEST_PROTOCOL)
+    tmp.replace(path)
+    return path
+
+
+def simulation_key(path: Path) -> bytes:
+    """The simulated devices' store key (``$FEDSEARCH_DEVICE_KEY`` or a per-run key file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(f".{path.name}.lock"), "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        if not path.exists():
+            write_key_file(path)
+    return load_key(path)
