@@ -73,7 +73,7 @@ class AdapterClient(NumPyClient):
         return QueryAdapter(dim, self.config.adapter.rank).get_weights()
 
     def fit(self, parameters: list[np.ndarray], config: dict) -> tuple[list, int, dict]:
-        adapter = self._adapter(parameters)
+        adapter = QueryAdapter.from_weights(parameters)
         result = train_local(
             adapter,
             self.device.data.train,
@@ -98,7 +98,7 @@ class AdapterClient(NumPyClient):
         return weights, 1, result.metrics
 
     def evaluate(self, parameters: list[np.ndarray], config: dict) -> tuple[float, int, dict]:
-        adapter = self._adapter(parameters)
+        adapter = QueryAdapter.from_weights(parameters)
         user = self._state().user_vector
         test, vectors = self.device.data.test, self.device.item_vectors
         evaluation = self.config.evaluation
@@ -116,13 +116,6 @@ class AdapterClient(NumPyClient):
             ),
         }
         return self._test_loss(adapter), len(test), flat_metrics(sums)
-
-    def _adapter(self, parameters: list[np.ndarray]) -> QueryAdapter:
-        rank, dim = parameters[0].shape
-        adapter = QueryAdapter(dim, rank)
-        adapter.set_weights(parameters)
-        adapter.eval()
-        return adapter
 
     def _state(self) -> PersonalState:
         """The private state; the user vector (mean of clicked items) is built on first use."""

@@ -20,7 +20,10 @@ from typing import Any
 
 from client.app import build_client_app
 from common.config import Config, config_from_dict
+from common.federation.privacy_plan import UserLevelDP
 from common.federation.run_spec import RunSpec
+from server.federation.app import METRICS_FILE, build_server_app, fit_workflow
+from server.federation.ledger import PrivacyLedger
 from simulation.devices import save_population, simulated_device, simulation_key
 from simulation.loader import load_population
 from simulation.population import Population
@@ -57,11 +60,9 @@ def default_run_dir(config: Config, population: str) -> Path:
 
 def prepare_run(spec: RunSpec, population: Population) -> None:
     """Refuse an over-budget or oversized plan, then lay out the run folder for the devices."""
-    from server.federation.app import fit_workflow, user_ledger
-
-    ledger = user_ledger(spec)
-    if ledger is not None:
-        ledger.check_plan(spec.config.federation.rounds)
+    dp = UserLevelDP.from_spec(spec)
+    if dp is not None:
+        PrivacyLedger.for_plan(dp).check_plan(spec.config.federation.rounds)
     fit_workflow(spec)  # refuses rounds too large for SecAgg+
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     save_population(population, spec.run_dir)
@@ -120,8 +121,6 @@ def simulate(
 def _run_engine(spec: RunSpec, outer_mods: Sequence, inner_mods: Sequence, verbose: bool) -> None:
     from flwr.simulation import run_simulation
 
-    from server.federation.app import build_server_app
-
     logging.getLogger("flwr").propagate = False
     run_simulation(
         server_app=build_server_app(spec),
@@ -138,8 +137,6 @@ def _run_engine(spec: RunSpec, outer_mods: Sequence, inner_mods: Sequence, verbo
 
 
 def read_rounds(run_dir: Path) -> list[dict[str, Any]]:
-    from server.federation.app import METRICS_FILE
-
     path = run_dir / METRICS_FILE
     if not path.is_file():
         return []

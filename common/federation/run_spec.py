@@ -62,6 +62,11 @@ class RunSpec:
         return self.config.federation.delta_user or 1.0 / self.num_devices
 
     @property
+    def expected_devices(self) -> int:
+        """The expected number of devices per round, q * population (at least 1)."""
+        return max(1, round(self.sample_rate * self.num_devices))
+
+    @property
     def sample_rate(self) -> float:
         """Probability that a device joins a round: clients_per_round / population."""
         return min(1.0, self.config.federation.clients_per_round / self.num_devices)

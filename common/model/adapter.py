@@ -44,6 +44,15 @@ class QueryAdapter(nn.Module):
         """Parameters as float32 arrays in a fixed order (the Flower wire format)."""
         return [v.detach().cpu().numpy().astype(np.float32) for v in self.state_dict().values()]
 
+    @classmethod
+    def from_weights(cls, weights: list[np.ndarray]) -> QueryAdapter:
+        """An adapter (eval mode) from its wire format; dim and rank read off the arrays."""
+        rank, dim = np.asarray(weights[0]).shape
+        adapter = cls(dim, rank)
+        adapter.set_weights(weights)
+        adapter.eval()
+        return adapter
+
     def set_weights(self, weights: list[np.ndarray]) -> None:
         keys = list(self.state_dict().keys())
         if len(weights) != len(keys):

@@ -27,6 +27,7 @@ import logging
 import math
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, cast
 
@@ -46,12 +47,13 @@ from flwr.supercore.differential_privacy import CLIENTS_DISCREPANCY_WARNING
 from tqdm.auto import tqdm
 
 from common.config import ConfigError
+from common.federation.privacy_plan import UserLevelDP
 from common.federation.run_spec import RunSpec
 from common.security.signing import publisher
 from server.federation.averaging import MovingAverage
 from server.federation.ledger import PrivacyLedger
 from server.federation.publish import publish_adapter
-from server.federation.strategy import FederatedAdapterStrategy, RoundLog, expected_clients
+from server.federation.strategy import FederatedAdapterStrategy, RoundLog
 
 log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.jsonl"
@@ -59,19 +61,6 @@ METRICS_FILE = "metrics.jsonl"
 SECAGG_MAX_DEVICES = 2**32 // 2**22
 LEDGER_FILE = "privacy_ledger.json"
 Workflow = Callable[[Grid, Context], None]
-
-
-def user_ledger(spec: RunSpec) -> PrivacyLedger | None:
-    """The run's user-level ledger (None without DP)."""
-    federation = spec.config.federation
-    if not federation.dp:
-        return None
-    return PrivacyLedger(
-        noise_multiplier=federation.noise_multiplier,
-        sample_rate=spec.sample_rate,
-        delta=spec.delta_user,
-        epsilon_budget=federation.epsilon_user,
-    )
 
 
 class PoissonCohortFilter(logging.Filter):
@@ -89,23 +78,32 @@ class PoissonCohortFilter(logging.Filter):
 logging.getLogger("flwr").addFilter(PoissonCohortFilter())
 
 
+@dataclass(frozen=True)
+class StrategyStack:
+    """The strategy the workflow runs, and the layers the run reads back from."""
+
+    outer: Strategy
+    fedavg: FederatedAdapterStrategy
+    average: MovingAverage | None
+
+
 def build_strategy(
-    spec: RunSpec, on_sample: Callable[[int], None] | None = None
-) -> tuple[Strategy, FederatedAdapterStrategy]:
-    """(the strategy the workflow runs, the inner FedAvg strategy holding the round log)."""
-    inner = FederatedAdapterStrategy(spec, on_sample)
-    federation = spec.config.federation
-    strategy: Strategy = inner
-    if federation.dp:
+    spec: RunSpec, dp: UserLevelDP | None, on_sample: Callable[[int], None] | None = None
+) -> StrategyStack:
+    """FedAvg, wrapped in Flower's client-side-clipping DP strategy when ``dp`` is set and
+    in the moving average when ``federation.average_decay`` > 0."""
+    fedavg = FederatedAdapterStrategy(spec, dp, on_sample)
+    strategy: Strategy = fedavg
+    if dp is not None:
         strategy = DifferentialPrivacyClientSideFixedClipping(
-            inner,
-            noise_multiplier=federation.noise_multiplier,
-            clipping_norm=federation.clipping_norm,
-            num_sampled_clients=expected_clients(spec),
+            fedavg,
+            noise_multiplier=dp.noise_multiplier,
+            clipping_norm=dp.clipping_norm,
+            num_sampled_clients=dp.expected_devices,
         )
-    if federation.average_decay > 0:
-        strategy = MovingAverage(strategy, decay=federation.average_decay)
-    return strategy, inner
+    decay = spec.config.federation.average_decay
+    average = MovingAverage(strategy, decay=decay) if decay > 0 else None
+    return StrategyStack(average or strategy, fedavg, average)
 
 
 def fit_workflow(spec: RunSpec) -> tuple[Workflow, Callable[[int], None] | None]:
@@ -118,7 +116,7 @@ def fit_workflow(spec: RunSpec) -> tuple[Workflow, Callable[[int], None] | None]
     federation = spec.config.federation
     if not federation.secagg:
         return default_fit_workflow, None
-    expected = expected_clients(spec)
+    expected = spec.expected_devices
     if expected + 6 * math.sqrt(expected) >= SECAGG_MAX_DEVICES:
         raise ConfigError(
             f"federation.clients_per_round: {expected} expected devices per round; SecAgg+ "
@@ -165,14 +163,14 @@ class RunRecorder:
 
         return run
 
-    def recorded(self, evaluate: Workflow, strategy: Strategy) -> Workflow:
+    def recorded(self, evaluate: Workflow, average: MovingAverage | None) -> Workflow:
         """Evaluate, then record and publish what was evaluated (the moving average if
         the run keeps one, else the global adapter)."""
 
         def run(grid: Grid, context: Context) -> None:
             evaluate(grid, context)
-            average = strategy.average if isinstance(strategy, MovingAverage) else None
-            weights = average if average is not None else _global_weights(context)
+            averaged = average.average if average is not None else None
+            weights = averaged if averaged is not None else _global_weights(context)
             self.record(_current_round(context), weights)
 
         return run
@@ -233,24 +231,24 @@ def run_federation(
     finalize: Callable[[Path], None] | None = None,
 ) -> RoundLog:
     """Run ``federation.rounds`` rounds; refuse to start if the privacy budget is too small."""
-    ledger = user_ledger(spec)
+    dp = UserLevelDP.from_spec(spec)
+    ledger = PrivacyLedger.for_plan(dp) if dp is not None else None
     if ledger is not None:
         ledger.check_plan(spec.config.federation.rounds)
     fit, on_sample = fit_workflow(spec)
-    strategy, inner = build_strategy(spec, on_sample)
-    recorder = RunRecorder(spec, inner.log, ledger, finalize)
+    stack = build_strategy(spec, dp, on_sample)
+    recorder = RunRecorder(spec, stack.fedavg.log, ledger, finalize)
     workflow = DefaultWorkflow(
         fit_workflow=recorder.charged(fit),
-        evaluate_workflow=recorder.recorded(default_evaluate_workflow, strategy),
+        evaluate_workflow=recorder.recorded(default_evaluate_workflow, stack.average),
     )
-    legacy = LegacyContext(
-        context, config=ServerConfig(num_rounds=spec.config.federation.rounds), strategy=strategy
-    )
+    rounds = ServerConfig(num_rounds=spec.config.federation.rounds)
+    legacy = LegacyContext(context, config=rounds, strategy=stack.outer)
     try:
         workflow(grid, legacy)
     finally:
         recorder.close()
-    return inner.log
+    return stack.fedavg.log
 
 
 def _current_round(context: Context) -> int:

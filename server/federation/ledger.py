@@ -17,6 +17,7 @@ from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 from opacus.accountants.rdp import RDPAccountant
 
 from common.config import ConfigError
+from common.federation.privacy_plan import UserLevelDP
 
 USER_RDP_ORDERS = tuple(RDPAccountant.DEFAULT_ALPHAS)
 
@@ -43,6 +44,16 @@ class PrivacyLedger:
             raise ValueError(f"delta must be in (0, 1), got {self.delta}")
         if self.noise_multiplier < 0:
             raise ValueError(f"noise_multiplier must be >= 0, got {self.noise_multiplier}")
+
+    @classmethod
+    def for_plan(cls, plan: UserLevelDP) -> PrivacyLedger:
+        """An empty ledger for the run's user-level DP plan."""
+        return cls(
+            noise_multiplier=plan.noise_multiplier,
+            sample_rate=plan.sample_rate,
+            delta=plan.delta,
+            epsilon_budget=plan.epsilon_budget,
+        )
 
     @property
     def rounds(self) -> int:

@@ -18,15 +18,6 @@ from common.model.adapter import WEIGHTS_FILE, QueryAdapter
 from common.security.versions import write_version
 
 
-def adapter_from_weights(weights: list[np.ndarray]) -> QueryAdapter:
-    """Rebuild a ``QueryAdapter`` from its Flower wire format (dims read off the arrays)."""
-    rank, dim = np.asarray(weights[0]).shape
-    adapter = QueryAdapter(dim, rank)
-    adapter.set_weights(weights)
-    adapter.eval()
-    return adapter
-
-
 def publish_adapter(
     registry: Path,
     weights: list[np.ndarray],
@@ -35,7 +26,7 @@ def publish_adapter(
     finalize: Callable[[Path], None] | None = None,
 ) -> Path:
     """Write the adapter as the registry's next version; return its folder."""
-    adapter = adapter_from_weights(weights)
+    adapter = QueryAdapter.from_weights(weights)
     full = {"kind": "query-adapter", "dim": adapter.dim, "rank": adapter.rank, **manifest}
     return write_version(
         Path(registry), lambda folder: adapter.save(folder / WEIGHTS_FILE), full, finalize=finalize

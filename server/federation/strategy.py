@@ -37,6 +37,7 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg
 
 from common.evaluation.protocol import MODES, SUM_KEYS, add_sums, metrics_from_sums
+from common.federation.privacy_plan import UserLevelDP
 from common.federation.run_spec import ROUND_KEY, RunSpec
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,12 @@ class RoundLog:
 class FederatedAdapterStrategy(FedAvg):
     """FedAvg with Poisson device sampling and uniform weights (see the module doc)."""
 
-    def __init__(self, spec: RunSpec, on_sample: Callable[[int], None] | None = None) -> None:
+    def __init__(
+        self,
+        spec: RunSpec,
+        dp: UserLevelDP | None,
+        on_sample: Callable[[int], None] | None = None,
+    ) -> None:
         super().__init__(
             min_fit_clients=1,
             min_evaluate_clients=1,
@@ -65,7 +71,7 @@ class FederatedAdapterStrategy(FedAvg):
         federation = spec.config.federation
         self.rounds = federation.rounds
         self.eval_devices = federation.eval_devices
-        self.fixed_denominator = expected_clients(spec) if federation.dp else None
+        self.fixed_denominator = dp.expected_devices if dp is not None else None
         self.rng = np.random.default_rng(federation.seed)
         self.on_sample = on_sample
         self.current: list[np.ndarray] = []
@@ -146,11 +152,6 @@ class FederatedAdapterStrategy(FedAvg):
         metrics["devices"] = float(len(results))
         self.log.evaluate[server_round] = {"loss": loss, **metrics}
         return loss, metrics
-
-
-def expected_clients(spec: RunSpec) -> int:
-    """The expected number of devices per round, q * population (at least 1)."""
-    return max(1, round(spec.sample_rate * spec.num_devices))
 
 
 def fit_summary(replies: list[dict[str, Scalar]]) -> dict[str, float]:

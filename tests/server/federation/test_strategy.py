@@ -19,13 +19,14 @@ from flwr.server.client_manager import SimpleClientManager
 from flwr.server.client_proxy import ClientProxy
 
 from common.config import ConfigError, config_from_dict
+from common.federation.privacy_plan import UserLevelDP
 from common.federation.run_spec import RunSpec
 from common.model.adapter import WEIGHTS_FILE, QueryAdapter
 from common.security.versions import verify_files
-from server.federation.app import RunRecorder, build_strategy, fit_workflow, user_ledger
+from server.federation.app import RunRecorder, build_strategy, fit_workflow
 from server.federation.averaging import MovingAverage
 from server.federation.publish import publish_adapter
-from server.federation.strategy import RoundLog, expected_clients, pooled_metrics
+from server.federation.strategy import RoundLog, pooled_metrics
 
 OK = Status(Code.OK, "")
 
@@ -67,7 +68,7 @@ def _weights(seed: int, scale: float = 1.0, dim: int = 64, rank: int = 16) -> li
 
 def test_poisson_sampling_has_rate_q_and_varies(tmp_path):
     spec = _spec(tmp_path)
-    strategy, _ = build_strategy(spec)
+    strategy = build_strategy(spec, UserLevelDP.from_spec(spec)).outer
     manager = _manager(spec.num_devices)
     params = ndarrays_to_parameters(_weights(0))
     counts, chosen_sets = [], set()
@@ -103,7 +104,8 @@ def _fit_results(global_weights, deltas) -> list:
 
 
 def _aggregate(spec, global_weights, deltas):
-    strategy, inner = build_strategy(spec)
+    stack = build_strategy(spec, UserLevelDP.from_spec(spec))
+    strategy = stack.outer
     manager = _manager(spec.num_devices)
     strategy.configure_fit(1, ndarrays_to_parameters(global_weights), manager)
     params, metrics = strategy.aggregate_fit(1, _fit_results(global_weights, deltas), [])
@@ -113,7 +115,7 @@ def _aggregate(spec, global_weights, deltas):
 def test_dp_average_uses_the_fixed_denominator_and_noise_sigma_c_over_m(tmp_path):
     global_weights = _weights(1)
     deltas = [_weights(10 + i, 0.001) for i in range(7)]
-    m = expected_clients(_spec(tmp_path))
+    m = _spec(tmp_path).expected_devices
     exact = [g + sum(d[j] for d in deltas) / m for j, g in enumerate(global_weights)]
 
     quiet, metrics = _aggregate(_spec(tmp_path, noise_multiplier=0.0), global_weights, deltas)
@@ -135,12 +137,12 @@ def test_without_dp_the_average_is_the_plain_mean(tmp_path):
     got, _ = _aggregate(_spec(tmp_path, dp=False), global_weights, deltas)
     for j, g in enumerate(global_weights):
         np.testing.assert_allclose(got[j], g + sum(d[j] for d in deltas) / 3, atol=1e-6)
-    assert user_ledger(_spec(tmp_path, dp=False)) is None
+    assert UserLevelDP.from_spec(_spec(tmp_path, dp=False)) is None
 
 
 def test_evaluation_samples_devices_and_the_last_round_takes_all(tmp_path):
     spec = _spec(tmp_path, rounds=3, eval_devices=5)
-    strategy, _ = build_strategy(spec)
+    strategy = build_strategy(spec, UserLevelDP.from_spec(spec)).outer
     manager = _manager(spec.num_devices)
     params = ndarrays_to_parameters(_weights(0))
     assert len(strategy.configure_evaluate(1, params, manager)) == 5
@@ -162,7 +164,8 @@ def test_evaluation_metrics_are_pooled_over_searches(tmp_path):
     assert pooled["adapter.count"] == 8
 
     spec = _spec(tmp_path)
-    strategy, inner = build_strategy(spec)
+    stack = build_strategy(spec, UserLevelDP.from_spec(spec))
+    strategy, inner = stack.outer, stack.fedavg
     results = [(FakeProxy(i), EvaluateRes(OK, 0.5, 2, reply(2, i))) for i in (1, 2)]
     loss, metrics = strategy.aggregate_evaluate(4, results, [])
     assert loss == pytest.approx(0.5) and metrics["devices"] == 2
@@ -195,7 +198,7 @@ def test_moving_average_is_evaluated_and_published_while_training_follows_the_ag
     tmp_path, monkeypatch
 ):
     spec = _spec(tmp_path, dp=False, average_decay=0.75)
-    strategy, _ = build_strategy(spec)
+    strategy = build_strategy(spec, UserLevelDP.from_spec(spec)).outer
     assert isinstance(strategy, MovingAverage)
     manager = _manager(spec.num_devices)
     current = _weights(1)
@@ -229,8 +232,10 @@ def test_moving_average_is_evaluated_and_published_while_training_follows_the_ag
 
 
 def test_moving_average_off_and_bad_decay(tmp_path):
-    strategy, inner = build_strategy(_spec(tmp_path, average_decay=0.0))
-    assert not isinstance(strategy, MovingAverage)
+    spec = _spec(tmp_path, average_decay=0.0)
+    stack = build_strategy(spec, UserLevelDP.from_spec(spec))
+    strategy, inner = stack.outer, stack.fedavg
+    assert stack.average is None and not isinstance(strategy, MovingAverage)
     with pytest.raises(ValueError, match="decay"):
         MovingAverage(inner, decay=1.0)
     with pytest.raises(ConfigError, match="federation.average_decay"):
@@ -238,7 +243,7 @@ def test_moving_average_off_and_bad_decay(tmp_path):
 
 
 def test_dp_wrapper_cohort_size_warning_is_dropped_and_other_warnings_kept(tmp_path, caplog):
-    strategy, _ = build_strategy(_spec(tmp_path))
+    strategy = build_strategy(_spec(tmp_path), UserLevelDP.from_spec(_spec(tmp_path))).outer
     manager = _manager(40)
     global_weights = _weights(1)
     strategy.configure_fit(1, ndarrays_to_parameters(global_weights), manager)
