@@ -66,6 +66,10 @@ class FederatedAdapterStrategy(FedAvg):
             min_evaluate_clients=1,
             min_available_clients=spec.num_devices,
             accept_failures=False,
+            fit_metrics_aggregation_fn=lambda replies: fit_summary([m for _, m in replies]),
+            evaluate_metrics_aggregation_fn=lambda replies: pooled_metrics(
+                [m for _, m in replies], spec.config.evaluation.k
+            ),
         )
         self.spec = spec
         federation = spec.config.federation
@@ -116,7 +120,7 @@ class FederatedAdapterStrategy(FedAvg):
                 len(failures),
             )
             return None, {}
-        parameters, _ = super().aggregate_fit(server_round, results, list(failures))
+        parameters, metrics = super().aggregate_fit(server_round, results, list(failures))
         if parameters is None:
             return None, {}
         if self.fixed_denominator is not None:
@@ -124,7 +128,6 @@ class FederatedAdapterStrategy(FedAvg):
             scale = len(results) / self.fixed_denominator
             fixed = [g + scale * (m - g) for g, m in zip(self.current, mean, strict=True)]
             parameters = ndarrays_to_parameters([a.astype(np.float32) for a in fixed])
-        metrics = fit_summary([res.metrics for _, res in results])
         self.log.fit[server_round] = metrics
         return parameters, metrics
 
@@ -147,8 +150,7 @@ class FederatedAdapterStrategy(FedAvg):
     ) -> tuple[float | None, dict[str, Scalar]]:
         if not results:
             return None, {}
-        loss, _ = super().aggregate_evaluate(server_round, results, list(failures))
-        metrics = pooled_metrics([res.metrics for _, res in results], self.spec.config.evaluation.k)
+        loss, metrics = super().aggregate_evaluate(server_round, results, list(failures))
         metrics["devices"] = float(len(results))
         self.log.evaluate[server_round] = {"loss": loss, **metrics}
         return loss, metrics
