@@ -30,13 +30,9 @@ def default_data_dir() -> Path:
     return Path(env) if env else REPO_ROOT.parent / "shared" / "data"
 
 
-def _check(ok: bool, key: str, message: str) -> None:
-    """A cross-field rule, for validators; ``config_from_dict`` re-raises it as it is."""
-    if not ok:
-        raise ConfigError(f"{key}: {message}")
-
-
 class _Section(BaseModel):
+    """Frozen (and so hashable), no unknown keys, no type coercion but int to float."""
+
     model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
 
 
@@ -89,8 +85,8 @@ class EncoderConfig(_Section):
 
     @model_validator(mode="after")
     def _some_weight(self) -> EncoderConfig:
-        ok = self.text_weight + self.image_weight > 0
-        _check(ok, "encoder.text_weight", "text_weight + image_weight must be > 0")
+        if self.text_weight + self.image_weight <= 0:
+            raise ConfigError("encoder.text_weight: text_weight + image_weight must be > 0")
         return self
 
 
@@ -144,8 +140,10 @@ class AdapterConfig(_Section):
 
     @model_validator(mode="after")
     def _some_negatives(self) -> AdapterConfig:
-        ok = self.shown_negatives + self.random_negatives > 0
-        _check(ok, "adapter.random_negatives", "shown_negatives + random_negatives must be > 0")
+        if self.shown_negatives + self.random_negatives <= 0:
+            raise ConfigError(
+                "adapter.random_negatives: shown_negatives + random_negatives must be > 0"
+            )
         return self
 
 
@@ -177,7 +175,8 @@ class EvaluationConfig(_Section):
 
     @model_validator(mode="after")
     def _enough_candidates(self) -> EvaluationConfig:
-        _check(self.candidates >= self.k, "evaluation.candidates", "must be >= evaluation.k")
+        if self.candidates < self.k:
+            raise ConfigError("evaluation.candidates: must be >= evaluation.k")
         return self
 
 
@@ -222,9 +221,10 @@ class SearchConfig(_Section):
 
     @model_validator(mode="after")
     def _consistent_limits(self) -> SearchConfig:
-        _check(self.max_k >= self.default_k, "search.max_k", "must be >= search.default_k")
-        ok = self.max_request_bytes >= self.max_image_bytes
-        _check(ok, "search.max_request_bytes", "must be >= search.max_image_bytes")
+        if self.max_k < self.default_k:
+            raise ConfigError("search.max_k: must be >= search.default_k")
+        if self.max_request_bytes < self.max_image_bytes:
+            raise ConfigError("search.max_request_bytes: must be >= search.max_image_bytes")
         return self
 
 
@@ -322,7 +322,7 @@ def _config_error(exc: ValidationError) -> ConfigError:
     err = exc.errors(include_url=False)[0]
     loc = tuple(str(part) for part in err["loc"])
     kind, ctx, value = err["type"], err.get("ctx", {}), err["input"]
-    if isinstance(ctx.get("error"), ConfigError):
+    if isinstance(ctx.get("error"), ConfigError):  # a model validator's cross-field rule
         return ctx["error"]
     if kind == "extra_forbidden":
         message = f"unknown key (known: {', '.join(sorted(_model_at(loc[:-1]).model_fields))})"
