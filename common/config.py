@@ -1,22 +1,23 @@
 """Typed configuration, loaded from TOML with every key checked.
 
-Each section is a frozen dataclass; ``load_config`` reads a TOML file (or a dict) and
-rejects unknown keys and wrongly typed values with a ``ConfigError`` naming the key.
+Each section is a frozen pydantic model with strict types (no string-to-number coercion, a
+bool is not a number, an int is accepted for a float). ``load_config`` reads a TOML file and
+refuses unknown keys and bad values with a one-line ``ConfigError`` naming the dotted key.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import os
 import tomllib
-import types
-import typing
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic.fields import FieldInfo
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-TEXT_PRECISIONS = ("auto", "float32", "bfloat16")
+TextPrecision = Literal["auto", "float32", "bfloat16"]
+TEXT_PRECISIONS: tuple[str, ...] = get_args(TextPrecision)
 
 
 class ConfigError(ValueError):
@@ -29,8 +30,16 @@ def default_data_dir() -> Path:
     return Path(env) if env else REPO_ROOT.parent / "shared" / "data"
 
 
-@dataclass(frozen=True)
-class PathsConfig:
+class _Section(BaseModel):
+    """Frozen (and so hashable), no unknown keys, no type coercion but int to float."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
+
+
+class PathsConfig(_Section):
+    """Where data is read from (``data_dir``; "" = ``default_data_dir()``) and where
+    checkpoints, the registry, indexes and run reports are written (``work_dir``)."""
+
     data_dir: str = ""
     work_dir: str = "runs"
 
@@ -59,402 +68,290 @@ class PathsConfig:
         return self.work / "registry"
 
 
-@dataclass(frozen=True)
-class EncoderConfig:
-    """Which base encoder to build; see ``common.model.encoder.create_encoder``.
+class EncoderConfig(_Section):
+    """The base encoder (``common.model.encoder.create_encoder``) and its fusion weights.
 
-    ``model`` is a built-in config name (``fedsearch-*``), any open_clip model name, a
-    ``local-dir:`` folder or a checkpoint file. ``pretrained`` is an open_clip pretrained
-    tag or weights file; for built-in configs ``"latest"`` loads the newest checkpoint
-    written by ``fedsearch pretrain`` under ``<work_dir>/encoder``.
+    ``model``: a built-in ``fedsearch-*`` config, an open_clip model name, a ``local-dir:``
+    folder or a checkpoint file. ``pretrained``: an open_clip tag or weights file; for a
+    built-in config, ``"latest"`` is the newest ``fedsearch pretrain`` checkpoint.
     """
 
     model: str = "fedsearch-minilm-rn64"
     pretrained: str = "latest"
-    text_weight: float = 0.5
-    image_weight: float = 0.5
-    batch_size: int = 128
-    device: str = "cpu"
+    text_weight: float = Field(default=0.5, ge=0)
+    image_weight: float = Field(default=0.5, ge=0)
+    batch_size: int = Field(default=128, gt=0)
+    device: Literal["cpu", "cuda", "auto"] = "cpu"
 
-    def validate(self) -> None:
-        _check(self.text_weight >= 0, "encoder.text_weight", "must be >= 0")
-        _check(self.image_weight >= 0, "encoder.image_weight", "must be >= 0")
-        _check(
-            self.text_weight + self.image_weight > 0,
-            "encoder.text_weight",
-            "text_weight + image_weight must be > 0",
-        )
-        _check(self.batch_size > 0, "encoder.batch_size", "must be > 0")
-        _check(self.device in ("cpu", "cuda", "auto"), "encoder.device", "cpu, cuda or auto")
+    @model_validator(mode="after")
+    def _some_weight(self) -> EncoderConfig:
+        if self.text_weight + self.image_weight <= 0:
+            raise ConfigError("encoder.text_weight: text_weight + image_weight must be > 0")
+        return self
 
 
-@dataclass(frozen=True)
-class PretrainConfig:
-    """CLIP-style training of the vision tower with the text tower locked."""
+class PretrainConfig(_Section):
+    """Contrastive (CLIP-style) training of the vision tower against the frozen text tower,
+    for at most ``max_epochs`` or ``time_budget_s``; ``val_fraction`` of the items are held
+    out for validation. ``threads``: torch threads (0 keeps torch's default)."""
 
-    time_budget_s: float = 150.0
-    max_epochs: int = 60
-    batch_size: int = 128
-    lr: float = 2e-3
+    time_budget_s: float = Field(default=150.0, gt=0)
+    max_epochs: int = Field(default=60, gt=0)
+    batch_size: int = Field(default=128, ge=2)
+    lr: float = Field(default=2e-3, gt=0)
     weight_decay: float = 0.05
-    val_fraction: float = 0.15
+    val_fraction: float = Field(default=0.15, gt=0, lt=1)
     seed: int = 0
-    threads: int = 0
-
-    def validate(self) -> None:
-        _check(self.time_budget_s > 0, "pretrain.time_budget_s", "must be > 0")
-        _check(self.max_epochs > 0, "pretrain.max_epochs", "must be > 0")
-        _check(self.batch_size >= 2, "pretrain.batch_size", "must be >= 2")
-        _check(self.lr > 0, "pretrain.lr", "must be > 0")
-        _check(0 < self.val_fraction < 1, "pretrain.val_fraction", "must be in (0, 1)")
-        _check(self.threads >= 0, "pretrain.threads", "must be >= 0 (0 = torch default)")
+    threads: int = Field(default=0, ge=0, description="0 = torch default")
 
 
-@dataclass(frozen=True)
-class PopulationConfig:
-    """Simulated device populations (``simulation.population``).
+class PopulationConfig(_Section):
+    """The simulated device populations (``simulation.population``).
 
-    Retail files: empty means ``<paths.retail>/transactions.csv.gz`` and ``products.csv``.
-    ``impression_size`` = items shown per search; ``shoppers``, ``*_searches``,
-    ``position_bias`` and ``click_temperature`` shape the marketplace's simulated shoppers.
+    Retail: a device per customer with >= ``min_items`` distinct items (files "":
+    ``transactions.csv.gz`` and ``products.csv`` under ``paths.retail``). Marketplace:
+    ``shoppers`` with ``train_searches`` + ``test_searches`` searches each, who click
+    position p with weight ``(p+1)**-position_bias * exp(utility / click_temperature)``.
+    A search shows ``impression_size`` items; the last ``holdout_fraction`` is for testing.
     """
 
     retail_transactions: str = ""
     retail_products: str = ""
-    min_items: int = 5
-    holdout_fraction: float = 0.2
-    impression_size: int = 20
-    shoppers: int = 200
-    train_searches: int = 30
-    test_searches: int = 5
-    position_bias: float = 1.0
-    click_temperature: float = 0.5
-
-    def validate(self) -> None:
-        _check(self.min_items >= 2, "population.min_items", "must be >= 2")
-        _check(0 < self.holdout_fraction < 1, "population.holdout_fraction", "must be in (0, 1)")
-        _check(self.impression_size >= 1, "population.impression_size", "must be >= 1")
-        _check(self.shoppers >= 1, "population.shoppers", "must be >= 1")
-        _check(self.train_searches >= 1, "population.train_searches", "must be >= 1")
-        _check(self.test_searches >= 1, "population.test_searches", "must be >= 1")
-        _check(self.position_bias >= 0, "population.position_bias", "must be >= 0")
-        _check(self.click_temperature > 0, "population.click_temperature", "must be > 0")
+    min_items: int = Field(default=5, ge=2)
+    holdout_fraction: float = Field(default=0.2, gt=0, lt=1)
+    impression_size: int = Field(default=20, ge=1)
+    shoppers: int = Field(default=200, ge=1)
+    train_searches: int = Field(default=30, ge=1)
+    test_searches: int = Field(default=5, ge=1)
+    position_bias: float = Field(default=1.0, ge=0)
+    click_temperature: float = Field(default=0.5, gt=0)
 
 
-@dataclass(frozen=True)
-class AdapterConfig:
-    """The shared query adapter and its per-sample ranking loss (``common.model.ranking_loss``).
+class AdapterConfig(_Section):
+    """The shared query adapter (of ``rank``) and its per-search ranking loss
+    (``common.model.ranking_loss``) for both centralized and federated training: the
+    clicked item against ``shown_negatives`` shown but unclicked items of the same
+    impression and ``random_negatives`` items drawn from the catalog."""
 
-    Centralized and federated training both use these: negatives are ``shown_negatives``
-    shown-but-not-clicked items of the same impression plus ``random_negatives`` catalog items.
+    rank: int = Field(default=64, ge=1)
+    temperature: float = Field(default=0.05, gt=0)
+    shown_negatives: int = Field(default=20, ge=0)
+    random_negatives: int = Field(default=32, ge=0)
+
+    @model_validator(mode="after")
+    def _some_negatives(self) -> AdapterConfig:
+        if self.shown_negatives + self.random_negatives <= 0:
+            raise ConfigError(
+                "adapter.random_negatives: shown_negatives + random_negatives must be > 0"
+            )
+        return self
+
+
+class CentralizedConfig(_Section):
+    """Centralized adapter training without privacy: the upper reference baseline.
+
+    Up to ``epochs`` epochs. With ``patience`` > 0 each device's last train search is kept
+    for validation, training stops after ``patience`` epochs without a better validation
+    nDCG and the best epoch's adapter is kept (0: every epoch, every search). ``threads``:
+    torch threads (0: torch's default; 1 is ~7x faster than 2 on a shared 2-core machine).
     """
 
-    rank: int = 64
-    temperature: float = 0.05
-    shown_negatives: int = 20
-    random_negatives: int = 32
-
-    def validate(self) -> None:
-        _check(self.rank >= 1, "adapter.rank", "must be >= 1")
-        _check(self.temperature > 0, "adapter.temperature", "must be > 0")
-        _check(self.shown_negatives >= 0, "adapter.shown_negatives", "must be >= 0")
-        _check(self.random_negatives >= 0, "adapter.random_negatives", "must be >= 0")
-        _check(
-            self.shown_negatives + self.random_negatives > 0,
-            "adapter.random_negatives",
-            "shown_negatives + random_negatives must be > 0",
-        )
-
-
-@dataclass(frozen=True)
-class CentralizedConfig:
-    """The non-private centralized adapter training (the upper reference baseline).
-
-    Up to ``epochs`` epochs; with ``patience`` > 0, each device's last train search is held
-    out for validation (never trained on), training stops after ``patience`` epochs without
-    a better validation nDCG, and the best epoch's adapter is kept (0: train all epochs on
-    all searches). ``threads``: torch threads while training (1 is ~7x faster than 2 for
-    these small tensors on a shared 2-core machine; 0 keeps torch's default).
-    """
-
-    epochs: int = 30
-    patience: int = 3
-    batch_size: int = 256
-    lr: float = 1e-3
-    weight_decay: float = 0.0
+    epochs: int = Field(default=30, ge=1)
+    patience: int = Field(default=3, ge=0)
+    batch_size: int = Field(default=256, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
     seed: int = 0
-    threads: int = 1
-
-    def validate(self) -> None:
-        _check(self.epochs >= 1, "centralized.epochs", "must be >= 1")
-        _check(self.patience >= 0, "centralized.patience", "must be >= 0")
-        _check(self.threads >= 0, "centralized.threads", "must be >= 0 (0 = torch default)")
-        _check(self.batch_size >= 1, "centralized.batch_size", "must be >= 1")
-        _check(self.lr > 0, "centralized.lr", "must be > 0")
-        _check(self.weight_decay >= 0, "centralized.weight_decay", "must be >= 0")
+    threads: int = Field(default=1, ge=0, description="0 = torch default")
 
 
-@dataclass(frozen=True)
-class EvaluationConfig:
-    """Held-out evaluation: metrics at ``k`` over the full catalog; personal reranking
-    re-scores the top ``candidates`` with ``beta * cos(user, item)``."""
+class EvaluationConfig(_Section):
+    """Evaluation on held-out searches: metrics at ``k`` over the whole catalog. Personal
+    reranking adds ``beta * cos(user, item)`` to the scores of the top ``candidates``."""
 
-    k: int = 10
+    k: int = Field(default=10, ge=1)
     candidates: int = 100
-    beta: float = 0.3
+    beta: float = Field(default=0.3, ge=0)
 
-    def validate(self) -> None:
-        _check(self.k >= 1, "evaluation.k", "must be >= 1")
-        _check(self.candidates >= self.k, "evaluation.candidates", "must be >= evaluation.k")
-        _check(self.beta >= 0, "evaluation.beta", "must be >= 0")
+    @model_validator(mode="after")
+    def _enough_candidates(self) -> EvaluationConfig:
+        if self.candidates < self.k:
+            raise ConfigError("evaluation.candidates: must be >= evaluation.k")
+        return self
 
 
-@dataclass(frozen=True)
-class SearchConfig:
-    """The search service (``fedsearch serve``), its index and its input limits.
+class SearchConfig(_Section):
+    """The search service (``fedsearch serve``): its index and its limits on requests.
 
-    Below ``exact_max_items`` items the index is exact inner product; above, IVF with
-    ``ivf_nprobe`` raised at build time until recall@10 vs exact reaches ``ann_min_recall``
-    on the build's sample queries (0.96: a margin, so new queries keep 0.95).
-    ``store_dir`` "" means ``<work_dir>/search``; ``public_key`` "" means registry versions
-    are checked against their manifest's sha256 only (no signature). ``query_precision``:
-    the text tower's precision for query texts, "float32", "bfloat16" or "auto" (bfloat16
-    where the hardware computes it natively); items are always encoded in float32.
+    Up to ``exact_max_items`` items the index is exact; beyond, IVF (``ivf_nlist`` lists, 0:
+    4 * sqrt(n)) whose ``ivf_nprobe`` the build raises until recall@10 against exact search
+    reaches ``ann_min_recall`` on ``recall_queries`` sample queries (0.96: a margin, so unseen
+    queries keep 0.95). ``store_dir`` "": ``<work_dir>/search``. ``public_key`` "": registry
+    versions are checked against their manifest's sha256, without a signature.
+    ``query_precision``: the text tower's for queries ("auto": bfloat16 where the hardware
+    has it natively); items are always encoded in float32. Threads 0: the library default.
     """
 
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int = Field(default=8000, ge=1, le=65535)
     store_dir: str = ""
-    candidates: int = 200
-    default_k: int = 10
+    candidates: int = Field(default=200, ge=1)
+    default_k: int = Field(default=10, ge=1)
     max_k: int = 200
-    exact_max_items: int = 20000
-    ivf_nlist: int = 0
-    ivf_nprobe: int = 8
-    ann_min_recall: float = 0.96
-    recall_queries: int = 500
-    max_text_chars: int = 512
-    max_image_bytes: int = 4_000_000
+    exact_max_items: int = Field(default=20000, ge=0)
+    ivf_nlist: int = Field(default=0, ge=0, description="0 = 4 * sqrt(n)")
+    ivf_nprobe: int = Field(default=8, ge=1)
+    ann_min_recall: float = Field(default=0.96, gt=0, le=1)
+    recall_queries: int = Field(default=500, ge=10)
+    max_text_chars: int = Field(default=512, ge=1)
+    max_image_bytes: int = Field(default=4_000_000, ge=1)
     max_request_bytes: int = 16_000_000
-    max_upsert_items: int = 256
-    personalization_weight: float = 0.3
+    max_upsert_items: int = Field(default=256, ge=1)
+    personalization_weight: float = Field(default=0.3, ge=0)
     synthetic_prices: bool = True
-    poll_interval_s: float = 5.0
+    poll_interval_s: float = Field(default=5.0, gt=0)
     public_key: str = ""
     admin_token: str = ""
     shoppers_file: str = ""
-    max_batch: int = 32
-    query_precision: str = "auto"
-    torch_threads: int = 1
-    faiss_threads: int = 1
-    journal_max_ops: int = 1000
+    max_batch: int = Field(default=32, ge=1)
+    query_precision: TextPrecision = "auto"
+    torch_threads: int = Field(default=1, ge=0, description="0 = default")
+    faiss_threads: int = Field(default=1, ge=0, description="0 = default")
+    journal_max_ops: int = Field(default=1000, ge=1)
 
-    def validate(self) -> None:
-        _check(0 < self.port < 65536, "search.port", "must be in 1..65535")
-        _check(self.default_k >= 1, "search.default_k", "must be >= 1")
-        _check(self.max_k >= self.default_k, "search.max_k", "must be >= search.default_k")
-        _check(self.candidates >= 1, "search.candidates", "must be >= 1")
-        _check(self.exact_max_items >= 0, "search.exact_max_items", "must be >= 0")
-        _check(self.ivf_nlist >= 0, "search.ivf_nlist", "must be >= 0 (0 = 4 * sqrt(n))")
-        _check(self.ivf_nprobe >= 1, "search.ivf_nprobe", "must be >= 1")
-        _check(0 < self.ann_min_recall <= 1, "search.ann_min_recall", "must be in (0, 1]")
-        _check(self.recall_queries >= 10, "search.recall_queries", "must be >= 10")
-        _check(self.max_text_chars >= 1, "search.max_text_chars", "must be >= 1")
-        _check(self.max_image_bytes >= 1, "search.max_image_bytes", "must be >= 1")
-        _check(
-            self.max_request_bytes >= self.max_image_bytes,
-            "search.max_request_bytes",
-            "must be >= search.max_image_bytes",
-        )
-        _check(self.max_upsert_items >= 1, "search.max_upsert_items", "must be >= 1")
-        _check(self.personalization_weight >= 0, "search.personalization_weight", "must be >= 0")
-        _check(self.poll_interval_s > 0, "search.poll_interval_s", "must be > 0")
-        _check(self.max_batch >= 1, "search.max_batch", "must be >= 1")
-        _check(
-            self.query_precision in TEXT_PRECISIONS,
-            "search.query_precision",
-            " or ".join(TEXT_PRECISIONS),
-        )
-        _check(self.torch_threads >= 0, "search.torch_threads", "must be >= 0 (0 = default)")
-        _check(self.faiss_threads >= 0, "search.faiss_threads", "must be >= 0 (0 = default)")
-        _check(self.journal_max_ops >= 1, "search.journal_max_ops", "must be >= 1")
+    @model_validator(mode="after")
+    def _consistent_limits(self) -> SearchConfig:
+        if self.max_k < self.default_k:
+            raise ConfigError("search.max_k: must be >= search.default_k")
+        if self.max_request_bytes < self.max_image_bytes:
+            raise ConfigError("search.max_request_bytes: must be >= search.max_image_bytes")
+        return self
 
 
-@dataclass(frozen=True)
-class FederationConfig:
-    """Federated training of the shared query adapter (DESIGN decisions 4-6).
+class FederationConfig(_Section):
+    """Federated training of the shared query adapter, ``rounds`` rounds.
 
-    Each round every device joins with probability ``clients_per_round / population``
-    (Poisson sampling). User-level DP (``dp``): each device clips its update to
-    ``clipping_norm``, the server adds Gaussian noise ``noise_multiplier * clipping_norm``
-    to the sum, and the run refuses to start if ``rounds`` would spend more than
-    ``epsilon_user`` at ``delta_user`` (0 means 1 / population). ``secagg``: SecAgg+ where
-    each device shares its keys with ``secagg_neighbours`` others of its round (all of them
-    in smaller rounds) and ``secagg_threshold`` of those shares are needed to unmask; updates
-    are quantized over [-secagg_range, secagg_range]. ``eval_devices`` devices are evaluated
-    each round (0 = all); the last round evaluates every device. ``average_decay``: devices
-    evaluate, and the registry publishes, a moving average of the global adapter with this
-    decay per round (0: the latest aggregate); training continues from the aggregate.
+    A device joins a round with probability ``clients_per_round / population``. User-level
+    DP (``dp``): updates are clipped to ``clipping_norm``, the sum gets Gaussian noise of
+    ``noise_multiplier * clipping_norm``, and a run over ``epsilon_user`` at ``delta_user``
+    (0: 1 / population) does not start. SecAgg+ (``secagg``): keys shared with
+    ``secagg_neighbours`` devices of the round, a ``secagg_threshold`` fraction of shares
+    unmasks, updates quantized over [-secagg_range, secagg_range]. ``eval_devices`` are
+    evaluated per round (0: all; all in the last round), on a moving average of the global
+    adapter with ``average_decay`` per round (0: the aggregate), which the registry also
+    publishes; training continues from the aggregate.
     """
 
-    rounds: int = 20
-    clients_per_round: int = 20
-    eval_devices: int = 50
+    rounds: int = Field(default=20, ge=1)
+    clients_per_round: int = Field(default=20, ge=1)
+    eval_devices: int = Field(default=50, ge=0, description="0 = all")
     seed: int = 0
     dp: bool = True
-    noise_multiplier: float = 0.7
-    clipping_norm: float = 0.1
-    epsilon_user: float = 8.0
-    delta_user: float = 0.0
+    noise_multiplier: float = Field(default=0.7, ge=0)
+    clipping_norm: float = Field(default=0.1, gt=0)
+    epsilon_user: float = Field(default=8.0, gt=0)
+    delta_user: float = Field(default=0.0, ge=0, lt=1)
     secagg: bool = True
-    secagg_neighbours: int = 10
-    secagg_threshold: float = 0.6
-    secagg_range: float = 4.0
-    client_cpus: float = 1.0
+    secagg_neighbours: int = Field(default=10, ge=2)
+    secagg_threshold: float = Field(default=0.6, gt=0, le=1)
+    secagg_range: float = Field(default=4.0, gt=0)
+    client_cpus: float = Field(default=1.0, gt=0)
     publish: bool = True
-    average_decay: float = 0.8
-
-    def validate(self) -> None:
-        _check(self.rounds >= 1, "federation.rounds", "must be >= 1")
-        _check(self.clients_per_round >= 1, "federation.clients_per_round", "must be >= 1")
-        _check(self.eval_devices >= 0, "federation.eval_devices", "must be >= 0 (0 = all)")
-        _check(self.noise_multiplier >= 0, "federation.noise_multiplier", "must be >= 0")
-        _check(self.clipping_norm > 0, "federation.clipping_norm", "must be > 0")
-        _check(self.epsilon_user > 0, "federation.epsilon_user", "must be > 0")
-        _check(0 <= self.delta_user < 1, "federation.delta_user", "must be in [0, 1)")
-        _check(self.secagg_neighbours >= 2, "federation.secagg_neighbours", "must be >= 2")
-        _check(0 < self.secagg_threshold <= 1, "federation.secagg_threshold", "must be in (0, 1]")
-        _check(self.secagg_range > 0, "federation.secagg_range", "must be > 0")
-        _check(self.client_cpus > 0, "federation.client_cpus", "must be > 0")
-        _check(0 <= self.average_decay < 1, "federation.average_decay", "must be in [0, 1)")
+    average_decay: float = Field(default=0.8, ge=0, lt=1)
 
 
-@dataclass(frozen=True)
-class DeviceConfig:
+class DeviceConfig(_Section):
     """Local training on a device: Opacus DP-SGD on its copy of the global adapter.
 
-    Poisson batches of expected size ``batch_size``, ``optimizer`` "adam" or "sgd" (with
-    ``momentum``), a fresh optimizer each round; record-level DP (``dp``) clips each
-    search's gradient to ``max_grad_norm`` and adds noise ``noise_multiplier`` times that.
-    The accountant persists on the device: a device that would pass ``epsilon_budget`` at
-    ``delta`` declines to train.
+    ``local_epochs`` over Poisson batches of expected size ``batch_size`` with a fresh
+    ``optimizer`` each round ("sgd" uses ``momentum``). Record-level DP (``dp``) clips each
+    search's gradient to ``max_grad_norm`` and adds ``noise_multiplier`` times that as noise;
+    the device's accountant persists and it declines to pass ``epsilon_budget`` at ``delta``.
     """
 
-    local_epochs: int = 5
-    batch_size: int = 16
-    optimizer: str = "adam"
-    lr: float = 0.003
-    momentum: float = 0.0
+    local_epochs: int = Field(default=5, ge=1)
+    batch_size: int = Field(default=16, ge=1)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = Field(default=0.003, gt=0)
+    momentum: float = Field(default=0.0, ge=0, lt=1)
     dp: bool = True
-    noise_multiplier: float = 0.6
-    max_grad_norm: float = 1.0
-    epsilon_budget: float = 30.0
-    delta: float = 1e-4
-
-    def validate(self) -> None:
-        _check(self.local_epochs >= 1, "device.local_epochs", "must be >= 1")
-        _check(self.batch_size >= 1, "device.batch_size", "must be >= 1")
-        _check(self.optimizer in ("adam", "sgd"), "device.optimizer", "adam or sgd")
-        _check(self.lr > 0, "device.lr", "must be > 0")
-        _check(0 <= self.momentum < 1, "device.momentum", "must be in [0, 1)")
-        _check(self.noise_multiplier >= 0, "device.noise_multiplier", "must be >= 0")
-        _check(self.max_grad_norm > 0, "device.max_grad_norm", "must be > 0")
-        _check(self.epsilon_budget > 0, "device.epsilon_budget", "must be > 0")
-        _check(0 < self.delta < 1, "device.delta", "must be in (0, 1)")
+    noise_multiplier: float = Field(default=0.6, ge=0)
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    epsilon_budget: float = Field(default=30.0, gt=0)
+    delta: float = Field(default=1e-4, gt=0, lt=1)
 
 
-@dataclass(frozen=True)
-class Config:
-    paths: PathsConfig = field(default_factory=PathsConfig)
-    encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
-    population: PopulationConfig = field(default_factory=PopulationConfig)
-    adapter: AdapterConfig = field(default_factory=AdapterConfig)
-    centralized: CentralizedConfig = field(default_factory=CentralizedConfig)
-    evaluation: EvaluationConfig = field(default_factory=EvaluationConfig)
-    search: SearchConfig = field(default_factory=SearchConfig)
-    federation: FederationConfig = field(default_factory=FederationConfig)
-    device: DeviceConfig = field(default_factory=DeviceConfig)
+class Config(_Section):
+    """The whole configuration, one field per TOML table."""
 
-    def validate(self) -> None:
-        for f in dataclasses.fields(self):
-            section = getattr(self, f.name)
-            if hasattr(section, "validate"):
-                section.validate()
+    paths: PathsConfig = PathsConfig()
+    encoder: EncoderConfig = EncoderConfig()
+    pretrain: PretrainConfig = PretrainConfig()
+    population: PopulationConfig = PopulationConfig()
+    adapter: AdapterConfig = AdapterConfig()
+    centralized: CentralizedConfig = CentralizedConfig()
+    evaluation: EvaluationConfig = EvaluationConfig()
+    search: SearchConfig = SearchConfig()
+    federation: FederationConfig = FederationConfig()
+    device: DeviceConfig = DeviceConfig()
 
 
-def _check(ok: bool, key: str, message: str) -> None:
-    if not ok:
-        raise ConfigError(f"{key}: {message}")
+_TYPE_NAMES = {"int_type": "int", "float_type": "float", "string_type": "str", "bool_type": "bool"}
 
 
-def _coerce(value: Any, annotation: Any, key: str) -> Any:
-    """Check ``value`` against a field annotation (scalars, lists, optionals, sections)."""
-    hint = typing.get_origin(annotation)
-    if hint in (typing.Union, types.UnionType):
-        options = typing.get_args(annotation)
-        if value is None and type(None) in options:
-            return None
-        for option in options:
-            if option is type(None):
-                continue
-            try:
-                return _coerce(value, option, key)
-            except ConfigError:
-                continue
-        raise ConfigError(f"{key}: {value!r} is not a valid {annotation}")
-    if dataclasses.is_dataclass(annotation):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a table, got {type(value).__name__}")
-        return _build(annotation, value, key)
-    if hint is list or hint is tuple:
-        (item_type, *_) = typing.get_args(annotation) or (Any,)
-        if not isinstance(value, list | tuple):
-            raise ConfigError(f"{key}: expected a list, got {type(value).__name__}")
-        items = [_coerce(v, item_type, f"{key}[{i}]") for i, v in enumerate(value)]
-        return tuple(items) if hint is tuple else items
-    if annotation is Any:
-        return value
-    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if annotation in (int, float) and isinstance(value, bool):
-        raise ConfigError(f"{key}: expected {annotation.__name__}, got bool")
-    if isinstance(annotation, type) and not isinstance(value, annotation):
-        raise ConfigError(
-            f"{key}: expected {annotation.__name__}, got {type(value).__name__} {value!r}"
-        )
-    return value
+def _model_at(loc: tuple[str, ...]) -> type[BaseModel]:
+    model: Any = Config
+    for part in loc:
+        model = model.model_fields[part].annotation
+    return model
 
 
-def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
-    hints = typing.get_type_hints(cls)
-    names = {f.name for f in dataclasses.fields(cls)}
-    for key in data:
-        if key not in names:
-            where = f"{prefix}.{key}" if prefix else key
-            raise ConfigError(f"{where}: unknown key (known: {', '.join(sorted(names))})")
-    kwargs = {
-        name: _coerce(value, hints[name], f"{prefix}.{name}" if prefix else name)
-        for name, value in data.items()
-    }
-    return cls(**kwargs)
+def _bounds(info: FieldInfo) -> str:
+    """``must be > 0``, ``must be in [0, 1)``...: the field's constraints, with its note."""
+    b = {k: getattr(m, k) for m in info.metadata for k in ("gt", "ge", "lt", "le") if hasattr(m, k)}
+    low = f"({b['gt']}" if "gt" in b else f"[{b['ge']}" if "ge" in b else ""
+    high = f"{b['lt']})" if "lt" in b else f"{b['le']}]" if "le" in b else ""
+    op = {"gt": ">", "ge": ">=", "lt": "<", "le": "<="}
+    one_sided = " and ".join(f"must be {op[k]} {v}" for k, v in b.items())
+    text = f"must be in {low}, {high}" if low and high else one_sided
+    return f"{text} ({info.description})" if info.description else text
+
+
+def _config_error(exc: ValidationError) -> ConfigError:
+    """The first error of ``exc`` as one line: ``section.key: what is wrong``."""
+    err = exc.errors(include_url=False)[0]
+    loc = tuple(str(part) for part in err["loc"])
+    kind, ctx, value = err["type"], err.get("ctx", {}), err["input"]
+    if isinstance(ctx.get("error"), ConfigError):  # a model validator's cross-field rule
+        return ctx["error"]
+    if kind == "extra_forbidden":
+        message = f"unknown key (known: {', '.join(sorted(_model_at(loc[:-1]).model_fields))})"
+    elif ctx.keys() & {"gt", "ge", "lt", "le"}:
+        message = f"{_bounds(_model_at(loc[:-1]).model_fields[loc[-1]])}, got {value!r}"
+    elif kind == "literal_error":
+        message = f"must be {ctx['expected']}, got {value!r}"
+    elif kind in _TYPE_NAMES or kind == "model_type":
+        expected = _TYPE_NAMES.get(kind, "a table")
+        message = f"expected {expected}, got {type(value).__name__} {value!r}"
+    else:
+        message = err["msg"]
+    return ConfigError(f"{'.'.join(loc)}: {message}")
 
 
 def config_from_dict(data: dict[str, Any], base: Config | None = None) -> Config:
-    """Build a ``Config`` from nested dicts, over ``base`` (defaults if None), and validate."""
-    merged = _merge(dataclasses.asdict(base or Config()), data)
-    config = _build(Config, merged, "")
-    config.validate()
-    return config
+    """A ``Config`` from nested dicts deep-merged over ``base`` (None: the defaults)."""
+    merged = _merge((base or Config()).model_dump(), data)
+    try:
+        return Config.model_validate(merged)
+    except ValidationError as exc:
+        raise _config_error(exc) from None
 
 
 def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     out = dict(base)
     for key, value in override.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict):
-            out[key] = _merge(out[key], value)
-        else:
-            out[key] = value
+        nested = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _merge(out[key], value) if nested else value
     return out
 
 

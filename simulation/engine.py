@@ -73,10 +73,10 @@ def prepare_run(spec: RunSpec, population: Population) -> None:
                 "population": spec.population,
                 "num_devices": spec.num_devices,
                 "base_model": spec.base_model,
-                "federation": _section(spec.config.federation),
-                "device": _section(spec.config.device),
-                "adapter": _section(spec.config.adapter),
-                "evaluation": _section(spec.config.evaluation),
+                "federation": spec.config.federation.model_dump(),
+                "device": spec.config.device.model_dump(),
+                "adapter": spec.config.adapter.model_dump(),
+                "evaluation": spec.config.evaluation.model_dump(),
             },
             indent=2,
         ),
@@ -141,7 +141,3 @@ def read_rounds(run_dir: Path) -> list[dict[str, Any]]:
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text("utf-8").splitlines() if line.strip()]
-
-
-def _section(section: Any) -> dict[str, Any]:
-    return {k: getattr(section, k) for k in section.__dataclass_fields__}

@@ -212,7 +212,7 @@ class RunRecorder:
                 "metrics": evaluation,
                 "privacy": self.ledger.summary() if self.ledger else {"user_level_dp": False},
                 "secure_aggregation": federation.secagg,
-                "federation": {k: getattr(federation, k) for k in federation.__dataclass_fields__},
+                "federation": federation.model_dump(),
             }
         )
 

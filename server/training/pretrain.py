@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -162,7 +161,7 @@ def run_pretrain(config: Config) -> tuple[Path, dict]:
     metrics = {"validation": results, "n_train": len(train), "n_val": len(val), **stats}
     manifest = {
         "model": config.encoder.model,
-        "pretrain": asdict(cfg),
+        "pretrain": cfg.model_dump(),
         "data": {"catalog": str(config.paths.fashion), "load_report": report.summary()},
         "metrics": metrics,
         "val_ids": [p.id for p in val],
