@@ -137,7 +137,11 @@ def train_local(
 
     adapter.train()
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
+        # Opacus' per-sample hooks fire on module outputs because the inputs (base query
+        # vectors) need no gradient: expected, and the gradients are the adapter's.
+        warnings.filterwarnings(
+            "ignore", message="Full backward hook is firing", category=UserWarning
+        )
         if device.dp:
             losses, accountant = _train_dp(
                 adapter, data, redraw_negatives, device, loss_config, accountant

@@ -35,7 +35,7 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
         action="append",
         default=[],
         metavar="SECTION.KEY=VALUE",
-        help="override one config value, e.g. --set pretrain.time_budget_s=60 (repeatable)",
+        help="override one config value, e.g. --set pretrain.steps=60 (repeatable)",
     )
 
 
@@ -75,18 +75,36 @@ def command_entry_points() -> list[metadata.EntryPoint]:
     return sorted(metadata.entry_points(group=COMMANDS_GROUP), key=layer)
 
 
+class _PlainFormatter(logging.Formatter):
+    """Our INFO lines as plain sentences; warnings and errors say what they are."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = record.getMessage()
+        return text if record.levelno <= logging.INFO else f"{record.levelname.lower()}: {text}"
+
+
+def configure_logging(*, verbose: bool) -> None:
+    """Quiet by default: fedsearch's own progress lines and every warning; third-party INFO
+    (Flower's round log, transformers, Ray) only with ``-v``, which also adds timestamps,
+    logger names and debug lines."""
+    handler = logging.StreamHandler()
+    if verbose:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    else:
+        handler.setFormatter(_PlainFormatter())
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, handlers=[handler])
+    for package in LAYERS:
+        logging.getLogger(package).setLevel(logging.DEBUG if verbose else logging.INFO)
+    logging.getLogger("flwr").setLevel(logging.DEBUG if verbose else logging.WARNING)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.WARNING,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
-    for package in ("common", "server", "client", "simulation"):
-        logging.getLogger(package).setLevel(logging.DEBUG if args.verbose else logging.INFO)
+    configure_logging(verbose=args.verbose)
     from common.model.encoder import EncoderError
 
     try:

@@ -91,12 +91,14 @@ class EncoderConfig(_Section):
 
 
 class PretrainConfig(_Section):
-    """Contrastive (CLIP-style) training of the vision tower against the frozen text tower,
-    for at most ``max_epochs`` or ``time_budget_s``; ``val_fraction`` of the items are held
-    out for validation. ``threads``: torch threads (0 keeps torch's default)."""
+    """Contrastive (CLIP-style) training of the vision tower against the frozen text tower:
+    ``steps`` optimizer steps from ``seed``, so the same settings give the same encoder on
+    any machine; ``time_budget_s`` > 0 stops earlier when the time runs out (the result then
+    depends on the machine). ``val_fraction`` of the items are held out for validation.
+    ``threads``: torch threads (0 keeps torch's default)."""
 
-    time_budget_s: float = Field(default=150.0, gt=0)
-    max_epochs: int = Field(default=60, gt=0)
+    steps: int = Field(default=120, ge=1)
+    time_budget_s: float = Field(default=0.0, ge=0, description="0 = no time cap")
     batch_size: int = Field(default=128, ge=2)
     lr: float = Field(default=2e-3, gt=0)
     weight_decay: float = 0.05
@@ -255,7 +257,7 @@ class FederationConfig(_Section):
     secagg_neighbours: int = Field(default=10, ge=2)
     secagg_threshold: float = Field(default=0.6, gt=0, le=1)
     secagg_range: float = Field(default=4.0, gt=0)
-    client_cpus: float = Field(default=1.0, gt=0)
+    client_cpus: int = Field(default=1, ge=1, description="CPUs per simulated device")
     publish: bool = True
     average_decay: float = Field(default=0.8, ge=0, lt=1)
 

@@ -1,15 +1,25 @@
 """The Flower apps of a simulation, as ``flwr run`` loads them (``module:attribute``).
 
 The ServerApp is the deployment's own; the ClientApp is the deployment's ClientApp with the
-simulated population injected as the devices' data (``simulation.devices``).
+simulated population injected as the devices' data (``simulation.devices``) and the
+wiretaps (``simulation.wiretap``), which record only when a run switches them on.
 """
 
 from __future__ import annotations
 
+import warnings
+
 from client.app import build_client_app
 from server.federation.app import app as server_app
 from simulation.devices import simulated_device
+from simulation.wiretap import run_tap
 
-client_app = build_client_app(source=simulated_device)
+# Simulated devices draw DP noise from a seeded generator on purpose (reproducible runs);
+# Opacus' reminder that its secure RNG is off belongs on real devices only.
+warnings.filterwarnings("ignore", message="Secure RNG turned off", module="opacus")
+
+client_app = build_client_app(
+    source=simulated_device, outer_mods=[run_tap("wire")], inner_mods=[run_tap("plain")]
+)
 
 __all__ = ["client_app", "server_app"]

@@ -26,7 +26,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from common.config import Config
 from common.data.searches import SearchExample
@@ -41,6 +40,7 @@ from common.evaluation.protocol import (
 from common.model.adapter import QueryAdapter
 from common.model.personalization import user_vector
 from common.model.ranking_loss import ranking_loss, search_tensors
+from common.progress import progress_bar
 from simulation.evaluation import evaluate_population
 from simulation.population import Population
 
@@ -198,7 +198,9 @@ def _epoch(
     order = rng.permutation(len(searches))
     adapter.train()
     total = 0.0
-    for b in tqdm(range(0, len(order), batch_size), desc="centralized epoch", disable=not progress):
+    for b in progress_bar(
+        range(0, len(order), batch_size), show=progress, desc="centralized epoch", leave=False
+    ):
         queries, positives, negatives = search_tensors(
             [searches[i] for i in order[b : b + batch_size]],
             item_vectors,

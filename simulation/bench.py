@@ -27,7 +27,7 @@ from simulation.engine import SimulationResult, simulate, with_overrides
 from simulation.loader import load_population
 from simulation.population import Population
 from simulation.report import write_report
-from simulation.wiretap import read_tap, wiretap
+from simulation.wiretap import read_tap
 
 SAMPLE_INTERVAL_S = 0.2
 TRAFFIC_ROUNDS = 2
@@ -170,9 +170,10 @@ def traffic(config: Config, population: Population, out: Path) -> dict[str, dict
             "marketplace",
             population=population,
             run_dir=out / f"traffic-{label}",
-            outer_mods=[wiretap(tap, keep_content=False)],
+            wiretap=tap,
+            wiretap_content=False,
         )
-        figures[label] = bytes_per_device_round(tap)
+        figures[label] = bytes_per_device_round(tap / "wire")
     return figures
 
 

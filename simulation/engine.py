@@ -1,10 +1,13 @@
-"""Run a federated simulation: a population of devices on Flower's Simulation Engine.
+"""Run a federated simulation: a population of devices on Flower's simulation runtime.
 
 ``simulate`` loads the population once, checks the privacy budget before starting anything,
-writes the population and a store key into the run folder (each simulated device keeps its
-private state in ``<run_dir>/devices/<device_id>/``), then runs the very same ServerApp and
-ClientApp as ``flwr run .`` with ``flwr.simulation.run_simulation`` (Ray backend, one
-Flower node per device). The server writes ``metrics.jsonl`` and ``privacy_ledger.json``.
+and lays out the run folder: the population and a store key for the devices (each simulated
+device keeps its private state in ``<run_dir>/devices/<device_id>/``), the run's config
+(``config.toml``) and a Flower app folder (``app/pyproject.toml``) naming the ServerApp and
+the ClientApp of ``simulation.apps``, which are the deployment's apps with the population
+injected. It then starts a local SuperLink in simulation mode and submits the app with
+``flwr run`` (one virtual SuperNode per device on Ray), following the rounds as the server
+writes them to ``metrics.jsonl``; Flower's own log goes to ``<run_dir>/flower.log``.
 """
 
 from __future__ import annotations
@@ -12,23 +15,33 @@ from __future__ import annotations
 import json
 import logging
 import os
+import subprocess
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from client.app import build_client_app
+import tomli_w
+
 from common.config import Config, config_from_dict
 from common.federation.privacy_plan import UserLevelDP
 from common.federation.run_spec import RunSpec
-from server.federation.app import METRICS_FILE, build_server_app, fit_workflow
+from common.progress import progress_bar
+from server.federation.app import METRICS_FILE, fit_workflow
 from server.federation.ledger import PrivacyLedger
-from simulation.devices import save_population, simulated_device, simulation_key
+from simulation.devices import save_population, simulation_key
 from simulation.loader import load_population
 from simulation.population import Population
+from simulation.superlink import CONNECTION, LocalSuperLink
+from simulation.wiretap import write_tap_settings
 
 log = logging.getLogger(__name__)
+CONFIG_FILE = "config.toml"
+FLOWER_LOG = "flower.log"
+
+
+class SimulationError(RuntimeError):
+    """The simulation did not complete its rounds; the message carries Flower's log."""
 
 
 @dataclass
@@ -91,15 +104,17 @@ def simulate(
     num_devices: int | None = None,
     population: Population | None = None,
     run_dir: Path | None = None,
-    outer_mods: Sequence = (),
-    inner_mods: Sequence = (),
+    wiretap: Path | None = None,
+    wiretap_content: bool = True,
+    ray_address: str = "",
     verbose: bool = False,
 ) -> SimulationResult:
     """Run ``config.federation.rounds`` federated rounds over the population's devices.
 
-    ``outer_mods`` / ``inner_mods`` are extra client mods (``client.app.build_client_app``).
+    ``wiretap``: record every reply the devices send into this folder (``simulation.wiretap``;
+    ``wiretap_content`` False keeps sizes only). ``ray_address``: run on that Ray cluster.
+    ``verbose``: show Flower's log as it runs.
     """
-    os.environ.setdefault("FLWR_TELEMETRY_ENABLED", "0")
     if population is None:
         population = load_population(
             population_name, config, num_devices=num_devices, seed=config.federation.seed
@@ -108,32 +123,103 @@ def simulate(
         config=config,
         population=population_name,
         num_devices=len(population.devices),
-        run_dir=Path(run_dir) if run_dir else default_run_dir(config, population_name),
+        run_dir=Path(run_dir).resolve() if run_dir else default_run_dir(config, population_name),
         base_model=str(population.info.get("encoder", "")),
     )
     prepare_run(spec, population)
+    if wiretap is not None:
+        write_tap_settings(spec.run_dir, Path(wiretap).resolve(), keep_content=wiretap_content)
     start = time.perf_counter()
-    _run_engine(spec, outer_mods, inner_mods, verbose)
-    wall = time.perf_counter() - start
-    return SimulationResult(spec, read_rounds(spec.run_dir), wall)
+    with LocalSuperLink(spec.run_dir / "flwr", ray_address=ray_address) as link:
+        run_app(link, spec, ray_address=ray_address, verbose=verbose)
+    return SimulationResult(spec, read_rounds(spec.run_dir), time.perf_counter() - start)
 
 
-def _run_engine(spec: RunSpec, outer_mods: Sequence, inner_mods: Sequence, verbose: bool) -> None:
-    from flwr.simulation import run_simulation
-
-    logging.getLogger("flwr").propagate = False
-    run_simulation(
-        server_app=build_server_app(spec),
-        client_app=build_client_app(
-            spec, source=simulated_device, outer_mods=outer_mods, inner_mods=inner_mods
-        ),
-        num_supernodes=spec.num_devices,
-        backend_config={
-            "client_resources": {"num_cpus": spec.config.federation.client_cpus, "num_gpus": 0.0},
-            "init_args": {"log_to_driver": verbose},
+def write_app(spec: RunSpec) -> Path:
+    """The run's Flower app folder: a pyproject.toml naming the apps and the run config."""
+    config_file = spec.run_dir / CONFIG_FILE
+    config_file.write_text(tomli_w.dumps(spec.config.model_dump()), encoding="utf-8")
+    app = spec.run_dir / "app"
+    app.mkdir(exist_ok=True)
+    project = {
+        "build-system": {"requires": ["setuptools"], "build-backend": "setuptools.build_meta"},
+        "project": {"name": "fedsearch-simulation", "version": "1.0.0"},
+        "tool": {
+            "flwr": {
+                "app": {
+                    "publisher": "fedsearch",
+                    "components": {
+                        "serverapp": "simulation.apps:server_app",
+                        "clientapp": "simulation.apps:client_app",
+                    },
+                    "config": {
+                        "population": spec.population,
+                        "num-devices": spec.num_devices,
+                        "run-dir": str(spec.run_dir),
+                        "config-file": str(config_file),
+                        "base-model": spec.base_model,
+                    },
+                }
+            }
         },
-        verbose_logging=verbose,
+    }
+    (app / "pyproject.toml").write_text(tomli_w.dumps(project), encoding="utf-8")
+    return app
+
+
+def run_app(link: LocalSuperLink, spec: RunSpec, *, ray_address: str, verbose: bool) -> None:
+    """``flwr run`` the run's app on ``link`` and follow its rounds until it ends."""
+    federation = spec.config.federation
+    options = [f"num-supernodes={spec.num_devices}"]
+    options.append(f"client-resources-num-cpus={federation.client_cpus}")
+    if not ray_address:
+        options.append(f"init-args-num-cpus={os.cpu_count() or 1}")
+    command = ["flwr", "run", str(write_app(spec)), CONNECTION, "--stream"]
+    command += ["--federation-config", " ".join(options)]
+    log_path = spec.run_dir / FLOWER_LOG
+    with log_path.open("wb") as log_file:
+        process = subprocess.Popen(
+            command, env=link.env(), stdout=None if verbose else log_file,
+            stderr=subprocess.STDOUT if not verbose else None,
+        )  # fmt: skip
+        follow_rounds(spec, process)
+    rounds = read_rounds(spec.run_dir)
+    if process.returncode != 0 or len(rounds) < federation.rounds:
+        raise SimulationError(
+            f"the simulation stopped after {len(rounds)} of {federation.rounds} rounds "
+            f"(flwr run exit status {process.returncode}); Flower's log:\n{_tail(log_path)}"
+        )
+
+
+def follow_rounds(spec: RunSpec, process: subprocess.Popen[bytes]) -> None:
+    """A progress bar over the rounds the server records, until ``process`` ends."""
+    bar = progress_bar(total=spec.config.federation.rounds, desc="federated rounds")
+    seen = 0
+    while True:
+        done = process.poll() is not None
+        rounds = read_rounds(spec.run_dir)
+        for entry in rounds[seen:]:
+            bar.update(1)
+            bar.set_postfix_str(round_postfix(entry))
+        seen = len(rounds)
+        if done:
+            break
+        time.sleep(0.5)
+    bar.close()
+
+
+def round_postfix(entry: dict[str, Any]) -> str:
+    """``eps=.. nDCG=..`` for one recorded round."""
+    personal = entry.get("evaluate", {}).get("personal.nDCG@10")
+    eps = entry.get("epsilon_user")
+    return (f"eps={eps:.2f}" if eps is not None else "eps=off") + (
+        f" nDCG={personal:.3f}" if personal is not None else ""
     )
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    text = path.read_text(encoding="utf-8", errors="replace") if path.is_file() else ""
+    return "\n".join(text.splitlines()[-lines:])
 
 
 def read_rounds(run_dir: Path) -> list[dict[str, Any]]:

@@ -35,13 +35,13 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from common.config import Config, ConfigError
 from common.data.fashion import load_fashion_catalog
 from common.data.records import Product
 from common.data.searches import DeviceData, SearchExample
 from common.model.encoder import Encoder
+from common.progress import progress_bar
 from simulation.population import Population, encode_texts, impression, top_items, train_popularity
 from simulation.vector_cache import cache_key, cached_vectors
 
@@ -312,7 +312,7 @@ def load_marketplace(
     quality = np.random.default_rng([seed, 0]).normal(0.0, QUALITY_SD, size=len(products))
     count = num_devices or config.population.shoppers
     devices = []
-    for i in tqdm(range(count), desc="marketplace shoppers", disable=not progress, leave=False):
+    for i in progress_bar(range(count), show=progress, desc="marketplace shoppers", leave=False):
         shopper = make_shopper(catalog, quality, np.random.default_rng([seed, 1, i]))
         rngs = (np.random.default_rng([seed, 2, i]), np.random.default_rng([seed, 3, i]))
         devices.append(simulate_device(f"shopper-{i:05d}", catalog, shopper, base, config, rngs))

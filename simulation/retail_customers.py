@@ -12,8 +12,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tqdm.auto import tqdm
-
 from common.config import Config, ConfigError
 from common.data.retail import (
     customer_histories,
@@ -23,6 +21,7 @@ from common.data.retail import (
 )
 from common.data.searches import DeviceData, SearchExample
 from common.model.encoder import Encoder
+from common.progress import progress_bar
 from simulation.population import (
     Population,
     encode_texts,
@@ -81,7 +80,7 @@ def load_retail(
         return SearchExample(word_vectors[row], impression(tops[row], item), item, words[item])
 
     devices = []
-    for customer in tqdm(customers, desc="retail devices", disable=not progress, leave=False):
+    for customer in progress_bar(customers, show=progress, desc="retail devices", leave=False):
         train_items, test_items = split_history(histories[customer], settings.holdout_fraction)
         devices.append(
             DeviceData(

@@ -1,4 +1,4 @@
-"""Record what each simulated device sends: a Flower mod for the privacy tests and the
+"""Record what each simulated device sends: Flower mods for the privacy tests and the
 traffic benchmark.
 
 ``wiretap(folder)`` returns a mod; placed outermost in the ClientApp it sees exactly the
@@ -6,10 +6,17 @@ replies that leave the device (after clipping and SecAgg+ masking), placed inner
 sees the client's plain reply. Each reply becomes one pickle in ``folder`` (the mod runs in
 Ray worker processes): node, message type, SecAgg+ stage, round, size in bytes and, with
 ``keep_content``, every record's entries.
+
+A simulation switches its taps on with ``write_tap_settings(run_dir, folder)``; the
+simulation's ClientApp carries ``run_tap("wire")`` outermost and ``run_tap("plain")``
+innermost, which record into ``folder/wire`` and ``folder/plain`` when the run's folder
+holds those settings and pass messages through untouched otherwise.
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import pickle
 import uuid
 from pathlib import Path
@@ -18,6 +25,33 @@ from typing import Any
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
+
+TAP_SETTINGS = "wiretap.json"
+
+
+def write_tap_settings(run_dir: Path, folder: Path, *, keep_content: bool = True) -> None:
+    """Switch the taps of the run in ``run_dir`` on, recording into ``folder``."""
+    settings = {"folder": str(folder), "keep_content": keep_content}
+    (Path(run_dir) / TAP_SETTINGS).write_text(json.dumps(settings), encoding="utf-8")
+
+
+def run_tap(position: str) -> Mod:
+    """A tap that records into ``<folder>/<position>`` when the run's settings ask for it."""
+
+    def mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
+        tap = _tap_for(str(ctxt.run_config.get("run-dir", "")), position)
+        return tap(msg, ctxt, call_next) if tap is not None else call_next(msg, ctxt)
+
+    return mod
+
+
+@functools.cache
+def _tap_for(run_dir: str, position: str) -> Mod | None:
+    path = Path(run_dir) / TAP_SETTINGS
+    if not run_dir or not path.is_file():
+        return None
+    settings = json.loads(path.read_text(encoding="utf-8"))
+    return wiretap(Path(settings["folder"]) / position, keep_content=settings["keep_content"])
 
 
 def wiretap(folder: Path, *, keep_content: bool = True) -> Mod:

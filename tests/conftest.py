@@ -67,7 +67,7 @@ def tiny_checkpoint(tmp_path_factory, small_catalog):
     config = config_from_dict(
         {
             "paths": {"data_dir": str(small_catalog.parent), "work_dir": str(work)},
-            "pretrain": {"time_budget_s": 3.0, "max_epochs": 2, "batch_size": 16},
+            "pretrain": {"steps": 4, "batch_size": 16},
         }
     )
     folder, metrics = run_pretrain(config)

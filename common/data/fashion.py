@@ -12,9 +12,8 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TextIO
 
-from tqdm import tqdm
-
 from common.data.records import DataFormatError, LoadReport, Product
+from common.progress import progress_bar
 
 FASHION_CSV = "styles.csv"
 FASHION_REQUIRED = ("id", "productDisplayName", "articleType", "image")
@@ -46,9 +45,7 @@ def read_csv_records(
             if column not in header:
                 raise DataFormatError(f"{path}: required column {column!r} is missing")
         big = path.stat().st_size >= _PROGRESS_MIN_BYTES
-        rows = tqdm(
-            reader, desc=path.name, unit=" rows", leave=False, disable=None if big else True
-        )
+        rows = progress_bar(reader, show=big, desc=path.name, unit=" rows", leave=False)
         for row in rows:
             if not row:
                 continue

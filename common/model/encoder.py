@@ -17,7 +17,8 @@ import importlib
 import io
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from copy import copy, deepcopy
 from pathlib import Path
 from typing import Any
@@ -26,10 +27,11 @@ import numpy as np
 import open_clip
 import torch
 from PIL import Image, UnidentifiedImageError
-from tqdm.auto import tqdm
+from transformers.utils import logging as hf_logging
 
 from common.config import TEXT_PRECISIONS
 from common.model.fusion import fuse
+from common.progress import progress_bar
 from common.security.versions import latest_version, read_manifest
 
 log = logging.getLogger(__name__)
@@ -140,14 +142,52 @@ def create_encoder(
         has_weights = model.startswith(LOCAL_DIR_PREFIX) or checkpoint is not None
         overrides["text_cfg"] = {**text_cfg, "hf_model_pretrained": not has_weights}
     try:
-        net, _, preprocess = open_clip.create_model_and_transforms(
-            model, pretrained=checkpoint, device=device, **overrides
-        )
+        with _quiet_loading():
+            net, _, preprocess = open_clip.create_model_and_transforms(
+                model, pretrained=checkpoint, device=device, **overrides
+            )
     except (RuntimeError, FileNotFoundError, ValueError) as exc:
         raise EncoderError(f"could not build encoder {model!r} ({pretrained}): {exc}") from exc
+    if text_cfg is not None and checkpoint is None and not model.startswith(LOCAL_DIR_PREFIX):
+        log.info(
+            "%s: pretrained MiniLM text tower, untrained vision tower (photos are not "
+            "comparable with text until `fedsearch pretrain` trains it)",
+            model,
+        )
     net.eval()
     tokenizer = _tokenizer(model, model_cfg, text_cfg)
     return Encoder(net, tokenizer, preprocess, name=model, version=version, config=model_cfg)
+
+
+class _PartialInitFilter(logging.Filter):
+    """open_clip warns that a model was "initialized partially" when only its text tower
+    came pretrained: that is the built-in configs' design (see ``create_encoder``)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "initialized partially" not in record.getMessage()
+
+
+@contextmanager
+def _quiet_loading() -> Iterator[None]:
+    """Building an encoder without transformers' load report (MiniLM ships pooler weights
+    that the mean-pooled text tower does not use), its weight-loading bar, or open_clip's
+    partial-initialization warning. Errors still surface; with debug logging all is shown."""
+    if log.isEnabledFor(logging.DEBUG):
+        yield
+        return
+    verbosity = hf_logging.get_verbosity()
+    bars = hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    partial = _PartialInitFilter()
+    logging.getLogger().addFilter(partial)
+    try:
+        yield
+    finally:
+        logging.getLogger().removeFilter(partial)
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
 
 
 def _version_label(folder: Path) -> str:
@@ -255,7 +295,7 @@ class Encoder:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         starts = range(0, len(order), self.batch_size)
-        for start in tqdm(starts, desc="encode text", disable=not progress):
+        for start in progress_bar(starts, show=progress, desc="encode text", leave=False):
             rows = order[start : start + self.batch_size]
             tokens = self._trim_padding(self.tokenizer([texts[i] for i in rows]))
             with torch.autocast(
@@ -279,9 +319,8 @@ class Encoder:
         self, images: Sequence[ImageInput], *, normalize: bool = True, progress: bool = False
     ) -> np.ndarray:
         out = []
-        for start in tqdm(
-            range(0, len(images), self.batch_size), desc="encode images", disable=not progress
-        ):
+        starts = range(0, len(images), self.batch_size)
+        for start in progress_bar(starts, show=progress, desc="encode images", leave=False):
             batch = [
                 self.preprocess(load_image(im)) for im in images[start : start + self.batch_size]
             ]

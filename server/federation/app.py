@@ -44,7 +44,6 @@ from flwr.server.workflow.default_workflows import (
 )
 from flwr.serverapp import Grid, ServerApp
 from flwr.supercore.differential_privacy import CLIENTS_DISCREPANCY_WARNING
-from tqdm.auto import tqdm
 
 from common.config import ConfigError
 from common.federation.privacy_plan import UserLevelDP
@@ -152,7 +151,6 @@ class RunRecorder:
         self.start = time.perf_counter()
         spec.run_dir.mkdir(parents=True, exist_ok=True)
         (spec.run_dir / METRICS_FILE).write_text("", encoding="utf-8")
-        self.progress = tqdm(total=spec.config.federation.rounds, desc="federated rounds")
 
     def charged(self, fit: Workflow) -> Workflow:
         def run(grid: Grid, context: Context) -> None:
@@ -194,11 +192,11 @@ class RunRecorder:
             entry["published"] = str(folder)
         with (self.spec.run_dir / METRICS_FILE).open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(_finite(entry)) + "\n")
-        self.progress.update(1)
-        personal = evaluation.get("personal.nDCG@10")
-        self.progress.set_postfix(
-            nDCG=f"{personal:.3f}" if personal is not None else "-",
-            eps=f"{entry['epsilon_user']:.2f}" if self.ledger else "off",
+        log.info(
+            "round %d recorded: personal nDCG@10 %s, epsilon_user %s",
+            server_round,
+            evaluation.get("personal.nDCG@10"),
+            entry["epsilon_user"],
         )
 
     def _manifest(self, server_round: int, evaluation: dict[str, Any]) -> dict[str, Any]:
@@ -219,9 +217,6 @@ class RunRecorder:
     def _write_ledger(self) -> None:
         state = {"summary": self.ledger.summary(), **self.ledger.state_dict()}
         (self.spec.run_dir / LEDGER_FILE).write_text(json.dumps(state, indent=2), "utf-8")
-
-    def close(self) -> None:
-        self.progress.close()
 
 
 def run_federation(
@@ -244,10 +239,7 @@ def run_federation(
     )
     rounds = ServerConfig(num_rounds=spec.config.federation.rounds)
     legacy = LegacyContext(context, config=rounds, strategy=stack.outer)
-    try:
-        workflow(grid, legacy)
-    finally:
-        recorder.close()
+    workflow(grid, legacy)
     return stack.fedavg.log
 
 

@@ -18,12 +18,12 @@ import numpy as np
 import torch
 from safetensors.torch import save_file
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
 from common.config import Config
 from common.data.fashion import load_fashion_catalog
 from common.data.records import Product
 from common.model.encoder import CONFIG_FILE, WEIGHTS_FILE, Encoder, create_encoder
+from common.progress import progress_bar
 from common.security.versions import write_version
 from server.training.encoder_eval import encoder_table, evaluate_encoder
 
@@ -61,26 +61,26 @@ def train_vision_tower(
     title_vecs: torch.Tensor,
     config: Config,
 ) -> dict[str, float]:
-    """Train ``encoder``'s vision tower in place within the time budget; return stats."""
+    """Train ``encoder``'s vision tower in place for ``pretrain.steps`` steps (fewer if the
+    optional time budget runs out first); return stats."""
     cfg = config.pretrain
     model = encoder.model
     model.lock_text_tower(unlocked_layers=0, freeze_layer_norm=True)
     params = [p for p in model.visual.parameters()] + [model.logit_scale]
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     generator = torch.Generator().manual_seed(cfg.seed)
+    torch.manual_seed(cfg.seed)  # the augmentations draw from torch's default generator
     steps_per_epoch = max(1, len(pixels) // cfg.batch_size)
-    total_steps = cfg.max_epochs * steps_per_epoch
     step, epoch, loss, progress = 0, 0, float("nan"), 0.0
     start = time.monotonic()
-    bar = tqdm(total=100, desc="pretrain", unit="%", bar_format=_BAR)
+    bar = progress_bar(total=100, desc="pretrain", unit="%", bar_format=_BAR)
     model.visual.train()
     while progress < 1.0:
         order = torch.randperm(len(pixels), generator=generator)
         for batch in order[: steps_per_epoch * cfg.batch_size].split(cfg.batch_size):
-            # the schedule follows whichever runs out first: time budget or max_epochs
-            elapsed = time.monotonic() - start
-            progress = max(elapsed / cfg.time_budget_s, step / total_steps)
-            if progress >= 1.0:
+            progress = step / cfg.steps
+            if progress >= 1.0 or _out_of_time(start, cfg.time_budget_s):
+                progress = 1.0
                 break
             _set_lr(optimizer, cfg.lr, progress)
             image_vecs = F.normalize(model.encode_image(_augment(pixels[batch])), dim=-1)
@@ -102,6 +102,10 @@ def train_vision_tower(
 _BAR = "{desc}: {percentage:3.0f}%|{bar}| {elapsed} {postfix}"
 
 
+def _out_of_time(start: float, budget_s: float) -> bool:
+    return budget_s > 0 and time.monotonic() - start >= budget_s
+
+
 def _set_lr(optimizer: torch.optim.Optimizer, base: float, progress: float) -> None:
     """Linear warm-up over the first 5% of training, then cosine decay to zero."""
     warmup = 0.05
@@ -117,7 +121,10 @@ def _preprocess_all(encoder: Encoder, items: list[Product]) -> torch.Tensor:
     from common.model.encoder import load_image
 
     return torch.stack(
-        [encoder.preprocess(load_image(p.image_path)) for p in tqdm(items, desc="load photos")]
+        [
+            encoder.preprocess(load_image(p.image_path))
+            for p in progress_bar(items, desc="load photos", leave=False)
+        ]
     )
 
 

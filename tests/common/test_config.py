@@ -28,7 +28,7 @@ def test_toml_file_overrides_defaults(tmp_path):
     assert isinstance(config.pretrain.time_budget_s, float)  # an int is taken for a float
     assert config.paths.work_dir == "elsewhere"
     assert config.paths.registry == config.paths.work / "registry"
-    assert config.pretrain.max_epochs == Config().pretrain.max_epochs
+    assert config.pretrain.steps == Config().pretrain.steps
     assert config.encoder == Config().encoder
 
 
@@ -41,8 +41,8 @@ def test_toml_file_overrides_defaults(tmp_path):
         ({"nosuchsection": {}}, "nosuchsection: unknown key (known: adapter, "),
         # wrong types: no coercion, and a bool is not a number
         ({"pretrain": {"lr": "fast"}}, "pretrain.lr: expected float, got str 'fast'"),
-        ({"pretrain": {"max_epochs": "3"}}, "pretrain.max_epochs: expected int, got str '3'"),
-        ({"pretrain": {"max_epochs": True}}, "pretrain.max_epochs: expected int, got bool"),
+        ({"pretrain": {"steps": "3"}}, "pretrain.steps: expected int, got str '3'"),
+        ({"pretrain": {"steps": True}}, "pretrain.steps: expected int, got bool"),
         ({"evaluation": {"k": 2.0}}, "evaluation.k: expected int, got float"),
         ({"evaluation": {"beta": False}}, "evaluation.beta: expected float, got bool"),
         ({"federation": {"dp": "yes"}}, "federation.dp: expected bool, got str"),
@@ -112,7 +112,7 @@ def test_missing_and_invalid_files(tmp_path):
 
 def test_parse_override():
     assert parse_override("pretrain.lr=0.1") == {"pretrain": {"lr": 0.1}}
-    assert parse_override("pretrain.max_epochs=3") == {"pretrain": {"max_epochs": 3}}
+    assert parse_override("pretrain.steps=3") == {"pretrain": {"steps": 3}}
     assert parse_override("federation.dp=false") == {"federation": {"dp": False}}
     assert parse_override('encoder.model="a=b"') == {"encoder": {"model": "a=b"}}
     assert parse_override("paths.work_dir=/tmp/x") == {"paths": {"work_dir": "/tmp/x"}}

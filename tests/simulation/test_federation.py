@@ -25,7 +25,7 @@ from simulation.engine import simulate
 from simulation.evaluation import evaluate_population
 from simulation.report import write_report
 from simulation.synthetic import synthetic_population
-from simulation.wiretap import read_tap, wiretap
+from simulation.wiretap import read_tap
 
 DEVICES, ROUNDS, DIM, RANK = 4, 2, 16, 4
 SIGMA, CLIP, PER_ROUND = 1.0, 0.05, 3
@@ -66,14 +66,13 @@ def runs(tmp_path_factory):
     out = {"population": population}
     for name, sigma in (("noisy", SIGMA), ("quiet", 0.0)):
         tmp = tmp_path_factory.mktemp(name)
-        taps = {"wire": tmp / "tap-wire", "plain": tmp / "tap-plain"}
+        taps = {"wire": tmp / "tap" / "wire", "plain": tmp / "tap" / "plain"}
         result = simulate(
             _config(tmp, sigma),
             "marketplace",
             population=population,
             run_dir=tmp / "run",
-            outer_mods=[wiretap(taps["wire"])],
-            inner_mods=[wiretap(taps["plain"])],
+            wiretap=tmp / "tap",
         )
         out[name] = {"result": result, "taps": taps, "registry": tmp / "work" / "registry"}
     return out

@@ -1,0 +1,111 @@
+"""A Flower SuperLink in simulation mode, started and stopped by the simulation itself.
+
+``flwr run`` submits an app to a SuperLink; in simulation mode the SuperLink runs the app's
+ServerApp and a virtual SuperNode per device on Flower's simulation runtime (Ray). This one
+listens on 127.0.0.1 at a free port, keeps its Flower files in ``home`` (``FLWR_HOME``), and
+is stopped with its whole process group (the simulation runtime and Ray included) on exit.
+
+With ``ray_address`` the simulation runtime joins that existing Ray cluster instead of
+starting a local one (Ray reads ``RAY_ADDRESS``).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+from common.federation.flower_env import flower_env
+
+CONNECTION = "simulation"
+START_TIMEOUT_S = 120.0
+
+
+class SuperLinkError(RuntimeError):
+    """The local SuperLink did not start."""
+
+
+class LocalSuperLink:
+    """Context manager: a simulation-mode SuperLink and a ``flwr`` CLI connection to it."""
+
+    def __init__(self, home: Path, *, ray_address: str = "") -> None:
+        self.home = Path(home)
+        self.ray_address = ray_address
+        self.port = _free_port()
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        """Environment of the SuperLink and of the ``flwr`` CLI talking to it."""
+        extra = {"FLWR_HOME": str(self.home)}
+        if self.ray_address:
+            extra["RAY_ADDRESS"] = self.ray_address
+        return flower_env(**extra)
+
+    def __enter__(self) -> LocalSuperLink:
+        self.home.mkdir(parents=True, exist_ok=True)
+        (self.home / "config.toml").write_text(
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n'
+            f'[superlink.{CONNECTION}]\naddress = "{self.address}"\ninsecure = true\n',
+            encoding="utf-8",
+        )
+        command = ["flower-superlink", "--insecure", "--simulation"]
+        command += ["--host", "127.0.0.1", "--port", str(self.port)]
+        with (self.home / "superlink.log").open("wb") as log:
+            self._process = subprocess.Popen(
+                command, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        self._wait_until_listening()
+        return self
+
+    def _wait_until_listening(self) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while time.monotonic() < deadline:
+            assert self._process is not None
+            if self._process.poll() is not None:
+                raise SuperLinkError(f"flower-superlink exited: see {self.home / 'superlink.log'}")
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                return
+            except OSError:
+                time.sleep(0.2)
+        self.stop()
+        raise SuperLinkError(f"flower-superlink did not listen within {START_TIMEOUT_S:.0f} s")
+
+    def stop(self) -> None:
+        """Terminate the SuperLink's process group; kill what is left after 10 s."""
+        if self._process is None or self._process.poll() is not None:
+            return
+        group = os.getpgid(self._process.pid)
+        os.killpg(group, signal.SIGTERM)
+        try:
+            self._process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(group, signal.SIGKILL)
+            self._process.wait()
+        try:  # children (simulation runtime, Ray) that outlived their parent
+            os.killpg(group, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
