@@ -32,6 +32,7 @@ from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
+import psutil
 
 from common.config import Config, config_from_dict
 from common.model.encoder import Encoder
@@ -155,9 +156,9 @@ class ServiceProcess:
 
 
 def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds a process has used so far (Linux ``/proc``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds process ``pid`` has used so far."""
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
 
 
 def run_load(
