@@ -88,7 +88,6 @@ class SearchService:
         self.watcher = ModelWatcher(
             config.paths.registry,
             encoder.dim,
-            current=lambda: self.engine.state.model,
             on_swap=self.engine.swap_model,
             public_key=public_key,
             poll_interval_s=config.search.poll_interval_s,
@@ -324,9 +323,9 @@ def _add_ops_routes(app: FastAPI, service: SearchService) -> None:
             "index": {**asdict(index.info), "backend": index.backend, "items": index.ntotal},
             "catalog": {"items": len(state.catalog), "store": str(state.catalog.folder)},
             "registry": {
-                "path": str(service.watcher.registry),
-                "signatures_checked": service.watcher.public_key is not None,
-                "last_error": service.watcher.last_error,
+                "path": str(service.watcher.versions.root),
+                "signatures_checked": service.watcher.versions.public_key is not None,
+                "last_error": service.watcher.versions.last_error,
             },
         }
 
