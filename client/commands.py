@@ -146,10 +146,7 @@ def _budget(args: argparse.Namespace) -> int:
     left = settings.epsilon_budget - spent
     print(f"  budget left: {left:.3f}" if left > 0 else "  budget spent: the device stops training")
     user = state.user_vector is not None
-    print(
-        f"  personal state: user vector {'set' if user else 'not set'}, "
-        f"personal head {len(state.head)} arrays"
-    )
+    print(f"  personal state: user vector {'set' if user else 'not set'}")
     return 0
 
 

@@ -3,7 +3,7 @@
 Two files under the store folder, each one AES-GCM blob bound to its own name:
 
 - ``searches.enc``: the search log (base query vector, shown ids and their vectors, click);
-- ``state.enc``: the personal state (user vector, personal head, privacy accountant).
+- ``state.enc``: the personal state (user vector, privacy accountant, training info).
 
 The key comes from ``$FEDSEARCH_DEVICE_KEY`` (base64 of 32 bytes) or from a key file
 readable by its owner only. Every write goes to a temporary file that is fsynced and then
@@ -33,7 +33,6 @@ import numpy as np
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from common.data.records import SearchRecord
 from common.security.keyfiles import read_owner_only, write_owner_only
 
 KEY_ENV = "FEDSEARCH_DEVICE_KEY"
@@ -61,16 +60,12 @@ class LoggedSearch:
     timestamp: float = 0.0
     model_version: str = ""
 
-    def record(self) -> SearchRecord:
-        return SearchRecord(self.query, self.shown, self.clicked, self.timestamp)
-
 
 @dataclass
 class PersonalState:
-    """What never leaves the device: user vector, personal head, privacy accountant."""
+    """What never leaves the device: user vector, privacy accountant, training info."""
 
     user_vector: np.ndarray | None = None
-    head: list[np.ndarray] = field(default_factory=list)
     accountant: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -192,15 +187,13 @@ class DeviceStore:
     # personal state ---------------------------------------------------------------------
 
     def load_state(self) -> PersonalState:
+        """The personal state; stores written before it lost its unused personal head
+        (``head_len`` and ``head_<i>`` entries) read the same, the head ignored."""
         meta, arrays = self._read(STATE_FILE, {})
         if not meta:
             return PersonalState()
-        head = [arrays[f"head_{i}"] for i in range(int(meta["head_len"]))]
         return PersonalState(
-            user_vector=arrays.get("user_vector"),
-            head=head,
-            accountant=meta["accountant"],
-            info=meta["info"],
+            user_vector=arrays.get("user_vector"), accountant=meta["accountant"], info=meta["info"]
         )
 
     def save_state(self, state: PersonalState) -> None:
@@ -325,8 +318,7 @@ def _searches_from(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> list[
 
 
 def _state_to(state: PersonalState) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    arrays = {f"head_{i}": np.asarray(w) for i, w in enumerate(state.head)}
+    arrays: dict[str, np.ndarray] = {}
     if state.user_vector is not None:
         arrays["user_vector"] = np.asarray(state.user_vector, dtype=np.float32)
-    meta = {"head_len": len(state.head), "accountant": state.accountant, "info": state.info}
-    return meta, arrays
+    return {"accountant": state.accountant, "info": state.info}, arrays

@@ -53,7 +53,7 @@ from server.search.catalog_build import (
 )
 from server.search.engine import SearchEngine
 from server.search.metrics import MetricsMiddleware, ServiceMetrics
-from server.search.model_state import ModelState, ModelWatcher
+from server.search.model_state import ModelWatcher
 from server.search.query_encoder import QueryEncoder
 from server.search.shoppers import shoppers_for
 
@@ -96,9 +96,6 @@ class SearchService:
         self.limits = Limits(encoder.dim, config.search, config.encoder.text_weight / weights)
         self.metrics = ServiceMetrics(self.engine, encoder.version)
         self.started_at = time.time()
-
-    def swap_model(self, model: ModelState) -> None:
-        self.engine.swap_model(model)
 
     def close(self) -> None:
         self.watcher.stop()

@@ -35,7 +35,6 @@ def _state(seed: int) -> PersonalState:
     rng = np.random.default_rng(seed)
     return PersonalState(
         user_vector=rng.standard_normal(DIM).astype(np.float32),
-        head=[rng.standard_normal((4, DIM)).astype(np.float32), np.zeros(4, np.float32)],
         accountant={"history": [[1.1, 0.05, 30]], "mechanism": "rdp"},
         info={"rounds": seed},
     )
@@ -56,14 +55,30 @@ def test_round_trip_search_log_and_state(tmp_path: Path) -> None:
     np.testing.assert_array_equal(log[0].query_vector, q)
     np.testing.assert_array_equal(log[0].shown_vectors, shown)
     assert log[1].shown_vectors.shape == (0, DIM)
-    assert log[0].record().clicked == "b"
 
     state = _state(3)
     store.save_state(state)
     back = store.load_state()
     np.testing.assert_array_equal(back.user_vector, state.user_vector)
-    assert [w.tolist() for w in back.head] == [w.tolist() for w in state.head]
     assert back.accountant == state.accountant and back.info == {"rounds": 3}
+
+
+def test_a_state_written_with_a_personal_head_still_loads(tmp_path: Path) -> None:
+    """Stores written before the unused personal head was dropped hold ``head_len`` and
+    ``head_<i>`` entries; they load, and the next write leaves the head out."""
+    store = DeviceStore(tmp_path, generate_key())
+    user = np.arange(DIM, dtype=np.float32)
+    old_meta = {"head_len": 1, "accountant": {"mechanism": "rdp"}, "info": {"rounds": 2}}
+    store._write(STATE_FILE, old_meta, {"head_0": np.ones((4, DIM)), "user_vector": user})
+
+    state = store.load_state()
+    np.testing.assert_array_equal(state.user_vector, user)
+    assert state.accountant == {"mechanism": "rdp"} and state.info == {"rounds": 2}
+
+    store.save_state(state)
+    meta, arrays = store._read(STATE_FILE, {})
+    assert meta == {"accountant": {"mechanism": "rdp"}, "info": {"rounds": 2}}
+    assert set(arrays) == {"user_vector"}
 
 
 def test_nothing_readable_on_disk(tmp_path: Path) -> None:
