@@ -71,12 +71,12 @@ def _user_errors(handler: Callable[[argparse.Namespace], int]) -> Callable:
 
     @functools.wraps(handler)
     def run(args: argparse.Namespace) -> int:
-        from client.store import StoreError
+        from client.store import DeviceStoreError
         from common.security.keyfiles import KeyFileError
 
         try:
             return handler(args)
-        except (StoreError, KeyFileError) as exc:
+        except (DeviceStoreError, KeyFileError) as exc:
             raise UsageError(str(exc)) from exc
 
     return run

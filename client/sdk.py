@@ -42,7 +42,10 @@ class SearchError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Hit:
+class DeviceHit:
+    """One result as the device shows it: ``score`` after on-device reranking,
+    ``base_score`` the service's score before any personalization."""
+
     id: str
     title: str
     category: str
@@ -55,7 +58,7 @@ class Hit:
 @dataclass(frozen=True)
 class DeviceResults:
     search_id: str
-    hits: list[Hit]
+    hits: list[DeviceHit]
     model_version: str
     candidates: int
 
@@ -169,8 +172,8 @@ def _image_bytes(image: bytes | str | Path) -> bytes:
     return image if isinstance(image, bytes) else Path(image).read_bytes()
 
 
-def _hit(row: dict[str, Any], score: float) -> Hit:
-    return Hit(
+def _hit(row: dict[str, Any], score: float) -> DeviceHit:
+    return DeviceHit(
         id=row["id"],
         title=row.get("title", ""),
         category=row.get("category", ""),

@@ -40,10 +40,10 @@ KEY_BYTES = 32
 MAGIC = b"FSDS1"
 SEARCHES_FILE = "searches.enc"
 STATE_FILE = "state.enc"
-LOCK_FILE = ".lock"
+_LOCK_FILE = ".lock"
 
 
-class StoreError(RuntimeError):
+class DeviceStoreError(RuntimeError):
     """The store cannot be opened or read (no key, wrong key, altered or foreign file)."""
 
 
@@ -77,7 +77,7 @@ def generate_key() -> bytes:
 def write_key_file(path: Path) -> bytes:
     """Create a new random key in ``path`` (base64, mode 0600); refuse to overwrite one."""
     if Path(path).exists():
-        raise StoreError(f"{path}: key file exists; refusing to overwrite it")
+        raise DeviceStoreError(f"{path}: key file exists; refusing to overwrite it")
     key = generate_key()
     write_owner_only(Path(path), base64.b64encode(key) + b"\n")
     return key
@@ -89,7 +89,9 @@ def load_key(key_file: Path | None = None) -> bytes:
     if env:
         return _decode_key(env.encode("ascii", "replace"), f"${KEY_ENV}")
     if key_file is None:
-        raise StoreError(f"no store key: set ${KEY_ENV} (base64 of 32 bytes) or give a key file")
+        raise DeviceStoreError(
+            f"no store key: set ${KEY_ENV} (base64 of 32 bytes) or give a key file"
+        )
     return _decode_key(read_owner_only(Path(key_file)).strip(), str(key_file))
 
 
@@ -97,9 +99,9 @@ def _decode_key(text: bytes, where: str) -> bytes:
     try:
         key = base64.b64decode(text, validate=True)
     except binascii.Error as exc:
-        raise StoreError(f"{where}: store key is not valid base64") from exc
+        raise DeviceStoreError(f"{where}: store key is not valid base64") from exc
     if len(key) != KEY_BYTES:
-        raise StoreError(f"{where}: store key must be {KEY_BYTES} bytes, got {len(key)}")
+        raise DeviceStoreError(f"{where}: store key must be {KEY_BYTES} bytes, got {len(key)}")
     return key
 
 
@@ -108,7 +110,7 @@ class DeviceStore:
 
     def __init__(self, folder: Path, key: bytes) -> None:
         if len(key) != KEY_BYTES:
-            raise StoreError(f"store key must be {KEY_BYTES} bytes, got {len(key)}")
+            raise DeviceStoreError(f"store key must be {KEY_BYTES} bytes, got {len(key)}")
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._aead = AESGCM(key)
@@ -211,7 +213,7 @@ class DeviceStore:
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        with open(self.folder / LOCK_FILE, "a+b") as fh:
+        with open(self.folder / _LOCK_FILE, "a+b") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 for stale in self.folder.glob(".*.tmp"):  # left by a writer that crashed
@@ -226,12 +228,12 @@ class DeviceStore:
             return empty, {}
         blob = path.read_bytes()
         if not blob.startswith(MAGIC) or len(blob) < len(MAGIC) + 12 + 16:
-            raise StoreError(f"{path}: not a fedsearch device store file")
+            raise DeviceStoreError(f"{path}: not a fedsearch device store file")
         nonce = blob[len(MAGIC) : len(MAGIC) + 12]
         try:
             plain = self._aead.decrypt(nonce, blob[len(MAGIC) + 12 :], MAGIC + name.encode())
         except InvalidTag:
-            raise StoreError(
+            raise DeviceStoreError(
                 f"{path}: cannot decrypt: wrong store key (or the file was altered)"
             ) from None
         return _unpack(plain)

@@ -15,8 +15,8 @@ from client.store import (
     KEY_ENV,
     STATE_FILE,
     DeviceStore,
+    DeviceStoreError,
     PersonalState,
-    StoreError,
     generate_key,
     load_key,
     write_key_file,
@@ -100,7 +100,7 @@ def test_click_on_unknown_search_or_item_is_refused(tmp_path: Path) -> None:
 
 def test_wrong_key_gives_clear_error(tmp_path: Path) -> None:
     DeviceStore(tmp_path, generate_key()).save_state(_state(1))
-    with pytest.raises(StoreError, match="wrong store key"):
+    with pytest.raises(DeviceStoreError, match="wrong store key"):
         DeviceStore(tmp_path, generate_key()).load_state()
 
 
@@ -109,7 +109,7 @@ def test_swapped_files_are_refused(tmp_path: Path) -> None:
     store = DeviceStore(tmp_path, key)
     store.save_state(_state(1))
     os.replace(tmp_path / STATE_FILE, tmp_path / "searches.enc")
-    with pytest.raises(StoreError, match="cannot decrypt"):
+    with pytest.raises(DeviceStoreError, match="cannot decrypt"):
         store.searches()
 
 
@@ -118,7 +118,7 @@ def test_key_from_env_and_key_file(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     key = write_key_file(key_file)
     assert (key_file.stat().st_mode & 0o777) == 0o600
     assert load_key(key_file) == key
-    with pytest.raises(StoreError, match="refusing to overwrite"):
+    with pytest.raises(DeviceStoreError, match="refusing to overwrite"):
         write_key_file(key_file)
 
     os.chmod(key_file, 0o640)
@@ -128,13 +128,13 @@ def test_key_from_env_and_key_file(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv(KEY_ENV, base64.b64encode(key).decode())
     assert load_key(None) == key  # the environment wins over the file
     monkeypatch.setenv(KEY_ENV, "not base64!")
-    with pytest.raises(StoreError, match="not valid base64"):
+    with pytest.raises(DeviceStoreError, match="not valid base64"):
         load_key(None)
     monkeypatch.setenv(KEY_ENV, base64.b64encode(b"short").decode())
-    with pytest.raises(StoreError, match="must be 32 bytes"):
+    with pytest.raises(DeviceStoreError, match="must be 32 bytes"):
         load_key(None)
     monkeypatch.delenv(KEY_ENV)
-    with pytest.raises(StoreError, match="no store key"):
+    with pytest.raises(DeviceStoreError, match="no store key"):
         load_key(None)
 
 
