@@ -1,4 +1,4 @@
-"""The search pipeline, independent of HTTP (DESIGN decisions 1, 6 and 8).
+"""The search pipeline, independent of HTTP.
 
 query (text | image | both) -> base query vector -> global adapter -> FAISS top-N
 candidates (with filters) -> optional rerank with the request's user vector -> top-k.

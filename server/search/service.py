@@ -1,4 +1,4 @@
-"""The personalized search service: FastAPI over the search engine (DESIGN decision 8).
+"""The personalized search service: FastAPI over the search engine.
 
 ``create_app(config)`` builds everything (encoder, catalog store + FAISS index, current
 adapter version, registry watcher); tests and the benchmark pass their own encoder and

@@ -1,4 +1,4 @@
-"""The FAISS index over item vectors (DESIGN decision 8).
+"""The FAISS index over item vectors.
 
 Exact inner product (``IndexIDMap2`` over ``IndexFlatIP``) for small catalogs; IVF-Flat above
 ``exact_max_items``, with recall@10 against exact measured at build time and ``nprobe``
