@@ -36,44 +36,44 @@ from common.security.signing import verify_version
 from common.security.versions import IntegrityError, latest_version, verify_files, version_number
 
 log = logging.getLogger(__name__)
-T = TypeVar("T")
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
-class HeldVersion(Generic[T]):
+class HeldVersion(Generic[_T]):
     """A verified, loaded version: its folder name, the loaded value and its manifest."""
 
     name: str
-    value: T
+    value: _T
     manifest: dict[str, Any]
 
 
-class TrustedVersions(Generic[T]):
+class TrustedVersions(Generic[_T]):
     """Holds the newest version of ``root`` that verified and loaded; see the module."""
 
     def __init__(
         self,
         root: Path,
         public_key: Ed25519PublicKey | None,
-        load: Callable[[Path, dict[str, Any]], T],
+        load: Callable[[Path, dict[str, Any]], _T],
         *,
-        on_swap: Callable[[T], None] | None = None,
+        on_swap: Callable[[_T], None] | None = None,
     ) -> None:
         self.root = Path(root)
         self.public_key = public_key
         self.last_error: str | None = None
         self._load = load
         self._on_swap = on_swap
-        self._held: HeldVersion[T] | None = None
+        self._held: HeldVersion[_T] | None = None
         self._refused: set[str] = set()
         self._lock = threading.Lock()
 
     @property
-    def held(self) -> HeldVersion[T] | None:
+    def held(self) -> HeldVersion[_T] | None:
         return self._held
 
     @property
-    def value(self) -> T | None:
+    def value(self) -> _T | None:
         held = self._held
         return None if held is None else held.value
 
@@ -101,7 +101,7 @@ class TrustedVersions(Generic[T]):
                 self._on_swap(candidate.value)
             return True
 
-    def _verify_and_load(self, folder: Path) -> HeldVersion[T]:
+    def _verify_and_load(self, folder: Path) -> HeldVersion[_T]:
         number = version_number(folder.name)
         if self._held is not None and number <= version_number(self._held.name):
             raise IntegrityError(f"not newer than the held {self._held.name}")
