@@ -54,12 +54,12 @@ def user_errors(handler: Callable[[argparse.Namespace], int]) -> Callable:
 
     @functools.wraps(handler)
     def run(args: argparse.Namespace) -> int:
-        from client.store import StoreError
+        from client.store import DeviceStoreError
         from common.security.keyfiles import KeyFileError
 
         try:
             return handler(args)
-        except (StoreError, KeyFileError) as exc:
+        except (DeviceStoreError, KeyFileError) as exc:
             raise UsageError(str(exc)) from exc
 
     return run
@@ -111,10 +111,7 @@ def _budget(args: argparse.Namespace) -> int:
     left = settings.epsilon_budget - spent
     print(f"  budget left: {left:.3f}" if left > 0 else "  budget spent: the device stops training")
     user = state.user_vector is not None
-    print(
-        f"  personal state: user vector {'set' if user else 'not set'}, "
-        f"personal head {len(state.head)} arrays"
-    )
+    print(f"  personal state: user vector {'set' if user else 'not set'}")
     return 0
 
 

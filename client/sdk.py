@@ -2,13 +2,14 @@
 
 ``DeviceClient.search`` asks the endpoint for the top ``candidates`` items with
 ``return_vectors`` (no user vector leaves the device), reranks them with the private user
-vector using ``common.model.personalization.rerank`` (the function the server uses, so the order
-is the one server-side reranking would give), logs the search (base query vector, shown
-ids and vectors) in the encrypted store and returns the top ``k``. ``report_click`` logs the
-click and updates the user vector. With ``model`` (a ``common.security.signing.TrustedLoader`` over
-the registry the device syncs), the device scores the candidates itself with the newest
-global adapter whose signature and files it verified, instead of trusting the service's
-scores; a version that fails verification is refused and the one held is kept::
+vector using ``common.model.personalization.rerank`` (the function the server uses, so the
+order is the one server-side reranking would give), logs the search (base query vector,
+shown ids and vectors) in the encrypted store and returns the top ``k``. ``report_click``
+logs the click and updates the user vector. With ``model`` (``verified_adapters``, a
+``common.security.trust.TrustedVersions`` over the registry the device syncs), the device
+scores the candidates itself with the newest global adapter whose signature and files it
+verified, instead of trusting the service's scores; a version that fails verification is
+refused and the one held is kept::
 
     client = DeviceClient("http://127.0.0.1:8000", device.open_store())
     results = client.search(text="black watch", k=10)
@@ -24,11 +25,12 @@ from typing import Any
 
 import httpx
 import numpy as np
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from client.store import DeviceStore, LoggedSearch, PersonalState
 from common.model.adapter import WEIGHTS_FILE, QueryAdapter
 from common.model.personalization import rerank, user_vector
-from common.security.signing import TrustedLoader
+from common.security.trust import TrustedVersions
 
 
 class SearchError(RuntimeError):
@@ -40,7 +42,10 @@ class SearchError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class Hit:
+class DeviceHit:
+    """One result as the device shows it: ``score`` after on-device reranking,
+    ``base_score`` the service's score before any personalization."""
+
     id: str
     title: str
     category: str
@@ -53,7 +58,7 @@ class Hit:
 @dataclass(frozen=True)
 class DeviceResults:
     search_id: str
-    hits: list[Hit]
+    hits: list[DeviceHit]
     model_version: str
     candidates: int
 
@@ -74,7 +79,7 @@ class DeviceClient:
         candidates: int = 200,
         timeout_s: float = 10.0,
         transport: httpx.BaseTransport | None = None,
-        model: TrustedLoader[QueryAdapter] | None = None,
+        model: TrustedVersions[QueryAdapter] | None = None,
     ) -> None:
         if candidates < 1 or beta < 0:
             raise ValueError("candidates must be >= 1 and beta >= 0")
@@ -133,12 +138,14 @@ class DeviceClient:
 
     def _base_scores(self, data: dict[str, Any], vectors: np.ndarray) -> np.ndarray:
         """The service's scores, or the device's own from its verified global adapter."""
+        adapter = None
         if self.model is not None:
             self.model.refresh()
-        if self.model is None or self.model.value is None:
+            adapter = self.model.value
+        if adapter is None:
             return np.array([r["base_score"] for r in data["results"]], dtype=np.float32)
         query = np.asarray(data["query_vector"], dtype=np.float32)
-        return vectors @ self.model.value.apply_numpy(query)
+        return vectors @ adapter.apply_numpy(query)
 
     def report_click(self, search_id: str, item_id: str) -> None:
         """Log the click and move the user vector to the mean of the clicked items."""
@@ -165,8 +172,8 @@ def _image_bytes(image: bytes | str | Path) -> bytes:
     return image if isinstance(image, bytes) else Path(image).read_bytes()
 
 
-def _hit(row: dict[str, Any], score: float) -> Hit:
-    return Hit(
+def _hit(row: dict[str, Any], score: float) -> DeviceHit:
+    return DeviceHit(
         id=row["id"],
         title=row.get("title", ""),
         category=row.get("category", ""),
@@ -194,8 +201,10 @@ def _error(response: httpx.Response) -> SearchError:
     )
 
 
-def verified_adapters(registry: str | Path, public_key) -> TrustedLoader[QueryAdapter]:
-    """A loader of the registry's newest adapter version signed by ``public_key``."""
-    return TrustedLoader(
+def verified_adapters(
+    registry: str | Path, public_key: Ed25519PublicKey
+) -> TrustedVersions[QueryAdapter]:
+    """The registry's newest adapter version signed by ``public_key``, refreshed on use."""
+    return TrustedVersions(
         Path(registry), public_key, lambda folder, _: QueryAdapter.load(folder / WEIGHTS_FILE)
     )

@@ -3,7 +3,7 @@
 Two files under the store folder, each one AES-GCM blob bound to its own name:
 
 - ``searches.enc``: the search log (base query vector, shown ids and their vectors, click);
-- ``state.enc``: the personal state (user vector, personal head, privacy accountant).
+- ``state.enc``: the personal state (user vector, privacy accountant, training info).
 
 The key comes from ``$FEDSEARCH_DEVICE_KEY`` (base64 of 32 bytes) or from a key file
 readable by its owner only. Every write goes to a temporary file that is fsynced and then
@@ -33,7 +33,6 @@ import numpy as np
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from common.data.records import SearchRecord
 from common.security.keyfiles import read_owner_only, write_owner_only
 
 KEY_ENV = "FEDSEARCH_DEVICE_KEY"
@@ -41,10 +40,10 @@ KEY_BYTES = 32
 MAGIC = b"FSDS1"
 SEARCHES_FILE = "searches.enc"
 STATE_FILE = "state.enc"
-LOCK_FILE = ".lock"
+_LOCK_FILE = ".lock"
 
 
-class StoreError(RuntimeError):
+class DeviceStoreError(RuntimeError):
     """The store cannot be opened or read (no key, wrong key, altered or foreign file)."""
 
 
@@ -61,16 +60,12 @@ class LoggedSearch:
     timestamp: float = 0.0
     model_version: str = ""
 
-    def record(self) -> SearchRecord:
-        return SearchRecord(self.query, self.shown, self.clicked, self.timestamp)
-
 
 @dataclass
 class PersonalState:
-    """What never leaves the device: user vector, personal head, privacy accountant."""
+    """What never leaves the device: user vector, privacy accountant, training info."""
 
     user_vector: np.ndarray | None = None
-    head: list[np.ndarray] = field(default_factory=list)
     accountant: dict[str, Any] = field(default_factory=dict)
     info: dict[str, Any] = field(default_factory=dict)
 
@@ -82,7 +77,7 @@ def generate_key() -> bytes:
 def write_key_file(path: Path) -> bytes:
     """Create a new random key in ``path`` (base64, mode 0600); refuse to overwrite one."""
     if Path(path).exists():
-        raise StoreError(f"{path}: key file exists; refusing to overwrite it")
+        raise DeviceStoreError(f"{path}: key file exists; refusing to overwrite it")
     key = generate_key()
     write_owner_only(Path(path), base64.b64encode(key) + b"\n")
     return key
@@ -94,7 +89,9 @@ def load_key(key_file: Path | None = None) -> bytes:
     if env:
         return _decode_key(env.encode("ascii", "replace"), f"${KEY_ENV}")
     if key_file is None:
-        raise StoreError(f"no store key: set ${KEY_ENV} (base64 of 32 bytes) or give a key file")
+        raise DeviceStoreError(
+            f"no store key: set ${KEY_ENV} (base64 of 32 bytes) or give a key file"
+        )
     return _decode_key(read_owner_only(Path(key_file)).strip(), str(key_file))
 
 
@@ -102,9 +99,9 @@ def _decode_key(text: bytes, where: str) -> bytes:
     try:
         key = base64.b64decode(text, validate=True)
     except binascii.Error as exc:
-        raise StoreError(f"{where}: store key is not valid base64") from exc
+        raise DeviceStoreError(f"{where}: store key is not valid base64") from exc
     if len(key) != KEY_BYTES:
-        raise StoreError(f"{where}: store key must be {KEY_BYTES} bytes, got {len(key)}")
+        raise DeviceStoreError(f"{where}: store key must be {KEY_BYTES} bytes, got {len(key)}")
     return key
 
 
@@ -113,7 +110,7 @@ class DeviceStore:
 
     def __init__(self, folder: Path, key: bytes) -> None:
         if len(key) != KEY_BYTES:
-            raise StoreError(f"store key must be {KEY_BYTES} bytes, got {len(key)}")
+            raise DeviceStoreError(f"store key must be {KEY_BYTES} bytes, got {len(key)}")
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._aead = AESGCM(key)
@@ -192,15 +189,13 @@ class DeviceStore:
     # personal state ---------------------------------------------------------------------
 
     def load_state(self) -> PersonalState:
+        """The personal state; stores written before it lost its unused personal head
+        (``head_len`` and ``head_<i>`` entries) read the same, the head ignored."""
         meta, arrays = self._read(STATE_FILE, {})
         if not meta:
             return PersonalState()
-        head = [arrays[f"head_{i}"] for i in range(int(meta["head_len"]))]
         return PersonalState(
-            user_vector=arrays.get("user_vector"),
-            head=head,
-            accountant=meta["accountant"],
-            info=meta["info"],
+            user_vector=arrays.get("user_vector"), accountant=meta["accountant"], info=meta["info"]
         )
 
     def save_state(self, state: PersonalState) -> None:
@@ -218,7 +213,7 @@ class DeviceStore:
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
-        with open(self.folder / LOCK_FILE, "a+b") as fh:
+        with open(self.folder / _LOCK_FILE, "a+b") as fh:
             fcntl.flock(fh, fcntl.LOCK_EX)
             try:
                 for stale in self.folder.glob(".*.tmp"):  # left by a writer that crashed
@@ -233,12 +228,12 @@ class DeviceStore:
             return empty, {}
         blob = path.read_bytes()
         if not blob.startswith(MAGIC) or len(blob) < len(MAGIC) + 12 + 16:
-            raise StoreError(f"{path}: not a fedsearch device store file")
+            raise DeviceStoreError(f"{path}: not a fedsearch device store file")
         nonce = blob[len(MAGIC) : len(MAGIC) + 12]
         try:
             plain = self._aead.decrypt(nonce, blob[len(MAGIC) + 12 :], MAGIC + name.encode())
         except InvalidTag:
-            raise StoreError(
+            raise DeviceStoreError(
                 f"{path}: cannot decrypt: wrong store key (or the file was altered)"
             ) from None
         return _unpack(plain)
@@ -325,8 +320,7 @@ def _searches_from(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> list[
 
 
 def _state_to(state: PersonalState) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
-    arrays = {f"head_{i}": np.asarray(w) for i, w in enumerate(state.head)}
+    arrays: dict[str, np.ndarray] = {}
     if state.user_vector is not None:
         arrays["user_vector"] = np.asarray(state.user_vector, dtype=np.float32)
-    meta = {"head_len": len(state.head), "accountant": state.accountant, "info": state.info}
-    return meta, arrays
+    return {"accountant": state.accountant, "info": state.info}, arrays

@@ -2,7 +2,7 @@
 update, and bytes each device sends per round with and without SecAgg+.
 
 Peak memory is the largest total resident memory of this process and all its descendants
-(the Ray head and workers), sampled every 0.2 s from /proc (Linux). Bytes are counted by
+(the Ray head and workers), sampled every 0.2 s (``simulation.memory``). Bytes are counted by
 ``simulation.wiretap`` on every reply a device sends (``count_bytes()`` of its records),
 summed per device and round over the training messages (all four SecAgg+ stages).
 """
@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import threading
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -25,60 +24,12 @@ from common.config import Config, config_from_dict
 from common.model.adapter import QueryAdapter
 from simulation.engine import SimulationResult, simulate, with_overrides
 from simulation.loader import load_population
+from simulation.memory import PeakMemory
 from simulation.population import Population
 from simulation.report import write_report
 from simulation.wiretap import read_tap
 
-SAMPLE_INTERVAL_S = 0.2
 TRAFFIC_ROUNDS = 2
-
-
-class PeakMemory:
-    """Largest summed RSS of this process tree while the context is open."""
-
-    def __init__(self) -> None:
-        self.peak_bytes = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-
-    def __enter__(self) -> PeakMemory:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _watch(self) -> None:
-        while not self._stop.is_set():
-            self.peak_bytes = max(self.peak_bytes, tree_rss(os.getpid()))
-            self._stop.wait(SAMPLE_INTERVAL_S)
-
-
-def tree_rss(root: int) -> int:
-    """Resident bytes of ``root`` and all its descendants (0 where /proc is unreadable)."""
-    parents: dict[int, int] = {}
-    rss: dict[int, int] = {}
-    page = os.sysconf("SC_PAGE_SIZE")
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", encoding="utf-8") as fh:
-                fields = fh.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents[int(entry)] = int(fields[1])
-        rss[int(entry)] = int(fields[21]) * page
-    children: dict[int, list[int]] = defaultdict(list)
-    for pid, parent in parents.items():
-        children[parent].append(pid)
-    total, stack = 0, [root]
-    while stack:
-        pid = stack.pop()
-        total += rss.get(pid, 0)
-        stack.extend(children.get(pid, []))
-    return total
 
 
 def timed_run(config: Config, name: str, out: Path, **kwargs: Any) -> dict[str, Any]:

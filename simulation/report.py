@@ -34,6 +34,7 @@ from server.search.shoppers import FILE_NAME as SHOPPERS_FILE  # noqa: E402
 from server.search.shoppers import write_shoppers  # noqa: E402
 from simulation.engine import SimulationResult, simulate  # noqa: E402
 from simulation.loader import load_population  # noqa: E402
+from simulation.memory import PeakMemory  # noqa: E402
 from simulation.population import Population, describe  # noqa: E402
 
 METRICS = ("HR@10", "nDCG@10", "MRR")
@@ -225,7 +226,6 @@ def simulate_and_report(
     """Load the population, run the federation, the baselines and write the report
     (``fedsearch simulate``); return the summary (``table(summary)`` prints it)."""
     from simulation.baselines import run_baselines
-    from simulation.bench import PeakMemory
 
     with PeakMemory() as memory:
         population = load_population(

@@ -41,16 +41,6 @@ class Purchase:
     unit_price: float
 
 
-@dataclass(frozen=True)
-class SearchRecord:
-    """What a device logs for one search: the query, the ids shown (in order), the click."""
-
-    query: str
-    shown: tuple[str, ...]
-    clicked: str | None
-    timestamp: float
-
-
 @dataclass
 class LoadReport:
     """How many rows a loader read and kept, and why it skipped the others.

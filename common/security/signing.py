@@ -1,4 +1,4 @@
-"""Ed25519 signatures on model versions (DESIGN decision 7).
+"""Ed25519 signatures on model versions.
 
 The server signs the exact bytes of a version's ``manifest.json``; the manifest holds the
 sha256 of every file, so one signature covers the whole version. ``verify_version`` checks
@@ -8,10 +8,8 @@ Publish signed::
 
     write_version(root, write_files, manifest, finalize=signer(load_private_key(path)))
 
-Load only verified versions, keeping the one held when a newer one is refused::
-
-    loader = TrustedLoader(root, load_public_key(path), load=my_load_fn)
-    loader.refresh()
+``common.security.trust.TrustedVersions`` loads only versions that verify, keeping the one
+it holds when a newer one is refused.
 """
 
 from __future__ import annotations
@@ -19,25 +17,21 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import logging
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
 from common.security.keyfiles import read_owner_only, write_owner_only
-from common.security.versions import MANIFEST, IntegrityError, latest_version, verify_files
+from common.security.versions import MANIFEST, IntegrityError, verify_files
 
 SIGNATURE_FILE = "signature.json"
 ALGORITHM = "ed25519"
 SIGNING_KEY_ENV = "FEDSEARCH_SIGNING_KEY"
-
-log = logging.getLogger(__name__)
-T = TypeVar("T")
 
 
 class SignatureError(IntegrityError):
@@ -163,66 +157,3 @@ def _check_signature(folder: Path, manifest_bytes: bytes, public_key: Ed25519Pub
         raise SignatureError(
             f"{folder}: signature does not match {MANIFEST} (the manifest was altered)"
         ) from None
-
-
-class TrustedLoader(Generic[T]):
-    """Holds the newest verified version of a registry; refuses and keeps it otherwise.
-
-    ``load(folder, manifest)`` turns a verified folder into the object to serve (for example
-    a ``QueryAdapter``). ``refresh()`` verifies the registry's latest version and swaps it in
-    only if it verifies, loads, and is newer than the one held (no rollback).
-    """
-
-    def __init__(
-        self,
-        root: Path,
-        public_key: Ed25519PublicKey,
-        load: Callable[[Path, dict[str, Any]], T],
-    ) -> None:
-        self.root = Path(root)
-        self.public_key = public_key
-        self._load = load
-        self.value: T | None = None
-        self.manifest: dict[str, Any] | None = None
-        self.last_error: str | None = None
-        self._refused: set[Path] = set()
-
-    @property
-    def version(self) -> str | None:
-        return None if self.manifest is None else str(self.manifest["version"])
-
-    def refresh(self) -> bool:
-        """Try the registry's latest version; True if a new version was swapped in."""
-        folder = latest_version(self.root)
-        if folder is None or folder in self._refused:
-            return False
-        if self.manifest is not None and folder.name == self.version:
-            return False
-        try:
-            manifest = verify_version(folder, self.public_key)
-            _check_not_older(folder, manifest, self.manifest)
-            value = self._load(folder, manifest)
-        except (IntegrityError, ValueError, OSError) as exc:
-            self._refused.add(folder)
-            self.last_error = str(exc)
-            log.warning("refused model version %s, keeping %s: %s", folder, self.version, exc)
-            return False
-        self.value, self.manifest, self.last_error = value, manifest, None
-        return True
-
-
-def _check_not_older(
-    folder: Path, manifest: dict[str, Any], current: dict[str, Any] | None
-) -> None:
-    name = str(manifest.get("version", ""))
-    if name != folder.name:
-        raise SignatureError(f"{folder}: folder name does not match the signed version {name!r}")
-    if current is not None and _number(name) <= _number(str(current["version"])):
-        raise SignatureError(f"{folder}: {name} is not newer than {current['version']}")
-
-
-def _number(version: str) -> int:
-    try:
-        return int(version.lstrip("v"))
-    except ValueError as exc:
-        raise SignatureError(f"version {version!r} is not of the form v0001") from exc

@@ -20,7 +20,7 @@ from typing import Any
 
 MANIFEST = "manifest.json"
 LATEST = "LATEST"
-_VERSION_RE = re.compile(r"^v(\d{4,})$")
+_VERSION_RE = re.compile(r"v(\d{4,})")
 
 
 class IntegrityError(RuntimeError):
@@ -35,12 +35,25 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def version_number(name: str) -> int:
+    """The number of a version name: ``version_number("v0007") == 7``.
+
+    Raises ``ValueError`` for anything that is not ``v`` and at least four digits.
+    """
+    match = _VERSION_RE.fullmatch(name)
+    if match is None:
+        raise ValueError(f"version {name!r} is not of the form v0001")
+    return int(match.group(1))
+
+
 def list_versions(root: Path) -> list[Path]:
     """Complete version folders under ``root``, oldest first."""
     if not root.is_dir():
         return []
-    found = [p for p in root.iterdir() if _VERSION_RE.match(p.name) and (p / MANIFEST).is_file()]
-    return sorted(found, key=lambda p: int(p.name[1:]))
+    found = [
+        p for p in root.iterdir() if _VERSION_RE.fullmatch(p.name) and (p / MANIFEST).is_file()
+    ]
+    return sorted(found, key=lambda p: version_number(p.name))
 
 
 def latest_version(root: Path) -> Path | None:
@@ -77,7 +90,7 @@ def write_version(
             if p.is_file()
         }
         versions = list_versions(root)
-        number = int(versions[-1].name[1:]) + 1 if versions else 1
+        number = version_number(versions[-1].name) + 1 if versions else 1
         name = f"v{number:04d}"
         full = {**manifest, "version": name, "created_at": time.time(), "files": files}
         (staging / MANIFEST).write_text(json.dumps(full, indent=2, sort_keys=True), "utf-8")

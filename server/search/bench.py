@@ -32,11 +32,12 @@ from urllib.parse import urlsplit
 
 import httpx
 import numpy as np
+import psutil
 
 from common.config import Config, config_from_dict
 from common.model.encoder import Encoder
 from common.security.versions import latest_version
-from server.search.catalog import Catalog, Item, StoreError
+from server.search.catalog import Catalog, CatalogStoreError, Item
 from server.search.catalog_build import (
     catalog_text_queries,
     create_catalog,
@@ -47,7 +48,7 @@ from server.search.catalog_build import (
     store_path,
 )
 from server.search.threads import apply_thread_settings
-from server.search.vector_index import RECALL_K, exact_top_k, recall_at_k
+from server.search.vector_index import RECALL_K, ann_recall_at_k, exact_top_k
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +77,7 @@ def _catalog_vectors(config: Config, encoder: Encoder) -> tuple[list[Item], np.n
     items = fashion_items(config)
     try:
         store = open_catalog(config)
-    except (FileNotFoundError, StoreError):
+    except (FileNotFoundError, CatalogStoreError):
         store = None
     if store is not None and store.encoder_version == encoder.version:
         by_id = {it.id: it for it in items}
@@ -155,9 +156,9 @@ class ServiceProcess:
 
 
 def process_cpu_s(pid: int) -> float:
-    """User + system CPU seconds a process has used so far (Linux ``/proc``)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    """User + system CPU seconds process ``pid`` has used so far."""
+    times = psutil.Process(pid).cpu_times()
+    return times.user + times.system
 
 
 def run_load(
@@ -355,7 +356,7 @@ def _bench_kind(
     asked = [i for i, q in enumerate(queries) if q in answers]
     found = np.array([_codes(answers[queries[i]], row_of, RECALL_K) for i in asked])
     concurrent, sequential = _summary(loaded), _summary(single)
-    recall = {name: round(recall_at_k(found, top[asked]), 4) for name, top in truth.items()}
+    recall = {name: round(ann_recall_at_k(found, top[asked]), 4) for name, top in truth.items()}
     return {
         "index": {
             "kind": info.kind,
@@ -384,7 +385,7 @@ def _pinned_checkpoint(config: Config) -> str:
 
 
 def _codes(ids: list[str], code: dict[str, int], width: int) -> list[int]:
-    """Item ids as row numbers, -1 padded to ``width``, for ``recall_at_k``."""
+    """Item ids as row numbers, -1 padded to ``width``, for ``ann_recall_at_k``."""
     rows = [code[i] for i in ids][:width]
     return rows + [-1] * (width - len(rows))
 

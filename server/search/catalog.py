@@ -42,10 +42,10 @@ ITEMS_FILE = "items.jsonl"
 VECTORS_FILE = "vectors.npy"
 META_FILE = "meta.json"
 PHOTOS_DIR = "photos"
-LOCK_FILE = "LOCK"
+_LOCK_FILE = "LOCK"
 
 
-class StoreError(RuntimeError):
+class CatalogStoreError(RuntimeError):
     """The catalog store on disk is missing, damaged or inconsistent."""
 
 
@@ -279,7 +279,7 @@ class Catalog:
         with (snapshot / ITEMS_FILE).open(encoding="utf-8") as fh:
             records = [json.loads(line) for line in fh]
         if len(records) != len(vectors):
-            raise StoreError(f"{snapshot}: {len(records)} items but {len(vectors)} vectors")
+            raise CatalogStoreError(f"{snapshot}: {len(records)} items but {len(vectors)} vectors")
         for record, vector in zip(records, vectors, strict=True):
             key = record.pop("key")
             catalog._put(Item(**record), vector, key)
@@ -473,7 +473,7 @@ class Catalog:
             try:
                 record = json.loads(line)
             except json.JSONDecodeError as exc:
-                raise StoreError(f"{path}:{number}: damaged journal record ({exc})") from exc
+                raise CatalogStoreError(f"{path}:{number}: damaged journal record ({exc})") from exc
             self._replay(record)
             self._journal_ops += 1
 
@@ -537,12 +537,12 @@ class Catalog:
 def _acquire_lock(folder: Path) -> Any:
     """An exclusive advisory lock on the store: one writer process at a time."""
     folder.mkdir(parents=True, exist_ok=True)
-    handle = (folder / LOCK_FILE).open("a")
+    handle = (folder / _LOCK_FILE).open("a")
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         handle.close()
-        raise StoreError(
+        raise CatalogStoreError(
             f"catalog store {folder} is in use by another process (a running `fedsearch serve`?)"
         ) from None
     return handle

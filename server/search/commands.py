@@ -77,11 +77,11 @@ def _user_errors(handler: Callable[[argparse.Namespace], int]) -> Callable:
     @functools.wraps(handler)
     def run(args: argparse.Namespace) -> int:
         from common.model.encoder import EncoderError
-        from server.search.catalog import StoreError
+        from server.search.catalog import CatalogStoreError
 
         try:
             return handler(args)
-        except (EncoderError, StoreError) as exc:
+        except (EncoderError, CatalogStoreError) as exc:
             raise UsageError(str(exc)) from exc
 
     return run

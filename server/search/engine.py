@@ -1,4 +1,4 @@
-"""The search pipeline, independent of HTTP (DESIGN decisions 1, 6 and 8).
+"""The search pipeline, independent of HTTP.
 
 query (text | image | both) -> base query vector -> global adapter -> FAISS top-N
 candidates (with filters) -> optional rerank with the request's user vector -> top-k.
@@ -38,7 +38,10 @@ class Query:
 
 
 @dataclass(frozen=True)
-class Hit:
+class SearchHit:
+    """One catalog item in a result: final ``score`` (after any rerank), ``base_score``
+    from the index, and the item's vector (returned to devices that rerank themselves)."""
+
     item: Item
     score: float
     base_score: float
@@ -47,7 +50,7 @@ class Hit:
 
 @dataclass(frozen=True)
 class SearchResult:
-    hits: list[Hit]
+    hits: list[SearchHit]
     model_version: str
     base_query: np.ndarray
     candidates: int
@@ -116,7 +119,7 @@ class SearchEngine:
         user = query.user_vector if personal else None
         order, final = rerank(scores, vectors, user, query.personalization_weight)
         hits = [
-            Hit(items[i], float(s), float(scores[i]), vectors[i])
+            SearchHit(items[i], float(s), float(scores[i]), vectors[i])
             for i, s in zip(order[: query.k], final[: query.k], strict=False)
         ]
         return SearchResult(

@@ -1,4 +1,4 @@
-"""The personalized search service: FastAPI over the search engine (DESIGN decision 8).
+"""The personalized search service: FastAPI over the search engine.
 
 ``create_app(config)`` builds everything (encoder, catalog store + FAISS index, current
 adapter version, registry watcher); tests and the benchmark pass their own encoder and
@@ -27,7 +27,6 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from common.config import Config
 from common.model.encoder import Encoder
 from common.security.signing import load_public_key
-from server.search import prom
 from server.search.api import (
     SYNTHETIC_PRICE_NOTE,
     ApiError,
@@ -53,7 +52,8 @@ from server.search.catalog_build import (
     query_text_encoder,
 )
 from server.search.engine import SearchEngine
-from server.search.model_state import ModelState, ModelWatcher
+from server.search.metrics import MetricsMiddleware, ServiceMetrics
+from server.search.model_state import ModelWatcher
 from server.search.query_encoder import QueryEncoder
 from server.search.shoppers import shoppers_for
 
@@ -88,99 +88,19 @@ class SearchService:
         self.watcher = ModelWatcher(
             config.paths.registry,
             encoder.dim,
-            current=lambda: self.engine.state.model,
             on_swap=self.engine.swap_model,
             public_key=public_key,
             poll_interval_s=config.search.poll_interval_s,
         )
         weights = config.encoder.text_weight + config.encoder.image_weight
         self.limits = Limits(encoder.dim, config.search, config.encoder.text_weight / weights)
-        self.metrics = _service_metrics(self)
+        self.metrics = ServiceMetrics(self.engine, encoder.version)
         self.started_at = time.time()
-
-    def swap_model(self, model: ModelState) -> None:
-        self.engine.swap_model(model)
 
     def close(self) -> None:
         self.watcher.stop()
         self.engine.query_encoder.close()
         self.catalog.close()
-
-
-def _service_metrics(service: SearchService) -> dict[str, Any]:
-    registry = prom.Registry()
-    metrics = {
-        "registry": registry,
-        "requests": registry.add(
-            prom.Counter(
-                "fedsearch_http_requests_total",
-                "HTTP requests by endpoint, method and status",
-                ("endpoint", "method", "status"),
-            )
-        ),
-        "latency": registry.add(
-            prom.Histogram(
-                "fedsearch_http_request_duration_seconds",
-                "HTTP request latency by endpoint and status",
-                ("endpoint", "method", "status"),
-            )
-        ),
-    }
-    registry.add(
-        prom.Gauge(
-            "fedsearch_index_items",
-            "items in the FAISS index",
-            lambda: {(): service.engine.state.catalog.index.ntotal},
-        )
-    )
-    registry.add(
-        prom.Gauge(
-            "fedsearch_index_recall_at_10",
-            "recall@10 of the index against exact search, measured at build time",
-            lambda: {(service.catalog.index.info.kind,): service.catalog.index.info.recall_at_10},
-            ("kind",),
-        )
-    )
-    registry.add(
-        prom.Gauge(
-            "fedsearch_model_info",
-            "the adapter version being served (value 1)",
-            lambda: {(service.engine.state.model.version, service.encoder.version): 1},
-            ("version", "encoder"),
-        )
-    )
-    return metrics
-
-
-class MetricsMiddleware:
-    """Counts every request and times it, labelled by route template (not raw path)."""
-
-    def __init__(self, app: Any, service_getter: Any) -> None:
-        self.app = app
-        self.service_getter = service_getter
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = {"code": 500}
-
-        async def send_wrapper(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                status["code"] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_wrapper)
-        finally:
-            service = self.service_getter()
-            if service is not None:
-                route = scope.get("route")
-                endpoint = getattr(route, "path", "unmatched")
-                labels = (endpoint, scope["method"], str(status["code"]))
-                service.metrics["requests"].inc(*labels)
-                service.metrics["latency"].observe(time.perf_counter() - start, *labels)
 
 
 def create_app(
@@ -212,7 +132,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.service = service
-    app.add_middleware(MetricsMiddleware, service_getter=lambda: service)
+    app.add_middleware(MetricsMiddleware, metrics=service.metrics)
     _add_error_handlers(app)
     _add_search_routes(app, service)
     _add_item_routes(app, service)
@@ -400,15 +320,16 @@ def _add_ops_routes(app: FastAPI, service: SearchService) -> None:
             "index": {**asdict(index.info), "backend": index.backend, "items": index.ntotal},
             "catalog": {"items": len(state.catalog), "store": str(state.catalog.folder)},
             "registry": {
-                "path": str(service.watcher.registry),
-                "signatures_checked": service.watcher.public_key is not None,
-                "last_error": service.watcher.last_error,
+                "path": str(service.watcher.versions.root),
+                "signatures_checked": service.watcher.versions.public_key is not None,
+                "last_error": service.watcher.versions.last_error,
             },
         }
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
-    def metrics() -> Response:
-        return Response(service.metrics["registry"].render(), media_type=prom.CONTENT_TYPE)
+    def metrics(request: Request) -> Response:
+        body, content_type = service.metrics.exposition(request.headers.get("accept"))
+        return Response(body, media_type=content_type)
 
     @app.post("/admin/reload", responses=ERRORS, summary="Check the registry for a new version now")
     def reload(authorization: str | None = Header(None)) -> dict[str, Any]:

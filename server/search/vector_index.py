@@ -1,4 +1,4 @@
-"""The FAISS index over item vectors (DESIGN decision 8).
+"""The FAISS index over item vectors.
 
 Exact inner product (``IndexIDMap2`` over ``IndexFlatIP``) for small catalogs; IVF-Flat above
 ``exact_max_items``, with recall@10 against exact measured at build time and ``nprobe``
@@ -52,8 +52,9 @@ class IndexInfo:
     built_at: float = 0.0
 
 
-def recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
-    """Mean share of each row of ``truth`` (true top-k keys, -1 padded) found in ``found``."""
+def ann_recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
+    """How well an approximate index finds the exact top-k: the mean share of each row of
+    ``truth`` (true top-k keys, -1 padded) found in the same row of ``found``."""
     hits, total = 0, 0
     for got, want in zip(found, truth, strict=True):
         want = want[want >= 0]
@@ -241,7 +242,7 @@ def _tune_nprobe(
     nprobe = min(nprobe, index.nlist)
     while True:
         index.nprobe = nprobe
-        recall = recall_at_k(index.search(queries, RECALL_K)[1], truth)
+        recall = ann_recall_at_k(index.search(queries, RECALL_K)[1], truth)
         if recall >= min_recall or nprobe >= index.nlist:
             return nprobe, recall
         nprobe = min(2 * nprobe, index.nlist)

@@ -15,8 +15,8 @@ from client.store import (
     KEY_ENV,
     STATE_FILE,
     DeviceStore,
+    DeviceStoreError,
     PersonalState,
-    StoreError,
     generate_key,
     load_key,
     write_key_file,
@@ -35,7 +35,6 @@ def _state(seed: int) -> PersonalState:
     rng = np.random.default_rng(seed)
     return PersonalState(
         user_vector=rng.standard_normal(DIM).astype(np.float32),
-        head=[rng.standard_normal((4, DIM)).astype(np.float32), np.zeros(4, np.float32)],
         accountant={"history": [[1.1, 0.05, 30]], "mechanism": "rdp"},
         info={"rounds": seed},
     )
@@ -56,14 +55,30 @@ def test_round_trip_search_log_and_state(tmp_path: Path) -> None:
     np.testing.assert_array_equal(log[0].query_vector, q)
     np.testing.assert_array_equal(log[0].shown_vectors, shown)
     assert log[1].shown_vectors.shape == (0, DIM)
-    assert log[0].record().clicked == "b"
 
     state = _state(3)
     store.save_state(state)
     back = store.load_state()
     np.testing.assert_array_equal(back.user_vector, state.user_vector)
-    assert [w.tolist() for w in back.head] == [w.tolist() for w in state.head]
     assert back.accountant == state.accountant and back.info == {"rounds": 3}
+
+
+def test_a_state_written_with_a_personal_head_still_loads(tmp_path: Path) -> None:
+    """Stores written before the unused personal head was dropped hold ``head_len`` and
+    ``head_<i>`` entries; they load, and the next write leaves the head out."""
+    store = DeviceStore(tmp_path, generate_key())
+    user = np.arange(DIM, dtype=np.float32)
+    old_meta = {"head_len": 1, "accountant": {"mechanism": "rdp"}, "info": {"rounds": 2}}
+    store._write(STATE_FILE, old_meta, {"head_0": np.ones((4, DIM)), "user_vector": user})
+
+    state = store.load_state()
+    np.testing.assert_array_equal(state.user_vector, user)
+    assert state.accountant == {"mechanism": "rdp"} and state.info == {"rounds": 2}
+
+    store.save_state(state)
+    meta, arrays = store._read(STATE_FILE, {})
+    assert meta == {"accountant": {"mechanism": "rdp"}, "info": {"rounds": 2}}
+    assert set(arrays) == {"user_vector"}
 
 
 def test_nothing_readable_on_disk(tmp_path: Path) -> None:
@@ -85,7 +100,7 @@ def test_click_on_unknown_search_or_item_is_refused(tmp_path: Path) -> None:
 
 def test_wrong_key_gives_clear_error(tmp_path: Path) -> None:
     DeviceStore(tmp_path, generate_key()).save_state(_state(1))
-    with pytest.raises(StoreError, match="wrong store key"):
+    with pytest.raises(DeviceStoreError, match="wrong store key"):
         DeviceStore(tmp_path, generate_key()).load_state()
 
 
@@ -94,7 +109,7 @@ def test_swapped_files_are_refused(tmp_path: Path) -> None:
     store = DeviceStore(tmp_path, key)
     store.save_state(_state(1))
     os.replace(tmp_path / STATE_FILE, tmp_path / "searches.enc")
-    with pytest.raises(StoreError, match="cannot decrypt"):
+    with pytest.raises(DeviceStoreError, match="cannot decrypt"):
         store.searches()
 
 
@@ -103,7 +118,7 @@ def test_key_from_env_and_key_file(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     key = write_key_file(key_file)
     assert (key_file.stat().st_mode & 0o777) == 0o600
     assert load_key(key_file) == key
-    with pytest.raises(StoreError, match="refusing to overwrite"):
+    with pytest.raises(DeviceStoreError, match="refusing to overwrite"):
         write_key_file(key_file)
 
     os.chmod(key_file, 0o640)
@@ -113,13 +128,13 @@ def test_key_from_env_and_key_file(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.setenv(KEY_ENV, base64.b64encode(key).decode())
     assert load_key(None) == key  # the environment wins over the file
     monkeypatch.setenv(KEY_ENV, "not base64!")
-    with pytest.raises(StoreError, match="not valid base64"):
+    with pytest.raises(DeviceStoreError, match="not valid base64"):
         load_key(None)
     monkeypatch.setenv(KEY_ENV, base64.b64encode(b"short").decode())
-    with pytest.raises(StoreError, match="must be 32 bytes"):
+    with pytest.raises(DeviceStoreError, match="must be 32 bytes"):
         load_key(None)
     monkeypatch.delenv(KEY_ENV)
-    with pytest.raises(StoreError, match="no store key"):
+    with pytest.raises(DeviceStoreError, match="no store key"):
         load_key(None)
 
 

@@ -11,7 +11,6 @@ from common.security.signing import (
     SIGNATURE_FILE,
     SIGNING_KEY_ENV,
     SignatureError,
-    TrustedLoader,
     generate_signing_key,
     load_private_key,
     load_public_key,
@@ -87,51 +86,6 @@ def test_unlisted_file_is_refused(tmp_path: Path, keys) -> None:
     (folder / "extra.pkl").write_bytes(b"x")
     with pytest.raises(IntegrityError, match="not listed"):
         verify_version(folder, keys[1])
-
-
-def test_loader_keeps_previous_version_when_newer_is_refused(tmp_path: Path, keys) -> None:
-    root = tmp_path / "reg"
-    loads: list[str] = []
-
-    def load(folder: Path, manifest: dict) -> bytes:
-        loads.append(folder.name)
-        return (folder / "adapter.safetensors").read_bytes()
-
-    loader = TrustedLoader(root, keys[1], load)
-    assert loader.refresh() is False and loader.value is None  # empty registry
-
-    _publish(root, keys[0], b"weights-1")
-    assert loader.refresh() is True
-    assert (loader.version, loader.value) == ("v0001", b"weights-1")
-
-    bad = _publish(root, keys[0], b"weights-2")
-    (bad / "adapter.safetensors").write_bytes(b"weights-evil")
-    assert loader.refresh() is False
-    assert (loader.version, loader.value) == ("v0001", b"weights-1")
-    assert "sha256" in loader.last_error
-
-    generate_signing_key(tmp_path / "other.key", tmp_path / "other.pub")
-    _publish(root, load_private_key(tmp_path / "other.key"), b"weights-3")
-    assert loader.refresh() is False
-    assert loader.value == b"weights-1" and "another key" in loader.last_error
-
-    _publish(root, keys[0], b"weights-4")
-    assert loader.refresh() is True
-    assert (loader.version, loader.value) == ("v0004", b"weights-4")
-    assert loads == ["v0001", "v0004"]  # refused versions were never handed to load()
-
-
-def test_loader_refuses_rollback_by_renamed_folder(tmp_path: Path, keys) -> None:
-    root = tmp_path / "reg"
-    _publish(root, keys[0], b"weights-1")
-    loader = TrustedLoader(root, keys[1], lambda folder, manifest: manifest["version"])
-    assert loader.refresh()
-    _publish(root, keys[0], b"weights-2")
-    old = root / "v0001"
-    os.rename(old, root / "v0003")
-    (root / "LATEST").write_text("v0003")
-    assert loader.refresh() is False
-    assert "does not match the signed version" in loader.last_error
 
 
 def test_publisher_signs_with_the_key_named_by_env(tmp_path: Path, keys, monkeypatch) -> None:

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from server.search.catalog import Catalog, Filters, Item, StoreError
+from server.search.catalog import Catalog, CatalogStoreError, Filters, Item
 
 
 def unit(rng, n, dim=16):
@@ -136,9 +136,9 @@ def test_missing_store_is_a_clear_error(tmp_path):
 
 def test_a_store_in_use_cannot_be_opened_or_rebuilt_by_another(store, tmp_path):
     catalog, items, vectors, _ = store
-    with pytest.raises(StoreError, match="in use"):
+    with pytest.raises(CatalogStoreError, match="in use"):
         Catalog.open(tmp_path / "s")
-    with pytest.raises(StoreError, match="in use"):
+    with pytest.raises(CatalogStoreError, match="in use"):
         Catalog.create(tmp_path / "s", items, vectors, encoder_version="enc")
     catalog.close()
     Catalog.open(tmp_path / "s").close()

@@ -1,4 +1,6 @@
 import copy
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -7,7 +9,7 @@ from fastapi.testclient import TestClient
 import server.search.catalog_build
 from common.cli import main
 from common.config import config_from_dict
-from server.search.bench import _codes, perturbed_copies, run_load
+from server.search.bench import _codes, perturbed_copies, process_cpu_s, run_load
 from server.search.catalog import Item
 from server.search.catalog_build import (
     catalog_text_queries,
@@ -104,6 +106,26 @@ def test_bench_queries_and_load_over_http(make_app, serve_app, search_items):
     assert all(len(ids) == 5 for ids in load["answers"].values())
     code = {"a": 0, "b": 1, "c": 2}
     assert _codes(["b", "a"], code, 3) == [1, 0, -1]
+
+
+BUSY_CHILD = """
+import time
+start = time.process_time()
+while time.process_time() - start < 0.5:
+    pass
+print("busy done", flush=True)
+time.sleep(60)
+"""
+
+
+def test_bench_reads_another_process_cpu_time():
+    child = subprocess.Popen([sys.executable, "-c", BUSY_CHILD], stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout.readline().strip() == "busy done"
+        assert 0.5 <= process_cpu_s(child.pid) < 10
+    finally:
+        child.kill()
+        child.wait()
 
 
 def test_item_json_roundtrip_keeps_every_field():

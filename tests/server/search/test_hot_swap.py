@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from common.model.adapter import WEIGHTS_FILE, QueryAdapter
 from common.security.signing import generate_signing_key, load_private_key, signer
@@ -93,6 +94,12 @@ def test_publish_under_load_zero_failures_and_one_version_per_response(
             assert "base" not in names[names.index("v0001") :]
 
 
+def served_version_metric(client) -> str:
+    families = text_string_to_metric_families(client.get("/metrics").text)
+    (sample,) = [s for f in families if f.name == "fedsearch_model_info" for s in f.samples]
+    return sample.labels["version"]
+
+
 def test_admin_reload_swaps_now_and_refuses_a_tampered_version(make_app):
     app, config = make_app()
     registry = config.paths.registry
@@ -103,6 +110,7 @@ def test_admin_reload_swaps_now_and_refuses_a_tampered_version(make_app):
         publish(registry, random_adapter(1))
         assert c.post("/admin/reload").json()["swapped"] is True
         assert c.get("/version").json()["model"]["version"] == "v0001"
+        assert served_version_metric(c) == "v0001"
         bad = publish(registry, random_adapter(2))
         with (bad / WEIGHTS_FILE).open("r+b") as fh:  # flip bytes after publishing
             fh.seek(200)
@@ -110,6 +118,7 @@ def test_admin_reload_swaps_now_and_refuses_a_tampered_version(make_app):
         result = c.post("/admin/reload").json()
         assert result["swapped"] is False and "v0002" in result["error"]
         assert c.post("/search", json=QUERY).json()["model_version"] == "v0001"
+        assert served_version_metric(c) == "v0001"
         assert "v0002" in c.get("/version").json()["registry"]["last_error"]
 
 

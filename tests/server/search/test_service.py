@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
+from prometheus_client.parser import text_string_to_metric_families
 
 
 def png_bytes(color=(200, 30, 30)) -> bytes:
@@ -164,7 +165,7 @@ def test_admin_token_protects_changes(make_app):
         assert ok.status_code == 200
 
 
-def test_health_version_metrics_and_docs(client):
+def test_health_version_and_docs(client):
     assert client.get("/healthz").json()["status"] == "ok"
     client.post("/search", json={"text": "watch"})
     client.post("/search", json={"k": 3})
@@ -172,14 +173,6 @@ def test_health_version_metrics_and_docs(client):
     assert version["model"]["version"] == "base"
     assert version["index"]["kind"] == "exact" and version["index"]["backend"] == "faiss-cpu"
     assert version["index"]["recall_at_10"] == 1.0 and version["index"]["items"] == 50
-    metrics = client.get("/metrics")
-    assert metrics.headers["content-type"].startswith("text/plain; version=0.0.4")
-    text = metrics.text
-    assert 'fedsearch_http_requests_total{endpoint="/search",method="POST",status="200"} 1' in text
-    assert 'fedsearch_http_requests_total{endpoint="/search",method="POST",status="422"} 1' in text
-    assert 'fedsearch_http_request_duration_seconds_count{endpoint="/search"' in text
-    assert "fedsearch_index_items 50" in text
-    assert 'fedsearch_model_info{version="base"' in text
     spec = client.get("/openapi.json").json()
     content = spec["paths"]["/search"]["post"]["requestBody"]["content"]
     assert {"application/json", "multipart/form-data"} <= set(content)
@@ -187,6 +180,52 @@ def test_health_version_metrics_and_docs(client):
     assert {"/items", "/items/{item_id}", "/healthz", "/version", "/metrics"} <= set(spec["paths"])
     assert "synthetic" in spec["info"]["description"]
     assert client.get("/docs").status_code == 200
+
+
+def scrape(client) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    """``/metrics`` parsed: (sample name, sorted labels) -> value."""
+    response = client.get("/metrics")
+    assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in text_string_to_metric_families(response.text)
+        for s in family.samples
+    }
+
+
+def labels(endpoint: str, status: str, **extra: str) -> tuple[tuple[str, str], ...]:
+    return tuple(
+        sorted({"endpoint": endpoint, "method": "POST", "status": status, **extra}.items())
+    )
+
+
+def test_metrics_count_requests_and_describe_what_is_served(client):
+    client.post("/search", json={"text": "watch"})
+    client.post("/search", json={"k": 3})
+    before = scrape(client)
+    ok, bad = labels("/search", "200"), labels("/search", "422")
+    assert before[("fedsearch_http_requests_total", ok)] == 1
+    assert before[("fedsearch_http_requests_total", bad)] == 1
+    assert before[("fedsearch_http_request_duration_seconds_count", ok)] == 1
+    assert 0 < before[("fedsearch_http_request_duration_seconds_sum", ok)] < 10
+    assert (
+        before[
+            ("fedsearch_http_request_duration_seconds_bucket", labels("/search", "200", le="+Inf"))
+        ]
+        == 1
+    )
+    assert before[("fedsearch_index_items", ())] == 50
+    assert before[("fedsearch_index_recall_at_10", (("kind", "exact"),))] == 1.0
+    (model,) = [k for k in before if k[0] == "fedsearch_model_info"]
+    assert dict(model[1])["version"] == "base" and before[model] == 1
+
+    client.post("/search", json={"text": "shoes"})
+    client.get("/items/no-such-item")
+    after = scrape(client)
+    assert after[("fedsearch_http_requests_total", ok)] == 2
+    assert after[("fedsearch_http_request_duration_seconds_count", ok)] == 2
+    item = (("endpoint", "/items/{item_id}"), ("method", "GET"), ("status", "404"))
+    assert after[("fedsearch_http_requests_total", item)] == 1  # route template, not the id
 
 
 def test_web_page_and_shoppers(client, tmp_path):

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from server.search.vector_index import VectorIndex, exact_top_k, faiss_backend, recall_at_k
+from server.search.vector_index import VectorIndex, ann_recall_at_k, exact_top_k, faiss_backend
 
 
 def clustered(n: int, dim: int = 32, clusters: int = 40, seed: int = 0) -> np.ndarray:
@@ -14,7 +14,7 @@ def clustered(n: int, dim: int = 32, clusters: int = 40, seed: int = 0) -> np.nd
 def test_recall_at_k_counts_shared_keys():
     found = np.array([[1, 2, 3], [4, 5, -1]])
     truth = np.array([[3, 2, 9], [4, 6, 7]])
-    assert recall_at_k(found, truth) == pytest.approx(3 / 6)
+    assert ann_recall_at_k(found, truth) == pytest.approx(3 / 6)
 
 
 def test_exact_index_matches_brute_force_and_reports_recall_one():
@@ -24,7 +24,7 @@ def test_exact_index_matches_brute_force_and_reports_recall_one():
     assert index.info.kind == "exact" and index.info.recall_at_10 == 1.0
     scores, found = index.search(x[:5], 10)
     brute = np.argsort(-(x[:5] @ x.T), axis=1)[:, :10] + 1000
-    assert recall_at_k(found, brute) == 1.0
+    assert ann_recall_at_k(found, brute) == 1.0
     assert np.allclose(scores[:, 0], 1.0, atol=1e-5)
     assert index.backend == faiss_backend()
 
@@ -43,7 +43,7 @@ def test_ivf_above_threshold_tunes_nprobe_to_reach_target_recall():
     rng = np.random.default_rng(5)
     q = x[rng.choice(4000, 200)] + 0.05 * rng.standard_normal((200, 32)).astype(np.float32)
     q /= np.linalg.norm(q, axis=1, keepdims=True)
-    measured = recall_at_k(index.search(q, 10)[1], exact_top_k(x, keys, q, 10))
+    measured = ann_recall_at_k(index.search(q, 10)[1], exact_top_k(x, keys, q, 10))
     assert measured >= 0.9
 
 
@@ -85,7 +85,7 @@ def test_recall_is_measured_on_given_query_vectors():
     assert index.info.recall_query_source == "query-vectors"
     assert index.info.recall_queries == 200
     truth = exact_top_k(x, np.arange(3000), between, 10)
-    assert recall_at_k(index.search(between, 10)[1], truth) == pytest.approx(
+    assert ann_recall_at_k(index.search(between, 10)[1], truth) == pytest.approx(
         index.info.recall_at_10, abs=1e-4
     )
     plain = VectorIndex.build(x, np.arange(3000), encoder_version="e", kind="ivf")
