@@ -28,7 +28,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from client.store import DeviceStore, LoggedSearch, PersonalState
-from common.model.adapter import WEIGHTS_FILE, QueryAdapter
+from common.model.adapter import ADAPTER_FILE, QueryAdapter
 from common.model.personalization import rerank, user_vector
 from common.security.trust import TrustedVersions
 
@@ -206,5 +206,5 @@ def verified_adapters(
 ) -> TrustedVersions[QueryAdapter]:
     """The registry's newest adapter version signed by ``public_key``, refreshed on use."""
     return TrustedVersions(
-        Path(registry), public_key, lambda folder, _: QueryAdapter.load(folder / WEIGHTS_FILE)
+        Path(registry), public_key, lambda folder, _: QueryAdapter.load(folder / ADAPTER_FILE)
     )

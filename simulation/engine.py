@@ -32,11 +32,11 @@ from server.federation.ledger import PrivacyLedger
 from simulation.devices import save_population, simulation_key
 from simulation.loader import load_population
 from simulation.population import Population
-from simulation.superlink import CONNECTION, LocalSuperLink
+from simulation.superlink import SIMULATION_CONNECTION, LocalSuperLink
 from simulation.wiretap import write_tap_settings
 
 log = logging.getLogger(__name__)
-CONFIG_FILE = "config.toml"
+RUN_CONFIG_FILE = "config.toml"
 FLOWER_LOG = "flower.log"
 
 
@@ -137,7 +137,7 @@ def simulate(
 
 def write_app(spec: RunSpec) -> Path:
     """The run's Flower app folder: a pyproject.toml naming the apps and the run config."""
-    config_file = spec.run_dir / CONFIG_FILE
+    config_file = spec.run_dir / RUN_CONFIG_FILE
     config_file.write_text(tomli_w.dumps(spec.config.model_dump()), encoding="utf-8")
     app = spec.run_dir / "app"
     app.mkdir(exist_ok=True)
@@ -174,7 +174,7 @@ def run_app(link: LocalSuperLink, spec: RunSpec, *, ray_address: str, verbose: b
     options.append(f"client-resources-num-cpus={federation.client_cpus}")
     if not ray_address:
         options.append(f"init-args-num-cpus={os.cpu_count() or 1}")
-    command = ["flwr", "run", str(write_app(spec)), CONNECTION, "--stream"]
+    command = ["flwr", "run", str(write_app(spec)), SIMULATION_CONNECTION, "--stream"]
     command += ["--federation-config", " ".join(options)]
     log_path = spec.run_dir / FLOWER_LOG
     with log_path.open("wb") as log_file:

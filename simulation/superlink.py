@@ -21,7 +21,7 @@ from types import TracebackType
 
 from common.federation.flower_env import flower_env
 
-CONNECTION = "simulation"
+SIMULATION_CONNECTION = "simulation"
 START_TIMEOUT_S = 120.0
 
 
@@ -52,8 +52,8 @@ class LocalSuperLink:
     def __enter__(self) -> LocalSuperLink:
         self.home.mkdir(parents=True, exist_ok=True)
         (self.home / "config.toml").write_text(
-            f'[superlink]\ndefault = "{CONNECTION}"\n\n'
-            f'[superlink.{CONNECTION}]\naddress = "{self.address}"\ninsecure = true\n',
+            f'[superlink]\ndefault = "{SIMULATION_CONNECTION}"\n\n'
+            f'[superlink.{SIMULATION_CONNECTION}]\naddress = "{self.address}"\ninsecure = true\n',
             encoding="utf-8",
         )
         command = ["flower-superlink", "--insecure", "--simulation"]

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 
-WEIGHTS_FILE = "adapter.safetensors"
+ADAPTER_FILE = "adapter.safetensors"
 
 
 class QueryAdapter(nn.Module):

@@ -39,8 +39,8 @@ log = logging.getLogger(__name__)
 MODEL_CONFIG_DIR = Path(__file__).parent / "model_configs"
 PACKAGE_PREFIX = "pkg:"
 LOCAL_DIR_PREFIX = "local-dir:"
-WEIGHTS_FILE = "open_clip_model.safetensors"
-CONFIG_FILE = "open_clip_config.json"
+ENCODER_WEIGHTS_FILE = "open_clip_model.safetensors"
+ENCODER_CONFIG_FILE = "open_clip_config.json"
 ImageInput = Image.Image | bytes | str | Path
 
 open_clip.add_model_config(MODEL_CONFIG_DIR)
@@ -119,9 +119,11 @@ def create_encoder(
         pretrained = None
     if model.startswith(LOCAL_DIR_PREFIX):
         folder = Path(model.removeprefix(LOCAL_DIR_PREFIX))
-        if not (folder / CONFIG_FILE).is_file():
-            raise EncoderError(f"{model}: no {CONFIG_FILE} in {folder}")
-        model_cfg = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))["model_cfg"]
+        if not (folder / ENCODER_CONFIG_FILE).is_file():
+            raise EncoderError(f"{model}: no {ENCODER_CONFIG_FILE} in {folder}")
+        model_cfg = json.loads((folder / ENCODER_CONFIG_FILE).read_text(encoding="utf-8"))[
+            "model_cfg"
+        ]
         version = _version_label(folder)
         checkpoint = None
     else:
@@ -132,7 +134,7 @@ def create_encoder(
             pretrained = str(_latest_checkpoint(model, Path(work_dir)))
         if pretrained and Path(pretrained).is_dir():
             version = _version_label(Path(pretrained))
-            pretrained = str(Path(pretrained) / WEIGHTS_FILE)
+            pretrained = str(Path(pretrained) / ENCODER_WEIGHTS_FILE)
         else:
             version = f"{model}:{pretrained or 'untrained'}"
         checkpoint = pretrained
@@ -192,7 +194,7 @@ def _quiet_loading() -> Iterator[None]:
 
 def _version_label(folder: Path) -> str:
     manifest = read_manifest(folder) if (folder / "manifest.json").is_file() else {}
-    sha = manifest.get("files", {}).get(WEIGHTS_FILE, "")[:12]
+    sha = manifest.get("files", {}).get(ENCODER_WEIGHTS_FILE, "")[:12]
     return f"{manifest.get('model', folder.name)}:{folder.name}:{sha}".rstrip(":")
 
 

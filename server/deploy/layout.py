@@ -35,7 +35,7 @@ from common.security.pki import LOCAL_HOSTS, create_ca, issue_server_cert
 from common.security.signing import SIGNING_KEY_ENV, generate_signing_key
 
 DEPLOYMENT_FILE = "deployment.json"
-CONNECTION = "fedsearch"
+DEPLOY_CONNECTION = "fedsearch"
 DEFAULT_PORT = 9092
 DEFAULT_SUPERLINK_PORT = 9093
 
@@ -115,8 +115,8 @@ def write_flwr_config(dep: Deployment, info: DeploymentInfo) -> None:
     """``$FLWR_HOME/config.toml`` with the TLS connection ``fedsearch`` as the default."""
     (dep.flwr_home / "config.toml").write_text(
         "[superlink]\n"
-        f'default = "{CONNECTION}"\n\n'
-        f"[superlink.{CONNECTION}]\n"
+        f'default = "{DEPLOY_CONNECTION}"\n\n'
+        f"[superlink.{DEPLOY_CONNECTION}]\n"
         f'address = "{info.superlink_address}"\n'
         f'root-certificates = "{dep.ca_cert}"\n',
         encoding="utf-8",
@@ -153,13 +153,13 @@ def gateway_command(dep: Deployment) -> list[str]:
 
 def register_command(public_key: Path, name: str | None = None) -> list[str]:
     """``flwr supernode register``: let the device holding this key join."""
-    command = ["flwr", "supernode", "register", str(public_key), CONNECTION]
+    command = ["flwr", "supernode", "register", str(public_key), DEPLOY_CONNECTION]
     return [*command, "--name", name] if name else command
 
 
 def run_command(app_dir: Path, run_config: str | None = None, stream: bool = True) -> list[str]:
     """``flwr run``: start the ServerApp/ClientApp of ``app_dir`` on the federation."""
-    command = ["flwr", "run", str(app_dir), CONNECTION]
+    command = ["flwr", "run", str(app_dir), DEPLOY_CONNECTION]
     if run_config:
         command += ["--run-config", run_config]
     return [*command, "--stream"] if stream else command

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from common.model.adapter import WEIGHTS_FILE, QueryAdapter
+from common.model.adapter import ADAPTER_FILE, QueryAdapter
 from common.security.versions import write_version
 
 
@@ -29,5 +29,5 @@ def publish_adapter(
     adapter = QueryAdapter.from_weights(weights)
     full = {"kind": "query-adapter", "dim": adapter.dim, "rank": adapter.rank, **manifest}
     return write_version(
-        Path(registry), lambda folder: adapter.save(folder / WEIGHTS_FILE), full, finalize=finalize
+        Path(registry), lambda folder: adapter.save(folder / ADAPTER_FILE), full, finalize=finalize
     )

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from common.model.adapter import WEIGHTS_FILE, QueryAdapter
+from common.model.adapter import ADAPTER_FILE, QueryAdapter
 from common.security.trust import TrustedVersions
 from common.security.versions import IntegrityError
 
@@ -54,9 +54,9 @@ class ModelState:
 
 def load_model_state(folder: Path, manifest: dict[str, Any], dim: int) -> ModelState:
     """Load a verified version aside, warmed up, ready to be swapped in."""
-    path = folder / WEIGHTS_FILE
+    path = folder / ADAPTER_FILE
     if not path.is_file():
-        raise IntegrityError(f"{folder}: no {WEIGHTS_FILE}")
+        raise IntegrityError(f"{folder}: no {ADAPTER_FILE}")
     adapter = QueryAdapter.load(path)
     if adapter.dim != dim:
         raise IntegrityError(f"{folder}: adapter dim {adapter.dim}, index dim {dim}")

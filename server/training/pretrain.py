@@ -22,7 +22,7 @@ from torch.nn import functional as F
 from common.config import Config
 from common.data.fashion import load_fashion_catalog
 from common.data.records import Product
-from common.model.encoder import CONFIG_FILE, WEIGHTS_FILE, Encoder, create_encoder
+from common.model.encoder import ENCODER_CONFIG_FILE, ENCODER_WEIGHTS_FILE, Encoder, create_encoder
 from common.progress import progress_bar
 from common.security.versions import write_version
 from server.training.encoder_eval import encoder_table, evaluate_encoder
@@ -133,10 +133,10 @@ def save_checkpoint(encoder: Encoder, root: Path, manifest: dict, metrics: dict)
 
     def write(folder: Path) -> None:
         state = {k: v.detach().contiguous() for k, v in encoder.model.state_dict().items()}
-        save_file(state, str(folder / WEIGHTS_FILE))
+        save_file(state, str(folder / ENCODER_WEIGHTS_FILE))
         preprocess_cfg = getattr(encoder.model.visual, "preprocess_cfg", {})
         open_clip_cfg = {"model_cfg": encoder.config, "preprocess_cfg": preprocess_cfg}
-        (folder / CONFIG_FILE).write_text(json.dumps(open_clip_cfg, indent=2), "utf-8")
+        (folder / ENCODER_CONFIG_FILE).write_text(json.dumps(open_clip_cfg, indent=2), "utf-8")
         (folder / "metrics.json").write_text(json.dumps(metrics, indent=2), "utf-8")
 
     return write_version(root, write, manifest)

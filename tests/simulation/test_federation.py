@@ -17,7 +17,7 @@ from opacus.accountants import RDPAccountant
 
 from common.config import config_from_dict
 from common.federation.run_spec import FIT_METRICS
-from common.model.adapter import WEIGHTS_FILE, QueryAdapter
+from common.model.adapter import ADAPTER_FILE, QueryAdapter
 from common.model.personalization import user_vector
 from common.security.versions import list_versions, verify_files
 from server.search.shoppers import FILE_NAME as SHOPPERS_FILE
@@ -158,7 +158,7 @@ def test_devices_send_only_adapter_updates_counts_and_scalar_metrics(runs):
 def _version_weights(registry, number):
     folder = list_versions(registry)[number - 1]
     verify_files(folder)
-    return QueryAdapter.load(folder / WEIGHTS_FILE).get_weights()
+    return QueryAdapter.load(folder / ADAPTER_FILE).get_weights()
 
 
 def test_server_noise_is_real_and_has_the_promised_scale(runs):

@@ -21,7 +21,7 @@ from flwr.server.client_proxy import ClientProxy
 from common.config import ConfigError, config_from_dict
 from common.federation.privacy_plan import UserLevelDP
 from common.federation.run_spec import RunSpec
-from common.model.adapter import WEIGHTS_FILE, QueryAdapter
+from common.model.adapter import ADAPTER_FILE, QueryAdapter
 from common.security.versions import verify_files
 from server.federation.app import RunRecorder, build_strategy, fit_workflow
 from server.federation.averaging import MovingAverage
@@ -179,7 +179,7 @@ def test_published_version_loads_and_verifies(tmp_path):
     manifest = verify_files(folder)
     assert manifest["round"] == 3 and manifest["kind"] == "query-adapter"
     assert manifest["dim"] == 8 and manifest["rank"] == 4
-    loaded = QueryAdapter.load(folder / WEIGHTS_FILE)
+    loaded = QueryAdapter.load(folder / ADAPTER_FILE)
     for got, want in zip(loaded.get_weights(), weights, strict=True):
         np.testing.assert_array_equal(got, want)
 

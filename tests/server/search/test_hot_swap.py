@@ -10,7 +10,7 @@ import torch
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 
-from common.model.adapter import WEIGHTS_FILE, QueryAdapter
+from common.model.adapter import ADAPTER_FILE, QueryAdapter
 from common.security.signing import generate_signing_key, load_private_key, signer
 from common.security.versions import write_version
 from server.search.catalog_build import query_text_encoder
@@ -29,7 +29,7 @@ def random_adapter(seed: int, dim: int = 384) -> QueryAdapter:
 def publish(registry, adapter, finalize=None):
     return write_version(
         registry,
-        lambda folder: adapter.save(folder / WEIGHTS_FILE),
+        lambda folder: adapter.save(folder / ADAPTER_FILE),
         {"kind": "query-adapter", "round": 1},
         finalize=finalize,
     )
@@ -112,7 +112,7 @@ def test_admin_reload_swaps_now_and_refuses_a_tampered_version(make_app):
         assert c.get("/version").json()["model"]["version"] == "v0001"
         assert served_version_metric(c) == "v0001"
         bad = publish(registry, random_adapter(2))
-        with (bad / WEIGHTS_FILE).open("r+b") as fh:  # flip bytes after publishing
+        with (bad / ADAPTER_FILE).open("r+b") as fh:  # flip bytes after publishing
             fh.seek(200)
             fh.write(b"\x00\x01\x02\x03")
         result = c.post("/admin/reload").json()
