@@ -219,7 +219,6 @@ class SearchConfig(_Section):
     query_precision: TextPrecision = "auto"
     torch_threads: int = Field(default=1, ge=0, description="0 = default")
     faiss_threads: int = Field(default=1, ge=0, description="0 = default")
-    journal_max_ops: int = Field(default=1000, ge=1)
 
     @model_validator(mode="after")
     def _consistent_limits(self) -> SearchConfig:

@@ -1,52 +1,36 @@
-"""The catalog the search service serves, kept consistent with its FAISS index on disk.
+"""The catalog the search service serves: items, their vectors and the FAISS index.
 
 Items (id, title, category, price, photo) and their vectors live in memory beside the
-``VectorIndex``; every upsert or delete changes both under one write lock. On disk::
-
-    <store>/CURRENT           names the live snapshot, e.g. "g000003" (replaced atomically)
-    <store>/g000003/          items.jsonl, vectors.npy, index.faiss, index.json, meta.json
-    <store>/g000003.journal   upserts and deletes since that snapshot, one JSON line each
-    <store>/photos/           photos given by upserts, named by their sha256
-
-A change is appended to the journal and fsynced before it is applied or acknowledged; the
-journal is folded into a new snapshot (written aside, then ``CURRENT`` swapped) every
-``journal_max_ops`` changes. Opening a store loads the snapshot and replays its journal, so a
-restart (or a crash) never loses an acknowledged change. Each upsert gets a fresh int64 key.
+``VectorIndex``; every upsert or delete changes both under one write lock, after it is
+committed to the store's SQLite database (``server.search.catalog_db``), so an
+acknowledged change survives a crash at any moment. Opening a store reads the items back
+and adds their vectors to the stored, trained index. Each upsert gets fresh int64 keys.
 """
 
 from __future__ import annotations
 
-import base64
-import fcntl
 import hashlib
-import json
-import logging
 import os
-import shutil
-import threading
-import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from server.search.catalog_db import (
+    PHOTOS_DIR,
+    CatalogDB,
+    CatalogStoreError,
+    acquire_store_lock,
+    item_row,
+    row_record,
+)
+from server.search.catalog_rows import CatalogRows, RWLock
 from server.search.vector_index import IndexKind, VectorIndex
 
-log = logging.getLogger(__name__)
-
-CURRENT = "CURRENT"
-ITEMS_FILE = "items.jsonl"
-VECTORS_FILE = "vectors.npy"
-META_FILE = "meta.json"
-PHOTOS_DIR = "photos"
-_LOCK_FILE = "LOCK"
-
-
-class CatalogStoreError(RuntimeError):
-    """The catalog store on disk is missing, damaged or inconsistent."""
+__all__ = ["Catalog", "CatalogStoreError", "Filters", "Item", "PhotoUpload"]
 
 
 @dataclass(frozen=True)
@@ -71,6 +55,14 @@ class Item:
 
 
 @dataclass(frozen=True)
+class PhotoUpload:
+    """Photo bytes given with an upsert, stored in the store's photo folder."""
+
+    data: bytes
+    suffix: str
+
+
+@dataclass(frozen=True)
 class Filters:
     """Candidate restrictions: categories (case-insensitive) and an inclusive price range.
 
@@ -86,112 +78,20 @@ class Filters:
         return bool(self.categories) or self.price_min is not None or self.price_max is not None
 
 
-class RWLock:
-    """Many readers or one writer; a waiting writer blocks new readers."""
-
-    def __init__(self) -> None:
-        self._cond = threading.Condition()
-        self._readers = 0
-        self._writer = False
-        self._waiting_writers = 0
-
-    @contextmanager
-    def read(self) -> Iterator[None]:
-        with self._cond:
-            while self._writer or self._waiting_writers:
-                self._cond.wait()
-            self._readers += 1
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._readers -= 1
-                self._cond.notify_all()
-
-    @contextmanager
-    def write(self) -> Iterator[None]:
-        with self._cond:
-            self._waiting_writers += 1
-            while self._writer or self._readers:
-                self._cond.wait()
-            self._waiting_writers -= 1
-            self._writer = True
-        try:
-            yield
-        finally:
-            with self._cond:
-                self._writer = False
-                self._cond.notify_all()
-
-
-class _Rows:
-    """Row-aligned arrays (vectors, keys, category codes, prices) with O(1) append/remove."""
-
-    def __init__(self, dim: int) -> None:
-        self.n = 0
-        self.vectors = np.zeros((0, dim), dtype=np.float32)
-        self.keys = np.zeros(0, dtype=np.int64)
-        self.codes = np.zeros(0, dtype=np.int32)
-        self.prices = np.zeros(0, dtype=np.float32)
-        self.ids: list[str] = []
-        self.row_of: dict[int, int] = {}
-
-    def append(self, key: int, item_id: str, vector: np.ndarray, code: int, price: float) -> None:
-        if self.n == len(self.keys):
-            self._grow(max(16, 2 * self.n))
-        i = self.n
-        self.vectors[i], self.keys[i], self.codes[i], self.prices[i] = vector, key, code, price
-        self.ids.append(item_id)
-        self.row_of[key] = i
-        self.n += 1
-
-    def remove(self, key: int) -> None:
-        """Swap the last row into the removed one."""
-        i, last = self.row_of.pop(key), self.n - 1
-        if i != last:
-            for arr in (self.vectors, self.keys, self.codes, self.prices):
-                arr[i] = arr[last]
-            self.ids[i] = self.ids[last]
-            self.row_of[int(self.keys[i])] = i
-        self.ids.pop()
-        self.n -= 1
-
-    def _grow(self, capacity: int) -> None:
-        def grown(arr: np.ndarray) -> np.ndarray:
-            out = np.zeros((capacity, *arr.shape[1:]), dtype=arr.dtype)
-            out[: self.n] = arr[: self.n]
-            return out
-
-        self.vectors, self.keys = grown(self.vectors), grown(self.keys)
-        self.codes, self.prices = grown(self.codes), grown(self.prices)
-
-
 class Catalog:
-    """Items, their vectors and the FAISS index, persisted together under ``folder``."""
+    """Items, their vectors and the FAISS index, persisted in the database of ``db``."""
 
-    def __init__(
-        self,
-        folder: Path,
-        index: VectorIndex,
-        *,
-        generation: int = 1,
-        journal_max_ops: int = 1000,
-        exact_max_items: int = 20000,
-    ) -> None:
-        self.folder = Path(folder)
+    def __init__(self, db: CatalogDB, index: VectorIndex, *, exact_max_items: int = 20000):
+        self.db = db
         self.index = index
-        self.generation = generation
-        self.journal_max_ops = journal_max_ops
         self.exact_max_items = exact_max_items
         self.lock = RWLock()
         self._items: dict[str, Item] = {}
         self._key_of: dict[str, int] = {}
-        self._rows = _Rows(index.dim)
+        self._rows = CatalogRows(index.dim)
         self._category_codes: dict[str, int] = {}
+        self._photo_refs: Counter[str] = Counter()
         self._next_key = 0
-        self._journal_ops = 0
-        self._journal: Any = None
-        self._lock_file: Any = None
 
     # -- building and opening -------------------------------------------------------------
 
@@ -210,14 +110,14 @@ class Catalog:
         min_recall: float = 0.95,
         recall_queries: int = 500,
         query_vectors: np.ndarray | None = None,
-        journal_max_ops: int = 1000,
     ) -> Catalog:
-        """Build the index over ``items`` and write a fresh store to ``folder`` (replacing it)."""
+        """Build the index over ``items`` and write a fresh store to ``folder`` (replacing
+        the one there in one step)."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         if len(items) != len(vectors):
             raise ValueError(f"{len(items)} items but {len(vectors)} vectors")
         _check_unique([it.id for it in items])
-        lock_file = _acquire_lock(Path(folder))
+        lock_file = acquire_store_lock(Path(folder))
         try:
             index = VectorIndex.build(
                 vectors,
@@ -231,64 +131,52 @@ class Catalog:
                 n_recall_queries=recall_queries,
                 queries=query_vectors,
             )
-            catalog = cls(
-                folder, index, journal_max_ops=journal_max_ops, exact_max_items=exact_max_items
-            )
-            for key, (item, vector) in enumerate(zip(items, vectors, strict=True)):
-                catalog._put(item, vector, key)
-            catalog._next_key = len(items)
-            catalog._write_snapshot(_live_generation(folder) + 1)
+            rows = [
+                item_row(it.to_json(), key, v)
+                for key, (it, v) in enumerate(zip(items, vectors, strict=True))
+            ]
+            db = CatalogDB.write_new(Path(folder), rows, index, lock_file)
         except BaseException:
             lock_file.close()
             raise
-        catalog._lock_file = lock_file
+        catalog = cls(db, index, exact_max_items=exact_max_items)
+        for key, (item, vector) in enumerate(zip(items, vectors, strict=True)):
+            catalog._put(item, vector, key)
+        catalog._next_key = len(items)
+        catalog._remove_unused_photos(catalog._stored_photos())
         return catalog
 
     @classmethod
-    def open(
-        cls, folder: Path, *, journal_max_ops: int = 1000, exact_max_items: int = 20000
-    ) -> Catalog:
-        """Load the live snapshot and replay its journal (holding the store's lock)."""
-        folder = Path(folder)
-        pointer = folder / CURRENT
-        if not pointer.is_file():
-            raise FileNotFoundError(f"no catalog store at {folder} (run `fedsearch index`)")
-        lock_file = _acquire_lock(folder)
+    def open(cls, folder: Path, *, exact_max_items: int = 20000) -> Catalog:
+        """Load the store's items and index (holding the store's lock)."""
+        db = CatalogDB.open(Path(folder))
         try:
-            catalog = cls._load(folder, journal_max_ops, exact_max_items)
+            catalog = cls(db, db.empty_index(), exact_max_items=exact_max_items)
+            catalog._load_rows()
         except BaseException:
-            lock_file.close()
+            db.close()
             raise
-        catalog._lock_file = lock_file
+        catalog._remove_unused_photos(catalog._stored_photos())
         return catalog
 
-    @classmethod
-    def _load(cls, folder: Path, journal_max_ops: int, exact_max_items: int) -> Catalog:
-        generation = _live_generation(folder)
-        snapshot = folder / f"g{generation:06d}"
-        index = VectorIndex.load(snapshot)
-        meta = json.loads((snapshot / META_FILE).read_text(encoding="utf-8"))
-        catalog = cls(
-            folder,
-            index,
-            generation=generation,
-            journal_max_ops=journal_max_ops,
-            exact_max_items=exact_max_items,
-        )
-        vectors = np.load(snapshot / VECTORS_FILE)
-        with (snapshot / ITEMS_FILE).open(encoding="utf-8") as fh:
-            records = [json.loads(line) for line in fh]
-        if len(records) != len(vectors):
-            raise CatalogStoreError(f"{snapshot}: {len(records)} items but {len(vectors)} vectors")
-        for record, vector in zip(records, vectors, strict=True):
-            key = record.pop("key")
-            catalog._put(Item(**record), vector, key)
-        catalog._next_key = int(meta["next_key"])
-        catalog._replay_journal()
-        catalog._check_index()
-        return catalog
+    def _load_rows(self) -> None:
+        keys, vectors = [], []
+        for row in self.db.rows():
+            record, key, vector = row_record(row)
+            if vector.shape != (self.dim,):
+                raise CatalogStoreError(f"{self.folder}: item {record['id']!r} has a bad vector")
+            self._put(Item(**record), vector, key)
+            keys.append(key)
+            vectors.append(vector)
+        if vectors:
+            self.index.add(np.stack(vectors), np.array(keys))
+        self._next_key = max(keys, default=-1) + 1
 
     # -- reading --------------------------------------------------------------------------
+
+    @property
+    def folder(self) -> Path:
+        return self.db.folder
 
     @property
     def encoder_version(self) -> str:
@@ -364,23 +252,32 @@ class Catalog:
 
     # -- changing -------------------------------------------------------------------------
 
-    def upsert(self, items: Sequence[Item], vectors: np.ndarray) -> None:
-        """Add or replace items (journaled and fsynced first, then index and catalog)."""
+    def upsert(
+        self,
+        items: Sequence[Item],
+        vectors: np.ndarray,
+        photos: Sequence[PhotoUpload | None] | None = None,
+    ) -> None:
+        """Add or replace items: committed to the database first, then index and catalog.
+
+        ``photos[i]``, when given, is stored and becomes item ``i``'s photo. A photo of the
+        store that no item names any more (replaced or deleted) is removed.
+        """
         vectors = np.ascontiguousarray(vectors, dtype=np.float32).reshape(len(items), self.dim)
         _check_unique([it.id for it in items])
         with self.lock.write():
+            items = [
+                it if upload is None else _with_photo(it, self._save_photo(upload))
+                for it, upload in zip(items, photos or [None] * len(items), strict=True)
+            ]
             keys = list(range(self._next_key, self._next_key + len(items)))
-            self._log(
-                {
-                    "op": "upsert",
-                    "items": [
-                        {**it.to_json(), "key": k, "vector": _b64(v)}
-                        for it, k, v in zip(items, keys, vectors, strict=True)
-                    ],
-                }
-            )
+            rows = [
+                item_row(it.to_json(), k, v) for it, k, v in zip(items, keys, vectors, strict=True)
+            ]
+            self.db.replace_items(rows)
+            old = [self._items[it.id].photo for it in items if it.id in self._items]
             self._apply_upsert(items, vectors, keys)
-            self._maybe_compact()
+            self._remove_unused_photos(old)
 
     def delete(self, item_ids: Sequence[str]) -> None:
         """Remove items; ``KeyError`` naming the first unknown id (nothing is removed then)."""
@@ -388,29 +285,19 @@ class Catalog:
             for item_id in item_ids:
                 if item_id not in self._items:
                     raise KeyError(item_id)
-            self._log({"op": "delete", "ids": list(item_ids)})
-            self._apply_delete(item_ids)
-            self._maybe_compact()
-
-    def save_photo(self, data: bytes, suffix: str) -> str:
-        """Store upserted photo bytes (content-addressed, atomic); return their path."""
-        folder = self.folder / PHOTOS_DIR
-        folder.mkdir(parents=True, exist_ok=True)
-        path = folder / f"{hashlib.sha256(data).hexdigest()}{suffix}"
-        if not path.is_file():
-            _write_atomic(path, data)
-        return str(path)
+            self.db.delete_items(item_ids)
+            old = [self._items[i].photo for i in item_ids]
+            self.index.remove(np.array([self._drop(i) for i in item_ids]))
+            self._remove_unused_photos(old)
 
     def compact(self) -> None:
+        """Fold the database's write-ahead log into its file."""
         with self.lock.write():
-            self._write_snapshot(self.generation + 1)
+            self.db.checkpoint()
 
     def close(self) -> None:
-        """Close the journal and release the store for another process."""
-        self._close_journal()
-        if self._lock_file is not None:
-            self._lock_file.close()
-            self._lock_file = None
+        """Close the database and release the store for another process."""
+        self.db.close()
 
     # -- internals ------------------------------------------------------------------------
 
@@ -420,11 +307,17 @@ class Catalog:
         self._rows.append(key, item.id, vector, code, price)
         self._items[item.id] = item
         self._key_of[item.id] = key
+        if item.photo is not None:
+            self._photo_refs[item.photo] += 1
 
     def _drop(self, item_id: str) -> int:
         key = self._key_of.pop(item_id)
-        del self._items[item_id]
+        item = self._items.pop(item_id)
         self._rows.remove(key)
+        if item.photo is not None:
+            self._photo_refs[item.photo] -= 1
+            if self._photo_refs[item.photo] <= 0:
+                del self._photo_refs[item.photo]
         return key
 
     def _apply_upsert(self, items: Sequence[Item], vectors: np.ndarray, keys: list[int]) -> None:
@@ -436,121 +329,35 @@ class Catalog:
         self.index.add(vectors, np.array(keys))
         self._next_key = max(self._next_key, max(keys) + 1)
 
-    def _apply_delete(self, item_ids: Sequence[str]) -> None:
-        self.index.remove(np.array([self._drop(i) for i in item_ids]))
+    @property
+    def _photo_folder(self) -> Path:
+        return self.folder / PHOTOS_DIR
 
-    def _close_journal(self) -> None:
-        if self._journal is not None:
-            self._journal.close()
-            self._journal = None
-
-    def _journal_path(self, generation: int) -> Path:
-        return self.folder / f"g{generation:06d}.journal"
-
-    def _log(self, record: dict[str, Any]) -> None:
-        if self._journal is None:
-            self._journal = self._journal_path(self.generation).open("a", encoding="utf-8")
-        self._journal.write(json.dumps(record) + "\n")
-        self._journal.flush()
-        os.fsync(self._journal.fileno())
-        self._journal_ops += 1
-
-    def _maybe_compact(self) -> None:
-        if self._journal_ops >= self.journal_max_ops:
-            self._write_snapshot(self.generation + 1)
-
-    def _replay_journal(self) -> None:
-        path = self._journal_path(self.generation)
+    def _save_photo(self, upload: PhotoUpload) -> str:
+        """Store photo bytes (content-addressed, written atomically); return their path."""
+        self._photo_folder.mkdir(parents=True, exist_ok=True)
+        path = self._photo_folder / f"{hashlib.sha256(upload.data).hexdigest()}{upload.suffix}"
         if not path.is_file():
-            return
-        lines = path.read_bytes().split(b"\n")
-        complete, tail = lines[:-1], lines[-1]
-        if tail:
-            log.warning("%s: dropping a torn last record (%d bytes)", path, len(tail))
-            with path.open("r+b") as fh:
-                fh.truncate(sum(len(line) + 1 for line in complete))
-        for number, line in enumerate(complete, 1):
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise CatalogStoreError(f"{path}:{number}: damaged journal record ({exc})") from exc
-            self._replay(record)
-            self._journal_ops += 1
+            _write_atomic(path, upload.data)
+        return str(path)
 
-    def _replay(self, record: dict[str, Any]) -> None:
-        if record["op"] == "delete":
-            self._apply_delete(record["ids"])
-            return
-        entries = [dict(e) for e in record["items"]]
-        keys = [e.pop("key") for e in entries]
-        vectors = np.stack([_unb64(e.pop("vector"), self.dim) for e in entries])
-        self._apply_upsert([Item(**e) for e in entries], vectors, keys)
+    def _stored_photos(self) -> list[str]:
+        folder = self._photo_folder
+        return [str(p) for p in folder.iterdir()] if folder.is_dir() else []
 
-    def _check_index(self) -> None:
-        if self.index.ntotal == len(self._items):
-            return
-        log.warning(
-            "index holds %d vectors but the catalog %d items: rebuilding the index",
-            self.index.ntotal,
-            len(self._items),
-        )
-        info = self.index.info
-        n = self._rows.n
-        self.index = VectorIndex.build(
-            self._rows.vectors[:n],
-            self._rows.keys[:n],
-            encoder_version=info.encoder_version,
-            kind=info.kind,  # type: ignore[arg-type]
-            nlist=info.nlist,
-            nprobe=max(1, info.nprobe),
-        )
-
-    def _write_snapshot(self, generation: int) -> None:
-        """Write all state aside, then swap ``CURRENT`` to it and drop older generations."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        name = f"g{generation:06d}"
-        staging = self.folder / f".staging-{name}"
-        shutil.rmtree(staging, ignore_errors=True)
-        staging.mkdir()
-        n = self._rows.n
-        with (staging / ITEMS_FILE).open("w", encoding="utf-8") as fh:
-            for row in range(n):
-                item = self._items[self._rows.ids[row]]
-                fh.write(json.dumps({**item.to_json(), "key": int(self._rows.keys[row])}) + "\n")
-        np.save(staging / VECTORS_FILE, self._rows.vectors[:n])
-        self.index.save(staging)
-        meta = {"next_key": self._next_key, "items": n, "written_at": time.time()}
-        (staging / META_FILE).write_text(json.dumps(meta, indent=2), "utf-8")
-        _fsync_tree(staging)
-        os.replace(staging, self.folder / name)
-        _write_atomic(self.folder / CURRENT, name.encode())
-        self._close_journal()
-        self.generation, self._journal_ops = generation, 0
-        for path in self.folder.glob("g[0-9]*"):
-            if path.name not in (name, self._journal_path(generation).name):
-                if path.is_dir():
-                    shutil.rmtree(path)
-                else:
-                    path.unlink()
+    def _remove_unused_photos(self, candidates: Sequence[str | None]) -> None:
+        """Delete those of ``candidates`` that lie in the store's photo folder and that no
+        item names (left by a delete, a replacement, or a crash before a commit)."""
+        for photo in candidates:
+            if photo is None or self._photo_refs.get(photo):
+                continue
+            path = Path(photo)
+            if path.parent == self._photo_folder:
+                path.unlink(missing_ok=True)
 
 
-def _acquire_lock(folder: Path) -> Any:
-    """An exclusive advisory lock on the store: one writer process at a time."""
-    folder.mkdir(parents=True, exist_ok=True)
-    handle = (folder / _LOCK_FILE).open("a")
-    try:
-        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        handle.close()
-        raise CatalogStoreError(
-            f"catalog store {folder} is in use by another process (a running `fedsearch serve`?)"
-        ) from None
-    return handle
-
-
-def _live_generation(folder: Path) -> int:
-    pointer = folder / CURRENT
-    return int(pointer.read_text(encoding="utf-8").strip()[1:]) if pointer.is_file() else 0
+def _with_photo(item: Item, photo: str) -> Item:
+    return Item(**{**item.to_json(), "photo": photo})
 
 
 def _check_unique(ids: Sequence[str]) -> None:
@@ -561,14 +368,6 @@ def _check_unique(ids: Sequence[str]) -> None:
         seen.add(item_id)
 
 
-def _b64(vector: np.ndarray) -> str:
-    return base64.b64encode(np.asarray(vector, dtype="<f4").tobytes()).decode("ascii")
-
-
-def _unb64(text: str, dim: int) -> np.ndarray:
-    return np.frombuffer(base64.b64decode(text), dtype="<f4").reshape(dim).astype(np.float32)
-
-
 def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     with tmp.open("wb") as fh:
@@ -576,9 +375,3 @@ def _write_atomic(path: Path, data: bytes) -> None:
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, path)
-
-
-def _fsync_tree(folder: Path) -> None:
-    for path in folder.iterdir():
-        with path.open("rb") as fh:
-            os.fsync(fh.fileno())

@@ -155,7 +155,6 @@ def create_catalog(
         min_recall=s.ann_min_recall,
         recall_queries=s.recall_queries,
         query_vectors=query_vectors,
-        journal_max_ops=s.journal_max_ops,
     )
 
 
@@ -168,11 +167,7 @@ def fashion_items(config: Config, limit: int | None = None) -> list[Item]:
 
 
 def open_catalog(config: Config, folder: Path | None = None) -> Catalog:
-    return Catalog.open(
-        folder or store_path(config),
-        journal_max_ops=config.search.journal_max_ops,
-        exact_max_items=config.search.exact_max_items,
-    )
+    return Catalog.open(folder or store_path(config), exact_max_items=config.search.exact_max_items)
 
 
 def open_or_build_catalog(config: Config, encoder: Encoder, folder: Path | None = None) -> Catalog:

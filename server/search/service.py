@@ -45,7 +45,7 @@ from server.search.api import (
     to_query,
     validation_error,
 )
-from server.search.catalog import Catalog, Item
+from server.search.catalog import Catalog, Item, PhotoUpload
 from server.search.catalog_build import (
     encoder_from_config,
     open_or_build_catalog,
@@ -237,7 +237,7 @@ def _add_item_routes(app: FastAPI, service: SearchService) -> None:
     @app.post("/items", responses=ERRORS, summary="Upsert a batch of items (title and/or photo)")
     async def upsert_items(request: Request, authorization: str | None = Header(None)) -> dict:
         """Each item is encoded (title + photo fused as in the index) and indexed; an item
-        with an existing id is replaced. Durable before the response (journaled, fsynced)."""
+        with an existing id is replaced. Committed to the store's database before the answer."""
         _check_admin(service, authorization)
         data = parse_json_object(await request.body(), service.config.search.max_request_bytes)
         try:
@@ -292,14 +292,12 @@ def _upsert(service: SearchService, body: UpsertBody) -> dict[str, Any]:
             title=titles[i] or "",
             category=it.category,
             price=it.price,
-            photo=None
-            if raw[i] is None
-            else service.catalog.save_photo(raw[i], image_suffix(raw[i])),
             attributes=it.attributes,
         )
         for i, it in enumerate(body.items)
     ]
-    service.catalog.upsert(items, vectors)
+    uploads = [None if data is None else PhotoUpload(data, image_suffix(data)) for data in raw]
+    service.catalog.upsert(items, vectors, uploads)
     return {"upserted": ids, "items": len(service.catalog)}
 
 

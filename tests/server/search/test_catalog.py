@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -57,7 +59,7 @@ def test_filters_on_category_and_price(tmp_path, exact_max_items):
     catalog.close()
 
 
-def test_upsert_and_delete_survive_a_restart_via_the_journal(store, tmp_path):
+def test_upsert_and_delete_survive_a_restart(store, tmp_path):
     catalog, items, vectors, rng = store
     new = unit(rng, 2)
     catalog.upsert([Item(id="i1", title="replaced"), Item(id="new", title="added")], new)
@@ -76,34 +78,66 @@ def test_upsert_and_delete_survive_a_restart_via_the_journal(store, tmp_path):
     reopened.close()
 
 
-def test_compaction_writes_a_new_snapshot_and_drops_the_old(tmp_path):
+def test_compaction_folds_the_log_and_keeps_every_change(tmp_path):
     rng = np.random.default_rng(2)
-    catalog = Catalog.create(
-        tmp_path / "s", make_items(10), unit(rng, 10), encoder_version="e", journal_max_ops=2
-    )
+    catalog = Catalog.create(tmp_path / "s", make_items(10), unit(rng, 10), encoder_version="e")
     for i in range(5):
         catalog.upsert([Item(id=f"n{i}", title="x")], unit(rng, 1))
-    generations = sorted(p.name for p in (tmp_path / "s").glob("g*"))
-    assert catalog.generation == 3
-    assert generations == ["g000003", "g000003.journal"]
+    assert (tmp_path / "s" / "catalog.sqlite3-wal").stat().st_size > 0
+    catalog.compact()
+    assert (tmp_path / "s" / "catalog.sqlite3-wal").stat().st_size == 0
     expected = state(catalog)
     catalog.close()
     reopened = Catalog.open(tmp_path / "s")
     assert state(reopened)[0] == expected[0] and len(reopened) == 15
+    np.testing.assert_array_equal(state(reopened)[1], expected[1])
     reopened.close()
 
 
-def test_torn_last_journal_record_is_dropped_not_fatal(store, tmp_path):
-    catalog, _, _, rng = store
+def test_a_rebuild_interrupted_before_its_rename_leaves_the_old_store(store, tmp_path):
+    catalog, items, vectors, rng = store
     catalog.upsert([Item(id="kept", title="k")], unit(rng, 1))
     catalog.close()
-    journal = next((tmp_path / "s").glob("*.journal"))
-    with journal.open("ab") as fh:
-        fh.write(b'{"op": "upsert", "items": [{"id": "torn"')  # a crash mid-write
+    (tmp_path / "s" / ".catalog.sqlite3.new").write_bytes(b"half a database")  # a crash
     reopened = Catalog.open(tmp_path / "s")
-    assert reopened.get("kept") is not None and reopened.get("torn") is None
-    assert len(reopened) == 41
+    assert reopened.get("kept") is not None and len(reopened) == 41
     reopened.close()
+    Catalog.create(tmp_path / "s", items[:3], vectors[:3], encoder_version="enc").close()
+    assert not (tmp_path / "s" / ".catalog.sqlite3.new").exists()
+    reopened = Catalog.open(tmp_path / "s")
+    assert len(reopened) == 3
+    reopened.close()
+
+
+def test_a_damaged_database_is_a_clear_error(tmp_path):
+    folder = tmp_path / "s"
+    folder.mkdir()
+    (folder / "catalog.sqlite3").write_bytes(b"not a database at all" * 100)
+    with pytest.raises(CatalogStoreError, match="not a readable catalog database"):
+        Catalog.open(folder)
+
+
+def test_photos_no_item_names_are_removed(tmp_path):
+    from server.search.catalog import PhotoUpload
+
+    rng = np.random.default_rng(3)
+    catalog = Catalog.create(tmp_path / "s", make_items(2), unit(rng, 2), encoder_version="e")
+    red, blue = PhotoUpload(b"red-bytes", ".png"), PhotoUpload(b"blue-bytes", ".png")
+    catalog.upsert([Item(id="a", title="a"), Item(id="b", title="b")], unit(rng, 2), [red, red])
+    shared = catalog.get("a").photo
+    assert shared == catalog.get("b").photo and open(shared, "rb").read() == b"red-bytes"
+    catalog.delete(["a"])
+    assert Path(shared).is_file()  # still the photo of b
+    catalog.upsert([Item(id="b", title="b")], unit(rng, 1), [blue])  # b's photo replaced
+    assert not Path(shared).exists() and Path(catalog.get("b").photo).is_file()
+    blue_path = catalog.get("b").photo
+    catalog.delete(["b"])
+    assert not Path(blue_path).exists()
+    stray = tmp_path / "s" / "photos" / "left-by-a-crash.png"
+    stray.write_bytes(b"x")
+    catalog.close()
+    Catalog.open(tmp_path / "s").close()
+    assert not stray.exists() and list((tmp_path / "s" / "photos").iterdir()) == []
 
 
 def test_delete_of_unknown_id_changes_nothing(store):
