@@ -202,9 +202,16 @@ def _error(response: httpx.Response) -> SearchError:
 
 
 def verified_adapters(
-    registry: str | Path, public_key: Ed25519PublicKey
+    registry: str | Path, public_key: Ed25519PublicKey, *, state_file: str | Path
 ) -> TrustedVersions[QueryAdapter]:
-    """The registry's newest adapter version signed by ``public_key``, refreshed on use."""
+    """The registry's newest adapter version signed by ``public_key``, refreshed on use.
+
+    ``state_file`` (on the device's own disk, e.g. in its store folder) keeps the highest
+    version ever accepted, so a replayed or downgraded registry copy is refused even after
+    the app restarts."""
     return TrustedVersions(
-        Path(registry), public_key, lambda folder, _: QueryAdapter.load(folder / ADAPTER_FILE)
+        Path(registry),
+        public_key,
+        lambda folder, _: QueryAdapter.load(folder / ADAPTER_FILE),
+        state_file=Path(state_file),
     )

@@ -192,6 +192,9 @@ class SearchConfig(_Section):
     versions are checked against their manifest's sha256, without a signature.
     ``query_precision``: the text tower's for queries ("auto": bfloat16 where the hardware
     has it natively); items are always encoded in float32. Threads 0: the library default.
+    Security and bounds (README "Search service"): ``admin_token`` ("": env or token file),
+    TLS ``tls_certfile`` + ``tls_keyfile``, ``demo`` serves ``/shoppers``; bodies, headers,
+    JSON nesting and photo pixels are bounded by the ``max_*`` and ``*_timeout_s`` keys.
     """
 
     host: str = "127.0.0.1"
@@ -208,12 +211,19 @@ class SearchConfig(_Section):
     max_text_chars: int = Field(default=512, ge=1)
     max_image_bytes: int = Field(default=4_000_000, ge=1)
     max_request_bytes: int = 16_000_000
+    max_image_pixels: int = Field(default=40_000_000, ge=1)
+    max_json_depth: int = Field(default=32, ge=2)
+    header_timeout_s: float = Field(default=10.0, gt=0)
+    body_timeout_s: float = Field(default=60.0, gt=0)
     max_upsert_items: int = Field(default=256, ge=1)
     personalization_weight: float = Field(default=0.3, ge=0)
     synthetic_prices: bool = True
     poll_interval_s: float = Field(default=5.0, gt=0)
     public_key: str = ""
     admin_token: str = ""
+    tls_certfile: str = ""
+    tls_keyfile: str = ""
+    demo: bool = False
     shoppers_file: str = ""
     max_batch: int = Field(default=32, ge=1)
     query_precision: TextPrecision = "auto"

@@ -1,7 +1,8 @@
 """Request and response schemas of the search service, and turning requests into queries.
 
-Every bad input becomes an ``ApiError``: an HTTP 4xx whose JSON body names the field,
-``{"error": {"field": "k", "message": "..."}}``. Limits come from ``SearchConfig``.
+Every bad input becomes an ``ApiError`` (``server.search.api_errors``): an HTTP 4xx whose
+JSON body names the field, ``{"error": {"field": "k", "message": "..."}}``. Limits come
+from ``SearchConfig``. Numbers are strict: ``"k": true`` is refused, not read as 1.
 """
 
 from __future__ import annotations
@@ -16,29 +17,34 @@ from typing import Any
 
 import numpy as np
 from PIL import Image
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+    ValidationError,
+    field_validator,
+)
 
 from common.config import SearchConfig
-from common.model.encoder import load_image
+from server.search.api_errors import ApiError
 from server.search.catalog import Filters, Item
 from server.search.engine import Query, SearchResult
+from server.search.images import open_image
+from server.search.limits import json_depth_exceeds
 
-ID_PATTERN = r"^[A-Za-z0-9._:@-]{1,128}$"
+ID_PATTERN = r"^[A-Za-z0-9_:@-][A-Za-z0-9._:@-]{0,127}$"  # no "." or ".." (photo URLs)
+MAX_PRICE = 1e9
+MAX_ATTRIBUTES, MAX_ATTRIBUTE_CHARS = 64, 256
 SYNTHETIC_PRICE_NOTE = (
     "The bundled fashion catalog has no prices: its items carry a deterministic synthetic "
     "demo price (log-uniform 5-250, from the item id) flagged `price_synthetic: true`, so "
     "the price filter can be shown. Items upserted with a `price` keep theirs; a price "
     "bound excludes items without a price."
 )
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.status, self.field, self.message = status, field, message
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"field": self.field, "message": self.message}}
 
 
 # -- schemas (validation and OpenAPI docs) ------------------------------------------------
@@ -49,41 +55,56 @@ class _Strict(BaseModel):
 
 
 class SearchFilters(_Strict):
-    category: str | list[str] | None = Field(
+    category: StrictStr | list[StrictStr] | None = Field(
         None, description="one category or a list (case-insensitive, e.g. 'Watches')"
     )
-    price_min: float | None = Field(None, allow_inf_nan=False, description="inclusive")
-    price_max: float | None = Field(None, allow_inf_nan=False, description="inclusive")
+    price_min: StrictFloat | None = Field(None, allow_inf_nan=False, description="inclusive")
+    price_max: StrictFloat | None = Field(None, allow_inf_nan=False, description="inclusive")
 
 
 class SearchBody(_Strict):
-    text: str | None = Field(None, description="query text")
-    image: str | None = Field(None, description="query photo, base64 (a data: URL is accepted)")
-    text_weight: float | None = Field(
+    text: StrictStr | None = Field(None, description="query text")
+    image: StrictStr | None = Field(
+        None, description="query photo, base64 (a data: URL is accepted)"
+    )
+    text_weight: StrictFloat | None = Field(
         None, ge=0, le=1, allow_inf_nan=False, description="text share when both are given"
     )
-    k: int | None = Field(None, description="number of results (1..search.max_k)")
+    k: StrictInt | None = Field(None, description="number of results (1..search.max_k)")
     filters: SearchFilters | None = None
-    user_vector: list[float] | None = Field(
+    user_vector: list[StrictFloat] | None = Field(
         None,
         description="the shopper's private user vector for server-side reranking of the top "
         "search.candidates; used for this request only, never stored or logged",
     )
-    personalization_weight: float | None = Field(
+    personalization_weight: StrictFloat | None = Field(
         None, ge=0, le=10, allow_inf_nan=False, description="beta in base + beta * cos(user, item)"
     )
-    return_vectors: bool = Field(
+    return_vectors: StrictBool = Field(
         False, description="include the base query vector and each result's item vector"
     )
 
 
 class UpsertItem(_Strict):
-    id: str = Field(pattern=ID_PATTERN)
-    title: str | None = None
-    image: str | None = Field(None, description="photo, base64")
-    category: str = Field("", max_length=100)
-    price: float | None = Field(None, ge=0, allow_inf_nan=False)
-    attributes: dict[str, str] = Field(default_factory=dict)
+    id: StrictStr = Field(pattern=ID_PATTERN, description="letters, digits, . _ : @ -")
+    title: StrictStr | None = Field(None, description="at most search.max_text_chars")
+    image: StrictStr | None = Field(None, description="photo, base64")
+    category: StrictStr = Field("", max_length=100)
+    price: StrictFloat | None = Field(None, ge=0, le=MAX_PRICE, allow_inf_nan=False)
+    attributes: dict[StrictStr, StrictStr] = Field(
+        default_factory=dict,
+        max_length=MAX_ATTRIBUTES,
+        description=f"at most {MAX_ATTRIBUTES}, names and values of {MAX_ATTRIBUTE_CHARS} "
+        "characters at most",
+    )
+
+    @field_validator("attributes")
+    @classmethod
+    def _short_attributes(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, text in value.items():
+            if len(name) > MAX_ATTRIBUTE_CHARS or len(text) > MAX_ATTRIBUTE_CHARS:
+                raise ValueError(f"attribute {name[:40]!r}: over {MAX_ATTRIBUTE_CHARS} characters")
+        return value
 
 
 class UpsertBody(_Strict):
@@ -134,13 +155,18 @@ def validation_error(exc: ValidationError, prefix: str = "") -> ApiError:
     return ApiError(422, field or "body", message)
 
 
-def parse_json_object(body: bytes, max_bytes: int) -> dict[str, Any]:
+def parse_json_object(body: bytes, max_bytes: int, max_depth: int = 32) -> dict[str, Any]:
+    """A JSON object of at most ``max_bytes`` nested at most ``max_depth`` levels deep."""
     if len(body) > max_bytes:
         raise ApiError(413, "body", f"request body over {max_bytes} bytes")
     try:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ApiError(400, "body", f"malformed JSON: {exc}") from None
+    except RecursionError:
+        data = None
+    if data is None or json_depth_exceeds(data, max_depth):
+        raise ApiError(400, "body", f"JSON nested over {max_depth} levels")
     if not isinstance(data, dict):
         raise ApiError(422, "body", "expected a JSON object")
     return data
@@ -154,15 +180,6 @@ def decode_base64_image(text: str, field: str, max_bytes: int) -> bytes:
         return base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise ApiError(422, field, "not valid base64") from None
-
-
-def open_image(data: bytes, field: str, max_bytes: int) -> Image.Image:
-    if len(data) > max_bytes:
-        raise ApiError(413, field, f"image over {max_bytes} bytes")
-    try:
-        return load_image(data)
-    except (ValueError, Image.DecompressionBombError) as exc:
-        raise ApiError(422, field, f"not an image ({exc})") from None
 
 
 def image_suffix(data: bytes) -> str:
@@ -191,7 +208,11 @@ def to_query(data: dict[str, Any], image_bytes: bytes | None, limits: Limits) ->
         raise ApiError(422, "image", "give the image either as base64 or as an upload")
     if body.image is not None:
         image_bytes = decode_base64_image(body.image, "image", cfg.max_image_bytes)
-    image = None if image_bytes is None else open_image(image_bytes, "image", cfg.max_image_bytes)
+    image = (
+        None
+        if image_bytes is None
+        else open_image(image_bytes, "image", cfg.max_image_bytes, cfg.max_image_pixels)
+    )
     if text is None and image is None:
         raise ApiError(422, "text", "empty query: give text, an image, or both")
     k = cfg.default_k if body.k is None else body.k
@@ -236,15 +257,18 @@ def _user_vector(values: list[float] | None, dim: int) -> np.ndarray | None:
     return vector
 
 
-def form_to_data(form: dict[str, str]) -> dict[str, Any]:
-    """Multipart text fields -> the JSON request's fields (filters, user_vector as JSON)."""
+def form_to_data(form: dict[str, str], max_depth: int = 32) -> dict[str, Any]:
+    """Multipart text fields -> the JSON request's fields (numbers, filters and
+    user_vector written as JSON)."""
     data: dict[str, Any] = dict(form)
-    for name in ("filters", "user_vector"):
+    for name in ("k", "text_weight", "personalization_weight", "filters", "user_vector"):
         if name in data:
             try:
                 data[name] = json.loads(data[name])
-            except json.JSONDecodeError:
+            except (json.JSONDecodeError, RecursionError):
                 raise ApiError(422, name, "not valid JSON") from None
+            if json_depth_exceeds(data[name], max_depth):
+                raise ApiError(422, name, f"JSON nested over {max_depth} levels")
     if "return_vectors" in data:
         data["return_vectors"] = data["return_vectors"].lower() in ("1", "true", "yes", "on")
     return data
@@ -279,6 +303,13 @@ def result_json(result: SearchResult, query: Query, encoder_version: str) -> dic
     if query.return_vectors:
         out["query_vector"] = result.base_query.tolist()
     return out
+
+
+def openapi_json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """A JSON request body of ``model``'s schema for the docs (routes that parse their
+    body themselves, to bound it, declare it this way)."""
+    schema = _inline_refs(model.model_json_schema())
+    return {"required": True, "content": {"application/json": {"schema": schema}}}
 
 
 def openapi_search_body() -> dict[str, Any]:

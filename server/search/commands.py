@@ -34,6 +34,19 @@ def register_search_commands(subparsers: argparse._SubParsersAction) -> None:
     add_config_arguments(serve)
     serve.add_argument("--host", help="default: search.host")
     serve.add_argument("--port", type=int, help="default: search.port")
+    serve.add_argument("--tls-cert", help="PEM certificate for HTTPS (search.tls_certfile)")
+    serve.add_argument("--tls-key", help="its PEM private key (search.tls_keyfile)")
+    serve.add_argument("--demo", action="store_true", help="serve /shoppers (search.demo)")
+    serve.add_argument(
+        "--rollback-to",
+        metavar="VERSION",
+        help="serve this older registry version and pin it until a newer one is published",
+    )
+    serve.add_argument(
+        "--insecure",
+        action="store_true",
+        help="local experiments only: no admin token, and any host without a signing key",
+    )
     serve.set_defaults(handler=_serve)
 
     search = subparsers.add_parser(
@@ -111,15 +124,26 @@ def _index(args: argparse.Namespace) -> int:
 def _serve(args: argparse.Namespace) -> int:
     import uvicorn
 
+    from server.search.http_server import server_config
+    from server.search.serve_checks import admin_for_serving, serving_config
     from server.search.service import create_app
 
-    config = config_from_args(args)
-    apply_thread_settings(config.search.torch_threads, config.search.faiss_threads)
+    config = serving_config(config_from_args(args), args)
     host = args.host or config.search.host
     port = args.port or config.search.port
-    app = create_app(config)
-    print(f"serving on http://{host}:{port}/ (API docs: http://{host}:{port}/docs)", flush=True)
-    uvicorn.run(app, host=host, port=port, log_level="warning")
+    admin, new_token = admin_for_serving(config, host, insecure=args.insecure)
+    apply_thread_settings(config.search.torch_threads, config.search.faiss_threads)
+    app = create_app(config, admin=admin)
+    if args.rollback_to:
+        error = app.state.service.watcher.rollback(args.rollback_to)
+        if error is not None:
+            raise UsageError(f"--rollback-to: {error}")
+    if new_token is not None:
+        print(f"admin token (shown once, only its sha256 is kept): {new_token}", flush=True)
+    scheme = "https" if config.search.tls_certfile else "http"
+    url = f"{scheme}://{host}:{port}"
+    print(f"serving on {url}/ (API docs: {url}/docs)", flush=True)
+    uvicorn.Server(server_config(app, host, port, config.search)).run()
     return 0
 
 

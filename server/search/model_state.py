@@ -76,7 +76,9 @@ class ReloadResult:
 
 class ModelWatcher:
     """Serves each newer trusted version of the registry, checked by a thread every
-    ``poll_interval_s`` and on demand (``check``); ``on_swap`` receives the new state."""
+    ``poll_interval_s`` and on demand (``check``); ``on_swap`` receives the new state.
+    ``state_file`` keeps the highest version accepted across restarts; going back is
+    ``rollback`` only."""
 
     def __init__(
         self,
@@ -86,12 +88,14 @@ class ModelWatcher:
         on_swap: Callable[[ModelState], None],
         public_key: Ed25519PublicKey | None = None,
         poll_interval_s: float = 5.0,
+        state_file: Path | None = None,
     ) -> None:
         self.versions: TrustedVersions[ModelState] = TrustedVersions(
             registry,
             public_key,
             lambda folder, manifest: load_model_state(folder, manifest, dim),
             on_swap=on_swap,
+            state_file=state_file,
         )
         self.poll_interval_s = poll_interval_s
         self._stop = threading.Event()
@@ -102,6 +106,15 @@ class ModelWatcher:
         swapped = self.versions.refresh()
         version = self.versions.version or BASE_VERSION
         return ReloadResult(swapped, version, None if swapped else self.versions.last_error)
+
+    def rollback(self, version: str) -> str | None:
+        """Serve the older ``version`` and pin it (the operator's command); the reason it
+        was refused, or None."""
+        try:
+            self.versions.rollback_to(version)
+        except (IntegrityError, ValueError, OSError) as exc:
+            return f"cannot roll back to {version}: {exc}"
+        return None
 
     def start(self) -> None:
         if self._thread is None:

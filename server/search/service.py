@@ -1,10 +1,13 @@
 """The personalized search service: FastAPI over the search engine.
 
 ``create_app(config)`` builds everything (encoder, catalog store + FAISS index, current
-adapter version, registry watcher); tests and the benchmark pass their own encoder and
-catalog. Endpoints: ``POST /search`` (JSON or multipart), ``GET/POST/DELETE /items``,
-``GET /healthz``, ``/version``, ``/metrics`` (Prometheus), ``/shoppers``, ``POST
-/admin/reload``, the web page at ``/`` and the OpenAPI docs at ``/docs``.
+adapter version, registry watcher, admin token); tests and the benchmark pass their own
+encoder and catalog. Endpoints: ``POST /search`` (JSON or multipart), ``GET/POST/DELETE
+/items`` (``server.search.item_routes``), ``GET /healthz``, ``/version``, ``/metrics``
+(Prometheus), ``/shoppers`` (demo mode only), ``POST /admin/reload`` and
+``/admin/rollback``, the web page at ``/`` and the OpenAPI docs at ``/docs``. Every
+request body is bounded while it arrives (``server.search.limits``); parsing, photo
+decoding and encoding run off the event loop.
 """
 
 from __future__ import annotations
@@ -16,11 +19,13 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from fastapi import FastAPI, Header, Request
+import anyio
+from fastapi import FastAPI, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, Response
-from pydantic import ValidationError
+from pydantic import BaseModel, Field, ValidationError
+from python_multipart.exceptions import FormParserError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -33,25 +38,24 @@ from server.search.api import (
     ErrorResponse,
     Limits,
     SearchResponse,
-    UpsertBody,
-    decode_base64_image,
     form_to_data,
-    image_suffix,
-    item_json,
-    open_image,
+    openapi_json_body,
     openapi_search_body,
     parse_json_object,
     result_json,
     to_query,
     validation_error,
 )
-from server.search.catalog import Catalog, Item, PhotoUpload
+from server.search.auth import AdminAuth
+from server.search.catalog import Catalog
 from server.search.catalog_build import (
     encoder_from_config,
     open_or_build_catalog,
     query_text_encoder,
 )
 from server.search.engine import SearchEngine
+from server.search.item_routes import ERRORS, add_item_routes, admin_guard
+from server.search.limits import BodyLimitMiddleware
 from server.search.metrics import MetricsMiddleware, ServiceMetrics
 from server.search.model_state import ModelWatcher
 from server.search.query_encoder import QueryEncoder
@@ -60,13 +64,18 @@ from server.search.shoppers import shoppers_for
 log = logging.getLogger(__name__)
 
 WEB_PAGE = Path(__file__).parent / "web" / "index.html"
-ERRORS = {code: {"model": ErrorResponse} for code in (400, 401, 404, 413, 415, 422)}
+VERSION_MARK_FILE = "served_version.json"  # in the store: the high-water mark of versions
+DECODE_WORKERS = 2  # photos decoded at once (each up to search.max_image_pixels)
+SMALL_BODY_BYTES = 64 * 1024  # the body limit of routes other than /search and POST /items
+_LARGE_BODY_ROUTES = {("POST", "/search"), ("POST", "/items")}
 
 
 class SearchService:
     """Everything one running service holds; ``app.state.service``."""
 
-    def __init__(self, config: Config, encoder: Encoder, catalog: Catalog) -> None:
+    def __init__(
+        self, config: Config, encoder: Encoder, catalog: Catalog, admin: AdminAuth | None = None
+    ) -> None:
         if catalog.dim != encoder.dim:
             raise ValueError(f"catalog vectors are {catalog.dim}-d, encoder {encoder.dim}-d")
         if catalog.encoder_version != encoder.version:
@@ -77,6 +86,8 @@ class SearchService:
         self.config = config
         self.encoder = encoder
         self.catalog = catalog
+        self.admin = admin or AdminAuth(digest=None)  # None: admin endpoints closed
+        self.decode_limiter = anyio.CapacityLimiter(DECODE_WORKERS)
         self.engine = SearchEngine(
             QueryEncoder(query_text_encoder(config, encoder), max_batch=config.search.max_batch),
             catalog,
@@ -91,6 +102,7 @@ class SearchService:
             on_swap=self.engine.swap_model,
             public_key=public_key,
             poll_interval_s=config.search.poll_interval_s,
+            state_file=catalog.folder / VERSION_MARK_FILE,
         )
         weights = config.encoder.text_weight + config.encoder.image_weight
         self.limits = Limits(encoder.dim, config.search, config.encoder.text_weight / weights)
@@ -109,13 +121,16 @@ def create_app(
     encoder: Encoder | None = None,
     catalog: Catalog | None = None,
     watch_registry: bool = True,
+    admin: AdminAuth | None = None,
 ) -> FastAPI:
-    """The service app. Builds the encoder and catalog from ``config`` unless given."""
+    """The service app. Builds the encoder and catalog from ``config`` unless given; the
+    admin token is the configured one (``server.search.auth``) unless ``admin`` is."""
     if encoder is None:
         encoder = encoder_from_config(config)
     if catalog is None:
         catalog = open_or_build_catalog(config, encoder)
-    service = SearchService(config, encoder, catalog)
+    admin = admin or AdminAuth.from_config(config, catalog.folder)
+    service = SearchService(config, encoder, catalog, admin)
     service.watcher.check()
 
     @asynccontextmanager
@@ -132,12 +147,23 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.service = service
+    app.add_middleware(
+        BodyLimitMiddleware,
+        limit_for=lambda scope: _body_limit(scope, config.search.max_request_bytes),
+        body_timeout_s=config.search.body_timeout_s,
+    )
     app.add_middleware(MetricsMiddleware, metrics=service.metrics)
     _add_error_handlers(app)
     _add_search_routes(app, service)
-    _add_item_routes(app, service)
+    add_item_routes(app, service)
     _add_ops_routes(app, service)
+    _add_admin_routes(app, service)
     return app
+
+
+def _body_limit(scope: dict[str, Any], max_request_bytes: int) -> int:
+    large = (scope.get("method"), scope.get("path")) in _LARGE_BODY_ROUTES
+    return max_request_bytes if large else SMALL_BODY_BYTES
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -157,21 +183,21 @@ def _add_error_handlers(app: FastAPI) -> None:
         body = ApiError(exc.status_code, field, str(exc.detail)).body()
         return JSONResponse(body, status_code=exc.status_code)
 
-
-def _check_admin(service: SearchService, authorization: str | None) -> None:
-    token = service.config.search.admin_token
-    if token and authorization != f"Bearer {token}":
-        raise ApiError(401, "authorization", "admin token required (Authorization: Bearer ...)")
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.error("unhandled error on %s %s", request.method, request.url.path, exc_info=exc)
+        body = ApiError(500, "server", "internal error (logged on the server)").body()
+        return JSONResponse(body, status_code=500)
 
 
 async def _read_search_request(request: Request, service: SearchService):
     cfg = service.config.search
-    length = request.headers.get("content-length")
-    if length is not None and length.isdigit() and int(length) > cfg.max_request_bytes:
-        raise ApiError(413, "body", f"request body over {cfg.max_request_bytes} bytes")
     content_type = request.headers.get("content-type", "application/json")
     if content_type.startswith("multipart/form-data"):
-        form = await request.form(max_files=1, max_fields=16, max_part_size=cfg.max_image_bytes)
+        try:
+            form = await request.form(max_files=1, max_fields=16, max_part_size=cfg.max_image_bytes)
+        except FormParserError as exc:
+            raise ApiError(400, "body", f"malformed multipart body: {exc}") from None
         fields = {k: v for k, v in form.items() if isinstance(v, str)}
         uploads = [v for v in form.values() if isinstance(v, UploadFile)]
         image = None
@@ -179,9 +205,13 @@ async def _read_search_request(request: Request, service: SearchService):
             image = await uploads[0].read(cfg.max_image_bytes + 1)
             if len(image) > cfg.max_image_bytes:
                 raise ApiError(413, "image", f"image over {cfg.max_image_bytes} bytes")
-        return form_to_data(fields), image
+        return form_to_data(fields, cfg.max_json_depth), image
     if content_type.startswith("application/json"):
-        return parse_json_object(await request.body(), cfg.max_request_bytes), None
+        raw = await request.body()
+        data = await anyio.to_thread.run_sync(
+            parse_json_object, raw, cfg.max_request_bytes, cfg.max_json_depth
+        )
+        return data, None
     raise ApiError(415, "content-type", "use application/json or multipart/form-data")
 
 
@@ -200,15 +230,24 @@ def _add_search_routes(app: FastAPI, service: SearchService) -> None:
         """
         start = time.perf_counter()
         data, image = await _read_search_request(request, service)
-        query = to_query(data, image, service.limits)
+        query = await anyio.to_thread.run_sync(
+            to_query, data, image, service.limits, limiter=service.decode_limiter
+        )
         result = await run_in_threadpool(service.engine.search, query)
         body = result_json(result, query, service.encoder.version)
         body["took_ms"] = round((time.perf_counter() - start) * 1000, 3)
         return JSONResponse(body)
 
-    @app.get("/shoppers", summary="Simulated shoppers (names and user vectors) for the page")
+    @app.get(
+        "/shoppers",
+        include_in_schema=service.config.search.demo,
+        responses=ERRORS,
+        summary="Simulated shoppers (names and user vectors) for the page; demo mode only",
+    )
     def shoppers() -> dict[str, Any]:
         cfg = service.config
+        if not cfg.search.demo:
+            raise ApiError(404, "path", "simulated shoppers are served in demo mode only")
         source, people = shoppers_for(
             cfg.paths.work, cfg.search.shoppers_file, service.catalog, service.encoder.dim
         )
@@ -219,91 +258,9 @@ def _add_search_routes(app: FastAPI, service: SearchService) -> None:
         return FileResponse(WEB_PAGE, media_type="text/html")
 
 
-def _add_item_routes(app: FastAPI, service: SearchService) -> None:
-    @app.get("/items/{item_id}", responses=ERRORS, summary="One catalog item")
-    def get_item(item_id: str) -> dict[str, Any]:
-        item = service.catalog.get(item_id)
-        if item is None:
-            raise ApiError(404, "id", f"no item {item_id!r}")
-        return {**item_json(item), "attributes": item.attributes}
-
-    @app.get("/items/{item_id}/photo", responses=ERRORS, summary="An item's photo")
-    def get_photo(item_id: str) -> Response:
-        item = service.catalog.get(item_id)
-        if item is None or item.photo is None or not Path(item.photo).is_file():
-            raise ApiError(404, "id", f"no photo for item {item_id!r}")
-        return FileResponse(item.photo, headers={"Cache-Control": "max-age=3600"})
-
-    @app.post("/items", responses=ERRORS, summary="Upsert a batch of items (title and/or photo)")
-    async def upsert_items(request: Request, authorization: str | None = Header(None)) -> dict:
-        """Each item is encoded (title + photo fused as in the index) and indexed; an item
-        with an existing id is replaced. Committed to the store's database before the answer."""
-        _check_admin(service, authorization)
-        data = parse_json_object(await request.body(), service.config.search.max_request_bytes)
-        try:
-            body = UpsertBody.model_validate(data)
-        except ValidationError as exc:
-            raise validation_error(exc) from None
-        return await run_in_threadpool(_upsert, service, body)
-
-    @app.delete("/items/{item_id}", responses=ERRORS, summary="Delete an item")
-    def delete_item(item_id: str, authorization: str | None = Header(None)) -> dict[str, Any]:
-        _check_admin(service, authorization)
-        try:
-            service.catalog.delete([item_id])
-        except KeyError:
-            raise ApiError(404, "id", f"no item {item_id!r}") from None
-        return {"deleted": item_id, "items": len(service.catalog)}
-
-
-def _upsert(service: SearchService, body: UpsertBody) -> dict[str, Any]:
-    cfg = service.config.search
-    if len(body.items) > cfg.max_upsert_items:
-        raise ApiError(413, "items", f"at most {cfg.max_upsert_items} items per call")
-    ids = [it.id for it in body.items]
-    for i, item_id in enumerate(ids):
-        if item_id in ids[:i]:
-            raise ApiError(422, f"items[{i}].id", f"{item_id!r} appears twice")
-    titles, photos, raw = [], [], []
-    for i, it in enumerate(body.items):
-        title = (it.title or "").strip() or None
-        if title is not None and len(title) > cfg.max_text_chars:
-            raise ApiError(413, f"items[{i}].title", f"over {cfg.max_text_chars} characters")
-        data = None
-        if it.image is not None:
-            data = decode_base64_image(it.image, f"items[{i}].image", cfg.max_image_bytes)
-        if title is None and data is None:
-            raise ApiError(422, f"items[{i}]", "an item needs a title, a photo, or both")
-        titles.append(title)
-        photos.append(
-            None if data is None else open_image(data, f"items[{i}].image", cfg.max_image_bytes)
-        )
-        raw.append(data)
-    enc = service.config.encoder
-    vectors = service.encoder.encode_items(
-        titles,
-        photos,
-        text_weight=enc.text_weight,
-        image_weight=enc.image_weight,
-    )
-    items = [
-        Item(
-            id=it.id,
-            title=titles[i] or "",
-            category=it.category,
-            price=it.price,
-            attributes=it.attributes,
-        )
-        for i, it in enumerate(body.items)
-    ]
-    uploads = [None if data is None else PhotoUpload(data, image_suffix(data)) for data in raw]
-    service.catalog.upsert(items, vectors, uploads)
-    return {"upserted": ids, "items": len(service.catalog)}
-
-
 def _add_ops_routes(app: FastAPI, service: SearchService) -> None:
     @app.get("/healthz", summary="Liveness")
-    def healthz() -> dict[str, Any]:
+    async def healthz() -> dict[str, Any]:
         state = service.engine.state
         return {"status": "ok", "model_version": state.model.version, "items": len(state.catalog)}
 
@@ -316,10 +273,11 @@ def _add_ops_routes(app: FastAPI, service: SearchService) -> None:
             "encoder_version": service.encoder.version,
             "query_precision": service.engine.query_encoder.encoder.text_precision,
             "index": {**asdict(index.info), "backend": index.backend, "items": index.ntotal},
-            "catalog": {"items": len(state.catalog), "store": str(state.catalog.folder)},
+            "catalog": {"items": len(state.catalog)},
             "registry": {
-                "path": str(service.watcher.versions.root),
                 "signatures_checked": service.watcher.versions.public_key is not None,
+                "highest_accepted": service.watcher.versions.mark.highest,
+                "pinned": service.watcher.versions.mark.pinned,
                 "last_error": service.watcher.versions.last_error,
             },
         }
@@ -329,11 +287,42 @@ def _add_ops_routes(app: FastAPI, service: SearchService) -> None:
         body, content_type = service.metrics.exposition(request.headers.get("accept"))
         return Response(body, media_type=content_type)
 
-    @app.post("/admin/reload", responses=ERRORS, summary="Check the registry for a new version now")
-    def reload(authorization: str | None = Header(None)) -> dict[str, Any]:
-        _check_admin(service, authorization)
+
+class RollbackBody(BaseModel):
+    version: str = Field(pattern=r"^v[0-9]{4,}$", description="an older published version")
+
+
+def _add_admin_routes(app: FastAPI, service: SearchService) -> None:
+    admin = admin_guard(service)
+
+    @app.post(
+        "/admin/reload",
+        responses=ERRORS,
+        dependencies=[admin],
+        summary="Check the registry for a new version now (admin token)",
+    )
+    def reload() -> dict[str, Any]:
         result = service.watcher.check()
         return {"swapped": result.swapped, "model_version": result.version, "error": result.error}
+
+    @app.post(
+        "/admin/rollback",
+        responses={**ERRORS, 409: {"model": ErrorResponse}},
+        dependencies=[admin],
+        openapi_extra={"requestBody": openapi_json_body(RollbackBody)},
+        summary="Serve an older version and pin it (admin token; the operator's rollback)",
+    )
+    async def rollback(request: Request) -> dict[str, Any]:
+        cfg = service.config.search
+        data = parse_json_object(await request.body(), cfg.max_request_bytes, cfg.max_json_depth)
+        try:
+            body = RollbackBody.model_validate(data)
+        except ValidationError as exc:
+            raise validation_error(exc) from None
+        error = await run_in_threadpool(service.watcher.rollback, body.version)
+        if error is not None:
+            raise ApiError(409, "version", error)
+        return {"model_version": body.version, "pinned": True}
 
 
 __all__ = ["SearchService", "create_app"]

@@ -148,7 +148,7 @@ def test_device_scores_with_its_verified_adapter_and_keeps_it_when_a_version_is_
     _publish(registry, adapter, key)
 
     store = DeviceStore(tmp_path / "store", generate_key())
-    model = verified_adapters(registry, key.public_key())
+    model = verified_adapters(registry, key.public_key(), state_file=tmp_path / "mark.json")
     with DeviceClient(service_url, store, beta=0.0, candidates=CANDIDATES, model=model) as client:
         results = client.search(text="blue shirt for men", k=CANDIDATES)
         assert model.version == "v0001"
@@ -168,3 +168,31 @@ def test_device_scores_with_its_verified_adapter_and_keeps_it_when_a_version_is_
         _publish(registry, adapter, other_key)  # v0003, signed by another key
         client.search(text="watch", k=3)
         assert model.version == "v0001" and model.last_error
+
+
+def test_device_refuses_replayed_and_downgraded_versions_across_restarts(tmp_path: Path) -> None:
+    import shutil
+
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from client.sdk import verified_adapters
+    from common.model.adapter import QueryAdapter
+    from common.security.versions import LATEST
+
+    key, registry, mark = Ed25519PrivateKey.generate(), tmp_path / "registry", tmp_path / "m"
+    for _ in range(2):
+        _publish(registry, QueryAdapter(384, 8), key)
+    model = verified_adapters(registry, key.public_key(), state_file=mark)
+    assert model.refresh() is True and model.version == "v0002"
+    shutil.copytree(registry / "v0001", registry / "v0003")  # copy-replay of a signed v0001
+    assert model.refresh() is False and "not v0003" in model.last_error
+    shutil.rmtree(registry / "v0003")
+    shutil.rmtree(registry / "v0002")  # downgrade: only v0001 is left
+    (registry / LATEST).write_text("v0001")
+    restarted = verified_adapters(registry, key.public_key(), state_file=mark)  # app restart
+    assert restarted.refresh() is False and restarted.value is None
+    assert "explicit rollback" in restarted.last_error
+    _publish(registry, QueryAdapter(384, 8), key)  # the genuine next version: v0002 again?
+    assert restarted.refresh() is False  # a new v0002 is at the mark: not newer, refused
+    _publish(registry, QueryAdapter(384, 8), key)
+    assert restarted.refresh() is True and restarted.version == "v0003"

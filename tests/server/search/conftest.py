@@ -15,6 +15,8 @@ import pytest
 from common.config import Config, config_from_dict
 
 SEARCH_ITEMS = 50
+ADMIN_TOKEN = "test-admin-token"
+ADMIN_HEADERS = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 @pytest.fixture(scope="session")
@@ -48,12 +50,13 @@ def search_config(work: Path, **search: object) -> Config:
 
 @pytest.fixture
 def make_app(tmp_path, search_items, search_vectors, untrained_encoder):
-    """``make_app(**search_overrides)`` -> (app, config), over a fresh 50-item store."""
+    """``make_app(**search_overrides)`` -> (app, config), over a fresh 50-item store; the
+    admin token is ``ADMIN_TOKEN`` unless overridden."""
     from server.search.catalog_build import create_catalog, open_catalog
     from server.search.service import create_app
 
     def make(reopen: bool = False, watch_registry: bool = False, **search: object):
-        config = search_config(tmp_path / "work", **search)
+        config = search_config(tmp_path / "work", **{"admin_token": ADMIN_TOKEN, **search})
         if reopen:
             catalog = open_catalog(config)
         else:

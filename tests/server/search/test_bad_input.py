@@ -9,13 +9,15 @@ import pytest
 from fastapi.testclient import TestClient
 from PIL import Image
 
+from tests.server.search.conftest import ADMIN_HEADERS
+
 MAX_TEXT, MAX_IMAGE = 100, 20_000
 
 
 @pytest.fixture
 def client(make_app):
     app, _ = make_app(max_text_chars=MAX_TEXT, max_image_bytes=MAX_IMAGE, max_k=50)
-    with TestClient(app) as c:
+    with TestClient(app, headers=ADMIN_HEADERS) as c:
         baseline = c.post("/search", json={"text": "black watch", "k": 10}).json()["results"]
         yield c
         # the service is still up and every indexed item is still there and found

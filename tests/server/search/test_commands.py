@@ -28,6 +28,7 @@ def config(tmp_path, small_catalog):
         {
             "paths": {"data_dir": str(data), "work_dir": str(tmp_path / "work")},
             "encoder": {"pretrained": "none"},
+            "search": {"admin_token": "t"},
         }
     )
 
@@ -67,7 +68,8 @@ def test_serve_path_builds_a_missing_store_and_reencodes_for_a_new_encoder(confi
     app = create_app(config, watch_registry=False)  # no store yet: index the catalog
     with TestClient(app) as c:
         assert c.get("/healthz").json()["items"] == 40
-        c.post("/items", json={"items": [{"id": "mine", "title": "Hand Made Clay Mug"}]})
+        mug = {"items": [{"id": "mine", "title": "Hand Made Clay Mug"}]}
+        assert c.post("/items", json=mug, headers={"Authorization": "Bearer t"}).status_code == 200
     other = copy.copy(shared_encoder)
     other.version = "fedsearch-minilm-rn64:v0002:abc"
     catalog = open_or_build_catalog(config, other)  # a new encoder: re-encode, keep upserts

@@ -14,6 +14,7 @@ from common.model.adapter import ADAPTER_FILE, QueryAdapter
 from common.security.signing import generate_signing_key, load_private_key, signer
 from common.security.versions import write_version
 from server.search.catalog_build import query_text_encoder
+from tests.server.search.conftest import ADMIN_HEADERS
 
 QUERY = {"text": "black watch", "k": 5}
 
@@ -103,7 +104,7 @@ def served_version_metric(client) -> str:
 def test_admin_reload_swaps_now_and_refuses_a_tampered_version(make_app):
     app, config = make_app()
     registry = config.paths.registry
-    with TestClient(app) as c:
+    with TestClient(app, headers=ADMIN_HEADERS) as c:
         assert c.post("/admin/reload").json() == {
             "swapped": False, "model_version": "base", "error": None
         }  # fmt: skip
@@ -125,7 +126,7 @@ def test_admin_reload_swaps_now_and_refuses_a_tampered_version(make_app):
 def test_an_adapter_of_the_wrong_size_is_refused(make_app):
     app, config = make_app()
     publish(config.paths.registry, random_adapter(1, dim=16))
-    with TestClient(app) as c:
+    with TestClient(app, headers=ADMIN_HEADERS) as c:
         result = c.post("/admin/reload").json()
         assert result["swapped"] is False and "dim" in result["error"]
         assert c.get("/healthz").json()["model_version"] == "base"
@@ -140,7 +141,7 @@ def keys(tmp_path):
 def test_with_a_public_key_only_signed_versions_are_served(make_app, keys):
     private, public = keys
     app, config = make_app(public_key=str(public))
-    with TestClient(app) as c:
+    with TestClient(app, headers=ADMIN_HEADERS) as c:
         publish(config.paths.registry, random_adapter(1))  # unsigned
         result = c.post("/admin/reload").json()
         assert result["swapped"] is False and "not signed" in result["error"]
@@ -154,5 +155,5 @@ def test_with_a_public_key_only_signed_versions_are_served(make_app, keys):
 def test_the_service_starts_on_the_latest_published_version(make_app, tmp_path):
     publish(tmp_path / "work" / "registry", random_adapter(1))
     app, _ = make_app()
-    with TestClient(app) as c:
+    with TestClient(app, headers=ADMIN_HEADERS) as c:
         assert c.get("/healthz").json()["model_version"] == "v0001"

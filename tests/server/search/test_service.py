@@ -9,6 +9,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.server.search.conftest import ADMIN_HEADERS
+
 
 def png_bytes(color=(200, 30, 30)) -> bytes:
     buf = io.BytesIO()
@@ -18,8 +20,8 @@ def png_bytes(color=(200, 30, 30)) -> bytes:
 
 @pytest.fixture
 def client(make_app):
-    app, _ = make_app()
-    with TestClient(app) as c:
+    app, _ = make_app(demo=True)
+    with TestClient(app, headers=ADMIN_HEADERS) as c:
         yield c
 
 
@@ -124,7 +126,7 @@ def test_return_vectors_gives_base_query_and_item_vectors(client, search_items, 
 
 def test_items_get_photo_upsert_delete_and_restart(make_app, search_items):
     app, _ = make_app()
-    with TestClient(app) as c:
+    with TestClient(app, headers=ADMIN_HEADERS) as c:
         first = search_items[0].id
         assert c.get(f"/items/{first}").json()["title"] == search_items[0].title
         photo = c.get(f"/items/{first}/photo")
@@ -243,7 +245,7 @@ def test_shoppers_file_of_the_last_run_is_served(make_app, tmp_path):
     people = [{"name": f"s{i}", "description": "d", "vector": rng.standard_normal(384)}
               for i in range(3)]  # fmt: skip
     write_shoppers(tmp_path / "work" / "run-7" / "shoppers.json", people)
-    app, _ = make_app()
+    app, _ = make_app(demo=True)
     with TestClient(app) as c:
         body = c.get("/shoppers").json()
     assert body["source"].endswith("run-7/shoppers.json")

@@ -109,7 +109,7 @@ IMAGES_LOADED = """document.images.length > 0 &&
 
 
 def test_search_compare_shoppers_and_upload_a_photo(make_app, serve_app, search_items, tmp_path):
-    app, _ = make_app()
+    app, _ = make_app(demo=True)
     with serve_app(app) as url:
         browser = DevTools(tmp_path / "profile")
         try:
