@@ -6,7 +6,9 @@ register``, ``flwr run``) and the Runtime API answer anyone who can connect. Dev
 reach the Fleet API, so the SuperLink binds 127.0.0.1 and this gateway faces the devices:
 it terminates TLS with the SuperLink's certificate and forwards ``POST /v1/fleet/*``
 unchanged (the SuperNode authentication headers included) to the SuperLink over TLS;
-every other path gets 404. Registration and runs stay on the operator's machine.
+every other path gets 404. Registration and runs stay on the operator's machine. Request
+bodies are counted as they arrive and refused with 413 past ``MAX_BODY_BYTES``
+(``server.search.limits``), before more is read.
 """
 
 from __future__ import annotations
@@ -19,9 +21,12 @@ from pathlib import Path
 import httpx
 import uvicorn
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
+
+from server.search.limits import BodyLimitMiddleware
 
 log = logging.getLogger(__name__)
 
@@ -46,9 +51,7 @@ def create_gateway(upstream: str, ca_cert: Path, timeout_s: float = 120.0) -> St
     client = httpx.AsyncClient(base_url=upstream, verify=str(ca_cert), timeout=timeout_s)
 
     async def fleet(request: Request) -> Response:
-        body = await request.body()
-        if len(body) > MAX_BODY_BYTES:
-            return JSONResponse({"detail": "request too large"}, status_code=413)
+        body = await request.body()  # bounded by the middleware while it arrives
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP_HEADERS}
         try:
             reply = await client.post(request.url.path, content=body, headers=headers)
@@ -71,7 +74,8 @@ def create_gateway(upstream: str, ca_cert: Path, timeout_s: float = 120.0) -> St
         yield
         await client.aclose()
 
-    return Starlette(routes=routes, lifespan=lifespan)
+    limit = Middleware(BodyLimitMiddleware, limit_for=lambda scope: MAX_BODY_BYTES)
+    return Starlette(routes=routes, lifespan=lifespan, middleware=[limit])
 
 
 def run_gateway(
