@@ -8,12 +8,33 @@ time (``search.decode_workers``), so one large photo never stalls other requests
 
 from __future__ import annotations
 
+import asyncio
 import io
 import warnings
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from PIL import Image, UnidentifiedImageError
 
 from server.search.api_errors import ApiError
+
+_R = TypeVar("_R")
+
+
+class PhotoWorkers:
+    """A few threads of their own for work that decodes photos; requests beyond them wait
+    in a queue without holding the event loop or the shared thread pool. Not tied to an
+    event loop, so it serves any loop the app runs on."""
+
+    def __init__(self, workers: int) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="photos")
+
+    async def run(self, fn: Callable[..., _R], *args: Any) -> _R:
+        return await asyncio.wrap_future(self._pool.submit(fn, *args))
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
 
 
 def open_image(data: bytes, field: str, max_bytes: int, max_pixels: int) -> Image.Image:

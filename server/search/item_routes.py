@@ -9,7 +9,7 @@ is committed to the store before the answer.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import Annotated, Any, Protocol
 
 import anyio
 from fastapi import Depends, FastAPI, Request, Security
@@ -17,6 +17,8 @@ from fastapi.responses import FileResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
 
+from common.config import Config
+from common.model.encoder import Encoder
 from server.search.api import (
     ErrorResponse,
     UpsertBody,
@@ -28,11 +30,20 @@ from server.search.api import (
     validation_error,
 )
 from server.search.api_errors import ApiError
-from server.search.catalog import Item, PhotoUpload
-from server.search.images import open_image
+from server.search.auth import AdminAuth
+from server.search.catalog import Catalog, Item, PhotoUpload
+from server.search.images import PhotoWorkers, open_image
 
-if TYPE_CHECKING:
-    from server.search.service import SearchService
+
+class _Service(Protocol):
+    """What these routes use of ``server.search.service.SearchService``."""
+
+    config: Config
+    encoder: Encoder
+    catalog: Catalog
+    admin: AdminAuth
+    photo_workers: PhotoWorkers
+
 
 ERRORS: dict[int | str, dict[str, Any]] = {
     code: {"model": ErrorResponse} for code in (400, 401, 404, 408, 413, 415, 422)
@@ -40,7 +51,7 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 BEARER = HTTPBearer(auto_error=False, description="the admin token (search.admin_token)")
 
 
-def admin_guard(service: SearchService) -> Any:
+def admin_guard(service: _Service) -> Any:
     """A route dependency: 401 unless ``Authorization: Bearer <admin token>``; declares the
     bearer scheme in the OpenAPI."""
 
@@ -52,7 +63,7 @@ def admin_guard(service: SearchService) -> Any:
     return Depends(check)
 
 
-def add_item_routes(app: FastAPI, service: SearchService) -> None:
+def add_item_routes(app: FastAPI, service: _Service) -> None:
     admin = admin_guard(service)
 
     @app.get("/items/{item_id}", responses=ERRORS, summary="One catalog item")
@@ -94,9 +105,7 @@ def add_item_routes(app: FastAPI, service: SearchService) -> None:
             body = UpsertBody.model_validate(data)
         except ValidationError as exc:
             raise validation_error(exc) from None
-        return await anyio.to_thread.run_sync(
-            _upsert, service, body, limiter=service.decode_limiter
-        )
+        return await service.photo_workers.run(_upsert, service, body)
 
     @app.delete(
         "/items/{item_id}", responses=ERRORS, dependencies=[admin], summary="Delete an item"
@@ -111,7 +120,7 @@ def add_item_routes(app: FastAPI, service: SearchService) -> None:
         return {"deleted": item_id, "items": len(service.catalog)}
 
 
-def _upsert(service: SearchService, body: UpsertBody) -> dict[str, Any]:
+def _upsert(service: _Service, body: UpsertBody) -> dict[str, Any]:
     cfg = service.config.search
     if len(body.items) > cfg.max_upsert_items:
         raise ApiError(413, "items", f"at most {cfg.max_upsert_items} items per call")

@@ -54,6 +54,7 @@ from server.search.catalog_build import (
     query_text_encoder,
 )
 from server.search.engine import SearchEngine
+from server.search.images import PhotoWorkers
 from server.search.item_routes import ERRORS, add_item_routes, admin_guard
 from server.search.limits import BodyLimitMiddleware
 from server.search.metrics import MetricsMiddleware, ServiceMetrics
@@ -87,7 +88,7 @@ class SearchService:
         self.encoder = encoder
         self.catalog = catalog
         self.admin = admin or AdminAuth(digest=None)  # None: admin endpoints closed
-        self.decode_limiter = anyio.CapacityLimiter(DECODE_WORKERS)
+        self.photo_workers = PhotoWorkers(DECODE_WORKERS)
         self.engine = SearchEngine(
             QueryEncoder(query_text_encoder(config, encoder), max_batch=config.search.max_batch),
             catalog,
@@ -112,6 +113,7 @@ class SearchService:
     def close(self) -> None:
         self.watcher.stop()
         self.engine.query_encoder.close()
+        self.photo_workers.close()
         self.catalog.close()
 
 
@@ -230,9 +232,7 @@ def _add_search_routes(app: FastAPI, service: SearchService) -> None:
         """
         start = time.perf_counter()
         data, image = await _read_search_request(request, service)
-        query = await anyio.to_thread.run_sync(
-            to_query, data, image, service.limits, limiter=service.decode_limiter
-        )
+        query = await service.photo_workers.run(to_query, data, image, service.limits)
         result = await run_in_threadpool(service.engine.search, query)
         body = result_json(result, query, service.encoder.version)
         body["took_ms"] = round((time.perf_counter() - start) * 1000, 3)

@@ -4,8 +4,10 @@ exposing the service beyond loopback needs a token and a signing key; TLS works.
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -39,6 +41,17 @@ def settings(work: Path) -> list[str]:
     return ["--set", f"paths.work_dir={work}", "--set", "encoder.pretrained=none"]
 
 
+def wait_for_port(port: int, timeout_s: float = 60) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            return
+        except OSError:
+            time.sleep(0.1)
+    raise TimeoutError(f"nothing listens on port {port}")
+
+
 @contextmanager
 def serving(args: list[str]) -> Iterator[tuple[int, list[str]]]:
     """`fedsearch serve` in a child process; yields (port, its stdout lines so far)."""
@@ -60,6 +73,7 @@ def serving(args: list[str]) -> Iterator[tuple[int, list[str]]]:
             if line.startswith("serving on"):
                 break
         assert lines and lines[-1].startswith("serving on"), lines
+        wait_for_port(port)
         yield port, lines
     finally:
         child.terminate()
