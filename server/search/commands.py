@@ -83,6 +83,18 @@ def register_search_commands(subparsers: argparse._SubParsersAction) -> None:
     bench.add_argument("--out", help="also write the figures as JSON to this file")
     bench.set_defaults(handler=_bench)
 
+    limits = subparsers.add_parser(
+        "bench-limits",
+        help="attack the search service with oversized and slow input; print its answers",
+        description="Serves a small store in a child process and sends 500 MB chunked "
+        "bodies, decompression-bomb PNGs, deeply nested JSON, a malformed multipart body "
+        "and a slow client; prints each answer, time and the service's memory growth, and "
+        "/healthz latency while a 13,000 x 13,000 photo decodes.",
+    )
+    add_config_arguments(limits)
+    limits.add_argument("--items", type=int, default=200, help="store size (default 200)")
+    limits.set_defaults(handler=_bench_limits)
+
 
 def _user_errors(handler: Callable[[argparse.Namespace], int]) -> Callable:
     """Encoder and store problems are the user's to fix: one line, not a traceback."""
@@ -187,4 +199,14 @@ def _bench(args: argparse.Namespace) -> int:
         out=args.out,
         command=" ".join(["fedsearch", *map(shlex.quote, sys.argv[1:])]),
     )
+    return 0
+
+
+@_user_errors
+def _bench_limits(args: argparse.Namespace) -> int:
+    from server.search.bench_limits import print_limits_report, run_limits_bench
+
+    if args.items < 10:
+        raise UsageError("--items: must be >= 10")
+    print_limits_report(run_limits_bench(config_from_args(args), items=args.items))
     return 0

@@ -23,13 +23,16 @@ MAX_CONNECTIONS = 512
 try:  # uvicorn's faster parser when installed, as its "auto" setting does
     from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol as _BaseProtocol
 except ImportError:  # pragma: no cover - depends on the installed extras
-    from uvicorn.protocols.http.h11_impl import H11Protocol as _BaseProtocol
+    from uvicorn.protocols.http.h11_impl import (  # type: ignore[assignment]
+        H11Protocol as _BaseProtocol,
+    )
 
 
 class _HeaderDeadline(_BaseProtocol):  # type: ignore[misc, valid-type]
     """Closes a connection whose next request's headers are not complete in time."""
 
     header_timeout_s = 10.0
+    _header_timer: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -51,9 +54,8 @@ class _HeaderDeadline(_BaseProtocol):  # type: ignore[misc, valid-type]
         )
 
     def _disarm_header_deadline(self) -> None:
-        timer = getattr(self, "_header_timer", None)
-        if timer is not None:
-            timer.cancel()
+        if self._header_timer is not None:
+            self._header_timer.cancel()
             self._header_timer = None
 
     def _headers_late(self, waiting_for: Any) -> None:

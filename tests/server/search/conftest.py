@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from common.config import Config, SearchConfig, config_from_dict
+from server.search.bench_limits import post_chunked as stream_chunked  # noqa: F401
 
 SEARCH_ITEMS = 50
 ADMIN_TOKEN = "test-admin-token"
@@ -111,42 +112,3 @@ def running_server(app, search: SearchConfig | None = None) -> Iterator[str]:
 def serve_app():
     """``with serve_app(app) as url:`` runs the app on a free port of 127.0.0.1."""
     return running_server
-
-
-def stream_chunked(
-    url: str, path: str, content_type: str, chunks: Iterator[bytes], headers: str = ""
-) -> tuple[int, int, bytes]:
-    """POST a chunked body from ``chunks`` over a raw socket, stopping as soon as the server
-    answers or closes; (status, body bytes sent, response)."""
-    import select
-
-    host, port = url.removeprefix("http://").split(":")
-    sock = socket.create_connection((host, int(port)), timeout=60)
-    head = (
-        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: {content_type}\r\n"
-        f"Transfer-Encoding: chunked\r\n{headers}\r\n"
-    )
-    sock.sendall(head.encode())
-    sent = 0
-    try:
-        for chunk in chunks:
-            if select.select([sock], [], [], 0)[0]:
-                break
-            sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
-            sent += len(chunk)
-        else:
-            sock.sendall(b"0\r\n\r\n")
-    except (BrokenPipeError, ConnectionResetError):
-        pass
-    response = b""
-    try:
-        while b"\r\n\r\n" not in response or not response.endswith(b"}"):
-            data = sock.recv(65536)
-            if not data:
-                break
-            response += data
-    except (ConnectionResetError, TimeoutError):
-        pass
-    sock.close()
-    status = int(response.split(b" ", 2)[1]) if response.startswith(b"HTTP/1.1") else 0
-    return status, sent, response

@@ -4,31 +4,15 @@ the event loop (``/healthz`` answers while a huge photo decodes)."""
 from __future__ import annotations
 
 import base64
-import struct
 import threading
 import time
-import zlib
 
 import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from server.search.bench_limits import gray_png
 from tests.server.search.conftest import ADMIN_HEADERS, running_server
-
-
-def gray_png(width: int, height: int) -> bytes:
-    """A valid grey PNG of any size, compressed to almost nothing (a decompression bomb)."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
-
-    packer, row = zlib.compressobj(1), b"\x00" + b"\x80" * width
-    data = b"".join(packer.compress(row) for _ in range(height)) + packer.flush()
-    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", data) + chunk(b"IEND", b"")
-    )
 
 
 @pytest.fixture(scope="module")
