@@ -157,10 +157,6 @@ class CatalogDB:
         with self._db:
             self._db.executemany("DELETE FROM items WHERE id = ?", [(i,) for i in item_ids])
 
-    def photos_in_use(self) -> set[str]:
-        found = self._db.execute("SELECT DISTINCT photo FROM items WHERE photo IS NOT NULL")
-        return {row[0] for row in found}
-
     def checkpoint(self) -> None:
         """Fold the write-ahead log into the database file (SQLite also does it by itself)."""
         self._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
