@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import subprocess
 import sys
+from pathlib import Path
 from types import ModuleType
 
 import numpy as np
@@ -19,6 +21,7 @@ from common.federation.secure_masks import (
     secure_pseudo_rand_gen,
 )
 
+ROOT = Path(__file__).resolve().parents[3]
 SECRET = bytes.fromhex("5f1c0b7a9e2d43c18a6f0e3b7d9c2a4158e07b3f6d1a9c2e4b8f0a3d6c1e9b27")
 RANGE = 2**32  # flwr's default SecAgg+ modulus, the one the project uses
 UTILS = "flwr.common.secure_aggregation.secaggplus_utils"
@@ -162,3 +165,17 @@ def test_install_also_catches_other_flwr_modules_bound_to_flwrs_generator(
     monkeypatch.setitem(sys.modules, stray.__name__, stray)
     install_secure_masks()
     assert stray.pseudo_rand_gen is secure_pseudo_rand_gen  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("app", ["client.app", "server.federation.app"])
+def test_each_app_module_installs_the_generator_on_import(app: str) -> None:
+    """In a fresh interpreter, as a device or the server would import it, alone."""
+    code = (
+        f"import {app}\n"
+        "from common.federation.secure_masks import secure_masks_installed\n"
+        "assert secure_masks_installed()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
