@@ -43,9 +43,13 @@ from common.config import ConfigError
 from common.data.searches import DeviceData
 from common.evaluation.protocol import evaluate_searches, flat_metrics
 from common.federation.run_spec import ROUND_KEY, RunSpec
+from common.federation.secure_masks import install_secure_masks
 from common.model.adapter import QueryAdapter
 from common.model.personalization import user_vector
 from common.model.ranking_loss import ranking_loss, search_tensors
+
+# SecAgg+ masks from the full agreed secret, as the server's (Flower issue #7522).
+install_secure_masks()
 
 
 @dataclass

@@ -48,11 +48,15 @@ from flwr.supercore.differential_privacy import CLIENTS_DISCREPANCY_WARNING
 from common.config import ConfigError
 from common.federation.privacy_plan import UserLevelDP
 from common.federation.run_spec import RunSpec
+from common.federation.secure_masks import install_secure_masks
 from common.security.signing import publisher
 from server.federation.averaging import MovingAverage
 from server.federation.ledger import PrivacyLedger
 from server.federation.publish import publish_adapter
 from server.federation.strategy import FederatedAdapterStrategy, RoundLog
+
+# SecAgg+ masks from the full agreed secret, as the devices' (Flower issue #7522).
+install_secure_masks()
 
 log = logging.getLogger(__name__)
 METRICS_FILE = "metrics.jsonl"
