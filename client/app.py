@@ -30,7 +30,12 @@ from client.local_device import LocalDevice, stored_device
 from client.local_training import train_local
 from client.privacy import privacy_mod
 from client.store import PersonalState
-from common.evaluation.protocol import MODES, evaluate_searches, metrics_from_sums
+from common.evaluation.protocol import (
+    MODES,
+    device_bonus,
+    evaluate_searches,
+    metrics_from_sums,
+)
 from common.federation.payload import PayloadCodec
 from common.federation.privacy_plan import PrivacyPlan
 from common.federation.run_spec import RunSpec
@@ -94,6 +99,7 @@ class AdapterClient(NumPyClient):
         settings = self.config.evaluation
         adapter = self.device.published_adapter()
         user = self._state().user_vector
+        bonus = device_bonus(self.device.data, self.device.attributes, settings.attribute_beta)
         sums = {
             "base": evaluate_searches(test, vectors, k=settings.k),
             "adapter": evaluate_searches(test, vectors, adapter=adapter, k=settings.k),
@@ -105,6 +111,7 @@ class AdapterClient(NumPyClient):
                 beta=settings.beta,
                 candidates=settings.candidates,
                 k=settings.k,
+                bonus=bonus,
             ),
         }
         out = {"evaluated": 1.0}

@@ -2,7 +2,8 @@
 
 ``LocalDevice``: the device's training and held-out examples, the public item table they
 index, its encrypted store (user vector, accountant), its own settings and privacy policy,
-its verified copy of the published model versions, and where its randomness comes from:
+its verified copy of the published model versions, the public items' attributes (for its
+personal preferences), and where its randomness comes from:
 the operating system on a real device (noise that protects an update must be unpredictable
 to the server), a private seed in a simulation (runs must be reproducible).
 
@@ -27,6 +28,7 @@ from common.config import ConfigError, DeviceConfig
 from common.data.searches import DeviceData
 from common.federation.run_spec import RunSpec
 from common.model.adapter import QueryAdapter
+from common.model.personalization import AttributeTable
 from common.privacy.keystream import KeystreamRandom
 from common.security.signing import load_public_key
 from common.security.trust import TrustedVersions
@@ -42,6 +44,7 @@ class LocalDevice:
     config: DeviceConfig
     published: TrustedVersions[QueryAdapter] | None = None
     seed_parts: tuple[object, ...] | None = None  # None: randomness from the OS
+    attributes: AttributeTable | None = None  # the public items' categorical attributes
 
     @property
     def policy(self) -> DevicePolicy:

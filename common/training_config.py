@@ -49,12 +49,15 @@ class CentralizedConfig(Section):
 
 
 class EvaluationConfig(Section):
-    """Evaluation on held-out searches: metrics at ``k`` over the whole catalog. Personal
-    reranking adds ``beta * cos(user, item)`` to the scores of the top ``candidates``."""
+    """Evaluation on held-out searches: metrics at ``k`` over the whole catalog. The personal
+    rerank adds ``beta * cos(user, item)`` and ``attribute_beta`` times the device's
+    attribute preferences (``common.model.personalization``) to the scores of the top
+    ``candidates``."""
 
     k: int = Field(default=10, ge=1)
     candidates: int = 100
-    beta: float = Field(default=0.3, ge=0)
+    beta: float = Field(default=0.2, ge=0)
+    attribute_beta: float = Field(default=0.02, ge=0)
 
     @model_validator(mode="after")
     def _enough_candidates(self) -> EvaluationConfig:
@@ -82,7 +85,9 @@ class FederationConfig(Section):
     them must return shares to unmask. ``stats_share``: devices also report, through the
     same noised sum, whether they trained and how the published version ranks their
     held-out searches, within this share of the update's squared sensitivity (0: no
-    federated evaluation). The registry publishes a moving average of the global adapter
+    federated evaluation). ``warm_start``: training starts from an adapter fitted on the
+    public catalog alone (``warm_start_steps`` steps; no user data, no privacy cost) instead
+    of the identity. The registry publishes a moving average of the global adapter
     with ``average_decay`` per round (0: the aggregate); training continues from the
     aggregate, moved by ``server_lr`` times the noised average update (with
     ``server_momentum``). ``seed`` makes simulations reproducible (cohorts and noise); it
@@ -104,6 +109,8 @@ class FederationConfig(Section):
     secagg_neighbours: int = Field(default=10, ge=2)
     secagg_threshold: float = Field(default=0.6, gt=0, le=1)
     stats_share: float = Field(default=0.0625, ge=0, le=1)
+    warm_start: bool = True
+    warm_start_steps: int = Field(default=600, ge=1)
     server_lr: float = Field(default=1.0, gt=0)
     server_momentum: float = Field(default=0.0, ge=0, lt=1)
     client_cpus: int = Field(default=1, ge=1, description="CPUs per simulated device")

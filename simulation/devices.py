@@ -54,6 +54,7 @@ def simulated_device(spec: RunSpec, node_config: Mapping[str, Any]) -> LocalDevi
         spec.config.device,
         published=published_versions(spec),
         seed_parts=(spec.config.federation.seed, index),
+        attributes=population.attributes,
     )
 
 

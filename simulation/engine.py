@@ -35,6 +35,7 @@ from common.security.signing import generate_signing_key
 from server.federation.app import open_ledger
 from server.federation.recorder import METRICS_FILE
 from server.federation.secure_aggregation import fit_workflow
+from server.training.warm_start import train_warm_start
 from simulation.devices import run_public_key, save_population, simulation_key
 from simulation.faults import write_fault_settings
 from simulation.loader import load_population
@@ -44,6 +45,7 @@ from simulation.wiretap import write_tap_settings
 
 log = logging.getLogger(__name__)
 RUN_CONFIG_FILE = "config.toml"
+WARM_START_FILE = "warm_start.safetensors"
 FLOWER_LOG = "flower.log"
 
 
@@ -74,8 +76,9 @@ def with_overrides(config: Config, **federation: Any) -> Config:
 
 
 def default_run_dir(config: Config, population: str) -> Path:
+    """A new folder under ``<work_dir>/simulations``."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return config.paths.work / "simulations" / f"{population}-{stamp}-{os.getpid()}"
+    return (config.paths.work / "simulations" / f"{population}-{stamp}-{os.getpid()}").resolve()
 
 
 def prepare_run(spec: RunSpec, population: Population, *, reset_ledger: bool = False) -> None:
@@ -93,6 +96,8 @@ def prepare_run(spec: RunSpec, population: Population, *, reset_ledger: bool = F
         size = PayloadCodec.for_weights(weights, plan.clipping_norm, plan.stats_share).size
         ledger.check_plan(plan.round_rdp(size), spec.config.federation.rounds)
     spec.run_dir.mkdir(parents=True, exist_ok=True)
+    if spec.initial_adapter:
+        write_warm_start(spec, population)
     save_population(population, spec.run_dir)
     simulation_key(spec.device_key_file)
     signing = spec.run_dir / "signing"
@@ -101,6 +106,21 @@ def prepare_run(spec: RunSpec, population: Population, *, reset_ledger: bool = F
     settings |= {"num_devices": spec.num_devices, "base_model": spec.base_model}
     settings |= {"against": plan.against_whom(), **spec.config.model_dump(exclude={"paths"})}
     (spec.run_dir / "run.json").write_text(json.dumps(settings, indent=2), "utf-8")
+
+
+def write_warm_start(spec: RunSpec, population: Population) -> None:
+    """Train the adapter's public warm start on the population's catalog phrases."""
+    assert population.phrases is not None
+    phrases = population.phrases
+    adapter = train_warm_start(
+        phrases.vectors,
+        phrases.items,
+        population.item_vectors,
+        rank=spec.config.adapter.rank,
+        steps=spec.config.federation.warm_start_steps,
+        seed=spec.config.federation.seed,
+    )
+    adapter.save(Path(spec.initial_adapter))
 
 
 def population_id(name: str, population: Population) -> str:
@@ -138,14 +158,17 @@ def simulate(
         population = load_population(
             population_name, config, num_devices=num_devices, seed=config.federation.seed
         )
+    folder = Path(run_dir).resolve() if run_dir else default_run_dir(config, population_name)
+    warm = config.federation.warm_start and population.phrases is not None
     spec = RunSpec(
         config=config,
         population=population_name,
         num_devices=len(population.devices),
-        run_dir=Path(run_dir).resolve() if run_dir else default_run_dir(config, population_name),
+        run_dir=folder,
         base_model=str(population.info.get("encoder", "")),
         population_id=population_id(population_name, population),
         embedding_dim=int(population.item_vectors.shape[1]),
+        initial_adapter=str(folder / WARM_START_FILE) if warm else "",
     )
     prepare_run(spec, population, reset_ledger=reset_ledger)
     if wiretap is not None:
@@ -187,6 +210,7 @@ def write_app(spec: RunSpec) -> Path:
                         "base-model": spec.base_model,
                         "population-id": spec.population_id,
                         "embedding-dim": spec.embedding_dim,
+                        "initial-adapter": spec.initial_adapter,
                     },
                 }
             }

@@ -68,7 +68,11 @@ def evaluate_versions(result: SimulationResult, population: Population) -> dict[
     for round_number, folder in [(0, None), *chosen]:
         adapter = QueryAdapter.load(Path(folder) / ADAPTER_FILE) if folder else None
         evaluation = evaluate_population(
-            population, adapter=adapter, beta=settings.beta, candidates=settings.candidates
+            population,
+            adapter=adapter,
+            beta=settings.beta,
+            candidates=settings.candidates,
+            attribute_beta=settings.attribute_beta,
         )
         out[round_number] = evaluation.overall
     return out

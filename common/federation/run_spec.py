@@ -24,6 +24,7 @@ RUN_KEYS = (
     "config-file",
     "base-model",
     "embedding-dim",
+    "initial-adapter",
 )
 
 
@@ -35,7 +36,8 @@ class RunSpec:
     device index); ``run_dir`` holds the devices' private state folders and the report.
     ``population_id`` names the population's privacy ledger: every run on the same people
     composes in it (default: the population's name). ``embedding_dim``: the item vectors'
-    dimension (0: the configured encoder's).
+    dimension (0: the configured encoder's). ``initial_adapter``: a safetensors file the
+    run starts from (a public warm start; "": the identity).
     """
 
     config: Config
@@ -45,6 +47,7 @@ class RunSpec:
     base_model: str = ""
     population_id: str = ""
     embedding_dim: int = 0
+    initial_adapter: str = ""
 
     def __post_init__(self) -> None:
         if self.population not in ("retail", "marketplace"):
@@ -111,4 +114,5 @@ class RunSpec:
             or f"{config.encoder.model}@{config.encoder.pretrained}",
             population_id=str(run_config.get("population-id", "")),
             embedding_dim=int(run_config.get("embedding-dim", 0) or 0),
+            initial_adapter=str(run_config.get("initial-adapter", "")),
         )

@@ -79,7 +79,10 @@ def build_strategy(
 
 
 def initial_adapter(spec: RunSpec, rng: KeystreamRandom) -> list[np.ndarray]:
-    """A new adapter (the identity: its up-projection starts at zero) for the run."""
+    """The run's starting adapter: the public warm start it names, else a new adapter (the
+    identity: its up-projection starts at zero)."""
+    if spec.initial_adapter:
+        return QueryAdapter.load(Path(spec.initial_adapter)).get_weights()
     dim = spec.embedding_dim or embedding_dim(spec.config.encoder.model)
     torch.manual_seed(int(rng.uint64(1)[0] >> np.uint64(1)))
     return QueryAdapter(dim, spec.config.adapter.rank).get_weights()
