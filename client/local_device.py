@@ -22,7 +22,7 @@ import numpy as np
 
 from client.device import Device, training_data
 from client.privacy import DevicePolicy
-from client.sdk import verified_adapters
+from client.sdk import ADAPTER_MARK_FILE, verified_adapters
 from client.store import DeviceStore
 from common.config import ConfigError, DeviceConfig
 from common.data.searches import DeviceData
@@ -76,5 +76,9 @@ def stored_device(spec: RunSpec, node_config: Mapping[str, Any]) -> LocalDevice:
     data, _, vectors = training_data(device, spec.config.population.holdout_fraction)
     published = None
     if device.signing_pub.is_file():
-        published = verified_adapters(device.registry_dir, load_public_key(device.signing_pub))
+        published = verified_adapters(
+            device.registry_dir,
+            load_public_key(device.signing_pub),
+            state_file=device.folder / ADAPTER_MARK_FILE,
+        )
     return LocalDevice(data, vectors, device.open_store(), device.device_config(), published)

@@ -32,6 +32,8 @@ from common.model.adapter import ADAPTER_FILE, QueryAdapter
 from common.model.personalization import rerank, user_vector
 from common.security.trust import TrustedVersions
 
+ADAPTER_MARK_FILE = "adapter-version.json"  # the usual name of ``verified_adapters``'s state
+
 
 class SearchError(RuntimeError):
     """The search service refused the request or could not be reached."""
@@ -202,16 +204,16 @@ def _error(response: httpx.Response) -> SearchError:
 
 
 def verified_adapters(
-    registry: str | Path, public_key: Ed25519PublicKey, *, state_file: str | Path
+    registry: str | Path, public_key: Ed25519PublicKey, *, state_file: str | Path | None = None
 ) -> TrustedVersions[QueryAdapter]:
     """The registry's newest adapter version signed by ``public_key``, refreshed on use.
 
-    ``state_file`` (on the device's own disk, e.g. in its store folder) keeps the highest
-    version ever accepted, so a replayed or downgraded registry copy is refused even after
-    the app restarts."""
+    ``state_file`` (on the device's own disk, e.g. in its folder) keeps the highest version
+    ever accepted, so a replayed or downgraded registry copy is refused even after the app
+    restarts; without it the mark lives as long as the returned object (simulations)."""
     return TrustedVersions(
         Path(registry),
         public_key,
         lambda folder, _: QueryAdapter.load(folder / ADAPTER_FILE),
-        state_file=Path(state_file),
+        state_file=None if state_file is None else Path(state_file),
     )
