@@ -159,9 +159,18 @@ class SearchConfig(Section):
     versions are checked against their manifest's sha256, without a signature.
     ``query_precision``: the text tower's for queries ("auto": bfloat16 where the hardware
     has it natively); items are always encoded in float32. Threads 0: the library default.
-    Security and bounds (README "Search service"): ``admin_token`` ("": env or token file),
-    TLS ``tls_certfile`` + ``tls_keyfile``, ``demo`` serves ``/shoppers``; bodies, headers,
-    JSON nesting and photo pixels are bounded by the ``max_*`` and ``*_timeout_s`` keys.
+
+    Security (``server.search.auth``, ``serve_checks``): ``admin_token`` guards catalog
+    writes and ``/admin/*`` ("": ``$FEDSEARCH_ADMIN_TOKEN``, else the token file the first
+    ``fedsearch serve`` creates); a host other than loopback needs a token and
+    ``public_key`` unless ``--insecure``. ``tls_certfile`` + ``tls_keyfile`` (PEM, both or
+    neither) serve HTTPS. ``demo`` serves ``/shoppers``.
+
+    Bounds (``server.search.limits``, ``images``, ``http_server``): request bodies of
+    ``max_request_bytes`` (``POST /search`` and ``/items``; 64 KiB elsewhere) counted as
+    they arrive and due within ``body_timeout_s``; headers due within ``header_timeout_s``;
+    JSON nested at most ``max_json_depth``; photos of ``max_image_bytes`` and
+    ``max_image_pixels`` (read from the header before decoding).
     """
 
     host: str = "127.0.0.1"

@@ -261,6 +261,7 @@ def form_to_data(form: dict[str, str], max_depth: int = 32) -> dict[str, Any]:
     """Multipart text fields -> the JSON request's fields (numbers, filters and
     user_vector written as JSON)."""
     data: dict[str, Any] = dict(form)
+    kinds = {"filters": dict, "user_vector": list}
     for name in ("k", "text_weight", "personalization_weight", "filters", "user_vector"):
         if name in data:
             try:
@@ -269,9 +270,19 @@ def form_to_data(form: dict[str, str], max_depth: int = 32) -> dict[str, Any]:
                 raise ApiError(422, name, "not valid JSON") from None
             if json_depth_exceeds(data[name], max_depth):
                 raise ApiError(422, name, f"JSON nested over {max_depth} levels")
+            if name in kinds and not isinstance(data[name], kinds[name]):
+                raise ApiError(422, name, f"expected a JSON {kinds[name].__name__}")
     if "return_vectors" in data:
-        data["return_vectors"] = data["return_vectors"].lower() in ("1", "true", "yes", "on")
+        flag = data["return_vectors"].lower()
+        if flag not in _FORM_BOOLEANS:
+            raise ApiError(422, "return_vectors", "expected true or false")
+        data["return_vectors"] = _FORM_BOOLEANS[flag]
     return data
+
+
+_FORM_BOOLEANS = {"true": True, "1": True, "yes": True, "on": True} | {
+    "false": False, "0": False, "no": False, "off": False
+}  # fmt: skip
 
 
 def item_json(item: Item) -> dict[str, Any]:

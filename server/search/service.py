@@ -68,6 +68,7 @@ WEB_PAGE = Path(__file__).parent / "web" / "index.html"
 VERSION_MARK_FILE = "served_version.json"  # in the store: the high-water mark of versions
 DECODE_WORKERS = 2  # photos decoded at once (each up to search.max_image_pixels)
 SMALL_BODY_BYTES = 64 * 1024  # the body limit of routes other than /search and POST /items
+INLINE_JSON_BYTES = 64 * 1024  # JSON bodies up to this are parsed on the event loop
 _LARGE_BODY_ROUTES = {("POST", "/search"), ("POST", "/items")}
 
 
@@ -210,6 +211,8 @@ async def _read_search_request(request: Request, service: SearchService):
         return form_to_data(fields, cfg.max_json_depth), image
     if content_type.startswith("application/json"):
         raw = await request.body()
+        if len(raw) <= INLINE_JSON_BYTES:  # parsed in microseconds: no thread hop
+            return parse_json_object(raw, cfg.max_request_bytes, cfg.max_json_depth), None
         data = await anyio.to_thread.run_sync(
             parse_json_object, raw, cfg.max_request_bytes, cfg.max_json_depth
         )
@@ -232,7 +235,10 @@ def _add_search_routes(app: FastAPI, service: SearchService) -> None:
         """
         start = time.perf_counter()
         data, image = await _read_search_request(request, service)
-        query = await service.photo_workers.run(to_query, data, image, service.limits)
+        if image is None and data.get("image") is None:  # nothing to decode
+            query = to_query(data, None, service.limits)
+        else:
+            query = await service.photo_workers.run(to_query, data, image, service.limits)
         result = await run_in_threadpool(service.engine.search, query)
         body = result_json(result, query, service.encoder.version)
         body["took_ms"] = round((time.perf_counter() - start) * 1000, 3)
