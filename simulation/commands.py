@@ -14,10 +14,11 @@ def register_simulation_commands(subparsers: argparse._SubParsersAction) -> None
         "simulate",
         help="run a federated simulation (DP + SecAgg+) and write its report",
         description="Federated training of the query adapter on a population of simulated "
-        "devices with Flower's Simulation Engine: user-level DP (client clipping, server "
-        "noise, RDP ledger) and SecAgg+ on unless switched off. Writes per-round metrics, the "
-        "privacy ledger, a summary table with the baselines, plots and the shoppers' user "
-        "vectors into the run folder, and prints the summary.",
+        "devices, through `flwr run` on a local simulation-mode SuperLink (Ray): SecAgg+ with "
+        "user-level DP noise added by the devices, and the population's privacy ledger, unless "
+        "switched off. Writes per-round metrics, a summary table with the baselines, the "
+        "published versions' exact evaluation, plots and the shoppers' user vectors into the "
+        "run folder, and prints the summary.",
     )
     simulate.add_argument(
         "--population", required=True, help="retail (real customers) or marketplace (simulated)"
@@ -40,6 +41,19 @@ def register_simulation_commands(subparsers: argparse._SubParsersAction) -> None
     simulate.add_argument("--no-secagg", action="store_true", help="switch SecAgg+ off")
     simulate.add_argument("--no-baselines", action="store_true", help="skip the baselines")
     simulate.add_argument("--run-dir", type=Path, help="default <work_dir>/simulations/<name>")
+    simulate.add_argument(
+        "--reset-ledger",
+        action="store_true",
+        help="start the simulated population's privacy ledger afresh (its people are "
+        "fictional); by default every run on the same population composes",
+    )
+    simulate.add_argument(
+        "--ray-address",
+        default="",
+        metavar="HOST:PORT",
+        help="run on this existing Ray cluster (every node needs fedsearch installed and the "
+        "run folder on a shared filesystem)",
+    )
     add_config_arguments(simulate)
     simulate.set_defaults(handler=_simulate)
 
@@ -104,6 +118,9 @@ def _simulate(args: argparse.Namespace) -> int:
         num_devices=args.clients,
         run_dir=args.run_dir,
         baselines=not args.no_baselines,
+        reset_ledger=args.reset_ledger,
+        ray_address=args.ray_address,
+        verbose=args.verbose,
     )
     print(table(summary))
     print(f"report: {summary['run_dir']}")

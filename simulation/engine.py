@@ -225,6 +225,8 @@ def run_app(link: LocalSuperLink, spec: RunSpec, *, ray_address: str, verbose: b
     federation = spec.config.federation
     options = [f"num-supernodes={spec.num_devices}"]
     options.append(f"client-resources-num-cpus={federation.client_cpus}")
+    if not verbose:  # the devices' log lines stay in their processes
+        options.append("init-args-log-to-driver=false")
     if not ray_address:
         options.append(f"init-args-num-cpus={os.cpu_count() or 1}")
     command = ["flwr", "run", str(write_app(spec)), SIMULATION_CONNECTION, "--stream"]
