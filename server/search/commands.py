@@ -9,6 +9,7 @@ import sys
 from collections.abc import Callable
 
 from common.cli import UsageError, add_config_arguments, config_from_args
+from server.search.index_kinds import INDEX_KINDS
 from server.search.threads import apply_thread_settings
 
 
@@ -17,12 +18,15 @@ def register_search_commands(subparsers: argparse._SubParsersAction) -> None:
         "index",
         help="encode the fashion catalog and build the search index",
         description="Encodes every fashion item (title + photo) with the base encoder, "
-        "builds a FAISS index (exact, or IVF above search.exact_max_items, with recall@10 "
-        "measured) and writes the catalog store the service serves.",
+        "builds a FAISS index and writes the catalog store the service serves. Kinds: exact; "
+        "IVF with float32 (ivf), float16 (ivf-fp16) or 8-bit (ivf-sq8) codes; IVF-PQ with "
+        "re-scoring on full vectors (ivf-pq). auto: exact up to search.exact_max_items, "
+        "above the most exact kind that fits search.index_memory_mb. Recall@10 against "
+        "exact search and bytes per item are measured and stored with the index.",
     )
     add_config_arguments(index)
     index.add_argument("--limit", type=int, help="index only the first N items")
-    index.add_argument("--kind", choices=("auto", "exact", "ivf"), default="auto")
+    index.add_argument("--kind", choices=("auto", *INDEX_KINDS), default="auto")
     index.set_defaults(handler=_index)
 
     serve = subparsers.add_parser(
@@ -100,8 +104,9 @@ def _index(args: argparse.Namespace) -> int:
     print(
         f"indexed {len(catalog):,} items into {catalog.folder}: {info.kind} index on "
         f"{catalog.index.backend}, recall@10 vs exact {info.recall_at_10:.4f}"
-        + (f" (nlist {info.nlist}, nprobe {info.nprobe})" if info.kind == "ivf" else "")
-        + f", encoder {info.encoder_version}"
+        + (f" (nlist {info.nlist}, nprobe {info.nprobe})" if info.kind != "exact" else "")
+        + (f", re-scoring the top {info.refine_factor}k" if info.refine_factor else "")
+        + f", {info.bytes_per_item:,.0f} bytes per item, encoder {info.encoder_version}"
     )
     catalog.close()
     return 0
