@@ -72,21 +72,25 @@ def items_from_products(products: Sequence[Product], synthetic_prices: bool) -> 
 
 def catalog_text_queries(items: Sequence[Item], n: int, seed: int = 0) -> list[str]:
     """Distinct shopper-like text queries from item attributes and titles ("black watches",
-    "women casual shoes", ...), shuffled; for measuring recall on realistic queries."""
+    "women casual shoes", "black shoes for men", runs of three title words), shuffled; for
+    measuring recall on realistic queries and for the benchmark's load."""
     found: set[str] = set()
     for it in items:
         a = it.attributes
+        colour, gender = a.get("baseColour", ""), a.get("gender", "")
         for parts in (
-            (a.get("baseColour", ""), it.category),
-            (a.get("gender", ""), it.category),
+            (colour, it.category),
+            (gender, it.category),
             (a.get("usage", ""), it.category),
+            (a.get("season", ""), it.category),
+            (gender, colour, it.category),
+            (colour, it.category, "for", gender),
             (it.category,),
         ):
             if all(parts):
                 found.add(" ".join(parts).lower())
-        words = it.title.split()
-        if len(words) > 2:
-            found.add(" ".join(words[1:4]).lower())
+        words = it.title.lower().split()
+        found.update(" ".join(words[i : i + 3]) for i in range(1, len(words) - 2))
     queries = sorted(found)
     random.Random(seed).shuffle(queries)
     return queries[:n]
