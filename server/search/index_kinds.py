@@ -10,8 +10,10 @@ ivf-sq8    ``IndexIVFScalarQuantizer`` (QT_8bit)        d + 8                no
 ivf-pq     ``IndexIVFPQ`` (``pq_bytes`` 8-bit codes)    pq_bytes + 8         yes
 =========  ===========================================  ===================  =============
 
-(8 bytes per item are its int64 id.) Scalar codes keep inner products within about 1e-3
-(fp16) or 1e-2 (8-bit) of exact, close enough to rank by; product codes are coarser, so an
+(8 bytes per item are its int64 id; a catalog of fewer than 256 items gets product codes of
+fewer bits, as k-means needs a training point per centroid.) Scalar codes keep inner
+products within about 1e-3 (fp16) or 1e-2 (8-bit) of exact, close enough to rank by;
+product codes are coarser, so an
 IVF-PQ search takes a shortlist of ``refine_factor * k`` candidates and re-scores it on the
 catalog's full float32 vectors. ``choose_kind`` takes the most exact kind whose codes fit
 the memory budget. All kinds take ``add_with_ids`` and ``remove_ids``, so upserts and
@@ -32,6 +34,11 @@ ANN_KINDS = ("ivf", "ivf-fp16", "ivf-sq8", "ivf-pq")
 INDEX_KINDS = ("exact", *ANN_KINDS)
 REFINED_KINDS = ("ivf-pq",)
 PQ_BITS = 8
+
+
+def pq_bits(n: int) -> int:
+    """8-bit product codes, fewer for catalogs too small to train 256 centroids."""
+    return max(1, min(PQ_BITS, int(math.log2(max(2, n)))))
 
 
 def code_bytes(kind: str, dim: int, pq_bytes: int) -> int:
@@ -84,11 +91,11 @@ def train_ann(
         index = faiss.IndexIVFScalarQuantizer(quantizer, dim, nlist, qtype, ip)
     elif kind == "ivf-pq":
         check_pq_bytes(dim, pq_bytes)
-        index = faiss.IndexIVFPQ(quantizer, dim, nlist, pq_bytes, PQ_BITS, ip)
+        index = faiss.IndexIVFPQ(quantizer, dim, nlist, pq_bytes, pq_bits(n), ip)
     else:
         raise ValueError(f"unknown index kind {kind!r} ({', '.join(INDEX_KINDS)})")
     index.cp.seed = seed
     rng = np.random.default_rng(seed)
-    train_rows = max(nlist * 64, 2**PQ_BITS * 64 if kind == "ivf-pq" else 0)
+    train_rows = max(nlist * 64, 2 ** pq_bits(n) * 64 if kind == "ivf-pq" else 0)
     index.train(vectors[rng.choice(n, size=min(n, train_rows), replace=False)])
     return index, nlist

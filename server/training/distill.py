@@ -96,18 +96,23 @@ def train_student(
     data: DistillData,
     s: DistillSettings,
 ) -> dict[str, float]:
-    """Train ``student`` in place; the word embeddings stay the teacher's."""
+    """Train ``student`` in place; the word embeddings stay the teacher's. A batch is a random
+    window of the phrases sorted by token count, so it is padded little."""
     student.word.weight.requires_grad_(False)
     params = [p for p in student.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=0.01)
     targets = torch.from_numpy(data.train_vectors)
     items = torch.from_numpy(np.concatenate([data.fashion_items, data.retail_items]))
     generator = torch.Generator().manual_seed(s.seed)
+    lengths = tokens["mask"].sum(1).float()
+    by_length = torch.argsort(lengths + torch.rand(len(lengths), generator=generator))
+    last_start = max(1, len(by_length) - s.batch_size + 1)
     student.train()
-    start, loss = time.monotonic(), float("nan")
+    began, loss = time.monotonic(), float("nan")
     for step in progress_bar(range(s.steps), desc="distill", leave=False):
         _set_lr(optimizer, s.lr, step / s.steps)
-        batch = torch.randint(len(targets), (s.batch_size,), generator=generator)
+        start_row = int(torch.randint(last_start, (1,), generator=generator))
+        batch = by_length[start_row : start_row + s.batch_size]
         ids, mask = _trimmed(tokens["ids"][batch], tokens["mask"][batch])
         vectors = student(ids, mask)
         teacher = targets[batch]
@@ -121,7 +126,7 @@ def train_student(
         optimizer.step()
         loss = loss_t.item()
     student.eval()
-    return {"train_seconds": round(time.monotonic() - start, 1), "final_loss": round(loss, 5)}
+    return {"train_seconds": round(time.monotonic() - began, 1), "final_loss": round(loss, 5)}
 
 
 def _trimmed(ids: torch.Tensor, mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

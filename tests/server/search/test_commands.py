@@ -46,6 +46,22 @@ def test_index_command_builds_the_store(config, shared_encoder, capsys):
     catalog.close()
 
 
+def test_index_command_builds_a_compressed_index(config, shared_encoder, capsys):
+    args = ["index", "--kind", "ivf-pq", "--set", f"paths.data_dir={config.paths.data}",
+            "--set", f"paths.work_dir={config.paths.work}", "--set", "encoder.pretrained=none",
+            "--set", "search.pq_bytes=16"]  # fmt: skip
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "indexed 40 items" in out and "ivf-pq index on faiss-cpu" in out
+    assert "re-scoring the top 10k" in out and "bytes per item" in out
+    catalog = open_catalog(config)
+    info = catalog.index.info
+    assert info.kind == "ivf-pq" and info.recall_at_10 >= 0.96 and info.bytes_per_item > 0
+    first = catalog.items()[0].id
+    assert catalog.search(catalog.vectors_of([first])[0], 1)[0][0].id == first
+    catalog.close()
+
+
 def test_bad_command_arguments_are_one_line_errors(capsys):
     assert main(["bench-search", "--kinds", "exact,hnsw"]) == 2
     assert "--kinds: unknown 'hnsw'" in capsys.readouterr().err
