@@ -211,9 +211,9 @@ class VectorIndex:
         queries = _as_vectors(np.atleast_2d(queries))
         k = max(1, min(k, self.ntotal)) if self.ntotal else 1
         refine = self.info.refine_factor if full_vectors is not None else 0
-        shortlist = min(k * refine, self.ntotal) if refine > 1 else k
+        shortlist = min(k * refine, self.ntotal) if refine else k
         scores, keys = self._search(queries, max(1, shortlist), allowed)
-        if refine <= 1 or full_vectors is None:
+        if not refine or full_vectors is None:
             return scores, keys
         start = time.thread_time()
         out = _rescore(queries, keys, full_vectors, k)
