@@ -110,6 +110,9 @@ class Catalog:
         min_recall: float = 0.95,
         recall_queries: int = 500,
         query_vectors: np.ndarray | None = None,
+        memory_mb: float = 512.0,
+        pq_bytes: int = 48,
+        refine_factor: int = 10,
     ) -> Catalog:
         """Build the index over ``items`` and write a fresh store to ``folder`` (replacing
         the one there in one step)."""
@@ -130,6 +133,9 @@ class Catalog:
                 min_recall=min_recall,
                 n_recall_queries=recall_queries,
                 queries=query_vectors,
+                memory_mb=memory_mb,
+                pq_bytes=pq_bytes,
+                refine_factor=refine_factor,
             )
             rows = [
                 item_row(it.to_json(), key, v)
@@ -231,11 +237,14 @@ class Catalog:
             top = np.argsort(-scores, kind="stable")[:n]
             return [(int(allowed[i]), float(scores[i])) for i in top]
         allowed_keys = None if allowed is None else self._rows.keys[allowed]
-        scores, keys = self.index.search(query, n, allowed_keys)
+        scores, keys = self.index.search(query, n, allowed_keys, self._vectors_of_keys)
         return [
             (self._rows.row_of[int(k)] if k >= 0 else -1, float(s))
             for s, k in zip(scores[0], keys[0], strict=True)
         ]
+
+    def _vectors_of_keys(self, keys: np.ndarray) -> np.ndarray:
+        return self._rows.vectors[[self._rows.row_of[int(k)] for k in keys]]
 
     def _filter_rows(self, filters: Filters) -> np.ndarray:
         n = self._rows.n

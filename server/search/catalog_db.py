@@ -143,7 +143,7 @@ class CatalogDB:
         except (KeyError, ValueError, TypeError) as exc:
             raise CatalogStoreError(f"{self.folder / DB_FILE}: damaged index record") from exc
         index = faiss.deserialize_index(raw)
-        if info.kind == "ivf":
+        if info.kind != "exact":  # every IVF kind (flat, fp16, sq8, pq)
             faiss.extract_index_ivf(index).nprobe = info.nprobe
         return VectorIndex(index, info)
 

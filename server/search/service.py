@@ -48,18 +48,14 @@ from server.search.api import (
 )
 from server.search.auth import AdminAuth
 from server.search.catalog import Catalog
-from server.search.catalog_build import (
-    encoder_from_config,
-    open_or_build_catalog,
-    query_text_encoder,
-)
+from server.search.catalog_build import encoder_from_config, open_or_build_catalog
 from server.search.engine import SearchEngine
 from server.search.images import PhotoWorkers
 from server.search.item_routes import ERRORS, add_item_routes, admin_guard
 from server.search.limits import BodyLimitMiddleware
 from server.search.metrics import MetricsMiddleware, ServiceMetrics
 from server.search.model_state import ModelWatcher
-from server.search.query_encoder import QueryEncoder
+from server.search.query_model import describe_query_path, query_encoder_from_config
 from server.search.shoppers import shoppers_for
 
 log = logging.getLogger(__name__)
@@ -91,7 +87,7 @@ class SearchService:
         self.admin = admin or AdminAuth(digest=None)  # None: admin endpoints closed
         self.photo_workers = PhotoWorkers(DECODE_WORKERS)
         self.engine = SearchEngine(
-            QueryEncoder(query_text_encoder(config, encoder), max_batch=config.search.max_batch),
+            query_encoder_from_config(config, encoder),
             catalog,
             candidates=config.search.candidates,
         )
@@ -277,7 +273,8 @@ def _add_ops_routes(app: FastAPI, service: SearchService) -> None:
         return {
             "model": state.model.describe(),
             "encoder_version": service.encoder.version,
-            "query_precision": service.engine.query_encoder.encoder.text_precision,
+            "query_precision": service.engine.query_encoder.text_tower.text_precision,
+            "query": describe_query_path(service.engine.query_encoder),
             "index": {**asdict(index.info), "backend": index.backend, "items": index.ntotal},
             "catalog": {"items": len(state.catalog)},
             "registry": {
