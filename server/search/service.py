@@ -56,6 +56,7 @@ from server.search.metrics import MetricsMiddleware, ServiceMetrics
 from server.search.model_state import ModelWatcher
 from server.search.query_encoder import QueryEncoder
 from server.search.shoppers import shoppers_for
+from server.search.spoken import SpokenQueries, transcript_json, with_transcript
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,7 @@ class SearchService:
         weights = config.encoder.text_weight + config.encoder.image_weight
         self.limits = Limits(encoder.dim, config.search, config.encoder.text_weight / weights)
         self.metrics = ServiceMetrics(self.engine, encoder.version)
+        self.speech = SpokenQueries(config.speech, catalog.items())
         self.started_at = time.time()
 
     def close(self) -> None:
@@ -165,23 +167,28 @@ def _check_admin(service: SearchService, authorization: str | None) -> None:
 
 
 async def _read_search_request(request: Request, service: SearchService):
+    """(fields, photo bytes, audio bytes): a multipart ``audio`` part is the spoken query,
+    any other file part the photo."""
     cfg = service.config.search
     length = request.headers.get("content-length")
     if length is not None and length.isdigit() and int(length) > cfg.max_request_bytes:
         raise ApiError(413, "body", f"request body over {cfg.max_request_bytes} bytes")
     content_type = request.headers.get("content-type", "application/json")
     if content_type.startswith("multipart/form-data"):
-        form = await request.form(max_files=1, max_fields=16, max_part_size=cfg.max_image_bytes)
+        part_limit = max(cfg.max_image_bytes, service.config.speech.max_bytes)
+        form = await request.form(max_files=2, max_fields=16, max_part_size=part_limit)
         fields = {k: v for k, v in form.items() if isinstance(v, str)}
-        uploads = [v for v in form.values() if isinstance(v, UploadFile)]
+        uploads = {k: v for k, v in form.items() if isinstance(v, UploadFile)}
+        audio = uploads.pop("audio", None)
         image = None
         if uploads:
-            image = await uploads[0].read(cfg.max_image_bytes + 1)
+            image = await next(iter(uploads.values())).read(cfg.max_image_bytes + 1)
             if len(image) > cfg.max_image_bytes:
                 raise ApiError(413, "image", f"image over {cfg.max_image_bytes} bytes")
-        return form_to_data(fields), image
+        audio_bytes = None if audio is None else await audio.read(part_limit + 1)
+        return form_to_data(fields), image, audio_bytes
     if content_type.startswith("application/json"):
-        return parse_json_object(await request.body(), cfg.max_request_bytes), None
+        return parse_json_object(await request.body(), cfg.max_request_bytes), None, None
     raise ApiError(415, "content-type", "use application/json or multipart/form-data")
 
 
@@ -191,18 +198,25 @@ def _add_search_routes(app: FastAPI, service: SearchService) -> None:
         response_model=SearchResponse,
         responses=ERRORS,
         openapi_extra={"requestBody": openapi_search_body()},
-        summary="Search by text, photo, or both; optionally personalized",
+        summary="Search by text, photo, speech, or several; optionally personalized",
     )
     async def search(request: Request) -> JSONResponse:
-        """Text, image, or both (``text_weight``); ``k``; filters on category and price
-        range; an optional private ``user_vector`` reranks the top ``search.candidates``
-        (never stored or logged); ``return_vectors`` for on-device reranking and logging.
+        """Text, image, or both (``text_weight``); a spoken query as a multipart ``audio``
+        part (WAV), alone or with them; ``k``; filters on category and price range; an
+        optional private ``user_vector`` reranks the top ``search.candidates`` (never stored
+        or logged); ``return_vectors`` for on-device reranking and logging.
         """
         start = time.perf_counter()
-        data, image = await _read_search_request(request, service)
+        data, image, audio = await _read_search_request(request, service)
+        heard = None
+        if audio is not None:
+            heard = await run_in_threadpool(service.speech.transcribe, audio)
+            data = with_transcript(data, heard, image is not None)
         query = to_query(data, image, service.limits)
         result = await run_in_threadpool(service.engine.search, query)
         body = result_json(result, query, service.encoder.version)
+        if heard is not None:
+            body.update(transcript_json(heard))
         body["took_ms"] = round((time.perf_counter() - start) * 1000, 3)
         return JSONResponse(body)
 
@@ -253,6 +267,7 @@ def _add_item_routes(app: FastAPI, service: SearchService) -> None:
             service.catalog.delete([item_id])
         except KeyError:
             raise ApiError(404, "id", f"no item {item_id!r}") from None
+        service.speech.items_changed(deleted=[item_id])
         return {"deleted": item_id, "items": len(service.catalog)}
 
 
@@ -300,6 +315,7 @@ def _upsert(service: SearchService, body: UpsertBody) -> dict[str, Any]:
         for i, it in enumerate(body.items)
     ]
     service.catalog.upsert(items, vectors)
+    service.speech.items_changed(upserted=items)
     return {"upserted": ids, "items": len(service.catalog)}
 
 
@@ -324,6 +340,7 @@ def _add_ops_routes(app: FastAPI, service: SearchService) -> None:
                 "signatures_checked": service.watcher.versions.public_key is not None,
                 "last_error": service.watcher.versions.last_error,
             },
+            "speech": service.speech.describe(),
         }
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
