@@ -16,6 +16,7 @@ import tempfile
 import threading
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -51,7 +52,7 @@ class SphinxTranscriber:
     def __init__(self, *, general: bool = False) -> None:
         self.general = general
         self._lock = threading.Lock()
-        self._decoder = _decoder(None)
+        self._decoder: Any = None  # built when first needed: the general model takes 0.6 s
 
     def use_vocabulary(self, vocabulary: CatalogVocabulary) -> None:
         if self.general:
@@ -66,6 +67,8 @@ class SphinxTranscriber:
     def transcribe(self, samples: np.ndarray) -> Transcript:
         pcm = _with_margins(samples).tobytes()
         with self._lock:  # a decoder decodes one utterance at a time
+            if self._decoder is None:
+                self._decoder = _decoder(None)
             decoder = self._decoder
             decoder.start_utt()
             decoder.process_raw(pcm, full_utt=True)
