@@ -27,10 +27,15 @@ from common.speech.vocabulary import CatalogVocabulary
 
 log = logging.getLogger(__name__)
 
-# Non-speech around the words: the model's noise removal and cepstral mean are estimated
-# from the utterance itself, which needs some frames without speech (clips cut tight to
-# the words lose their first word otherwise). Faint noise, seeded: zeros have no spectrum.
-_MARGIN_S = 0.3
+# The model's noise removal and cepstral mean are estimated over the whole utterance, so
+# the share of non-speech in it moves the features: a clip cut tight to the words loses
+# its first word, and one with seconds of silence (a microphone left on) as well. Audio is
+# cut to the words (frames within _SPEECH_DB of the loudest, _KEEP_S around them) and given
+# the same short margin of faint noise (seeded; zeros have no spectrum) on both sides.
+_FRAME = SAMPLE_RATE // 100
+_SPEECH_DB = 40.0
+_KEEP_S = 0.1
+_MARGIN_S = 0.2
 _MARGIN_NOISE = 3.0
 _DECODER_OPTIONS = {"samprate": SAMPLE_RATE, "loglevel": "FATAL", "topn": 8}
 
@@ -65,7 +70,7 @@ class SphinxTranscriber:
             self._decoder = decoder
 
     def transcribe(self, samples: np.ndarray) -> Transcript:
-        pcm = _with_margins(samples).tobytes()
+        pcm = _with_margins(_words_only(samples)).tobytes()
         with self._lock:  # a decoder decodes one utterance at a time
             if self._decoder is None:
                 self._decoder = _decoder(None)
@@ -99,6 +104,18 @@ def _decoder(catalog: tuple[dict, set[str]] | None):
             return Decoder(lm=str(lm), dict=str(dictionary), **_DECODER_OPTIONS)
     except (RuntimeError, ValueError) as exc:
         raise SpeechError(f"pocketsphinx could not load its model: {exc}") from exc
+
+
+def _words_only(samples: np.ndarray) -> np.ndarray:
+    """The samples from the first to the last loud frame, with ``_KEEP_S`` around."""
+    frames = len(samples) // _FRAME
+    if frames == 0:
+        return samples
+    power = np.mean(np.square(samples[: frames * _FRAME].reshape(frames, _FRAME)), axis=1)
+    level = 10 * np.log10(power + 1e-12)
+    loud = np.flatnonzero(level > level.max() - _SPEECH_DB)
+    keep = int(_KEEP_S * SAMPLE_RATE)
+    return samples[max(0, loud[0] * _FRAME - keep) : (loud[-1] + 1) * _FRAME + keep]
 
 
 def _with_margins(samples: np.ndarray) -> np.ndarray:
