@@ -4,6 +4,7 @@
 
     <device>/
       device.json        name, SuperLink address, search endpoint, Runtime API port
+      device.toml        optional: the device's own settings and privacy policy ([device])
       ca.crt             the federation's CA certificate (verifies the SuperLink's TLS)
       signing.pub        the server's Ed25519 key (verifies published model versions)
       auth.key auth.pub  SuperNode authentication key pair, made here; only auth.pub leaves
@@ -11,6 +12,7 @@
       store/             the encrypted search log and personal state
       runtime/           device-local TLS for the SuperNode's loopback Runtime API
       public_items.npz   public catalog item vectors (random negatives for training)
+      registry/          the device's copy of the published, signed model versions
       flwr/              FLWR_HOME of the SuperNode (the installed app, FAB by FAB)
 
 ``supernode_command`` is the exact ``flower-supernode`` command that joins the federation
@@ -35,16 +37,18 @@ from client.store import (
     DeviceStore,
     LoggedSearch,
     PersonalState,
-    atomic_write,
     load_key,
     write_key_file,
 )
+from common.config import DeviceConfig, load_config
 from common.data.retail import split_history
 from common.data.searches import DeviceData, SearchExample
 from common.federation.flower_env import flower_env
+from common.files import atomic_write
 from common.security.pki import create_local_tls, create_node_auth_keys
 
 DEVICE_FILE = "device.json"
+DEVICE_CONFIG_FILE = "device.toml"
 NODE_CONFIG_KEY = "device-dir"
 DEFAULT_RUNTIME_PORT = 9094
 PUBLIC_ITEMS = "public_items.npz"
@@ -82,6 +86,15 @@ class Device:
     store_dir = property(lambda self: self.folder / "store")
     runtime_dir = property(lambda self: self.folder / "runtime")
     public_items = property(lambda self: self.folder / PUBLIC_ITEMS)
+    registry_dir = property(lambda self: self.folder / "registry")
+    config_file = property(lambda self: self.folder / DEVICE_CONFIG_FILE)
+
+    def device_config(self) -> DeviceConfig:
+        """The device's own settings and privacy policy (``device.toml``'s ``[device]``
+        table; defaults where absent). Never taken from the server."""
+        if not self.config_file.is_file():
+            return DeviceConfig()
+        return load_config(self.config_file).device
 
     def open_store(self) -> DeviceStore:
         key_file = None if os.environ.get(KEY_ENV) else self.store_key

@@ -20,7 +20,6 @@ import fcntl
 import io
 import json
 import os
-import tempfile
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -33,6 +32,7 @@ import numpy as np
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from common.files import atomic_write
 from common.security.keyfiles import read_owner_only, write_owner_only
 
 KEY_ENV = "FEDSEARCH_DEVICE_KEY"
@@ -242,25 +242,6 @@ class DeviceStore:
         nonce = os.urandom(12)
         blob = MAGIC + nonce + self._aead.encrypt(nonce, _pack(meta, arrays), MAGIC + name.encode())
         atomic_write(self.folder / name, blob)
-
-
-def atomic_write(path: Path, data: bytes) -> None:
-    """Write ``data`` to a temp file beside ``path``, fsync it, rename it over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def _pack(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> bytes:

@@ -12,16 +12,43 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, Field, ValidationError, model_validator
 from pydantic.fields import FieldInfo
+
+from common.config_section import ConfigError, Section
+from common.training_config import (
+    AdapterConfig,
+    CentralizedConfig,
+    DeviceConfig,
+    EvaluationConfig,
+    FederationConfig,
+)
+
+__all__ = [
+    "REPO_ROOT",
+    "TEXT_PRECISIONS",
+    "AdapterConfig",
+    "CentralizedConfig",
+    "Config",
+    "ConfigError",
+    "DeviceConfig",
+    "EncoderConfig",
+    "EvaluationConfig",
+    "FederationConfig",
+    "PathsConfig",
+    "PopulationConfig",
+    "PretrainConfig",
+    "SearchConfig",
+    "SpeechConfig",
+    "config_from_dict",
+    "default_data_dir",
+    "load_config",
+    "parse_override",
+]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TextPrecision = Literal["auto", "float32", "bfloat16"]
 TEXT_PRECISIONS: tuple[str, ...] = get_args(TextPrecision)
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown or invalid; the message names the key."""
 
 
 def default_data_dir() -> Path:
@@ -30,13 +57,7 @@ def default_data_dir() -> Path:
     return Path(env) if env else REPO_ROOT.parent / "shared" / "data"
 
 
-class _Section(BaseModel):
-    """Frozen (and so hashable), no unknown keys, no type coercion but int to float."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", strict=True)
-
-
-class PathsConfig(_Section):
+class PathsConfig(Section):
     """Where data is read from (``data_dir``; "" = ``default_data_dir()``) and where
     checkpoints, the registry, indexes and run reports are written (``work_dir``)."""
 
@@ -68,7 +89,7 @@ class PathsConfig(_Section):
         return self.work / "registry"
 
 
-class EncoderConfig(_Section):
+class EncoderConfig(Section):
     """The base encoder (``common.model.encoder.create_encoder``) and its fusion weights.
 
     ``model``: a built-in ``fedsearch-*`` config, an open_clip model name, a ``local-dir:``
@@ -90,7 +111,7 @@ class EncoderConfig(_Section):
         return self
 
 
-class PretrainConfig(_Section):
+class PretrainConfig(Section):
     """Contrastive (CLIP-style) training of the vision tower against the frozen text tower:
     ``steps`` optimizer steps from ``seed``, so the same settings give the same encoder on
     any machine; ``time_budget_s`` > 0 stops earlier when the time runs out (the result then
@@ -107,7 +128,7 @@ class PretrainConfig(_Section):
     threads: int = Field(default=0, ge=0, description="0 = torch default")
 
 
-class PopulationConfig(_Section):
+class PopulationConfig(Section):
     """The simulated device populations (``simulation.population``).
 
     Retail: a device per customer with >= ``min_items`` distinct items (files "":
@@ -129,60 +150,7 @@ class PopulationConfig(_Section):
     click_temperature: float = Field(default=0.5, gt=0)
 
 
-class AdapterConfig(_Section):
-    """The shared query adapter (of ``rank``) and its per-search ranking loss
-    (``common.model.ranking_loss``) for both centralized and federated training: the
-    clicked item against ``shown_negatives`` shown but unclicked items of the same
-    impression and ``random_negatives`` items drawn from the catalog."""
-
-    rank: int = Field(default=64, ge=1)
-    temperature: float = Field(default=0.05, gt=0)
-    shown_negatives: int = Field(default=20, ge=0)
-    random_negatives: int = Field(default=32, ge=0)
-
-    @model_validator(mode="after")
-    def _some_negatives(self) -> AdapterConfig:
-        if self.shown_negatives + self.random_negatives <= 0:
-            raise ConfigError(
-                "adapter.random_negatives: shown_negatives + random_negatives must be > 0"
-            )
-        return self
-
-
-class CentralizedConfig(_Section):
-    """Centralized adapter training without privacy: the upper reference baseline.
-
-    Up to ``epochs`` epochs. With ``patience`` > 0 each device's last train search is kept
-    for validation, training stops after ``patience`` epochs without a better validation
-    nDCG and the best epoch's adapter is kept (0: every epoch, every search). ``threads``:
-    torch threads (0: torch's default; 1 is ~7x faster than 2 on a shared 2-core machine).
-    """
-
-    epochs: int = Field(default=30, ge=1)
-    patience: int = Field(default=3, ge=0)
-    batch_size: int = Field(default=256, ge=1)
-    lr: float = Field(default=1e-3, gt=0)
-    weight_decay: float = Field(default=0.0, ge=0)
-    seed: int = 0
-    threads: int = Field(default=1, ge=0, description="0 = torch default")
-
-
-class EvaluationConfig(_Section):
-    """Evaluation on held-out searches: metrics at ``k`` over the whole catalog. Personal
-    reranking adds ``beta * cos(user, item)`` to the scores of the top ``candidates``."""
-
-    k: int = Field(default=10, ge=1)
-    candidates: int = 100
-    beta: float = Field(default=0.3, ge=0)
-
-    @model_validator(mode="after")
-    def _enough_candidates(self) -> EvaluationConfig:
-        if self.candidates < self.k:
-            raise ConfigError("evaluation.candidates: must be >= evaluation.k")
-        return self
-
-
-class SearchConfig(_Section):
+class SearchConfig(Section):
     """The search service (``fedsearch serve``): its index and its limits on requests.
 
     Up to ``exact_max_items`` items the index is exact; beyond, IVF (``ivf_nlist`` lists, 0:
@@ -230,7 +198,7 @@ class SearchConfig(_Section):
         return self
 
 
-class SpeechConfig(_Section):
+class SpeechConfig(Section):
     """Spoken queries: the ``audio`` part of ``POST /search``, ``fedsearch search --audio``.
 
     ``engine``: "pocketsphinx" (offline, the English model shipped in its wheel, decoding
@@ -261,60 +229,7 @@ class SpeechConfig(_Section):
         return self
 
 
-class FederationConfig(_Section):
-    """Federated training of the shared query adapter, ``rounds`` rounds.
-
-    A device joins a round with probability ``clients_per_round / population``. User-level
-    DP (``dp``): updates are clipped to ``clipping_norm``, the sum gets Gaussian noise of
-    ``noise_multiplier * clipping_norm``, and a run over ``epsilon_user`` at ``delta_user``
-    (0: 1 / population) does not start. SecAgg+ (``secagg``): keys shared with
-    ``secagg_neighbours`` devices of the round, a ``secagg_threshold`` fraction of shares
-    unmasks, updates quantized over [-secagg_range, secagg_range]. ``eval_devices`` are
-    evaluated per round (0: all; all in the last round), on a moving average of the global
-    adapter with ``average_decay`` per round (0: the aggregate), which the registry also
-    publishes; training continues from the aggregate.
-    """
-
-    rounds: int = Field(default=20, ge=1)
-    clients_per_round: int = Field(default=20, ge=1)
-    eval_devices: int = Field(default=50, ge=0, description="0 = all")
-    seed: int = 0
-    dp: bool = True
-    noise_multiplier: float = Field(default=0.7, ge=0)
-    clipping_norm: float = Field(default=0.1, gt=0)
-    epsilon_user: float = Field(default=8.0, gt=0)
-    delta_user: float = Field(default=0.0, ge=0, lt=1)
-    secagg: bool = True
-    secagg_neighbours: int = Field(default=10, ge=2)
-    secagg_threshold: float = Field(default=0.6, gt=0, le=1)
-    secagg_range: float = Field(default=4.0, gt=0)
-    client_cpus: int = Field(default=1, ge=1, description="CPUs per simulated device")
-    publish: bool = True
-    average_decay: float = Field(default=0.8, ge=0, lt=1)
-
-
-class DeviceConfig(_Section):
-    """Local training on a device: Opacus DP-SGD on its copy of the global adapter.
-
-    ``local_epochs`` over Poisson batches of expected size ``batch_size`` with a fresh
-    ``optimizer`` each round ("sgd" uses ``momentum``). Record-level DP (``dp``) clips each
-    search's gradient to ``max_grad_norm`` and adds ``noise_multiplier`` times that as noise;
-    the device's accountant persists and it declines to pass ``epsilon_budget`` at ``delta``.
-    """
-
-    local_epochs: int = Field(default=5, ge=1)
-    batch_size: int = Field(default=16, ge=1)
-    optimizer: Literal["adam", "sgd"] = "adam"
-    lr: float = Field(default=0.003, gt=0)
-    momentum: float = Field(default=0.0, ge=0, lt=1)
-    dp: bool = True
-    noise_multiplier: float = Field(default=0.6, ge=0)
-    max_grad_norm: float = Field(default=1.0, gt=0)
-    epsilon_budget: float = Field(default=30.0, gt=0)
-    delta: float = Field(default=1e-4, gt=0, lt=1)
-
-
-class Config(_Section):
+class Config(Section):
     """The whole configuration, one field per TOML table."""
 
     paths: PathsConfig = PathsConfig()

@@ -1,8 +1,10 @@
 """The Flower apps of a simulation, as ``flwr run`` loads them (``module:attribute``).
 
-The ServerApp is the deployment's own; the ClientApp is the deployment's ClientApp with the
-simulated population injected as the devices' data (``simulation.devices``) and the
-wiretaps (``simulation.wiretap``), which record only when a run switches them on.
+The ServerApp is the deployment's own, drawing its randomness from ``federation.seed`` so
+runs repeat; the ClientApp is the deployment's ClientApp with the simulated population
+injected as the devices' data (``simulation.devices``) and the wiretaps
+(``simulation.wiretap``) and faults (``simulation.faults``), which act only when a run
+switches them on.
 """
 
 from __future__ import annotations
@@ -10,16 +12,20 @@ from __future__ import annotations
 import warnings
 
 from client.app import build_client_app
-from server.federation.app import app as server_app
+from server.federation.app import build_server_app
 from simulation.devices import simulated_device
-from simulation.wiretap import run_tap
+from simulation.faults import fault_mod
+from simulation.wiretap import run_tap, server_tap
 
 # Simulated devices draw DP noise from a seeded generator on purpose (reproducible runs);
 # Opacus' reminder that its secure RNG is off belongs on real devices only.
 warnings.filterwarnings("ignore", message="Secure RNG turned off", module="opacus")
 
+server_app = build_server_app(seeded=True, on_sum=server_tap)
 client_app = build_client_app(
-    source=simulated_device, outer_mods=[run_tap("wire")], inner_mods=[run_tap("plain")]
+    source=simulated_device,
+    outer_mods=[fault_mod, run_tap("wire")],
+    inner_mods=[run_tap("plain")],
 )
 
 __all__ = ["client_app", "server_app"]

@@ -5,8 +5,11 @@
 - ``base+popularity``: ``cos(query, item) + w * log(1 + pop) / log(1 + max pop)``, with
   ``w`` picked on TRAIN searches only (``tune_popularity_weight``: each search's clicked item
   counted with its own click left out); never on test.
+- ``public warm start``: the adapter fitted on the catalog's phrases alone
+  (``server.training.warm_start``), where federated training starts.
 - ``centralized``: the same ``QueryAdapter`` trained without privacy on all devices' train
-  searches pooled, with the same per-sample loss as the devices (``common.model.ranking_loss``:
+  searches pooled (from the warm start when it is on), with the same per-sample loss as the
+  devices (``common.model.ranking_loss``:
   own impression's shown-but-not-clicked items + random catalog items, never in-batch
   negatives). The upper reference for federated training. Early stopping looks only at
   each device's last TRAIN search, held out from training (``validation_split``).
@@ -41,6 +44,7 @@ from common.model.adapter import QueryAdapter
 from common.model.personalization import user_vector
 from common.model.ranking_loss import ranking_loss, search_tensors
 from common.progress import progress_bar
+from server.training.warm_start import train_warm_start
 from simulation.evaluation import evaluate_population
 from simulation.population import Population
 
@@ -136,7 +140,10 @@ def _train(
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
     searches, validation = validation_split(population, settings.patience > 0)
-    adapter = QueryAdapter(population.item_vectors.shape[1], config.adapter.rank)
+    adapter = warm_start(population, config) or QueryAdapter(
+        population.item_vectors.shape[1], config.adapter.rank
+    )
+    adapter.train()
     optimizer = torch.optim.AdamW(
         adapter.parameters(), lr=settings.lr, weight_decay=settings.weight_decay
     )
@@ -163,6 +170,20 @@ def _train(
         adapter.load_state_dict(best[1])
     adapter.eval()
     return adapter, history
+
+
+def warm_start(population: Population, config: Config) -> QueryAdapter | None:
+    """The public warm start on the population's catalog (None when off or unavailable)."""
+    if not config.federation.warm_start or population.phrases is None:
+        return None
+    return train_warm_start(
+        population.phrases.vectors,
+        population.phrases.items,
+        population.item_vectors,
+        rank=config.adapter.rank,
+        steps=config.federation.warm_start_steps,
+        seed=config.federation.seed,
+    )
 
 
 def _best_epoch(history: list[dict[str, float]]) -> int:
@@ -278,20 +299,24 @@ def run_baselines(
     weight, curve = tune_popularity_weight(population, k=k)
     details: dict[str, Any] = {"popularity_weight": weight, "popularity_weight_curve": curve}
     prior = np.float32(weight) * popularity_prior(population.popularity)
-    base = evaluate_population(population, beta=beta, candidates=candidates, k=k)
+    personal = {"beta": beta, "candidates": candidates, "attribute_beta": evaluation.attribute_beta}
+    base = evaluate_population(population, k=k, **personal)
     metrics["base"] = base.overall["base"]
     metrics["base+popularity"] = metrics_from_sums(
         evaluate_searches(tests, population.item_vectors, k=k, item_prior=prior), k
     )
     metrics["base+personal"] = base.overall["personal"]
+    public = warm_start(population, config)
+    if public is not None:
+        warm = evaluate_population(population, adapter=public, k=k, **personal)
+        metrics["public warm start"] = warm.overall["adapter"]
+        metrics["public warm start+personal"] = warm.overall["personal"]
     if adapter is None:
         start = time.perf_counter()
         adapter, history = train_centralized(population, config, progress=progress)
         details["centralized_training"] = history
         details["centralized_seconds"] = round(time.perf_counter() - start, 1)
-    central = evaluate_population(
-        population, adapter=adapter, beta=beta, candidates=candidates, k=k
-    )
+    central = evaluate_population(population, adapter=adapter, k=k, **personal)
     metrics["centralized"] = central.overall["adapter"]
     metrics["centralized+personal"] = central.overall["personal"]
     details["beta"] = beta

@@ -3,7 +3,10 @@
 The simulation injects ``simulated_device`` into ``client.app.build_client_app``: node
 config ``partition-id`` picks the device of the run's population (loaded once per process
 from the run folder), whose private state lives in ``<run_dir>/devices/<device_id>/`` (an
-encrypted store, one key per run, as a real device keeps its own).
+encrypted store, one key per run, as a real device keeps its own). Every simulated device
+has the simulation config's ``device`` settings and policy, verifies published versions
+with the run's public key (``<run_dir>/signing/signing.pub``) as a provisioned device would,
+and draws its randomness from ``federation.seed`` so that runs repeat exactly.
 """
 
 from __future__ import annotations
@@ -16,10 +19,15 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from client.app import LocalDevice
+from client.local_device import LocalDevice
+from client.sdk import verified_adapters
 from client.store import DeviceStore, load_key, write_key_file
 from common.config import ConfigError
 from common.federation.run_spec import RunSpec
+from common.files import atomic_write
+from common.model.adapter import QueryAdapter
+from common.security.signing import load_public_key
+from common.security.trust import TrustedVersions
 from simulation.loader import load_population
 from simulation.population import Population
 
@@ -39,7 +47,25 @@ def simulated_device(spec: RunSpec, node_config: Mapping[str, Any]) -> LocalDevi
     data = population.devices[index]
     folder = spec.devices_dir / re.sub(r"[^A-Za-z0-9_.-]", "_", data.device_id)
     store = DeviceStore(folder, simulation_key(spec.device_key_file))
-    return LocalDevice(data, population.item_vectors, store, index)
+    return LocalDevice(
+        data,
+        population.item_vectors,
+        store,
+        spec.config.device,
+        published=published_versions(spec),
+        seed_parts=(spec.config.federation.seed, index),
+        attributes=population.attributes,
+    )
+
+
+@functools.cache
+def published_versions(spec: RunSpec) -> TrustedVersions[QueryAdapter]:
+    """The run's registry as the simulated devices see it: versions signed by the run."""
+    return verified_adapters(spec.config.paths.registry, load_public_key(run_public_key(spec)))
+
+
+def run_public_key(spec: RunSpec) -> Path:
+    return spec.run_dir / "signing" / "signing.pub"
 
 
 @functools.cache
@@ -60,12 +86,8 @@ def cached_population(spec: RunSpec) -> Population:
 
 def save_population(population: Population, run_dir: Path) -> Path:
     """Write the population where every simulated device of the run finds it."""
-    run_dir.mkdir(parents=True, exist_ok=True)
     path = run_dir / POPULATION_FILE
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as fh:
-        pickle.dump(population, fh, protocol=pickle.HIGHEST_PROTOCOL)
-    tmp.replace(path)
+    atomic_write(path, pickle.dumps(population, protocol=pickle.HIGHEST_PROTOCOL))
     return path
 
 

@@ -12,11 +12,13 @@ writes them to ``metrics.jsonl``; Flower's own log goes to ``<run_dir>/flower.lo
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
 import subprocess
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,12 +26,18 @@ from typing import Any
 import tomli_w
 
 from common.config import Config, config_from_dict
-from common.federation.privacy_plan import UserLevelDP
+from common.federation.payload import PayloadCodec
+from common.federation.privacy_plan import PrivacyPlan
 from common.federation.run_spec import RunSpec
+from common.model.adapter import QueryAdapter
 from common.progress import progress_bar
-from server.federation.app import METRICS_FILE, fit_workflow
-from server.federation.ledger import PrivacyLedger
-from simulation.devices import save_population, simulation_key
+from common.security.signing import generate_signing_key
+from server.federation.app import open_ledger
+from server.federation.recorder import METRICS_FILE
+from server.federation.secure_aggregation import fit_workflow
+from server.training.warm_start import train_warm_start
+from simulation.devices import run_public_key, save_population, simulation_key
+from simulation.faults import write_fault_settings
 from simulation.loader import load_population
 from simulation.population import Population
 from simulation.superlink import SIMULATION_CONNECTION, LocalSuperLink
@@ -37,6 +45,7 @@ from simulation.wiretap import write_tap_settings
 
 log = logging.getLogger(__name__)
 RUN_CONFIG_FILE = "config.toml"
+WARM_START_FILE = "warm_start.safetensors"
 FLOWER_LOG = "flower.log"
 
 
@@ -67,34 +76,57 @@ def with_overrides(config: Config, **federation: Any) -> Config:
 
 
 def default_run_dir(config: Config, population: str) -> Path:
+    """A new folder under ``<work_dir>/simulations``."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    return config.paths.work / "simulations" / f"{population}-{stamp}-{os.getpid()}"
+    return (config.paths.work / "simulations" / f"{population}-{stamp}-{os.getpid()}").resolve()
 
 
-def prepare_run(spec: RunSpec, population: Population) -> None:
-    """Refuse an over-budget or oversized plan, then lay out the run folder for the devices."""
-    dp = UserLevelDP.from_spec(spec)
-    if dp is not None:
-        PrivacyLedger.for_plan(dp).check_plan(spec.config.federation.rounds)
-    fit_workflow(spec)  # refuses rounds too large for SecAgg+
+def prepare_run(spec: RunSpec, population: Population, *, reset_ledger: bool = False) -> None:
+    """Refuse an over-budget or oversized plan, then lay out the run folder: the population
+    and store key for the devices, a signing key for the server (its public half is what
+    the simulated devices trust), and ``run.json``."""
+    plan = PrivacyPlan.from_spec(spec)
+    fit_workflow(spec, plan)  # refuses rounds too large for SecAgg+
+    ledger = open_ledger(spec, plan)
+    if ledger is not None:
+        if reset_ledger:
+            ledger.path.unlink(missing_ok=True)
+            ledger = open_ledger(spec, plan)
+        weights = QueryAdapter(spec.embedding_dim, spec.config.adapter.rank).get_weights()
+        size = PayloadCodec.for_weights(weights, plan.clipping_norm, plan.stats_share).size
+        ledger.check_plan(plan.round_rdp(size), spec.config.federation.rounds)
     spec.run_dir.mkdir(parents=True, exist_ok=True)
+    if spec.initial_adapter:
+        write_warm_start(spec, population)
     save_population(population, spec.run_dir)
     simulation_key(spec.device_key_file)
-    (spec.run_dir / "run.json").write_text(
-        json.dumps(
-            {
-                "population": spec.population,
-                "num_devices": spec.num_devices,
-                "base_model": spec.base_model,
-                "federation": spec.config.federation.model_dump(),
-                "device": spec.config.device.model_dump(),
-                "adapter": spec.config.adapter.model_dump(),
-                "evaluation": spec.config.evaluation.model_dump(),
-            },
-            indent=2,
-        ),
-        "utf-8",
+    signing = spec.run_dir / "signing"
+    generate_signing_key(signing / "signing.key", run_public_key(spec))
+    settings = {"population": spec.population, "population_id": spec.population_id}
+    settings |= {"num_devices": spec.num_devices, "base_model": spec.base_model}
+    settings |= {"against": plan.against_whom(), **spec.config.model_dump(exclude={"paths"})}
+    (spec.run_dir / "run.json").write_text(json.dumps(settings, indent=2), "utf-8")
+
+
+def write_warm_start(spec: RunSpec, population: Population) -> None:
+    """Train the adapter's public warm start on the population's catalog phrases."""
+    assert population.phrases is not None
+    phrases = population.phrases
+    adapter = train_warm_start(
+        phrases.vectors,
+        phrases.items,
+        population.item_vectors,
+        rank=spec.config.adapter.rank,
+        steps=spec.config.federation.warm_start_steps,
+        seed=spec.config.federation.seed,
     )
+    adapter.save(Path(spec.initial_adapter))
+
+
+def population_id(name: str, population: Population) -> str:
+    """The ledger name of a population: its kind and a digest of its devices' ids."""
+    digest = hashlib.sha256("\n".join(d.device_id for d in population.devices).encode())
+    return f"{name}-{len(population.devices)}-{digest.hexdigest()[:12]}"
 
 
 def simulate(
@@ -107,30 +139,48 @@ def simulate(
     wiretap: Path | None = None,
     wiretap_content: bool = True,
     ray_address: str = "",
+    reset_ledger: bool = False,
+    dropout: float = 0.0,
+    dropout_stages: Sequence[str] = ("unmask",),
     verbose: bool = False,
 ) -> SimulationResult:
     """Run ``config.federation.rounds`` federated rounds over the population's devices.
 
-    ``wiretap``: record every reply the devices send into this folder (``simulation.wiretap``;
-    ``wiretap_content`` False keeps sizes only). ``ray_address``: run on that Ray cluster.
-    ``verbose``: show Flower's log as it runs.
+    The population's ledger (``federation.ledger_dir``) composes every run on the same
+    simulated people; ``reset_ledger`` starts it afresh (they are fictional, after all).
+    ``dropout``: that fraction of the devices sent a message of one of ``dropout_stages``
+    fails it (``simulation.faults``). ``wiretap``: record every reply the devices send, and
+    the server's payload sums, into this folder (``simulation.wiretap``; ``wiretap_content``
+    False keeps sizes only). ``ray_address``: run on that Ray cluster. ``verbose``: show
+    Flower's log as it runs.
     """
     if population is None:
         population = load_population(
             population_name, config, num_devices=num_devices, seed=config.federation.seed
         )
+    folder = Path(run_dir).resolve() if run_dir else default_run_dir(config, population_name)
+    warm = config.federation.warm_start and population.phrases is not None
     spec = RunSpec(
         config=config,
         population=population_name,
         num_devices=len(population.devices),
-        run_dir=Path(run_dir).resolve() if run_dir else default_run_dir(config, population_name),
+        run_dir=folder,
         base_model=str(population.info.get("encoder", "")),
+        population_id=population_id(population_name, population),
+        embedding_dim=int(population.item_vectors.shape[1]),
+        initial_adapter=str(folder / WARM_START_FILE) if warm else "",
     )
-    prepare_run(spec, population)
+    prepare_run(spec, population, reset_ledger=reset_ledger)
     if wiretap is not None:
         write_tap_settings(spec.run_dir, Path(wiretap).resolve(), keep_content=wiretap_content)
+    if dropout:
+        seed = config.federation.seed
+        write_fault_settings(spec.run_dir, fraction=dropout, stages=dropout_stages, seed=seed)
     start = time.perf_counter()
-    with LocalSuperLink(spec.run_dir / "flwr", ray_address=ray_address) as link:
+    signing_key = spec.run_dir / "signing" / "signing.key"
+    with LocalSuperLink(
+        spec.run_dir / "flwr", ray_address=ray_address, signing_key=signing_key
+    ) as link:
         run_app(link, spec, ray_address=ray_address, verbose=verbose)
     return SimulationResult(spec, read_rounds(spec.run_dir), time.perf_counter() - start)
 
@@ -158,6 +208,9 @@ def write_app(spec: RunSpec) -> Path:
                         "run-dir": str(spec.run_dir),
                         "config-file": str(config_file),
                         "base-model": spec.base_model,
+                        "population-id": spec.population_id,
+                        "embedding-dim": spec.embedding_dim,
+                        "initial-adapter": spec.initial_adapter,
                     },
                 }
             }

@@ -6,10 +6,12 @@ searches together is much faster than device by device.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
+from common.data.searches import DeviceData
 from common.evaluation.protocol import (
     device_user_vector,
     metrics_from_sums,
@@ -18,6 +20,7 @@ from common.evaluation.protocol import (
     stack_searches,
 )
 from common.model.adapter import QueryAdapter
+from common.model.personalization import attribute_preferences
 from simulation.population import Population
 
 
@@ -36,6 +39,7 @@ def evaluate_population(
     beta: float,
     candidates: int,
     k: int = 10,
+    attribute_beta: float = 0.0,
 ) -> PopulationEval:
     """Evaluate every device's test searches in the three modes (scored in large batches,
     the same ranks as ``evaluate_device`` per device) and pool them."""
@@ -55,6 +59,7 @@ def evaluate_population(
         users=users,
         beta=beta,
         candidates=candidates,
+        bonus=_bonus_rows(population, devices, attribute_beta),
     )
     bounds = np.cumsum([0] + [len(d.test) for d in devices])
     per_device = {
@@ -63,3 +68,24 @@ def evaluate_population(
     }
     overall = {mode: metrics_from_sums(rank_sums(r, k), k) for mode, r in ranks.items()}
     return PopulationEval(per_device, overall)
+
+
+def _bonus_rows(
+    population: Population, devices: list[DeviceData], attribute_beta: float
+) -> Callable[[int, int], np.ndarray] | None:
+    """The devices' attribute-preference bonus, for query rows start:stop (``Bonus``)."""
+    table = population.attributes
+    if table is None or attribute_beta == 0.0:
+        return None
+    prefs = np.stack(
+        [
+            attribute_preferences(table, [s.clicked for s in d.train], [s.shown for s in d.train])
+            for d in devices
+        ]
+    )
+    owner = np.repeat(np.arange(len(devices)), [len(d.test) for d in devices])
+
+    def rows(start: int, stop: int) -> np.ndarray:
+        return np.float32(attribute_beta) * table.item_scores(prefs[owner[start:stop]])
+
+    return rows

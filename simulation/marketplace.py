@@ -42,7 +42,15 @@ from common.data.records import Product
 from common.data.searches import DeviceData, SearchExample
 from common.model.encoder import Encoder
 from common.progress import progress_bar
-from simulation.population import Population, encode_texts, impression, top_items, train_popularity
+from simulation.population import (
+    Population,
+    attribute_table,
+    encode_texts,
+    impression,
+    public_phrases,
+    top_items,
+    train_popularity,
+)
 from simulation.vector_cache import cache_key, cached_vectors
 
 GENDER_WEIGHT = 3.0
@@ -325,4 +333,6 @@ def load_marketplace(
         train_popularity(devices, len(products)),
         [p.title for p in products],
         info,
+        public_phrases(products, encoder, config.paths.work / "cache", "marketplace", progress),
+        attribute_table(products),
     )

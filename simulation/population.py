@@ -9,15 +9,29 @@ shared by the population loaders (``simulation.loader``).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from common.data.records import Product, categorical_attributes
 from common.data.searches import DeviceData
 from common.model.encoder import Encoder
+from common.model.personalization import AttributeTable
+from server.training.warm_start import catalog_phrases
 from simulation.vector_cache import cache_key, cached_vectors
+
+
+@dataclass(frozen=True)
+class PublicPhrases:
+    """Catalog phrases (``server.training.warm_start.catalog_phrases``), their base text
+    vectors, and the item rows each describes: public data for the adapter's warm start."""
+
+    texts: list[str]
+    vectors: np.ndarray
+    items: list[np.ndarray]
 
 
 @dataclass
@@ -31,6 +45,8 @@ class Population:
     popularity: np.ndarray
     item_titles: list[str] = field(default_factory=list)
     info: dict[str, Any] = field(default_factory=dict)
+    phrases: PublicPhrases | None = None
+    attributes: AttributeTable | None = None
 
     @property
     def n_items(self) -> int:
@@ -43,6 +59,28 @@ def seeded_subset(ids: list[str], count: int | None, seed: int) -> list[str]:
         return ids
     chosen = np.random.default_rng(seed).choice(len(ids), size=count, replace=False)
     return [ids[i] for i in sorted(chosen)]
+
+
+def attribute_table(products: Sequence[Product]) -> AttributeTable | None:
+    """The catalog's categorical attributes as a table (None if it has none)."""
+    columns = categorical_attributes(products)
+    if not columns:
+        return None
+    codes = {}
+    for name, column in columns.items():
+        lookup = {value: i for i, value in enumerate(sorted(set(column)))}
+        codes[name] = np.array([lookup[v] for v in column], dtype=np.int64)
+    return AttributeTable.from_columns(codes)
+
+
+def public_phrases(
+    products: Sequence[Product], encoder: Encoder, cache_dir: Path, label: str, progress: bool
+) -> PublicPhrases:
+    """The catalog's phrases and their (cached) text vectors."""
+    phrases = catalog_phrases(products)
+    texts = sorted(phrases)
+    vectors = encode_texts(encoder, texts, cache_dir, f"{label}-phrases", [], progress)
+    return PublicPhrases(texts, vectors, [phrases[t] for t in texts])
 
 
 def encode_texts(

@@ -3,16 +3,19 @@
 ::
 
     <run_dir>/
-      metrics.jsonl        per round: fit summary, pooled evaluation, epsilon_user (server)
-      privacy_ledger.json  the user-level ledger, round by round (server)
+      metrics.jsonl        per round (server): devices, failures, the noised statistics,
+                           epsilon_user, the published version
       summary.json         final metrics of the federated models and the baselines
       summary.md           the same as a table
-      metrics.png          HR@10, nDCG@10 and MRR per round (baselines dashed)
-      epsilon.png          user-level epsilon and the largest device (record-level) epsilon
+      evaluation.json      every evaluated version's metrics, exact and as the server saw them
+      metrics.png          nDCG@10 per round: exact (solid), as the server saw it (dotted)
+      epsilon.png          user-level epsilon per round (the population's ledger)
       shoppers.json        the simulated shoppers' user vectors (``server.search.shoppers`` format)
 
-The last round evaluates every device, so the summary's federated rows cover all held-out
-searches, like the baselines.
+The federated rows are the experimenter's view: the published versions evaluated on every
+device's held-out searches, exactly, as the baselines are (a simulation knows the
+population; a server only ever sees the noised statistics the devices sent, which the
+plots show beside).
 """
 
 from __future__ import annotations
@@ -30,9 +33,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from common.config import Config, ConfigError  # noqa: E402
 from common.evaluation.protocol import device_user_vector  # noqa: E402
+from common.federation.privacy_plan import PrivacyPlan  # noqa: E402
+from common.model.adapter import ADAPTER_FILE, QueryAdapter  # noqa: E402
 from server.search.shoppers import FILE_NAME as SHOPPERS_FILE  # noqa: E402
 from server.search.shoppers import write_shoppers  # noqa: E402
 from simulation.engine import SimulationResult, simulate  # noqa: E402
+from simulation.evaluation import evaluate_population  # noqa: E402
 from simulation.loader import load_population  # noqa: E402
 from simulation.memory import PeakMemory  # noqa: E402
 from simulation.population import Population, describe  # noqa: E402
@@ -46,22 +52,47 @@ FEDERATED = {
 }
 
 
-def final_metrics(result: SimulationResult) -> dict[str, dict[str, float]]:
-    """``{mode: {metric: value}}`` of the last round's evaluation (every device)."""
-    evaluation = result.final.get("evaluate", {})
-    return {
-        mode: {m: evaluation.get(f"{mode}.{m}") for m in (*METRICS, "count")} for mode in FEDERATED
-    }
+MAX_EVALUATED_VERSIONS = 12
+
+
+def evaluate_versions(result: SimulationResult, population: Population) -> dict[int, dict]:
+    """Round -> exact ``{mode: metrics}`` of the version published that round (round 0: no
+    adapter), for at most ``MAX_EVALUATED_VERSIONS`` evenly spaced rounds and the last."""
+    settings = result.spec.config.evaluation
+    published = [(r["round"], r["published"]) for r in result.rounds if r.get("published")]
+    step = max(1, math.ceil(len(published) / MAX_EVALUATED_VERSIONS))
+    chosen = published[::step] + (
+        [published[-1]] if published[-1:] != published[::step][-1:] else []
+    )
+    out = {}
+    for round_number, folder in [(0, None), *chosen]:
+        adapter = QueryAdapter.load(Path(folder) / ADAPTER_FILE) if folder else None
+        evaluation = evaluate_population(
+            population,
+            adapter=adapter,
+            beta=settings.beta,
+            candidates=settings.candidates,
+            attribute_beta=settings.attribute_beta,
+        )
+        out[round_number] = evaluation.overall
+    return out
+
+
+def final_metrics(evaluations: dict[int, dict]) -> dict[str, dict[str, float]]:
+    """``{mode: {metric: value}}`` of the last evaluated version (every device)."""
+    last = evaluations[max(evaluations)]
+    return {mode: {m: last[mode].get(m) for m in (*METRICS, "count")} for mode in FEDERATED}
 
 
 def summarize(
     result: SimulationResult,
+    evaluations: dict[int, dict],
     baselines: dict[str, dict[str, float]] | None = None,
     peak_memory_bytes: int | None = None,
 ) -> dict[str, Any]:
     spec = result.spec
     federation = spec.config.federation
-    final = final_metrics(result)
+    final = final_metrics(evaluations)
     rows = {name: dict(values) for name, values in (baselines or {}).items()}
     rows.update({FEDERATED[mode]: values for mode, values in final.items()})
     base = final["base"]["nDCG@10"]
@@ -77,6 +108,7 @@ def summarize(
         "secagg": federation.secagg,
         "epsilon_user": result.final.get("epsilon_user"),
         "delta_user": spec.delta_user if federation.dp else None,
+        "against": PrivacyPlan.from_spec(spec).against_whom(),
         "noise_multiplier": federation.noise_multiplier if federation.dp else None,
         "clipping_norm": federation.clipping_norm if federation.dp else None,
         "record_level_dp": spec.config.device.dp,
@@ -92,7 +124,7 @@ def table(summary: dict[str, Any]) -> str:
     """The summary as a Markdown table, with a header line on the run."""
     eps = summary["epsilon_user"]
     privacy = (
-        f"user-level DP eps={eps:.2f} delta={summary['delta_user']:.2g}"
+        f"user-level DP eps={eps:.2f} delta={summary['delta_user']:.2g} (unit: user)"
         if summary["dp"] and eps is not None
         else "no user-level DP"
     )
@@ -108,6 +140,7 @@ def table(summary: dict[str, Any]) -> str:
     for name, values in summary["models"].items():
         cells = [_fmt(values.get(m)) for m in METRICS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    lines += ["", f"privacy: {summary['against']}"]
     ratio = summary["personal_vs_base_ndcg"]
     if ratio is not None:
         lines += ["", f"personalized nDCG@10 / base nDCG@10 = {ratio:.3f}"]
@@ -131,48 +164,40 @@ def _fmt(value: Any) -> str:
 
 
 def plot_metrics(
-    result: SimulationResult, baselines: dict[str, dict[str, float]] | None, path: Path
+    result: SimulationResult,
+    evaluations: dict[int, dict],
+    baselines: dict[str, dict[str, float]] | None,
+    path: Path,
 ) -> None:
-    rounds = [r["round"] for r in result.rounds]
-    fig, axes = plt.subplots(
-        1, len(METRICS), figsize=(5 * len(METRICS), 4), constrained_layout=True
-    )
-    for ax, metric in zip(axes, METRICS, strict=True):
-        for mode, label in FEDERATED.items():
-            values = [r.get("evaluate", {}).get(f"{mode}.{metric}") for r in result.rounds]
-            ax.plot(rounds, [math.nan if v is None else v for v in values], marker="o", label=label)
-        for name, values in (baselines or {}).items():
-            if values.get(metric) is not None:
-                ax.axhline(values[metric], linestyle="--", linewidth=1, label=name, color="grey")
-        ax.set_xlabel("round")
-        ax.set_title(metric)
-    axes[-1].legend(fontsize=7)
+    """nDCG@10 per round: exact evaluations (solid), the server's noised view (dotted)."""
+    fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
+    rounds = sorted(evaluations)
+    for mode, label in FEDERATED.items():
+        line = ax.plot(rounds, [evaluations[r][mode]["nDCG@10"] for r in rounds], marker="o")
+        line[0].set_label(label)
+        seen = [(r["round"], r.get("fit", {}).get(f"{mode}.nDCG@10")) for r in result.rounds]
+        seen = [(r, v) for r, v in seen if v is not None and math.isfinite(v)]
+        if seen:
+            ax.plot(*zip(*seen, strict=True), linestyle=":", color=line[0].get_color())
+    for name, values in (baselines or {}).items():
+        if values.get("nDCG@10") is not None:
+            ax.axhline(values["nDCG@10"], linestyle="--", linewidth=1, color="grey", label=name)
+    ax.set_xlabel("round (dotted: as the server saw it, noised)")
+    ax.set_ylabel("nDCG@10")
+    ax.legend(fontsize=7)
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
 
 def plot_epsilon(result: SimulationResult, path: Path) -> None:
-    rounds = [r["round"] for r in result.rounds]
     fig, ax = plt.subplots(figsize=(6, 4), constrained_layout=True)
-    user = [r.get("epsilon_user") for r in result.rounds]
-    if any(v is not None for v in user):
-        ax.plot(
-            rounds,
-            [math.nan if v is None else v for v in user],
-            marker="o",
-            label="user-level epsilon (server ledger)",
-        )
-    record = [r.get("fit", {}).get("epsilon_record_max") for r in result.rounds]
-    if any(v is not None for v in record):
-        ax.plot(
-            rounds,
-            [math.nan if v is None else v for v in record],
-            marker="s",
-            label="largest device record-level epsilon",
-        )
+    points = [(r["round"], r.get("epsilon_user")) for r in result.rounds]
+    points = [(r, e) for r, e in points if e is not None]
+    if points:
+        ax.plot(*zip(*points, strict=True), marker="o", label="user-level epsilon (ledger)")
+        ax.legend(fontsize=8)
     ax.set_xlabel("round")
     ax.set_ylabel("epsilon")
-    ax.legend(fontsize=8)
     fig.savefig(path, dpi=100)
     plt.close(fig)
 
@@ -202,10 +227,12 @@ def write_report(
 ) -> dict[str, Any]:
     """Write summary, plots and shoppers into the run folder; return the summary."""
     run_dir = result.run_dir
-    summary = summarize(result, baselines, peak_memory_bytes)
+    evaluations = evaluate_versions(result, population)
+    summary = summarize(result, evaluations, baselines, peak_memory_bytes)
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2), "utf-8")
     (run_dir / "summary.md").write_text(table(summary) + "\n", "utf-8")
-    plot_metrics(result, baselines, run_dir / "metrics.png")
+    (run_dir / "evaluation.json").write_text(json.dumps(evaluations, indent=1), "utf-8")
+    plot_metrics(result, evaluations, baselines, run_dir / "metrics.png")
     plot_epsilon(result, run_dir / "epsilon.png")
     write_shoppers(
         run_dir / SHOPPERS_FILE,

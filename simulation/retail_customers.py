@@ -26,6 +26,7 @@ from simulation.population import (
     Population,
     encode_texts,
     impression,
+    public_phrases,
     seeded_subset,
     top_items,
     train_popularity,
@@ -103,4 +104,5 @@ def load_retail(
         train_popularity(devices, len(products)),
         titles,
         info,
+        public_phrases(products, encoder, cache_dir, "retail", progress),
     )

@@ -6,7 +6,8 @@ listens on 127.0.0.1 at a free port, keeps its Flower files in ``home`` (``FLWR_
 is stopped with its whole process group (the simulation runtime and Ray included) on exit.
 
 With ``ray_address`` the simulation runtime joins that existing Ray cluster instead of
-starting a local one (Ray reads ``RAY_ADDRESS``).
+starting a local one (Ray reads ``RAY_ADDRESS``). With ``signing_key`` the ServerApp signs
+the versions it publishes with that key (``common.security.signing.publisher``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 from types import TracebackType
 
 from common.federation.flower_env import flower_env
+from common.security.signing import SIGNING_KEY_ENV
 
 SIMULATION_CONNECTION = "simulation"
 START_TIMEOUT_S = 120.0
@@ -32,9 +34,12 @@ class SuperLinkError(RuntimeError):
 class LocalSuperLink:
     """Context manager: a simulation-mode SuperLink and a ``flwr`` CLI connection to it."""
 
-    def __init__(self, home: Path, *, ray_address: str = "") -> None:
+    def __init__(
+        self, home: Path, *, ray_address: str = "", signing_key: Path | None = None
+    ) -> None:
         self.home = Path(home)
         self.ray_address = ray_address
+        self.signing_key = signing_key
         self.port = _free_port()
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -47,6 +52,8 @@ class LocalSuperLink:
         extra = {"FLWR_HOME": str(self.home)}
         if self.ray_address:
             extra["RAY_ADDRESS"] = self.ray_address
+        if self.signing_key is not None:
+            extra[SIGNING_KEY_ENV] = str(self.signing_key)
         return flower_env(**extra)
 
     def __enter__(self) -> LocalSuperLink:

@@ -12,15 +12,16 @@ one consistent draw, not what a fresh build would give; the text tower is determ
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
-import os
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 
+from common.files import atomic_write
 from common.security.versions import sha256_file
 
 log = logging.getLogger(__name__)
@@ -75,9 +76,7 @@ def cached_vectors(
     vectors = np.ascontiguousarray(compute(), dtype=np.float32)
     if vectors.ndim != 2 or len(vectors) != rows:
         raise ValueError(f"{label}: expected {rows} vectors, got shape {vectors.shape}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("wb") as fh:
-        np.save(fh, vectors)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    np.save(buffer, vectors)
+    atomic_write(path, buffer.getvalue())
     return vectors

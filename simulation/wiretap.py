@@ -10,7 +10,9 @@ Ray worker processes): node, message type, SecAgg+ stage, round, size in bytes a
 A simulation switches its taps on with ``write_tap_settings(run_dir, folder)``; the
 simulation's ClientApp carries ``run_tap("wire")`` outermost and ``run_tap("plain")``
 innermost, which record into ``folder/wire`` and ``folder/plain`` when the run's folder
-holds those settings and pass messages through untouched otherwise.
+holds those settings and pass messages through untouched otherwise. On the server side,
+``server_tap`` saves each round's noised payload sum, exactly what the server holds, as
+``folder/server/round-<n>.npy``.
 """
 
 from __future__ import annotations
@@ -22,9 +24,12 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord
 from flwr.clientapp.typing import ClientAppCallable, Mod
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key
+
+from common.federation.run_spec import RunSpec
 
 TAP_SETTINGS = "wiretap.json"
 
@@ -52,6 +57,16 @@ def _tap_for(run_dir: str, position: str) -> Mod | None:
         return None
     settings = json.loads(path.read_text(encoding="utf-8"))
     return wiretap(Path(settings["folder"]) / position, keep_content=settings["keep_content"])
+
+
+def server_tap(spec: RunSpec, server_round: int, total: np.ndarray) -> None:
+    """Save the round's payload sum when the run's taps are on (``SumObserver``)."""
+    path = spec.run_dir / TAP_SETTINGS
+    if not path.is_file():
+        return
+    folder = Path(json.loads(path.read_text(encoding="utf-8"))["folder"]) / "server"
+    folder.mkdir(parents=True, exist_ok=True)
+    np.save(folder / f"round-{server_round}.npy", np.asarray(total, dtype=np.float64))
 
 
 def wiretap(folder: Path, *, keep_content: bool = True) -> Mod:

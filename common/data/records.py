@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections import Counter
+from collections import Counter, defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -69,3 +70,17 @@ class LoadReport:
             return text
         reasons = ", ".join(f"{r}: {n:,}" for r, n in self.skipped.most_common())
         return f"{text}, skipped {self.n_skipped:,} ({reasons})"
+
+
+MAX_CATEGORICAL_VALUES = 60  # more distinct values than this: not a category (ids, names)
+
+
+def categorical_attributes(products: Sequence[Product]) -> dict[str, list[str]]:
+    """Each categorical attribute's value for every product ("" where it has none): the
+    attributes with at most ``MAX_CATEGORICAL_VALUES`` distinct values in the catalog."""
+    values: dict[str, set[str]] = defaultdict(set)
+    for product in products:
+        for name, value in product.attributes.items():
+            values[name].add(value)
+    names = sorted(n for n, v in values.items() if len(v) <= MAX_CATEGORICAL_VALUES)
+    return {n: [p.attributes.get(n, "") for p in products] for n in names}

@@ -7,30 +7,39 @@ it, the server pools the sums, simulations evaluate whole populations with it::
                       candidates=100, k=10, item_prior=None) -> dict
         sums over the searches: {"count", "hr_sum", "ndcg_sum", "rr_sum"} (floats), so
         sums from many devices add up; ``metrics_from_sums`` turns them into means.
-    evaluate_device(device, item_vectors, *, adapter=None, beta, candidates, k)
+    evaluate_device(device, item_vectors, *, adapter=None, beta, candidates, k,
+                    attributes=None, attribute_beta=0.0)
         -> {mode: sums} for MODES = ("base", "adapter", "personal")
-    flat_metrics(sums_by_mode) -> {"base.hr_sum": ..., ...}  (scalar metrics for Flower)
 
 Ranking: score = (adapted) query . item (+ ``item_prior``, a per-item bonus) over every
 catalog item. With a user vector and beta > 0, the top ``candidates`` items are reordered by
-``common.model.personalization.rerank`` (score + beta * cos(user, item)) and the rest keep the
-base order below them. Ranks are 0-based with ties counted against the relevant item.
+``common.model.personalization.rerank`` (score + beta * cos(user, item) + the device's
+attribute-preference bonus) and the rest keep the base order below them. Ranks are 0-based
+with ties counted against the relevant item.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
 from common.data.searches import DeviceData, SearchExample
 from common.evaluation.metrics import hit_rate_at_k, mrr, ndcg_at_k, ranks_from_scores
 from common.model.adapter import QueryAdapter
-from common.model.personalization import rerank, user_vector
+from common.model.personalization import (
+    AttributeTable,
+    attribute_preferences,
+    rerank,
+    user_vector,
+)
 
 MODES = ("base", "adapter", "personal")
 SUM_KEYS = ("count", "hr_sum", "ndcg_sum", "rr_sum")
 _CHUNK = 1024
+# The personal rerank's per-item bonus: none, one (n_items,) row for every query, or
+# rows(start, stop) -> (stop - start, n_items) for a batch of queries.
+Bonus = np.ndarray | Callable[[int, int], np.ndarray] | None
 
 
 def search_ranks(
@@ -42,12 +51,15 @@ def search_ranks(
     beta: float = 0.0,
     candidates: int = 100,
     item_prior: np.ndarray | None = None,
+    bonus: Bonus = None,
 ) -> np.ndarray:
     """0-based full-catalog rank of each relevant item (see the module doc).
 
     ``users``: None, one user vector (d,) for all queries, or one per query (n, d).
     """
-    plain, personal = _ranks(queries, relevant, item_vectors, users, beta, candidates, item_prior)
+    plain, personal = _ranks(
+        queries, relevant, item_vectors, users, beta, candidates, item_prior, bonus
+    )
     return plain if personal is None else personal
 
 
@@ -60,16 +72,26 @@ def ranks_by_mode(
     users: np.ndarray | None,
     beta: float,
     candidates: int,
+    bonus: Bonus = None,
 ) -> dict[str, np.ndarray]:
     """Ranks for MODES from one scoring pass per query set; without adapted queries,
     "adapter" is "base" and "personal" reranks the base ranking."""
     adapted = adapted_queries is not None
     base, base_personal = _ranks(
-        base_queries, relevant, item_vectors, None if adapted else users, beta, candidates, None
+        base_queries,
+        relevant,
+        item_vectors,
+        None if adapted else users,
+        beta,
+        candidates,
+        None,
+        bonus,
     )
     if not adapted:
         return {"base": base, "adapter": base, "personal": _or(base_personal, base)}
-    plain, personal = _ranks(adapted_queries, relevant, item_vectors, users, beta, candidates, None)
+    plain, personal = _ranks(
+        adapted_queries, relevant, item_vectors, users, beta, candidates, None, bonus
+    )
     return {"base": base, "adapter": plain, "personal": _or(personal, plain)}
 
 
@@ -85,6 +107,7 @@ def _ranks(
     beta: float,
     candidates: int,
     item_prior: np.ndarray | None,
+    bonus: Bonus = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """(plain ranks, personal ranks or None when there is no user or beta is 0)."""
     queries = np.asarray(queries, dtype=np.float32)
@@ -103,14 +126,26 @@ def _ranks(
         if personal is None:
             continue
         top = _top_candidates(scores, candidates)
+        extra = _bonus_rows(bonus, start, min(stop, len(relevant)), scores.shape[1])
         for row, score in enumerate(scores):
             i = start + row
             personal[i] = (
-                _personal_rank(score, top[row], int(relevant[i]), item_vectors, users[i], beta)
+                _personal_rank(
+                    score, top[row], int(relevant[i]), item_vectors, users[i], beta, extra[row]
+                )
                 if np.any(users[i])
                 else plain[i]
             )
     return plain, personal
+
+
+def _bonus_rows(bonus: Bonus, start: int, stop: int, n_items: int) -> np.ndarray:
+    """(stop - start, n_items) personal bonus of the queries start:stop (zeros if none)."""
+    if bonus is None:
+        return np.zeros((stop - start, n_items), dtype=np.float32)
+    if callable(bonus):
+        return bonus(start, stop)
+    return np.broadcast_to(np.asarray(bonus, dtype=np.float32), (stop - start, n_items))
 
 
 def _top_candidates(scores: np.ndarray, candidates: int) -> np.ndarray:
@@ -130,12 +165,13 @@ def _personal_rank(
     item_vectors: np.ndarray,
     user: np.ndarray,
     beta: float,
+    bonus: np.ndarray,
 ) -> int:
     """Rank after ``rerank`` of the candidates ``top``; items outside them rank below all."""
     hit = np.flatnonzero(top == relevant)
     if len(hit) == 0:
         return max(len(top), int((scores >= scores[relevant]).sum()) - 1)
-    order, final = rerank(scores[top], item_vectors[top], user, beta)
+    order, final = rerank(scores[top], item_vectors[top], user, beta, bonus[top])
     target = final[int(np.flatnonzero(order == hit[0])[0])]
     return int((final >= target).sum()) - 1
 
@@ -161,6 +197,7 @@ def evaluate_searches(
     candidates: int = 100,
     k: int = 10,
     item_prior: np.ndarray | None = None,
+    bonus: Bonus = None,
 ) -> dict[str, float]:
     """Metric sums of ``searches`` ranked over the full catalog (see the module doc)."""
     if not searches:
@@ -176,6 +213,7 @@ def evaluate_searches(
         beta=beta,
         candidates=candidates,
         item_prior=item_prior,
+        bonus=bonus,
     )
     return rank_sums(ranks, k)
 
@@ -200,6 +238,8 @@ def evaluate_device(
     beta: float,
     candidates: int,
     k: int = 10,
+    attributes: AttributeTable | None = None,
+    attribute_beta: float = 0.0,
 ) -> dict[str, dict[str, float]]:
     """Sums for the device's test searches: base, base + adapter, + personal rerank.
 
@@ -216,22 +256,21 @@ def evaluate_device(
         users=device_user_vector(device, item_vectors),
         beta=beta,
         candidates=candidates,
+        bonus=device_bonus(device, attributes, attribute_beta),
     )
     return {mode: rank_sums(r, k) for mode, r in ranks.items()}
 
 
-def flat_metrics(sums_by_mode: dict[str, dict[str, float]]) -> dict[str, float]:
-    """``{"base.hr_sum": ..., ...}``: scalar metrics a client can send and a server can sum."""
-    return {f"{m}.{key}": v for m, sums in sums_by_mode.items() for key, v in sums.items()}
-
-
-def add_sums(parts: Iterable[dict[str, float]]) -> dict[str, float]:
-    """Element-wise sum of metric-sum dicts."""
-    total = dict.fromkeys(SUM_KEYS, 0.0)
-    for part in parts:
-        for key in SUM_KEYS:
-            total[key] += part[key]
-    return total
+def device_bonus(
+    device: DeviceData, attributes: AttributeTable | None, attribute_beta: float
+) -> np.ndarray | None:
+    """The device's (n_items,) attribute-preference bonus from its train searches."""
+    if attributes is None or attribute_beta == 0.0 or not device.train:
+        return None
+    prefs = attribute_preferences(
+        attributes, [s.clicked for s in device.train], [s.shown for s in device.train]
+    )
+    return np.float32(attribute_beta) * attributes.item_scores(prefs)
 
 
 def metrics_from_sums(sums: dict[str, float], k: int = 10) -> dict[str, float]:

@@ -16,12 +16,16 @@ from typing import Any
 
 from common.config import Config, ConfigError, load_config
 
-RUN_KEYS = ("population", "num-devices", "run-dir", "config-file", "base-model")
-
-# Scalar metrics a device may send (fit replies), besides its adapter weights.
-FIT_METRICS = ("num_examples", "loss", "steps", "epsilon_record", "declined", "train_seconds")
-# Fit config keys the server sends.
-ROUND_KEY = "round"
+RUN_KEYS = (
+    "population",
+    "population-id",
+    "num-devices",
+    "run-dir",
+    "config-file",
+    "base-model",
+    "embedding-dim",
+    "initial-adapter",
+)
 
 
 @dataclass(frozen=True)
@@ -30,6 +34,10 @@ class RunSpec:
 
     ``num_devices`` is the population size (one Flower node per device, partition id =
     device index); ``run_dir`` holds the devices' private state folders and the report.
+    ``population_id`` names the population's privacy ledger: every run on the same people
+    composes in it (default: the population's name). ``embedding_dim``: the item vectors'
+    dimension (0: the configured encoder's). ``initial_adapter``: a safetensors file the
+    run starts from (a public warm start; "": the identity).
     """
 
     config: Config
@@ -37,6 +45,9 @@ class RunSpec:
     num_devices: int
     run_dir: Path
     base_model: str = ""
+    population_id: str = ""
+    embedding_dim: int = 0
+    initial_adapter: str = ""
 
     def __post_init__(self) -> None:
         if self.population not in ("retail", "marketplace"):
@@ -58,8 +69,13 @@ class RunSpec:
 
     @property
     def delta_user(self) -> float:
-        """User-level delta: the configured one, else 1 / population."""
-        return self.config.federation.delta_user or 1.0 / self.num_devices
+        """User-level delta: the configured one, else 1 / (10 x population), well below the
+        1 / population at which a mechanism could publish one person's data outright."""
+        return self.config.federation.delta_user or 0.1 / self.num_devices
+
+    @property
+    def ledger_name(self) -> str:
+        return self.population_id or self.population
 
     @property
     def expected_devices(self) -> int:
@@ -96,4 +112,7 @@ class RunSpec:
             else config.paths.work / "federation" / f"run-{run_id}",
             base_model=str(run_config.get("base-model", ""))
             or f"{config.encoder.model}@{config.encoder.pretrained}",
+            population_id=str(run_config.get("population-id", "")),
+            embedding_dim=int(run_config.get("embedding-dim", 0) or 0),
+            initial_adapter=str(run_config.get("initial-adapter", "")),
         )

@@ -54,6 +54,19 @@ def builtin_models() -> list[str]:
     return sorted(p.stem for p in MODEL_CONFIG_DIR.glob("*.json"))
 
 
+def embedding_dim(model: str) -> int:
+    """The embedding dimension of ``model`` read from its config (no weights loaded)."""
+    if model.startswith(LOCAL_DIR_PREFIX):
+        path = Path(model.removeprefix(LOCAL_DIR_PREFIX)) / ENCODER_CONFIG_FILE
+        if not path.is_file():
+            raise EncoderError(f"{model}: no {ENCODER_CONFIG_FILE} in {path.parent}")
+        return int(json.loads(path.read_text(encoding="utf-8"))["model_cfg"]["embed_dim"])
+    model_cfg = open_clip.get_model_config(model)
+    if model_cfg is None:
+        raise EncoderError(f"unknown model {model!r}; built-in: {', '.join(builtin_models())}")
+    return int(model_cfg["embed_dim"])
+
+
 def resolve_package_path(reference: str) -> str:
     """``pkg:module`` -> the model folder shipped inside that installed Python package."""
     module_name = reference.removeprefix(PACKAGE_PREFIX)

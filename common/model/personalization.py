@@ -1,10 +1,24 @@
-"""The private user vector and personalized reranking (DESIGN decision 6).
+"""The device's personal head and personalized reranking. Both stay on the device.
 
-score = cos(adapted query, item) + beta * cos(user, item), over the N candidates that the
-index returned. The user vector is built and kept on the device.
+score = cos(adapted query, item) + beta * cos(user, item) + bonus(item), over the N
+candidates the index returned, where
+
+- the user vector is the normalized mean of the vectors of the items the device's user
+  clicked (``user_vector``);
+- the bonus, where the public catalog has categorical attributes (colour, gender, usage,
+  ...: an ``AttributeTable``), is ``attribute_beta`` times the user's preference for each
+  of the item's attribute values, learned from the device's own impressions by comparing
+  what it clicked with what it was shown (``attribute_preferences``): how much more often
+  than shown a value was clicked, as a log ratio, centred per attribute.
+
+Small weights keep the rerank to the near-ties among candidates that match the query
+about equally well: relevance comes from the query, preference breaks its ties.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -28,13 +42,55 @@ def user_vector(item_vectors: np.ndarray, weights: np.ndarray | None = None) -> 
     return l2_normalize(mean)
 
 
+@dataclass(frozen=True)
+class AttributeTable:
+    """Each item's categorical attribute values as columns of one value space:
+    ``codes[i, a]`` is item i's value of attribute a, numbered across all attributes."""
+
+    codes: np.ndarray  # (n_items, n_attributes) int64
+    n_values: int
+
+    @classmethod
+    def from_columns(cls, columns: dict[str, np.ndarray]) -> AttributeTable:
+        """From per-attribute value codes (each numbered from 0), one array per attribute."""
+        offset, parts = 0, []
+        for name in sorted(columns):
+            column = np.asarray(columns[name], dtype=np.int64)
+            parts.append(column + offset)
+            offset += int(column.max()) + 1 if len(column) else 0
+        return cls(np.stack(parts, axis=1), offset)
+
+    def item_scores(self, preferences: np.ndarray) -> np.ndarray:
+        """(..., n_items) bonus of every item from (..., n_values) value preferences."""
+        return np.asarray(preferences)[..., self.codes].sum(axis=-1)
+
+
+def attribute_preferences(
+    table: AttributeTable, clicked: Sequence[int], shown: Sequence[np.ndarray]
+) -> np.ndarray:
+    """(n_values,) log ratio of how often each value was clicked to how often it was shown,
+    smoothed and centred per attribute (zeros without history)."""
+    prefs = np.zeros(table.n_values, dtype=np.float32)
+    if not len(clicked):
+        return prefs
+    clicks = np.bincount(table.codes[list(clicked)].ravel(), minlength=table.n_values)
+    seen = np.bincount(table.codes[np.concatenate(shown)].ravel(), minlength=table.n_values)
+    ratio = np.log((clicks + 0.5) / (seen + 2.0))
+    for column in table.codes.T:
+        values = np.unique(column)
+        ratio[values] -= ratio[values].mean()
+    return ratio.astype(np.float32)
+
+
 def rerank(
     base_scores: np.ndarray,
     candidate_vectors: np.ndarray,
     user: np.ndarray | None,
     beta: float,
+    bonus: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Order candidates by ``base_scores + beta * cos(user, item)``.
+    """Order candidates by ``base_scores + beta * cos(user, item) + bonus`` (``bonus``: the
+    candidates' attribute-preference bonus, already weighted).
 
     Returns (order, scores): indices into the candidates, best first, and their final
     scores. Ties keep the base order (stable sort), so client and server agree exactly.
@@ -49,5 +105,7 @@ def rerank(
         if not np.all(np.isfinite(user)):
             raise ValueError("user vector contains NaN or inf")
         scores = scores + np.float32(beta) * (candidate_vectors @ l2_normalize(user))
+    if bonus is not None:
+        scores = scores + np.asarray(bonus, dtype=np.float32)
     order = np.argsort(-scores, kind="stable")
     return order, scores[order]

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-import os
 import stat
 from pathlib import Path
+
+from common.files import atomic_write
 
 
 class KeyFileError(PermissionError):
@@ -13,17 +14,7 @@ class KeyFileError(PermissionError):
 
 def write_owner_only(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` atomically with mode 0600 (created so, never wider)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    atomic_write(path, data, mode=0o600)
 
 
 def read_owner_only(path: Path) -> bytes:

@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from common.files import atomic_write
+
 MANIFEST = "manifest.json"
 LATEST = "LATEST"
 _VERSION_RE = re.compile(r"v(\d{4,})")
@@ -101,7 +103,7 @@ def write_version(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    _write_atomic(root / LATEST, name)
+    atomic_write(root / LATEST, name)
     return target
 
 
@@ -128,9 +130,3 @@ def verify_files(folder: Path) -> dict[str, Any]:
         if sha256_file(path) != expected:
             raise IntegrityError(f"{folder}: {name} does not match its sha256")
     return manifest
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)

@@ -1,80 +1,57 @@
 """The Flower ServerApp: federated training of the shared query adapter (flwr 1.41).
 
-One code path, the legacy workflow API (the one that supports SecAgg+ in 1.41)::
+One code path, Flower's workflow API (the one with SecAgg+ in 1.41)::
 
-    DefaultWorkflow(fit_workflow=SecAggPlusWorkflow(...) or default_fit_workflow)
-    with LegacyContext(strategy = MovingAverage(DP wrapper(FederatedAdapterStrategy)))
+    DefaultWorkflow(fit = SurvivorCheckedSecAgg(...) or Flower's plain fit workflow)
+    over LegacyContext(strategy = [MovingAverage](FederatedAdapterStrategy))
 
-- ``federation.dp``: ``DifferentialPrivacyClientSideFixedClipping`` (devices clip their
-  update to C with ``fixedclipping_mod``; the server adds N(0, (sigma C)^2) to the sum) and a
-  user-level ``PrivacyLedger``; the run refuses to start when ``federation.rounds`` would
-  pass ``federation.epsilon_user``.
-- ``federation.average_decay``: ``server.federation.averaging.MovingAverage``; devices evaluate, and
-  the registry publishes, a moving average of the global adapter (post-processing: no
-  privacy cost).
-- ``federation.secagg``: SecAgg+ (devices run ``secaggplus_mod``); the server only ever
-  sees the sum of the (clipped, quantized) updates.
+The run's ``PrivacyPlan`` (``common.federation.privacy_plan``) is derived once and drives
+everything: the strategy's sampling, server-side noise and fixed denominator, SecAgg+'s
+quantization and its survivor rule, and the population's ledger, which refuses a run
+whose rounds would pass ``federation.epsilon_user``. After each round ``RunRecorder``
+charges the ledger, publishes the version and appends the round to ``metrics.jsonl``.
 
-After each round's evaluation the global adapter is published as a registry version
-(``server.federation.publish``) and the round's metrics are appended to ``<run_dir>/metrics.jsonl``;
-the ledger is kept in ``<run_dir>/privacy_ledger.json``.
+Randomness (cohorts, server-side noise, the initial adapter) comes from the operating
+system on a deployed server; a simulation's server draws it from ``federation.seed`` so
+runs repeat exactly (``build_server_app(seeded=True)``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import cast
 
 import flwr.compat.common.recorddict_compat as compat
+import numpy as np
+import torch
 from flwr.app import Context
 from flwr.common import parameters_to_ndarrays
 from flwr.server import LegacyContext, ServerConfig
-from flwr.server.strategy import DifferentialPrivacyClientSideFixedClipping, Strategy
-from flwr.server.workflow import DefaultWorkflow, SecAggPlusWorkflow
+from flwr.server.strategy import Strategy
+from flwr.server.workflow import DefaultWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECORD, Key
-from flwr.server.workflow.default_workflows import (
-    default_evaluate_workflow,
-    default_fit_workflow,
-)
 from flwr.serverapp import Grid, ServerApp
-from flwr.supercore.differential_privacy import CLIENTS_DISCREPANCY_WARNING
 
-from common.config import ConfigError
-from common.federation.privacy_plan import UserLevelDP
+from common.federation.payload import PayloadCodec
+from common.federation.privacy_plan import PrivacyPlan
 from common.federation.run_spec import RunSpec
+from common.federation.secure_masks import install_secure_masks
+from common.model.adapter import QueryAdapter
+from common.model.encoder import embedding_dim
+from common.privacy.keystream import KeystreamRandom
 from common.security.signing import publisher
 from server.federation.averaging import MovingAverage
-from server.federation.ledger import PrivacyLedger
-from server.federation.publish import publish_adapter
-from server.federation.strategy import FederatedAdapterStrategy, RoundLog
+from server.federation.ledger import PopulationLedger
+from server.federation.recorder import RunRecorder
+from server.federation.secure_aggregation import Workflow, fit_workflow
+from server.federation.strategy import FederatedAdapterStrategy, SumObserver
+
+install_secure_masks()  # SecAgg+ masks keyed by the whole shared secret (devices do too)
 
 log = logging.getLogger(__name__)
-METRICS_FILE = "metrics.jsonl"
-# flwr's SecAgg+ quantizes to 2**22 levels and sums modulo 2**32 (its defaults, kept here).
-SECAGG_MAX_DEVICES = 2**32 // 2**22
-LEDGER_FILE = "privacy_ledger.json"
-Workflow = Callable[[Grid, Context], None]
-
-
-class PoissonCohortFilter(logging.Filter):
-    """Drops flwr's DP-wrapper warning that a round's cohort differs from the expected size.
-
-    Cohorts are Poisson-sampled, so their size varies by design; under DP the strategy
-    averages over the fixed expected size, which is the sensitivity the wrapper's noise is
-    calibrated to (``server.federation.strategy``), so the warning is a false alarm here.
-    """
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.msg != CLIENTS_DISCREPANCY_WARNING
-
-
-logging.getLogger("flwr").addFilter(PoissonCohortFilter())
 
 
 @dataclass(frozen=True)
@@ -87,200 +64,118 @@ class StrategyStack:
 
 
 def build_strategy(
-    spec: RunSpec, dp: UserLevelDP | None, on_sample: Callable[[int], None] | None = None
+    spec: RunSpec,
+    plan: PrivacyPlan,
+    initial: list[np.ndarray],
+    rng: KeystreamRandom,
+    on_sample: Callable[[int], None] | None = None,
+    on_sum: SumObserver | None = None,
 ) -> StrategyStack:
-    """FedAvg, wrapped in Flower's client-side-clipping DP strategy when ``dp`` is set and
-    in the moving average when ``federation.average_decay`` > 0."""
-    fedavg = FederatedAdapterStrategy(spec, dp, on_sample)
-    strategy: Strategy = fedavg
-    if dp is not None:
-        strategy = DifferentialPrivacyClientSideFixedClipping(
-            fedavg,
-            noise_multiplier=dp.noise_multiplier,
-            clipping_norm=dp.clipping_norm,
-            num_sampled_clients=dp.expected_devices,
-        )
+    """The aggregation strategy, in a moving average when ``average_decay`` > 0."""
+    fedavg = FederatedAdapterStrategy(spec, plan, initial, rng, on_sample, on_sum)
     decay = spec.config.federation.average_decay
-    average = MovingAverage(strategy, decay=decay) if decay > 0 else None
-    return StrategyStack(average or strategy, fedavg, average)
+    average = MovingAverage(fedavg, decay=decay) if decay > 0 else None
+    return StrategyStack(average or fedavg, fedavg, average)
 
 
-def fit_workflow(spec: RunSpec) -> tuple[Workflow, Callable[[int], None] | None]:
-    """The fit workflow, and the hook that sizes SecAgg+ neighbourhoods to the round.
+def initial_adapter(spec: RunSpec, rng: KeystreamRandom) -> list[np.ndarray]:
+    """The run's starting adapter: the public warm start it names, else a new adapter (the
+    identity: its up-projection starts at zero)."""
+    if spec.initial_adapter:
+        return QueryAdapter.load(Path(spec.initial_adapter)).get_weights()
+    dim = spec.embedding_dim or embedding_dim(spec.config.encoder.model)
+    torch.manual_seed(int(rng.uint64(1)[0] >> np.uint64(1)))
+    return QueryAdapter(dim, spec.config.adapter.rank).get_weights()
 
-    flwr's SecAgg+ takes the number of key shares as a fraction of the round's devices;
-    setting it each round to (neighbours + 1) / sampled keeps every device's work constant
-    (SecAgg+'s point) instead of growing with the round's size.
-    """
+
+def open_ledger(spec: RunSpec, plan: PrivacyPlan) -> PopulationLedger | None:
+    """The population's ledger (None without user-level DP)."""
+    if not plan.dp:
+        return None
     federation = spec.config.federation
-    if not federation.secagg:
-        return default_fit_workflow, None
-    expected = spec.expected_devices
-    if expected + 6 * math.sqrt(expected) >= SECAGG_MAX_DEVICES:
-        raise ConfigError(
-            f"federation.clients_per_round: {expected} expected devices per round; SecAgg+ "
-            f"sums fewer than {SECAGG_MAX_DEVICES} quantized updates without overflow"
-        )
-    secagg = SecAggPlusWorkflow(
-        num_shares=1.0,
-        reconstruction_threshold=federation.secagg_threshold,
-        max_weight=1.0,  # every device has weight 1
-        clipping_range=federation.secagg_range,
+    folder = Path(federation.ledger_dir) if federation.ledger_dir else spec.config.paths.work
+    folder = folder if federation.ledger_dir else folder / "ledgers"
+    return PopulationLedger.for_population(
+        folder, spec.ledger_name, delta=plan.delta, epsilon_budget=plan.epsilon_budget
     )
-
-    def size_neighbourhoods(sampled: int) -> None:
-        secagg.num_shares = min(1.0, (federation.secagg_neighbours + 1) / max(sampled, 1))
-
-    return secagg, size_neighbourhoods
-
-
-class RunRecorder:
-    """Charges the ledger each round, then records metrics and publishes the adapter."""
-
-    def __init__(
-        self,
-        spec: RunSpec,
-        round_log: RoundLog,
-        ledger: PrivacyLedger | None,
-        finalize: Callable[[Path], None] | None = None,
-    ) -> None:
-        self.spec = spec
-        self.round_log = round_log
-        self.ledger = ledger
-        self.finalize = finalize
-        self.start = time.perf_counter()
-        spec.run_dir.mkdir(parents=True, exist_ok=True)
-        (spec.run_dir / METRICS_FILE).write_text("", encoding="utf-8")
-
-    def charged(self, fit: Workflow) -> Workflow:
-        def run(grid: Grid, context: Context) -> None:
-            if self.ledger is not None:
-                self.ledger.record_round(_current_round(context))
-                self._write_ledger()
-            fit(grid, context)
-
-        return run
-
-    def recorded(self, evaluate: Workflow, average: MovingAverage | None) -> Workflow:
-        """Evaluate, then record and publish what was evaluated (the moving average if
-        the run keeps one, else the global adapter)."""
-
-        def run(grid: Grid, context: Context) -> None:
-            evaluate(grid, context)
-            averaged = average.average if average is not None else None
-            weights = averaged if averaged is not None else _global_weights(context)
-            self.record(_current_round(context), weights)
-
-        return run
-
-    def record(self, server_round: int, weights: list) -> None:
-        evaluation = self.round_log.evaluate.get(server_round, {})
-        entry = {
-            "round": server_round,
-            "elapsed_s": round(time.perf_counter() - self.start, 3),
-            "fit": self.round_log.fit.get(server_round, {}),
-            "evaluate": evaluation,
-            "epsilon_user": self.ledger.epsilon() if self.ledger else None,
-        }
-        if self.spec.config.federation.publish:
-            folder = publish_adapter(
-                self.spec.config.paths.registry,
-                weights,
-                self._manifest(server_round, evaluation),
-                finalize=self.finalize,
-            )
-            entry["published"] = str(folder)
-        with (self.spec.run_dir / METRICS_FILE).open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(_finite(entry)) + "\n")
-        log.info(
-            "round %d recorded: personal nDCG@10 %s, epsilon_user %s",
-            server_round,
-            evaluation.get("personal.nDCG@10"),
-            entry["epsilon_user"],
-        )
-
-    def _manifest(self, server_round: int, evaluation: dict[str, Any]) -> dict[str, Any]:
-        federation = self.spec.config.federation
-        return _finite(
-            {
-                "round": server_round,
-                "run": self.spec.run_dir.name,
-                "population": self.spec.population,
-                "base_model": self.spec.base_model,
-                "metrics": evaluation,
-                "privacy": self.ledger.summary() if self.ledger else {"user_level_dp": False},
-                "secure_aggregation": federation.secagg,
-                "federation": federation.model_dump(),
-            }
-        )
-
-    def _write_ledger(self) -> None:
-        state = {"summary": self.ledger.summary(), **self.ledger.state_dict()}
-        (self.spec.run_dir / LEDGER_FILE).write_text(json.dumps(state, indent=2), "utf-8")
 
 
 def run_federation(
     grid: Grid,
     context: Context,
     spec: RunSpec,
+    rng: KeystreamRandom,
     finalize: Callable[[Path], None] | None = None,
-) -> RoundLog:
-    """Run ``federation.rounds`` rounds; refuse to start if the privacy budget is too small."""
-    dp = UserLevelDP.from_spec(spec)
-    ledger = PrivacyLedger.for_plan(dp) if dp is not None else None
+    on_sum: SumObserver | None = None,
+) -> FederatedAdapterStrategy:
+    """Run ``federation.rounds`` rounds; refuse to start if the ledger's budget is short."""
+    plan = PrivacyPlan.from_spec(spec)
+    initial = initial_adapter(spec, rng)
+    codec = PayloadCodec.for_weights(initial, plan.clipping_norm, plan.stats_share)
+    ledger = open_ledger(spec, plan)
     if ledger is not None:
-        ledger.check_plan(spec.config.federation.rounds)
-    fit, on_sample = fit_workflow(spec)
-    stack = build_strategy(spec, dp, on_sample)
-    recorder = RunRecorder(spec, stack.fedavg.log, ledger, finalize)
+        ledger.check_plan(plan.round_rdp(codec.size), spec.config.federation.rounds)
+    fit, on_sample = fit_workflow(spec, plan)
+    stack = build_strategy(spec, plan, initial, rng, on_sample, on_sum)
+    recorder = RunRecorder(
+        spec,
+        plan,
+        stack.fedavg.log,
+        ledger,
+        payload_size=codec.size,
+        average=stack.average,
+        finalize=finalize,
+    )
     workflow = DefaultWorkflow(
-        fit_workflow=recorder.charged(fit),
-        evaluate_workflow=recorder.recorded(default_evaluate_workflow, stack.average),
+        fit_workflow=_recorded(fit, recorder), evaluate_workflow=lambda grid, context: None
     )
     rounds = ServerConfig(num_rounds=spec.config.federation.rounds)
-    legacy = LegacyContext(context, config=rounds, strategy=stack.outer)
-    workflow(grid, legacy)
-    return stack.fedavg.log
+    workflow(grid, LegacyContext(context, config=rounds, strategy=stack.outer))
+    return stack.fedavg
+
+
+def _recorded(fit: Workflow, recorder: RunRecorder) -> Workflow:
+    def run(grid: Grid, context: Context) -> None:
+        fit(grid, context)
+        recorder.record(_current_round(context), _global_weights(context))
+
+    return run
 
 
 def _current_round(context: Context) -> int:
     return int(cast(int, context.state.config_records[MAIN_CONFIGS_RECORD][Key.CURRENT_ROUND]))
 
 
-def _global_weights(context: Context) -> list:
+def _global_weights(context: Context) -> list[np.ndarray]:
     record = context.state.array_records[MAIN_PARAMS_RECORD]
     return parameters_to_ndarrays(compat.arrayrecord_to_parameters(record, keep_input=True))
 
 
-def _finite(value: Any) -> Any:
-    """JSON-safe copy: NaN and infinities become None."""
-    if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_finite(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    return value
-
-
 def build_server_app(
-    spec: RunSpec | None = None, finalize: Callable[[Path], None] | None = None
+    spec: RunSpec | None = None,
+    finalize: Callable[[Path], None] | None = None,
+    *,
+    seeded: bool = False,
+    on_sum: SumObserver | None = None,
 ) -> ServerApp:
     """The ServerApp; ``spec`` None reads it from the Flower run config (``flwr run``).
 
     Published versions are signed with ``finalize``, else with the key named by
     ``$FEDSEARCH_SIGNING_KEY`` (``common.security.signing.publisher``); unsigned if neither.
+    ``seeded``: draw randomness from ``federation.seed`` (simulations only); ``on_sum``
+    sees each round's noised payload sum (``server.federation.strategy.SumObserver``).
     """
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
-        run_federation(
-            grid,
-            context,
-            spec or RunSpec.from_run_config(context.run_config, context.run_id),
-            finalize or publisher(),
+        run = spec or RunSpec.from_run_config(context.run_config, context.run_id)
+        rng = (
+            KeystreamRandom.from_seed(run.config.federation.seed, "server")
+            if seeded
+            else KeystreamRandom.from_os()
         )
+        run_federation(grid, context, run, rng, finalize or publisher(), on_sum)
 
     return app
 

@@ -1,7 +1,8 @@
-"""A strategy wrapper that evaluates and publishes a moving average of the global adapter.
+"""A strategy wrapper that keeps a moving average of the global adapter for publishing.
 
-Training goes on from each round's aggregate; what devices evaluate and what the registry
-publishes is an exponential moving average of the aggregates (``decay`` per round, started
+Training goes on from each round's aggregate; what the registry publishes (and so what
+devices evaluate and the search service serves) is an exponential moving average of the
+aggregates (``decay`` per round, started
 at the first aggregate). Under user-level DP every aggregate carries fresh Gaussian noise;
 the average keeps the steady part of the updates and shrinks that noise, and, being
 post-processing of the aggregates, it costs no privacy.
@@ -19,7 +20,6 @@ from flwr.common import (
     FitRes,
     Parameters,
     Scalar,
-    ndarrays_to_parameters,
     parameters_to_ndarrays,
 )
 from flwr.server.client_manager import ClientManager
@@ -72,8 +72,6 @@ class MovingAverage(Strategy):
     def configure_evaluate(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, EvaluateIns]]:
-        if self.average is not None:
-            parameters = ndarrays_to_parameters(self.average)
         return self.strategy.configure_evaluate(server_round, parameters, client_manager)
 
     def aggregate_evaluate(

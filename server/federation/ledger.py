@@ -1,149 +1,119 @@
-"""User-level privacy ledger of DP-FedAvg: Renyi DP over rounds (Opacus's RDP analysis).
+"""The user-level privacy ledger of a population: every round of every run on the same
+people, composed.
 
-Each round is one subsampled Gaussian mechanism on the sum of clipped device updates:
-sampling rate q = clients per round / population, noise multiplier sigma (noise std
-sigma * C on a sum whose sensitivity is C). ``epsilon(rounds)`` composes the rounds and
-converts to (epsilon, delta)-DP at delta <= 1 / population.
+One JSON file per population (``<ledger_dir>/<name>.json``). Each aggregated round appends
+an entry with its run, round, mechanism and its Renyi DP curve at
+``common.privacy.accounting.ORDERS``; curves add up across rounds and runs, and epsilon at
+the population's delta is read off the total. A run refuses to start when its planned
+rounds would take the total past the budget, and a round is charged before anything
+computed from it is published. A round that was dropped unseen (too few survivors to
+unmask) released nothing and is not charged. The file is rewritten atomically after each
+round, so a server killed mid-run leaves the ledger of the rounds it charged.
 """
 
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass, field
+import re
+from pathlib import Path
 from typing import Any
 
 import numpy as np
-from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
-from opacus.accountants.rdp import RDPAccountant
+from common.files import atomic_write
 
 from common.config import ConfigError
-from common.federation.privacy_plan import UserLevelDP
-
-USER_RDP_ORDERS = tuple(RDPAccountant.DEFAULT_ALPHAS)
+from common.privacy.accounting import ORDERS, epsilon_at
 
 
 class PrivacyBudgetError(ConfigError):
-    """The planned rounds would spend more than the configured user-level epsilon."""
+    """The planned rounds would take the population's epsilon past its budget."""
 
 
-@dataclass
-class PrivacyLedger:
-    """Rounds spent so far and the user-level epsilon after each."""
+class PopulationLedger:
+    """Rounds charged to one population and the epsilon they add up to."""
 
-    noise_multiplier: float
-    sample_rate: float
-    delta: float
-    epsilon_budget: float
-    entries: list[dict[str, float]] = field(default_factory=list)
-    _rdp: np.ndarray | None = field(default=None, init=False, repr=False, compare=False)
-
-    def __post_init__(self) -> None:
-        if not 0 < self.sample_rate <= 1:
-            raise ValueError(f"sample_rate must be in (0, 1], got {self.sample_rate}")
-        if not 0 < self.delta < 1:
-            raise ValueError(f"delta must be in (0, 1), got {self.delta}")
-        if self.noise_multiplier < 0:
-            raise ValueError(f"noise_multiplier must be >= 0, got {self.noise_multiplier}")
+    def __init__(self, path: Path, *, delta: float, epsilon_budget: float) -> None:
+        if not 0 < delta < 1:
+            raise ValueError(f"delta must be in (0, 1), got {delta}")
+        self.path = Path(path)
+        self.delta = delta
+        self.epsilon_budget = epsilon_budget
+        self.entries: list[dict[str, Any]] = []
+        if self.path.is_file():
+            state = json.loads(self.path.read_text(encoding="utf-8"))
+            if list(state.get("orders", [])) != list(ORDERS):
+                raise ConfigError(f"{self.path}: ledger written with other RDP orders")
+            self.entries = state["entries"]
 
     @classmethod
-    def for_plan(cls, plan: UserLevelDP) -> PrivacyLedger:
-        """An empty ledger for the run's user-level DP plan."""
-        return cls(
-            noise_multiplier=plan.noise_multiplier,
-            sample_rate=plan.sample_rate,
-            delta=plan.delta,
-            epsilon_budget=plan.epsilon_budget,
-        )
+    def for_population(
+        cls, ledger_dir: Path, name: str, *, delta: float, epsilon_budget: float
+    ) -> PopulationLedger:
+        safe = re.sub(r"[^A-Za-z0-9_.-]", "_", name) or "population"
+        return cls(Path(ledger_dir) / f"{safe}.json", delta=delta, epsilon_budget=epsilon_budget)
 
     @property
     def rounds(self) -> int:
         return len(self.entries)
 
-    def epsilon(self, rounds: int | None = None) -> float:
-        """User-level epsilon after ``rounds`` rounds (default: those spent)."""
-        rounds = self.rounds if rounds is None else rounds
-        if rounds == 0:
-            return 0.0
-        if self.noise_multiplier == 0:
-            return math.inf
-        eps, _ = get_privacy_spent(
-            orders=USER_RDP_ORDERS, rdp=rounds * self._round_rdp(), delta=self.delta
-        )
-        return float(eps)
+    def total_rdp(self) -> np.ndarray:
+        total = np.zeros(len(ORDERS))
+        for entry in self.entries:
+            total = total + np.asarray(entry["rdp"], dtype=np.float64)
+        return total
 
-    def _round_rdp(self) -> np.ndarray:
-        """RDP of one round at each order (rounds compose additively)."""
-        if self._rdp is None:
-            self._rdp = compute_rdp(
-                q=self.sample_rate,
-                noise_multiplier=self.noise_multiplier,
-                steps=1,
-                orders=USER_RDP_ORDERS,
+    def epsilon(self, extra: np.ndarray | None = None) -> float:
+        """Epsilon so far (plus an ``extra`` RDP curve) at the population's delta."""
+        total = self.total_rdp() if extra is None else self.total_rdp() + extra
+        return epsilon_at(total, self.delta) if total.any() else 0.0
+
+    def check_plan(self, round_rdp: np.ndarray, rounds: int) -> float:
+        """Epsilon after ``rounds`` more rounds of ``round_rdp``; raise if over budget."""
+        planned = self.epsilon(rounds * np.asarray(round_rdp))
+        if planned > self.epsilon_budget:
+            raise PrivacyBudgetError(
+                f"federation.rounds: {rounds} more rounds would take the population "
+                f"'{self.path.stem}' to epsilon_user = {planned:.2f} > federation.epsilon_user "
+                f"= {self.epsilon_budget:g} (delta {self.delta:.3g}; already spent "
+                f"{self.epsilon():.2f} in {self.rounds} rounds); at most "
+                f"{self.max_rounds(round_rdp)} more rounds fit"
             )
-        return self._rdp
+        return planned
 
-    def max_rounds(self, limit: int = 100_000) -> int:
-        """The most rounds whose epsilon stays within the budget."""
+    def max_rounds(self, round_rdp: np.ndarray, limit: int = 100_000) -> int:
+        """The most further rounds of ``round_rdp`` that stay within the budget."""
         low, high = 0, limit
         while low < high:
             mid = (low + high + 1) // 2
-            if self.epsilon(mid) <= self.epsilon_budget:
+            if self.epsilon(mid * np.asarray(round_rdp)) <= self.epsilon_budget:
                 low = mid
             else:
                 high = mid - 1
         return low
 
-    def check_plan(self, rounds: int) -> float:
-        """Epsilon after ``rounds`` more rounds; raise if it passes the budget."""
-        planned = self.epsilon(self.rounds + rounds)
-        if planned > self.epsilon_budget:
-            raise PrivacyBudgetError(
-                f"federation.rounds: {self.rounds + rounds} rounds would spend epsilon_user = "
-                f"{planned:.2f} > federation.epsilon_user = {self.epsilon_budget:g} "
-                f"(delta = {self.delta:.3g}, q = {self.sample_rate:.4g}, "
-                f"sigma = {self.noise_multiplier:g}); at most {self.max_rounds()} rounds fit"
-            )
-        return planned
-
-    def record_round(self, server_round: int) -> dict[str, float]:
-        """Spend one round; return its ledger entry."""
-        self.check_plan(1)
-        entry = {
-            "round": server_round,
-            "epsilon": self.epsilon(self.rounds + 1),
-            "delta": self.delta,
-            "sample_rate": self.sample_rate,
-            "noise_multiplier": self.noise_multiplier,
-        }
+    def charge(self, *, run: str, round_number: int, mechanism: dict, rdp: np.ndarray) -> float:
+        """Append one round, write the file, return the epsilon now spent."""
+        entry = {"run": run, "round": round_number, "mechanism": mechanism}
+        entry["rdp"] = [x if math.isfinite(x) else 1e300 for x in np.asarray(rdp).tolist()]
         self.entries.append(entry)
-        return entry
+        epsilon = self.epsilon()
+        entry["epsilon_after"] = epsilon
+        self._write()
+        return epsilon
 
     def summary(self) -> dict[str, Any]:
+        runs = sorted({str(e["run"]) for e in self.entries})
         return {
-            "mechanism": "DP-FedAvg, Poisson-sampled devices, fixed clipping, Gaussian noise; RDP",
+            "population": self.path.stem,
             "epsilon": self.epsilon(),
             "delta": self.delta,
+            "unit": "user (all of one device's searches)",
             "epsilon_budget": self.epsilon_budget,
-            "sample_rate": self.sample_rate,
-            "noise_multiplier": self.noise_multiplier,
             "rounds": self.rounds,
+            "runs": len(runs),
         }
 
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "noise_multiplier": self.noise_multiplier,
-            "sample_rate": self.sample_rate,
-            "delta": self.delta,
-            "epsilon_budget": self.epsilon_budget,
-            "entries": [dict(e) for e in self.entries],
-        }
-
-    @classmethod
-    def from_state_dict(cls, state: dict[str, Any]) -> PrivacyLedger:
-        return cls(
-            noise_multiplier=float(state["noise_multiplier"]),
-            sample_rate=float(state["sample_rate"]),
-            delta=float(state["delta"]),
-            epsilon_budget=float(state["epsilon_budget"]),
-            entries=[dict(e) for e in state["entries"]],
-        )
+    def _write(self) -> None:
+        state = {"summary": self.summary(), "orders": list(ORDERS), "entries": self.entries}
+        atomic_write(self.path, json.dumps(state, indent=1))

@@ -1,16 +1,19 @@
-"""The server's strategy: FedAvg over Poisson-sampled devices, with pooled metrics.
+"""The server's strategy: Poisson-sampled rounds over the devices' payloads.
 
-- Fit: each round every device joins independently with probability q = clients per round
-  / population (the sampling the user-level RDP accountant assumes); ``on_sample`` hears
-  how many joined (SecAgg+ sizes its neighbourhoods with it). Every device has
-  weight 1. Under DP the average uses the fixed denominator q * population (the expected
-  number of devices), so one device moves the average by at most C / (q * population),
-  which is the sensitivity Flower's DP wrapper calibrates its noise to.
-- Evaluate: ``eval_devices`` devices drawn at random each round (all of them in the last
-  round); the devices' metric sums are pooled into HR@k, nDCG@k and MRR per model (base
-  encoder, base + global adapter, + personal rerank).
+- Sampling: each round every device joins independently with probability q (the sampling
+  the user-level accountant assumes), drawn from ``rng`` (unpredictable outside a
+  simulation); ``on_sample`` hears how many joined (SecAgg+ sizes its neighbourhoods).
+- Aggregation: the devices' payloads (``common.federation.payload``) arrive summed by
+  SecAgg+ (Flower hands each result the average; the sum is that times the count) or one
+  by one. Server-side noise, when the plan places it there, is added to the sum; then the
+  sum splits into the update and the statistics. The average update divides by the
+  plan's fixed ``expected_devices`` under DP (one device moves it by at most C / that),
+  by the cohort's size otherwise, and ``ServerOptimizer`` applies it.
+- Statistics: counts of devices that trained and declined, and the mean over evaluated
+  devices of each ranking metric of the published version they verified, all carrying the
+  round's noise (their standard deviation is recorded). No evaluation messages are sent.
 
-``RoundLog`` keeps each round's fit and evaluation metrics for the run report.
+``RoundLog`` keeps each aggregated round's figures for the run's records.
 """
 
 from __future__ import annotations
@@ -36,53 +39,58 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg
 
-from common.evaluation.protocol import MODES, SUM_KEYS, add_sums, metrics_from_sums
-from common.federation.privacy_plan import UserLevelDP
-from common.federation.run_spec import ROUND_KEY, RunSpec
+from common.evaluation.protocol import MODES
+from common.federation.payload import PayloadCodec
+from common.federation.privacy_plan import PrivacyPlan
+from common.federation.run_spec import RunSpec
+from common.privacy.keystream import KeystreamRandom
+from server.federation.server_update import ServerOptimizer
 
 log = logging.getLogger(__name__)
 REGISTRATION_TIMEOUT_S = 600
+# Sees the noised payload sum of each round, exactly what the server holds (audits, tests).
+SumObserver = Callable[[RunSpec, int, np.ndarray], None]
 
 
 @dataclass
 class RoundLog:
-    """Per-round metrics as the strategy saw them."""
+    """Per-round figures of the aggregated rounds."""
 
     fit: dict[int, dict[str, float]] = field(default_factory=dict)
-    evaluate: dict[int, dict[str, Any]] = field(default_factory=dict)
 
 
 class FederatedAdapterStrategy(FedAvg):
-    """FedAvg with Poisson device sampling and uniform weights (see the module doc)."""
+    """Sampling and aggregation of the adapter's payloads (see the module doc)."""
 
     def __init__(
         self,
         spec: RunSpec,
-        dp: UserLevelDP | None,
+        plan: PrivacyPlan,
+        initial: list[np.ndarray],
+        rng: KeystreamRandom,
         on_sample: Callable[[int], None] | None = None,
+        on_sum: SumObserver | None = None,
     ) -> None:
         super().__init__(
             min_fit_clients=1,
-            min_evaluate_clients=1,
             min_available_clients=spec.num_devices,
-            accept_failures=False,
-            fit_metrics_aggregation_fn=lambda replies: fit_summary([m for _, m in replies]),
-            evaluate_metrics_aggregation_fn=lambda replies: pooled_metrics(
-                [m for _, m in replies], spec.config.evaluation.k
-            ),
+            accept_failures=True,
+            initial_parameters=ndarrays_to_parameters(initial),
         )
         self.spec = spec
-        federation = spec.config.federation
-        self.rounds = federation.rounds
-        self.eval_devices = federation.eval_devices
-        self.fixed_denominator = dp.expected_devices if dp is not None else None
-        self.rng = np.random.default_rng(federation.seed)
+        self.plan = plan
+        self.codec = PayloadCodec.for_weights(initial, plan.clipping_norm, plan.stats_share)
+        self.rng = rng
         self.on_sample = on_sample
-        self.current: list[np.ndarray] = []
+        self.on_sum = on_sum
+        self.optimizer = ServerOptimizer(
+            spec.config.federation.server_lr, spec.config.federation.server_momentum
+        )
+        self.current: list[np.ndarray] = list(initial)
         self.log = RoundLog()
 
     def __repr__(self) -> str:
-        return f"FederatedAdapterStrategy(q={self.spec.sample_rate:.4g})"
+        return f"FederatedAdapterStrategy(q={self.plan.sample_rate:.4g})"
 
     def _devices(self, client_manager: ClientManager) -> list[ClientProxy]:
         if not client_manager.wait_for(self.spec.num_devices, REGISTRATION_TIMEOUT_S):
@@ -95,15 +103,11 @@ class FederatedAdapterStrategy(FedAvg):
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, FitIns]]:
         self.current = parameters_to_ndarrays(parameters)
-        if not self.current:
-            raise RuntimeError(
-                "no initial adapter: the device asked for it failed (see the ClientApp error)"
-            )
         devices = self._devices(client_manager)
-        joined = self.rng.random(len(devices)) < self.spec.sample_rate
+        joined = self.rng.bernoulli(self.plan.sample_rate, len(devices))
         if self.on_sample is not None:
             self.on_sample(int(joined.sum()))
-        fit_ins = FitIns(parameters, {ROUND_KEY: server_round})
+        fit_ins = FitIns(parameters, {"round": server_round})
         return [(proxy, fit_ins) for proxy, ok in zip(devices, joined, strict=True) if ok]
 
     def aggregate_fit(
@@ -112,35 +116,61 @@ class FederatedAdapterStrategy(FedAvg):
         results: list[tuple[ClientProxy, FitRes]],
         failures: Sequence[tuple[ClientProxy, FitRes] | BaseException],
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
-        if not results or failures:
-            log.warning(
-                "round %d: %d results, %d failures: no update",
-                server_round,
-                len(results),
-                len(failures),
+        if not results:
+            log.warning("round %d: no device replied (%d failures)", server_round, len(failures))
+            return None, {}
+        total = self._payload_sum(results)
+        if self.plan.server_adds_noise:
+            total = total + self.plan.sigma_server * self.rng.normal(total.size)
+        if self.on_sum is not None:
+            self.on_sum(self.spec, server_round, total)
+        update_sum, stats = self.codec.decode(total)
+        denominator = self.plan.expected_devices if self.plan.dp else len(results)
+        average = [u / denominator for u in update_sum]
+        weights = self.optimizer.step(self.current, average)
+        figures = self._round_figures(len(results), len(failures), stats)
+        self.log.fit[server_round] = figures
+        return ndarrays_to_parameters(weights), dict(figures)
+
+    def _payload_sum(self, results: list[tuple[ClientProxy, FitRes]]) -> np.ndarray:
+        payloads = [parameters_to_ndarrays(res.parameters)[0] for _, res in results]
+        if self.plan.secagg:  # SecAgg+ put the cohort's average in every result
+            return np.asarray(payloads[0], dtype=np.float64) * len(results)
+        return np.sum([np.asarray(p, dtype=np.float64) for p in payloads], axis=0)
+
+    def _round_figures(self, replies: int, failures: int, stats: dict[str, float]) -> dict:
+        figures: dict[str, float] = {"devices": float(replies), "failures": float(failures)}
+        if not stats:
+            return figures
+        k = self.spec.config.evaluation.k
+        evaluated = stats["evaluated"]
+        figures |= {name: stats[name] for name in ("trained", "declined", "evaluated")}
+        figures["stats_noise_std"] = self.stats_noise_std
+        for mode in MODES:
+            for stat, name in (("hr", f"HR@{k}"), ("ndcg", f"nDCG@{k}"), ("rr", "MRR")):
+                mean = stats[f"{mode}.{stat}"] / evaluated if evaluated >= 1 else math.nan
+                figures[f"{mode}.{name}"] = mean
+        return figures
+
+    @property
+    def stats_noise_std(self) -> float:
+        """Standard deviation of the noise on each summed statistic (in counts)."""
+        if not self.plan.dp or not self.codec.stats_size:
+            return 0.0
+        if self.plan.server_adds_noise:
+            noise = self.plan.sigma_server
+        else:  # the devices' shares, at the fewest survivors, in payload units
+            noise = (
+                self.plan.noise_multiplier
+                * self.plan.l2_sensitivity_units(self.codec.size)
+                / self.plan.scale
             )
-            return None, {}
-        parameters, metrics = super().aggregate_fit(server_round, results, list(failures))
-        if parameters is None:
-            return None, {}
-        if self.fixed_denominator is not None:
-            mean = parameters_to_ndarrays(parameters)
-            scale = len(results) / self.fixed_denominator
-            fixed = [g + scale * (m - g) for g, m in zip(self.current, mean, strict=True)]
-            parameters = ndarrays_to_parameters([a.astype(np.float32) for a in fixed])
-        self.log.fit[server_round] = metrics
-        return parameters, metrics
+        return noise / self.codec.gamma
 
     def configure_evaluate(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, EvaluateIns]]:
-        devices = self._devices(client_manager)
-        count = len(devices)
-        if self.eval_devices and server_round < self.rounds:
-            count = min(count, self.eval_devices)
-        chosen = self.rng.choice(len(devices), size=count, replace=False)
-        evaluate_ins = EvaluateIns(parameters, {ROUND_KEY: server_round})
-        return [(devices[i], evaluate_ins) for i in sorted(chosen)]
+        return []  # devices report evaluation through their noised payload
 
     def aggregate_evaluate(
         self,
@@ -148,36 +178,7 @@ class FederatedAdapterStrategy(FedAvg):
         results: list[tuple[ClientProxy, EvaluateRes]],
         failures: Sequence[tuple[ClientProxy, EvaluateRes] | BaseException],
     ) -> tuple[float | None, dict[str, Scalar]]:
-        if not results:
-            return None, {}
-        loss, metrics = super().aggregate_evaluate(server_round, results, list(failures))
-        metrics["devices"] = float(len(results))
-        self.log.evaluate[server_round] = {"loss": loss, **metrics}
-        return loss, metrics
+        return None, {}
 
-
-def fit_summary(replies: list[dict[str, Scalar]]) -> dict[str, float]:
-    """Pool the devices' fit metrics: who took part, who declined, loss, record epsilon."""
-    trained = [m for m in replies if not m.get("declined")]
-    losses = [float(m["loss"]) for m in trained if math.isfinite(float(m["loss"]))]
-    epsilons = [float(m["epsilon_record"]) for m in replies]
-    return {
-        "participants": float(len(replies)),
-        "declined": float(len(replies) - len(trained)),
-        "examples": float(sum(float(m["num_examples"]) for m in trained)),
-        "loss": float(np.mean(losses)) if losses else float("nan"),
-        "epsilon_record_max": max(epsilons) if epsilons else 0.0,
-        "train_seconds_mean": float(np.mean([float(m["train_seconds"]) for m in trained]))
-        if trained
-        else 0.0,
-    }
-
-
-def pooled_metrics(replies: list[dict[str, Scalar]], k: int) -> dict[str, float]:
-    """Sum the devices' per-model metric sums; return ``{"<model>.<metric>": mean}``."""
-    out: dict[str, float] = {}
-    for mode in MODES:
-        sums = add_sums({key: float(m[f"{mode}.{key}"]) for key in SUM_KEYS} for m in replies)
-        for name, value in metrics_from_sums(sums, k).items():
-            out[f"{mode}.{name}"] = value
-    return out
+    def state_dict(self) -> dict[str, Any]:
+        return {"current": self.current, "optimizer": self.optimizer.state_dict()}

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from common.files import atomic_write
 from common.model.personalization import user_vector
 from server.search.catalog import Catalog
 
@@ -52,10 +53,7 @@ def write_shoppers(
         "encoder_version": encoder_version,
         "shoppers": records,
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write(path, json.dumps(data))
 
 
 def find_shoppers_file(work_dir: Path) -> Path | None:

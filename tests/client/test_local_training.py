@@ -1,4 +1,4 @@
-"""Local DP training on a device, and the Flower client around it (no simulation)."""
+"""Local training on a device, with and without record-level DP-SGD (no Flower)."""
 
 from __future__ import annotations
 
@@ -6,11 +6,8 @@ import numpy as np
 import pytest
 from opacus.accountants import RDPAccountant
 
-from client.app import AdapterClient, LocalDevice
 from client.local_training import RECORD_RDP_ORDERS, plan, record_epsilon, train_local
-from client.store import DeviceStore
 from common.config import config_from_dict
-from common.federation.run_spec import FIT_METRICS, RunSpec
 from common.model.adapter import QueryAdapter
 from simulation.synthetic import synthetic_population
 
@@ -24,7 +21,7 @@ def _config(**device):
     return config_from_dict(
         {
             "adapter": {"rank": 4, "shown_negatives": 4, "random_negatives": 4},
-            "device": {"batch_size": 4, "epsilon_budget": 1000.0, **device},
+            "device": {"batch_size": 4, "epsilon_budget": 1000.0, "dp": True, **device},
             "evaluation": {"candidates": 20},
         }
     )
@@ -87,46 +84,3 @@ def test_without_record_level_dp_there_is_no_accountant(population):
     result = _train(QueryAdapter(16, 4), population, _config(dp=False), {})
     assert not result.declined and result.accountant == {}
     assert result.metrics["epsilon_record"] == float("inf")
-
-
-def _client(tmp_path, population, config):
-    spec = RunSpec(config, "marketplace", len(population.devices), tmp_path)
-    store = DeviceStore(tmp_path / "store", b"k" * 32)
-    device = LocalDevice(population.devices[0], population.item_vectors, store, 0)
-    return AdapterClient(device, spec), store
-
-
-def test_client_fit_keeps_its_private_state_and_declines_when_spent(tmp_path, population):
-    config = _config(noise_multiplier=1.0)
-    client, store = _client(tmp_path, population, config)
-    weights = client.get_parameters({})
-    sent, weight, metrics = client.fit(weights, {"round": 1})
-    assert weight == 1
-    assert set(metrics) == set(FIT_METRICS)
-    assert all(isinstance(v, float) for v in metrics.values())
-    assert [w.shape for w in sent] == [w.shape for w in weights]
-    state = store.load_state()
-    assert state.accountant["history"] and state.info["rounds_trained"] == 1
-    assert state.user_vector is not None and state.user_vector.shape == (16,)
-
-    spent = _config(noise_multiplier=1.0, epsilon_budget=metrics["epsilon_record"] * 1.01)
-    client, _ = _client(tmp_path, population, spent)
-    sent, weight, metrics = client.fit(weights, {"round": 2})
-    assert metrics["declined"] == 1.0 and weight == 1
-    for a, b in zip(sent, weights, strict=True):
-        np.testing.assert_array_equal(a, b)  # a zero update
-    assert store.load_state().info["rounds_trained"] == 1
-
-
-def test_client_evaluate_reports_metric_sums_only(tmp_path, population):
-    client, _ = _client(tmp_path, population, _config())
-    loss, count, metrics = client.evaluate(client.get_parameters({}), {"round": 1})
-    assert count == len(population.devices[0].test) and np.isfinite(loss)
-    assert set(metrics) == {
-        f"{m}.{k}"
-        for m in ("base", "adapter", "personal")
-        for k in ("count", "hr_sum", "ndcg_sum", "rr_sum")
-    }
-    # The identity adapter ranks exactly like the base encoder.
-    for key in ("hr_sum", "ndcg_sum", "rr_sum"):
-        assert metrics[f"adapter.{key}"] == pytest.approx(metrics[f"base.{key}"])

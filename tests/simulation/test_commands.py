@@ -40,7 +40,7 @@ def test_refuses_to_start_when_the_rounds_would_overspend(tmp_path):
             "federation": {"rounds": 500, "clients_per_round": 3, "epsilon_user": 2.0},
         }
     )
-    with pytest.raises(PrivacyBudgetError, match="federation.rounds: 500 rounds"):
+    with pytest.raises(PrivacyBudgetError, match="federation.rounds: 500 more rounds"):
         simulate(config, "marketplace", population=synthetic_population(4), run_dir=tmp_path / "r")
     assert not (tmp_path / "r").exists()
 

@@ -7,14 +7,14 @@ import torch
 from common.data.searches import DeviceData, SearchExample
 from common.evaluation.protocol import (
     MODES,
-    add_sums,
+    device_bonus,
     evaluate_device,
     evaluate_searches,
-    flat_metrics,
     metrics_from_sums,
     search_ranks,
 )
 from common.model.adapter import QueryAdapter
+from common.model.personalization import AttributeTable
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -37,7 +37,8 @@ def test_hand_made_ranks_and_metric_sums():
     assert means["HR@3"] == pytest.approx(2 / 3)
     assert means["nDCG@3"] == pytest.approx(0.5)
     assert means["MRR"] == pytest.approx((1 + 1 / 3 + 1 / 5) / 3)
-    assert math.isnan(metrics_from_sums(add_sums([]))["MRR"])
+    empty = dict.fromkeys(("count", "hr_sum", "ndcg_sum", "rr_sum"), 0.0)
+    assert math.isnan(metrics_from_sums(empty)["MRR"])
 
 
 def test_ties_count_against_the_relevant_item():
@@ -66,15 +67,26 @@ def test_adapter_changes_the_query_and_the_ranking():
     assert base["hr_sum"] == 0.0 and adapted["hr_sum"] == 1.0
 
 
-def test_device_modes_and_flat_metrics():
+def test_device_modes():
     device = DeviceData("d", train=[search(2), search(4)], test=[search(4), search(0)])
     out = evaluate_device(device, ITEMS, beta=0.6, candidates=3, k=3)
     assert set(out) == set(MODES)
     assert out["adapter"] == out["base"]  # no adapter: same ranking
     assert out["personal"]["rr_sum"] != out["base"]["rr_sum"]
-    flat = flat_metrics(out)
-    assert flat["base.count"] == 2 and set(flat) == {
-        f"{m}.{k}" for m in MODES for k in ("count", "hr_sum", "ndcg_sum", "rr_sum")
-    }
     empty = evaluate_device(DeviceData("e", [], []), ITEMS, beta=0.6, candidates=3)
     assert empty["base"]["count"] == 0
+
+
+def test_attribute_preferences_rerank_among_the_candidates():
+    # items 0..4 have colour codes; the device clicked colour 1 while shown colours 0 and 1
+    table = AttributeTable.from_columns({"colour": np.array([0, 1, 0, 1, 0])})
+    train = [SearchExample(QUERY, np.array([0, 1]), 1), SearchExample(QUERY, np.array([2, 3]), 3)]
+    device = DeviceData("d", train=train, test=[search(4)])
+    bonus = device_bonus(device, table, attribute_beta=1.0)
+    assert bonus[1] > 0 > bonus[0] and bonus[1] == bonus[3]
+    plain = evaluate_device(device, ITEMS, beta=0.0, candidates=5, k=5)
+    # with beta 0 there is no user vector term, but the bonus still reranks: needs beta > 0
+    boosted = evaluate_device(
+        device, ITEMS, beta=1e-9, candidates=5, k=5, attributes=table, attribute_beta=1.0
+    )
+    assert boosted["personal"]["rr_sum"] < plain["personal"]["rr_sum"]  # item 4 (colour 0) sinks

@@ -1,73 +1,57 @@
-"""The user-level privacy ledger against an independent Opacus accountant."""
+"""The population's ledger: rounds of every run compose; over-budget plans are refused."""
 
 from __future__ import annotations
 
-import math
+import json
 
+import numpy as np
 import pytest
-from opacus.accountants import RDPAccountant
 
-from common.config import ConfigError
-from server.federation.ledger import PrivacyBudgetError, PrivacyLedger
+from common.privacy.accounting import epsilon_at, gaussian_rdp
+from server.federation.ledger import PopulationLedger, PrivacyBudgetError
 
-
-def _opacus_epsilon(sigma: float, q: float, steps: int, delta: float) -> float:
-    accountant = RDPAccountant()
-    for _ in range(steps):
-        accountant.step(noise_multiplier=sigma, sample_rate=q)
-    return accountant.get_epsilon(delta)
+ROUND = gaussian_rdp(0.1, 1.0)
 
 
-@pytest.mark.parametrize(("sigma", "q", "delta"), [(0.7, 0.2, 0.01), (1.1, 0.05, 1 / 4300)])
-def test_epsilon_grows_per_round_and_matches_opacus(sigma, q, delta):
-    ledger = PrivacyLedger(noise_multiplier=sigma, sample_rate=q, delta=delta, epsilon_budget=1e9)
-    previous = 0.0
-    for server_round in range(1, 6):
-        entry = ledger.record_round(server_round)
-        assert entry["epsilon"] > previous
-        assert entry["epsilon"] == pytest.approx(_opacus_epsilon(sigma, q, server_round, delta))
-        previous = entry["epsilon"]
-    assert ledger.epsilon() == pytest.approx(previous)
+def _ledger(tmp_path, budget=8.0):
+    return PopulationLedger.for_population(
+        tmp_path, "retail/shop a", delta=1e-5, epsilon_budget=budget
+    )
 
 
-def test_refuses_a_plan_over_budget_and_reports_the_rounds_that_fit():
-    ledger = PrivacyLedger(noise_multiplier=0.7, sample_rate=0.2, delta=0.01, epsilon_budget=8.0)
-    fit = ledger.max_rounds()
-    assert ledger.epsilon(fit) <= 8.0 < ledger.epsilon(fit + 1)
-    ledger.check_plan(fit)
-    with pytest.raises(PrivacyBudgetError, match=f"at most {fit} rounds") as info:
-        ledger.check_plan(fit + 1)
-    assert isinstance(info.value, ConfigError)
-    assert "federation.rounds" in str(info.value)
-    for server_round in range(1, fit + 1):
-        ledger.record_round(server_round)
-    with pytest.raises(PrivacyBudgetError):
-        ledger.record_round(fit + 1)
-    assert ledger.rounds == fit
+def test_rounds_compose_across_runs_and_persist(tmp_path):
+    first = _ledger(tmp_path)
+    for r in (1, 2):
+        first.charge(run="run-1", round_number=r, mechanism={"noise": "devices"}, rdp=ROUND)
+    again = _ledger(tmp_path)  # a new run on the same population continues the ledger
+    assert again.rounds == 2 and again.path.name == "retail_shop_a.json"
+    eps = again.charge(run="run-2", round_number=1, mechanism={}, rdp=ROUND)
+    assert eps == pytest.approx(epsilon_at(3 * ROUND, 1e-5))
+    summary = json.loads(again.path.read_text())["summary"]
+    assert summary["runs"] == 2 and summary["rounds"] == 3 and summary["delta"] == 1e-5
+    assert summary["unit"].startswith("user")
 
 
-def test_no_noise_is_infinite_epsilon():
-    ledger = PrivacyLedger(noise_multiplier=0.0, sample_rate=0.5, delta=0.01, epsilon_budget=8.0)
-    assert ledger.epsilon(0) == 0.0
-    assert math.isinf(ledger.epsilon(1))
-    with pytest.raises(PrivacyBudgetError):
-        ledger.check_plan(1)
+def test_a_plan_over_budget_is_refused_with_what_fits(tmp_path):
+    ledger = _ledger(tmp_path, budget=4.0)
+    fits = ledger.max_rounds(ROUND)
+    assert 0 < fits < 100
+    assert ledger.check_plan(ROUND, fits) <= 4.0
+    with pytest.raises(PrivacyBudgetError, match=rf"federation.rounds.*at most {fits} more"):
+        ledger.check_plan(ROUND, fits + 1)
 
 
-def test_state_dict_round_trip():
-    ledger = PrivacyLedger(noise_multiplier=1.0, sample_rate=0.1, delta=1e-3, epsilon_budget=8.0)
-    ledger.record_round(1)
-    ledger.record_round(2)
-    again = PrivacyLedger.from_state_dict(ledger.state_dict())
-    assert again.rounds == 2
-    assert again.epsilon() == pytest.approx(ledger.epsilon())
-    assert again.summary()["epsilon"] == pytest.approx(ledger.summary()["epsilon"])
+def test_a_ledger_from_other_orders_is_refused(tmp_path):
+    ledger = _ledger(tmp_path)
+    ledger.charge(run="r", round_number=1, mechanism={}, rdp=ROUND)
+    state = json.loads(ledger.path.read_text())
+    state["orders"] = [2, 3]
+    ledger.path.write_text(json.dumps(state))
+    with pytest.raises(Exception, match="other RDP orders"):
+        _ledger(tmp_path)
 
 
-@pytest.mark.parametrize(
-    "kwargs", [{"sample_rate": 0.0}, {"sample_rate": 1.5}, {"delta": 0.0}, {"noise_multiplier": -1}]
-)
-def test_bad_parameters_are_refused(kwargs):
-    args = {"noise_multiplier": 1.0, "sample_rate": 0.1, "delta": 1e-3, "epsilon_budget": 8.0}
-    with pytest.raises(ValueError):
-        PrivacyLedger(**{**args, **kwargs})
+def test_no_rounds_is_zero_and_no_noise_is_infinite(tmp_path):
+    ledger = _ledger(tmp_path)
+    assert ledger.epsilon() == 0.0
+    assert ledger.epsilon(np.full(len(ROUND), np.inf)) == np.inf

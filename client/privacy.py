@@ -1,0 +1,153 @@
+"""What a device enforces before anything it computed leaves it: its own privacy policy,
+SecAgg+ masking, and its share of the round's noise.
+
+The device never trusts the server's settings. For every training message it rebuilds the
+round's ``PrivacyPlan`` from the run's config and refuses the round (``PolicyRefusal``:
+Flower sends the server an error reply, nothing else) when the plan falls below the
+device's own minimums (``DevicePolicy``, from the device's config). In SecAgg+'s setup
+stage it also checks that the quantization SecAgg+ will apply is the plan's, since the
+noise share is sized in its integer units.
+
+``privacy_mod`` chains, outermost first: the policy check, ``noise_mod`` (adds the device's
+discrete Gaussian share to the masked vector SecAgg+ returns: integer noise added modulo
+SecAgg+'s modulus survives unmasking exactly, so the server unmasks a noised sum) and
+Flower's ``secaggplus_mod``. Without SecAgg+ (allowed only by a device whose policy does
+not require it) the payload leaves as computed, and only server-side noise can apply.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+from flwr.app import ConfigRecord, Context, Message
+from flwr.client.mod import secaggplus_mod
+from flwr.clientapp.typing import ClientAppCallable, Mod
+from flwr.common import bytes_to_ndarray, ndarray_to_bytes
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
+
+from common.config import DeviceConfig
+from common.federation.privacy_plan import MODULUS, QUANTIZATION_RANGE, PrivacyPlan
+from common.privacy.discrete_gaussian import discrete_gaussian
+from common.privacy.keystream import KeystreamRandom
+
+NoiseSource = Callable[[Context, int], KeystreamRandom]
+
+
+class PolicyRefusal(RuntimeError):
+    """The round's plan is below what this device accepts; the message names the rule."""
+
+
+@dataclass(frozen=True)
+class DevicePolicy:
+    """The device's own minimums (``device.require_*``, ``min_*``, ``max_*`` settings)."""
+
+    require_secagg: bool
+    require_noise: bool
+    min_noise_multiplier: float
+    max_clipping_norm: float
+    max_epsilon_user: float
+
+    @classmethod
+    def from_config(cls, device: DeviceConfig) -> DevicePolicy:
+        return cls(
+            require_secagg=device.require_secagg,
+            require_noise=device.require_noise,
+            min_noise_multiplier=device.min_noise_multiplier,
+            max_clipping_norm=device.max_clipping_norm,
+            max_epsilon_user=device.max_epsilon_user,
+        )
+
+    def check(self, plan: PrivacyPlan) -> None:
+        """Raise ``PolicyRefusal`` naming the first rule ``plan`` breaks."""
+        if self.require_secagg and not plan.secagg:
+            raise PolicyRefusal("device policy: SecAgg+ is required, the round runs without it")
+        if self.require_noise and not plan.devices_add_noise:
+            raise PolicyRefusal(
+                "device policy: user-level DP with noise added by the devices is required"
+            )
+        if plan.dp and plan.noise_multiplier < self.min_noise_multiplier:
+            raise PolicyRefusal(
+                f"device policy: noise multiplier {plan.noise_multiplier:g} is below the "
+                f"device's minimum {self.min_noise_multiplier:g}"
+            )
+        if plan.clipping_norm > self.max_clipping_norm:
+            raise PolicyRefusal(
+                f"device policy: clipping norm {plan.clipping_norm:g} is above the device's "
+                f"maximum {self.max_clipping_norm:g}"
+            )
+        if not plan.dp or plan.epsilon_budget > self.max_epsilon_user:
+            budget = f"{plan.epsilon_budget:g}" if plan.dp else "unbounded (no DP)"
+            raise PolicyRefusal(
+                f"device policy: the federation may spend epsilon_user {budget}, above the "
+                f"device's maximum {self.max_epsilon_user:g}"
+            )
+
+
+def privacy_mod(
+    plan_of: Callable[[Context], PrivacyPlan],
+    policy_of: Callable[[Context], DevicePolicy],
+    noise_source: NoiseSource,
+) -> Mod:
+    """The device's privacy chain for one message (see the module doc)."""
+
+    def mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
+        plan = plan_of(ctxt)
+        policy_of(ctxt).check(plan)
+        if not plan.secagg:
+            return call_next(msg, ctxt)
+        masked = _bind(secaggplus_mod, call_next)
+        return noise_mod(plan, noise_source)(msg, ctxt, masked)
+
+    return mod
+
+
+def noise_mod(plan: PrivacyPlan, noise_source: NoiseSource) -> Mod:
+    """Checks SecAgg+'s quantization at setup; adds the noise share to the masked vector."""
+
+    def mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
+        configs = msg.content.config_records.get(RECORD_KEY_CONFIGS)
+        stage = str(configs.get(Key.STAGE, "")) if configs is not None else ""
+        if stage == Stage.SETUP:
+            _check_quantization(plan, configs)
+        reply = call_next(msg, ctxt)
+        if stage == Stage.COLLECT_MASKED_VECTORS and plan.devices_add_noise:
+            round_number = int(msg.metadata.group_id or 0)
+            _add_noise_share(reply, plan, noise_source(ctxt, round_number))
+        return reply
+
+    return mod
+
+
+def _check_quantization(plan: PrivacyPlan, configs: ConfigRecord) -> None:
+    expected = {
+        Key.CLIPPING_RANGE: plan.clip_range,
+        Key.TARGET_RANGE: QUANTIZATION_RANGE,
+        Key.MOD_RANGE: MODULUS,
+        Key.MAX_WEIGHT: 1.0,
+    }
+    for key, value in expected.items():
+        got = float(configs.get(key, math.nan))
+        if not math.isclose(got, value, rel_tol=1e-9):
+            raise PolicyRefusal(f"SecAgg+ setup: {key} is {got:g}, the round's plan says {value:g}")
+
+
+def _add_noise_share(reply: Message, plan: PrivacyPlan, rng: KeystreamRandom) -> None:
+    """Add N_Z(0, sigma_device^2) to every masked value but SecAgg+'s weight factor."""
+    if reply.has_error():
+        return
+    record = reply.content.config_records[RECORD_KEY_CONFIGS]
+    arrays = [bytes_to_ndarray(b) for b in record[Key.MASKED_PARAMETERS]]
+    dim = sum(a.size for a in arrays[1:])
+    sigma = plan.sigma_device(dim)
+    noised = [arrays[0]]
+    for array in arrays[1:]:
+        noise = discrete_gaussian(sigma, array.size, rng).reshape(array.shape)
+        noised.append(np.mod(array.astype(np.int64) + noise, MODULUS))
+    record[Key.MASKED_PARAMETERS] = [ndarray_to_bytes(a) for a in noised]
+
+
+def _bind(mod: Mod, call_next: ClientAppCallable) -> ClientAppCallable:
+    return lambda msg, ctxt: mod(msg, ctxt, call_next)

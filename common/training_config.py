@@ -1,0 +1,159 @@
+"""The configuration sections of training: the adapter and its loss, the centralized
+baseline, evaluation, the federation and the devices (``common.config`` assembles them)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from common.config_section import ConfigError, Section
+
+
+class AdapterConfig(Section):
+    """The shared query adapter (of ``rank``) and its per-search ranking loss
+    (``common.model.ranking_loss``) for both centralized and federated training: the
+    clicked item against ``shown_negatives`` shown but unclicked items of the same
+    impression and ``random_negatives`` items drawn from the catalog."""
+
+    rank: int = Field(default=64, ge=1)
+    temperature: float = Field(default=0.05, gt=0)
+    shown_negatives: int = Field(default=20, ge=0)
+    random_negatives: int = Field(default=32, ge=0)
+
+    @model_validator(mode="after")
+    def _some_negatives(self) -> AdapterConfig:
+        if self.shown_negatives + self.random_negatives <= 0:
+            raise ConfigError(
+                "adapter.random_negatives: shown_negatives + random_negatives must be > 0"
+            )
+        return self
+
+
+class CentralizedConfig(Section):
+    """Centralized adapter training without privacy: the upper reference baseline.
+
+    Up to ``epochs`` epochs. With ``patience`` > 0 each device's last train search is kept
+    for validation, training stops after ``patience`` epochs without a better validation
+    nDCG and the best epoch's adapter is kept (0: every epoch, every search). ``threads``:
+    torch threads (0: torch's default; 1 is ~7x faster than 2 on a shared 2-core machine).
+    """
+
+    epochs: int = Field(default=30, ge=1)
+    patience: int = Field(default=3, ge=0)
+    batch_size: int = Field(default=256, ge=1)
+    lr: float = Field(default=1e-3, gt=0)
+    weight_decay: float = Field(default=0.0, ge=0)
+    seed: int = 0
+    threads: int = Field(default=1, ge=0, description="0 = torch default")
+
+
+class EvaluationConfig(Section):
+    """Evaluation on held-out searches: metrics at ``k`` over the whole catalog. The personal
+    rerank adds ``beta * cos(user, item)`` and ``attribute_beta`` times the device's
+    attribute preferences (``common.model.personalization``) to the scores of the top
+    ``candidates``."""
+
+    k: int = Field(default=10, ge=1)
+    candidates: int = 100
+    beta: float = Field(default=0.2, ge=0)
+    attribute_beta: float = Field(default=0.02, ge=0)
+
+    @model_validator(mode="after")
+    def _enough_candidates(self) -> EvaluationConfig:
+        if self.candidates < self.k:
+            raise ConfigError("evaluation.candidates: must be >= evaluation.k")
+        return self
+
+
+class FederationConfig(Section):
+    """Federated training of the shared query adapter, ``rounds`` rounds.
+
+    A device joins a round with probability ``clients_per_round / population`` (Poisson
+    sampling). User-level DP (``dp``): each device clips its update to ``clipping_norm``;
+    the sum of the updates carries Gaussian-like noise of ``noise_multiplier`` times the
+    sensitivity. ``noise = "devices"``: each device adds its share of discrete Gaussian
+    noise to its quantized update before SecAgg+ masks it, calibrated so that the
+    ``min_devices_fraction`` of the expected cohort that must survive a round already carry
+    the whole noise (the server only ever unmasks a noised sum; fewer survivors and the
+    round is dropped unseen). ``noise = "server"``: the server adds Gaussian noise to the
+    sum it holds (protects against readers of published versions only). A run whose
+    population ledger would pass ``epsilon_user`` at ``delta_user`` (0: 1 / (10 x
+    population)) does not start; ledgers live in ``ledger_dir`` ("": <work_dir>/ledgers),
+    one per population, and compose every run on it. SecAgg+ (``secagg``): keys shared
+    with ``secagg_neighbours`` devices of the round; a ``secagg_threshold`` fraction of
+    them must return shares to unmask. ``stats_share``: devices also report, through the
+    same noised sum, whether they trained and how the published version ranks their
+    held-out searches, within this share of the update's squared sensitivity (0: no
+    federated evaluation). ``warm_start``: training starts from an adapter fitted on the
+    public catalog alone (``warm_start_steps`` steps; no user data, no privacy cost) instead
+    of the identity. The registry publishes a moving average of the global adapter
+    with ``average_decay`` per round (0: the aggregate); training continues from the
+    aggregate, moved by ``server_lr`` times the noised average update (with
+    ``server_momentum``). ``seed`` makes simulations reproducible (cohorts and noise); it
+    is never published and a deployed server ignores it.
+    """
+
+    rounds: int = Field(default=20, ge=1)
+    clients_per_round: int = Field(default=20, ge=1)
+    seed: int = 0
+    dp: bool = True
+    noise: Literal["devices", "server"] = "devices"
+    noise_multiplier: float = Field(default=0.7, ge=0)
+    clipping_norm: float = Field(default=0.1, gt=0)
+    epsilon_user: float = Field(default=8.0, gt=0)
+    delta_user: float = Field(default=0.0, ge=0, lt=1)
+    min_devices_fraction: float = Field(default=0.7, gt=0, le=1)
+    ledger_dir: str = ""
+    secagg: bool = True
+    secagg_neighbours: int = Field(default=10, ge=2)
+    secagg_threshold: float = Field(default=0.6, gt=0, le=1)
+    stats_share: float = Field(default=0.0625, ge=0, le=1)
+    warm_start: bool = True
+    warm_start_steps: int = Field(default=600, ge=1)
+    server_lr: float = Field(default=1.0, gt=0)
+    server_momentum: float = Field(default=0.0, ge=0, lt=1)
+    client_cpus: int = Field(default=1, ge=1, description="CPUs per simulated device")
+    publish: bool = True
+    average_decay: float = Field(default=0.8, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _noise_needs_secagg(self) -> FederationConfig:
+        if self.dp and self.noise == "devices" and not self.secagg:
+            raise ConfigError(
+                'federation.noise: "devices" needs federation.secagg (without SecAgg+ the '
+                'server would see each noised update); use noise = "server" without it'
+            )
+        return self
+
+
+class DeviceConfig(Section):
+    """Local training on a device, and the privacy the device itself insists on.
+
+    ``local_epochs`` over Poisson batches of expected size ``batch_size`` with a fresh
+    ``optimizer`` each round ("sgd" uses ``momentum``). Record-level DP (``dp``) clips each
+    search's gradient to ``max_grad_norm`` and adds ``noise_multiplier`` times that as noise;
+    the device's accountant persists and it declines to pass ``epsilon_budget`` at ``delta``.
+
+    The device's policy, checked against what the server announces for a round before the
+    device trains, refusing the round otherwise: ``require_secagg`` (its update is only
+    ever sent masked), ``require_noise`` (user-level DP on with noise added by the devices),
+    ``min_noise_multiplier``, ``max_clipping_norm``, ``max_epsilon_user`` (the most the
+    federation may plan to spend on its population).
+    """
+
+    local_epochs: int = Field(default=5, ge=1)
+    batch_size: int = Field(default=16, ge=1)
+    optimizer: Literal["adam", "sgd"] = "adam"
+    lr: float = Field(default=0.003, gt=0)
+    momentum: float = Field(default=0.0, ge=0, lt=1)
+    dp: bool = False
+    noise_multiplier: float = Field(default=0.6, ge=0)
+    max_grad_norm: float = Field(default=1.0, gt=0)
+    epsilon_budget: float = Field(default=30.0, gt=0)
+    delta: float = Field(default=1e-4, gt=0, lt=1)
+    require_secagg: bool = True
+    require_noise: bool = True
+    min_noise_multiplier: float = Field(default=0.5, ge=0)
+    max_clipping_norm: float = Field(default=10.0, gt=0)
+    max_epsilon_user: float = Field(default=10.0, gt=0)

@@ -1,0 +1,107 @@
+"""The device's Flower client: one payload out, private state kept, published version read."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from client.app import AdapterClient
+from client.local_device import LocalDevice
+from client.sdk import verified_adapters
+from client.store import DeviceStore
+from common.config import config_from_dict
+from common.federation.payload import STATS, PayloadCodec
+from common.federation.run_spec import RunSpec
+from common.model.adapter import ADAPTER_FILE, QueryAdapter
+from common.security.signing import generate_signing_key, load_private_key, load_public_key, signer
+from common.security.versions import write_version
+from simulation.synthetic import synthetic_population
+
+DIM, RANK, CLIP = 16, 4, 0.5
+
+
+@pytest.fixture(scope="module")
+def population():
+    return synthetic_population(3, n_items=120, dim=DIM, train_searches=10, test_searches=3)
+
+
+def _config(**device):
+    return config_from_dict(
+        {
+            "adapter": {"rank": RANK, "shown_negatives": 4, "random_negatives": 4},
+            "device": {"batch_size": 4, "epsilon_budget": 1000.0, **device},
+            "evaluation": {"candidates": 20},
+            "federation": {"clipping_norm": CLIP},
+        }
+    )
+
+
+def _client(tmp_path, population, config, published=None):
+    spec = RunSpec(config, "marketplace", len(population.devices), tmp_path)
+    store = DeviceStore(tmp_path / "store", b"k" * 32)
+    device = LocalDevice(
+        population.devices[0],
+        population.item_vectors,
+        store,
+        config.device,
+        published=published,
+        seed_parts=(0, 0),
+    )
+    return AdapterClient(device, spec), store
+
+
+def _codec(config):
+    weights = QueryAdapter(DIM, RANK).get_weights()
+    return PayloadCodec.for_weights(weights, CLIP, config.federation.stats_share)
+
+
+def test_fit_sends_one_clipped_payload_weight_one_and_no_metrics(tmp_path, population):
+    config = _config()
+    client, store = _client(tmp_path, population, config)
+    weights = QueryAdapter(DIM, RANK).get_weights()
+    sent, weight, metrics = client.fit(weights, {"round": 1})
+    assert weight == 1 and metrics == {}
+    assert len(sent) == 1 and sent[0].shape == (_codec(config).size,)
+    update, stats = _codec(config).decode(sent[0])
+    assert np.linalg.norm(np.concatenate([u.ravel() for u in update])) <= CLIP * (1 + 1e-5)
+    assert stats["trained"] == pytest.approx(1.0) and stats["declined"] == pytest.approx(0.0)
+    assert stats["evaluated"] == pytest.approx(1.0) and set(stats) == set(STATS)
+    # no version published yet: the "adapter" is the base encoder
+    assert stats["adapter.rr"] == pytest.approx(stats["base.rr"], abs=1e-6)
+    state = store.load_state()
+    assert state.info["rounds_trained"] == 1 and state.user_vector is not None
+
+
+def test_a_declining_device_sends_a_zero_update_counted_as_declined(tmp_path, population):
+    config = _config(dp=True, noise_multiplier=1.0)
+    client, store = _client(tmp_path, population, config)
+    weights = QueryAdapter(DIM, RANK).get_weights()
+    client.fit(weights, {"round": 1})
+    spent = store.load_state().accountant
+    tight = _config(dp=True, noise_multiplier=1.0, epsilon_budget=1e-3)
+    client, _ = _client(tmp_path, population, tight)
+    sent, _, _ = client.fit(weights, {"round": 2})
+    update, stats = _codec(tight).decode(sent[0])
+    assert not any(u.any() for u in update)
+    assert stats["declined"] == pytest.approx(1.0) and stats["trained"] == pytest.approx(0.0)
+    assert store.load_state().accountant == spent
+
+
+def test_the_device_evaluates_the_newest_version_it_verified(tmp_path, population):
+    private, public = tmp_path / "signing.key", tmp_path / "signing.pub"
+    generate_signing_key(private, public)
+    adapter = QueryAdapter(DIM, RANK)
+    adapter.up.weight.data.normal_(0, 0.5)  # a version that ranks differently from base
+    registry = tmp_path / "registry"
+    write_version(
+        registry,
+        lambda folder: adapter.save(folder / ADAPTER_FILE),
+        {"kind": "query-adapter"},
+        finalize=signer(load_private_key(private)),
+    )
+    published = verified_adapters(registry, load_public_key(public))
+    client, _ = _client(tmp_path, population, _config(), published)
+    sent, _, _ = client.fit(QueryAdapter(DIM, RANK).get_weights(), {"round": 2})
+    _, stats = _codec(_config()).decode(sent[0])
+    assert published.version == "v0001"
+    assert stats["adapter.rr"] != pytest.approx(stats["base.rr"], abs=1e-6)

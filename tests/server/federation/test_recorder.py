@@ -1,0 +1,74 @@
+"""After each round: charge, then publish (or not), then one line of metrics."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from common.config import ConfigError, config_from_dict
+from common.federation.privacy_plan import PrivacyPlan
+from common.federation.run_spec import RunSpec
+from common.model.adapter import QueryAdapter
+from common.security.versions import list_versions, verify_files
+from server.federation.app import open_ledger
+from server.federation.recorder import METRICS_FILE, RunRecorder
+from server.federation.secure_aggregation import fit_workflow
+from server.federation.strategy import RoundLog
+
+
+def _spec(tmp_path, **federation):
+    settings = {"clients_per_round": 10, "epsilon_user": 50.0, **federation}
+    config = config_from_dict({"paths": {"work_dir": str(tmp_path)}, "federation": settings})
+    return RunSpec(config, "retail", 100, tmp_path / "run", population_id="shop")
+
+
+def _recorder(spec, log):
+    plan = PrivacyPlan.from_spec(spec)
+    return RunRecorder(spec, plan, log, open_ledger(spec, plan), payload_size=1000)
+
+
+def _lines(spec):
+    return [json.loads(x) for x in (spec.run_dir / METRICS_FILE).read_text().splitlines()]
+
+
+def test_an_aggregated_round_is_charged_then_published(tmp_path):
+    spec = _spec(tmp_path)
+    log = RoundLog(fit={1: {"devices": 10.0, "trained": 9.6, "personal.nDCG@10": 0.3}})
+    weights = QueryAdapter(8, 2).get_weights()
+    entry = _recorder(spec, log).record(1, weights)
+    assert entry["epsilon_user"] > 0
+    (folder,) = list_versions(spec.config.paths.registry)
+    manifest = verify_files(folder)
+    assert manifest["population"] == "shop" and manifest["privacy"]["rounds"] == 1
+    assert manifest["privacy"]["epsilon"] == pytest.approx(entry["epsilon_user"])
+    assert (tmp_path / "ledgers" / "shop.json").is_file()
+    assert _lines(spec)[0]["published"] == str(folder)
+
+
+def test_a_dropped_round_is_neither_charged_nor_published(tmp_path):
+    spec = _spec(tmp_path)
+    entry = _recorder(spec, RoundLog()).record(1, QueryAdapter(8, 2).get_weights())
+    assert entry["dropped"] and "epsilon_user" not in entry
+    assert not list_versions(spec.config.paths.registry)
+    assert not (tmp_path / "ledgers" / "shop.json").exists()
+
+
+def test_a_round_of_declines_is_charged_but_not_published(tmp_path):
+    spec = _spec(tmp_path)
+    log = RoundLog(fit={1: {"devices": 10.0, "trained": 1.2, "declined": 8.9}})
+    entry = _recorder(spec, log).record(1, QueryAdapter(8, 2).get_weights())
+    assert entry["not_published"] == "too few devices trained" and entry["epsilon_user"] > 0
+    assert not list_versions(spec.config.paths.registry)
+
+
+def test_secagg_refuses_cohorts_that_could_wrap_its_sums(tmp_path):
+    spec = _spec(tmp_path, clients_per_round=10, epsilon_user=50.0)
+    fit_workflow(spec, PrivacyPlan.from_spec(spec))
+    big = RunSpec(spec.config, "retail", 10_000_000, tmp_path / "r")
+    huge = config_from_dict({"federation": {"clients_per_round": 5_000_000}})
+    with pytest.raises(ConfigError, match="federation.clients_per_round"):
+        plan = PrivacyPlan.from_spec(RunSpec(huge, "retail", 10_000_000, tmp_path / "r"))
+        fit_workflow(big, plan)
+    assert np.isfinite(PrivacyPlan.from_spec(spec).round_rdp(100)).all()
