@@ -55,7 +55,7 @@ class CategoryQuery:
     with_gender: bool
 
 
-def category_queries(items: list[Item], n: int, seed: int = 0) -> list[CategoryQuery]:
+def spoken_category_queries(items: list[Item], n: int, seed: int = 0) -> list[CategoryQuery]:
     """Up to ``n`` queries, half with a gender (as far as the catalog has them)."""
     plain, gendered = set(), set()
     for item in items:
@@ -131,7 +131,7 @@ def run_speech_bench(
     try:
         items = catalog.items()
         speech = SpokenQueries(config.speech, items)
-        cases = category_queries(items, queries)
+        cases = spoken_category_queries(items, queries)
         rows = []
         for i, query in enumerate(progress_bar(cases, desc="spoken queries", unit=" queries")):
             voice, speed = voices[i % len(voices)], speeds[(i // len(voices)) % len(speeds)]

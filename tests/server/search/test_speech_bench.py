@@ -4,7 +4,7 @@ import pytest
 
 from common.cli import main
 from server.search.catalog import Item
-from server.search.speech_bench import category_queries, format_figures, word_errors
+from server.search.speech_bench import format_figures, spoken_category_queries, word_errors
 from tests.server.search.test_commands import config, shared_encoder  # noqa: F401
 
 
@@ -27,15 +27,15 @@ def test_category_queries_are_colour_and_category_half_with_a_gender():
         Item(id=str(i), title="t", category=cat, attributes={"baseColour": col, "gender": g})
         for i, (cat, col, g) in enumerate(rows)
     ]
-    queries = category_queries(items, 7)  # all there are: "for unisex" is not a query
+    queries = spoken_category_queries(items, 7)  # all there are: "for unisex" is not a query
     assert {q.text for q in queries} == {
         "black watches", "silver watches", "blue jeans", "navy blue casual shoes",
         "black watches for men", "silver watches for women", "navy blue casual shoes for boys",
     }  # fmt: skip
     assert {q.category for q in queries if q.text.startswith("navy")} == {"Casual Shoes"}
     assert sum(q.with_gender for q in queries) == 3
-    assert category_queries(items, 7) == queries  # seeded
-    four = category_queries(items, 4)
+    assert spoken_category_queries(items, 7) == queries  # seeded
+    four = spoken_category_queries(items, 4)
     assert len(four) == 4 and sum(q.with_gender for q in four) == 2
 
 
