@@ -1,7 +1,10 @@
 """Spoken queries through the service: POST /search with an ``audio`` part (espeak-ng's
 Klatt voice; skips without espeak-ng)."""
 
+import json
+import shutil
 import struct
+import subprocess
 import threading
 import time
 
@@ -148,3 +151,25 @@ def test_recognition_does_not_block_other_requests(make_app, serve_app):
         thread.join()
     assert results["spoken"].json()["transcript"] == "watches"
     assert waited < 1.0
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_the_readme_commands(make_app, serve_app, speak, tmp_path):
+    """The README's spoken query: a WAV made with espeak-ng, sent with curl."""
+    speak("")  # skips without espeak-ng
+    make_wav = [
+        "espeak-ng",
+        "-v",
+        "en-us+klatt",
+        "-s",
+        "150",
+        "-w",
+        "query.wav",
+        "black watches for men",
+    ]
+    subprocess.run(make_wav, cwd=tmp_path, check=True)
+    app, _ = make_app()
+    with serve_app(app) as url:
+        curl = ["curl", "-s", "-F", "audio=@query.wav", "-F", "k=3", f"{url}/search"]
+        body = json.loads(subprocess.run(curl, cwd=tmp_path, capture_output=True).stdout)
+    assert body["transcript"] == "black watches for men" and len(body["results"]) == 3
