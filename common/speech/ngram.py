@@ -66,7 +66,9 @@ def _probabilities(counts: list[Counter[Phrase]]) -> dict[Phrase, float]:
     return prob
 
 
-def _backoff_weights(counts: list[Counter[Phrase]], prob: dict[Phrase, float]) -> dict:
+def _backoff_weights(
+    counts: list[Counter[Phrase]], prob: dict[Phrase, float]
+) -> dict[Phrase, float]:
     """For each history h: the mass left after h, over the lower-order mass of what was not
     seen after h (floored, so that a history followed by every word stays finite)."""
     followers: dict[Phrase, list[Phrase]] = defaultdict(list)
@@ -74,8 +76,8 @@ def _backoff_weights(counts: list[Counter[Phrase]], prob: dict[Phrase, float]) -
         for gram in grams:
             followers[gram[:-1]].append(gram)
     weights = {}
-    for history, grams in followers.items():
-        seen = sum(prob[g] for g in grams)
-        lower = sum(prob[g[1:]] for g in grams)
+    for history, following in followers.items():
+        seen = sum(prob[g] for g in following)
+        lower = sum(prob[g[1:]] for g in following)
         weights[history] = (1.0 - seen) / max(1.0 - lower, 1e-6)
     return weights

@@ -41,7 +41,7 @@ class WhisperTranscriber:
         except (OSError, ValueError) as exc:
             raise SpeechError(f"speech.whisper_dir: no Whisper model in {folder} ({exc})") from exc
         self.device = torch.device(_pick_device(device, torch.cuda.is_available()))
-        self.model = model.to(self.device).eval()
+        self.model = model.to(self.device).eval()  # type: ignore[arg-type]  # a torch.device
         config = self.model.generation_config
         english = "<|en|>" in (getattr(config, "lang_to_id", None) or {})
         self._options = {"language": "en", "task": "transcribe"} if english else {}
