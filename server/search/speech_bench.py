@@ -23,6 +23,7 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -77,11 +78,18 @@ def spoken_category_queries(items: list[Item], n: int, seed: int = 0) -> list[Ca
 
 
 def synthesize(text: str, voice: str, speed: int) -> bytes:
-    """``text`` spoken by ``voice`` at ``speed`` words per minute, as WAV bytes."""
+    """``text`` spoken by ``voice`` at ``speed`` words per minute, as WAV bytes.
+
+    Both synthesizers fall back to a default voice for a name they do not know, silently:
+    the name is checked against their lists first."""
     if voice.startswith(FLITE_PREFIX):
         return _flite(text, voice.removeprefix(FLITE_PREFIX), speed)
     if shutil.which("espeak-ng") is None:
         raise SynthesisError("espeak-ng is not installed (Debian: apt-get install espeak-ng)")
+    language, _, variant = voice.partition("+")
+    languages, variants = _espeak_voices()
+    if language not in languages or (variant and variant not in variants):
+        raise SynthesisError(f"espeak-ng has no voice {voice!r} (espeak-ng --voices)")
     done = subprocess.run(
         ["espeak-ng", "-v", voice, "-s", str(speed), "--stdout", text],
         capture_output=True,
@@ -92,9 +100,25 @@ def synthesize(text: str, voice: str, speed: int) -> bytes:
     return done.stdout
 
 
+@cache
+def _espeak_voices() -> tuple[frozenset[str], frozenset[str]]:
+    """(languages, variants): the second column of ``--voices``, the variants' file names."""
+
+    def table(option: str) -> list[list[str]]:
+        out = subprocess.run(["espeak-ng", option], capture_output=True, text=True, timeout=60)
+        return [line.split() for line in out.stdout.splitlines()[1:] if line.split()]
+
+    languages = frozenset(row[1] for row in table("--voices"))
+    variants = frozenset(row[4].removeprefix("!v/") for row in table("--voices=variant"))
+    return languages, variants
+
+
 def _flite(text: str, voice: str, speed: int) -> bytes:
     if shutil.which("flite") is None:
         raise SynthesisError("flite is not installed (Debian: apt-get install flite)")
+    known = subprocess.run(["flite", "-lv"], capture_output=True, text=True, timeout=60).stdout
+    if voice not in known.split(":", 1)[-1].split():
+        raise SynthesisError(f"flite has no voice {voice!r} ({known.strip()})")
     with tempfile.TemporaryDirectory() as folder:
         out = Path(folder) / "speech.wav"
         stretch = f"duration_stretch={160 / speed:.3f}"

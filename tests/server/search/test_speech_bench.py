@@ -1,10 +1,17 @@
 import json
+import shutil
 
 import pytest
 
 from common.cli import main
 from server.search.catalog import Item
-from server.search.speech_bench import format_figures, spoken_category_queries, word_errors
+from server.search.speech_bench import (
+    SynthesisError,
+    format_figures,
+    spoken_category_queries,
+    synthesize,
+    word_errors,
+)
 from tests.server.search.test_commands import config, shared_encoder  # noqa: F401
 
 
@@ -73,3 +80,23 @@ def test_bad_benchmark_arguments_are_one_line_errors(capsys):
     assert "--speeds: expected words per minute" in capsys.readouterr().err
     assert main(["bench-speech", "--queries", "0"]) == 2
     assert "need --queries >= 1" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("voice", ["en-us+klatt", "flite:slt"])
+def test_synthesized_queries_are_wav_files_the_service_reads(voice):
+    from common.config import SpeechConfig
+    from server.search.audio import decode_wav
+
+    program = "flite" if voice.startswith("flite:") else "espeak-ng"
+    if shutil.which(program) is None:
+        pytest.skip(f"{program} is not installed (Debian: apt-get install -y {program})")
+    slow, fast = (
+        decode_wav(synthesize("blue jeans", voice, s), SpeechConfig()) for s in (120, 240)
+    )
+    assert 0.2 < len(fast) / 16_000 < len(slow) / 16_000 < 3
+    with pytest.raises(SynthesisError, match="voice 'no-such-voice'"):
+        synthesize(
+            "blue jeans",
+            voice.split(":")[0] + ":no-such-voice" if ":" in voice else "no-such-voice",
+            150,
+        )
