@@ -68,6 +68,7 @@ class AdapterClient(NumPyClient):
             self.config.adapter,
             self._state().accountant,
             seed=self.device.seed("train", round_number),
+            public_items=self.device.public_items,
         )
 
         def record(state: PersonalState) -> PersonalState:

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from client.device import Device, training_data
+from client.device import Device, load_public_items, training_data
 from client.privacy import DevicePolicy
 from client.sdk import verified_adapters
 from client.store import DeviceStore
@@ -45,6 +45,7 @@ class LocalDevice:
     published: TrustedVersions[QueryAdapter] | None = None
     seed_parts: tuple[object, ...] | None = None  # None: randomness from the OS
     attributes: AttributeTable | None = None  # the public items' categorical attributes
+    public_items: int | None = None  # rows of item_vectors from the public catalog (None: all)
 
     @property
     def policy(self) -> DevicePolicy:
@@ -74,7 +75,10 @@ def stored_device(spec: RunSpec, node_config: Mapping[str, Any]) -> LocalDevice:
         raise ConfigError("node config: device-dir is not set (fedsearch device join sets it)")
     device = Device(Path(str(node_config["device-dir"])))
     data, _, vectors = training_data(device, spec.config.population.holdout_fraction)
+    public = len(load_public_items(device)[0])
     published = None
     if device.signing_pub.is_file():
         published = verified_adapters(device.registry_dir, load_public_key(device.signing_pub))
-    return LocalDevice(data, vectors, device.open_store(), device.device_config(), published)
+    return LocalDevice(
+        data, vectors, device.open_store(), device.device_config(), published, public_items=public
+    )

@@ -105,8 +105,10 @@ def train_local(
     loss_config: AdapterConfig,
     accountant: dict[str, Any],
     seed: int,
+    public_items: int | None = None,
 ) -> LocalResult:
-    """Train ``adapter`` in place on ``searches``; decline if the budget would be passed."""
+    """Train ``adapter`` in place on ``searches``; decline if the budget would be passed.
+    Random negatives come from the first ``public_items`` rows of ``item_vectors``."""
     if not searches:
         return _declined(0, record_epsilon(accountant, device.delta), accountant)
     start = time.perf_counter()
@@ -128,6 +130,7 @@ def train_local(
         shown_negatives=loss_config.shown_negatives,
         random_negatives=loss_config.random_negatives,
         rng=rng,
+        public_items=public_items,
     )
     data = TensorDataset(*draw())
 

@@ -108,12 +108,13 @@ def _decode_key(text: bytes, where: str) -> bytes:
 class DeviceStore:
     """Encrypted search log and personal state in ``folder``."""
 
-    def __init__(self, folder: Path, key: bytes) -> None:
+    def __init__(self, folder: Path, key: bytes, *, durable: bool = True) -> None:
         if len(key) != KEY_BYTES:
             raise DeviceStoreError(f"store key must be {KEY_BYTES} bytes, got {len(key)}")
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._aead = AESGCM(key)
+        self.durable = durable  # False: writes skip the disk sync (simulated devices)
 
     @classmethod
     def open(cls, folder: Path, key_file: Path | None = None) -> DeviceStore:
@@ -241,7 +242,7 @@ class DeviceStore:
     def _write(self, name: str, meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
         nonce = os.urandom(12)
         blob = MAGIC + nonce + self._aead.encrypt(nonce, _pack(meta, arrays), MAGIC + name.encode())
-        atomic_write(self.folder / name, blob)
+        atomic_write(self.folder / name, blob, durable=self.durable)
 
 
 def _pack(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> bytes:

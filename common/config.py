@@ -95,6 +95,10 @@ class EncoderConfig(Section):
     ``model``: a built-in ``fedsearch-*`` config, an open_clip model name, a ``local-dir:``
     folder or a checkpoint file. ``pretrained``: an open_clip tag or weights file; for a
     built-in config, ``"latest"`` is the newest ``fedsearch pretrain`` checkpoint.
+    ``query_model``: what encodes query texts in the search service: "" the base encoder's
+    own text tower; ``"latest"`` the newest ``fedsearch distill`` student under
+    ``<work_dir>/query_encoder``; or a student's version folder (checked against its
+    manifest's sha256). Items are always encoded by the base encoder.
     """
 
     model: str = "fedsearch-minilm-rn64"
@@ -103,6 +107,7 @@ class EncoderConfig(Section):
     image_weight: float = Field(default=0.5, ge=0)
     batch_size: int = Field(default=128, gt=0)
     device: Literal["cpu", "cuda", "auto"] = "cpu"
+    query_model: str = ""
 
     @model_validator(mode="after")
     def _some_weight(self) -> EncoderConfig:
@@ -153,13 +158,18 @@ class PopulationConfig(Section):
 class SearchConfig(Section):
     """The search service (``fedsearch serve``): its index and its limits on requests.
 
-    Up to ``exact_max_items`` items the index is exact; beyond, IVF (``ivf_nlist`` lists, 0:
-    4 * sqrt(n)) whose ``ivf_nprobe`` the build raises until recall@10 against exact search
-    reaches ``ann_min_recall`` on ``recall_queries`` sample queries (0.96: a margin, so unseen
-    queries keep 0.95). ``store_dir`` "": ``<work_dir>/search``. ``public_key`` "": registry
-    versions are checked against their manifest's sha256, without a signature.
-    ``query_precision``: the text tower's for queries ("auto": bfloat16 where the hardware
-    has it natively); items are always encoded in float32. Threads 0: the library default.
+    Up to ``exact_max_items`` items the index is exact; beyond, an IVF index (``ivf_nlist``
+    lists, 0: 4 * sqrt(n)) whose ``ivf_nprobe`` the build raises until recall@10 against exact
+    search reaches ``ann_min_recall`` on ``recall_queries`` sample queries (0.96: a margin, so
+    unseen queries keep 0.95). Its kind ("auto" for ``fedsearch index --kind``) is the most
+    exact whose vectors fit ``index_memory_mb``: IVF with float32, float16 or 8-bit scalar
+    codes, else IVF-PQ with ``pq_bytes`` bytes per vector whose top ``refine_factor * k``
+    candidates are re-scored on the full vectors. ``store_dir`` "": ``<work_dir>/search``.
+    ``public_key`` "": registry versions are checked against their manifest's sha256,
+    without a signature. ``query_precision``: the query text tower's ("auto": measured at
+    start-up, the fastest whose vectors agree with float32's); items are always encoded in
+    float32. ``query_cache_size``: encoded query texts kept (LRU; 0: no cache). Threads 0:
+    the library default.
     """
 
     host: str = "127.0.0.1"
@@ -185,6 +195,10 @@ class SearchConfig(Section):
     shoppers_file: str = ""
     max_batch: int = Field(default=32, ge=1)
     query_precision: TextPrecision = "auto"
+    query_cache_size: int = Field(default=10000, ge=0, description="0 = no cache")
+    index_memory_mb: float = Field(default=512.0, gt=0)
+    pq_bytes: int = Field(default=48, ge=1)
+    refine_factor: int = Field(default=10, ge=1)
     torch_threads: int = Field(default=1, ge=0, description="0 = default")
     faiss_threads: int = Field(default=1, ge=0, description="0 = default")
     journal_max_ops: int = Field(default=1000, ge=1)

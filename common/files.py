@@ -13,8 +13,14 @@ import tempfile
 from pathlib import Path
 
 
-def atomic_write(path: str | Path, data: bytes | str, *, mode: int = 0o644) -> None:
-    """Replace ``path``'s content with ``data`` (str is written as UTF-8) atomically."""
+def atomic_write(
+    path: str | Path, data: bytes | str, *, mode: int = 0o644, durable: bool = True
+) -> None:
+    """Replace ``path``'s content with ``data`` (str is written as UTF-8) atomically.
+
+    ``durable`` False skips the two syncs to disk: readers still never see a mix, but a
+    power cut may lose the write (for files that are rebuilt, not recovered).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = data.encode("utf-8") if isinstance(data, str) else data
@@ -24,11 +30,14 @@ def atomic_write(path: str | Path, data: bytes | str, *, mode: int = 0o644) -> N
         with os.fdopen(fd, "wb") as fh:
             fh.write(payload)
             fh.flush()
-            os.fsync(fh.fileno())
+            if durable:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    if not durable:
+        return
     folder = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(folder)

@@ -1,4 +1,5 @@
-"""Simulation commands: ``simulate``, ``bench-federation`` and ``device import-history``."""
+"""Simulation commands: ``simulate``, ``bench-federation``, ``check-query-model`` and
+``device import-history``."""
 
 from __future__ import annotations
 
@@ -14,10 +15,11 @@ def register_simulation_commands(subparsers: argparse._SubParsersAction) -> None
         "simulate",
         help="run a federated simulation (DP + SecAgg+) and write its report",
         description="Federated training of the query adapter on a population of simulated "
-        "devices with Flower's Simulation Engine: user-level DP (client clipping, server "
-        "noise, RDP ledger) and SecAgg+ on unless switched off. Writes per-round metrics, the "
-        "privacy ledger, a summary table with the baselines, plots and the shoppers' user "
-        "vectors into the run folder, and prints the summary.",
+        "devices, through `flwr run` on a local simulation-mode SuperLink (Ray): SecAgg+ with "
+        "user-level DP noise added by the devices, and the population's privacy ledger, unless "
+        "switched off. Writes per-round metrics, a summary table with the baselines, the "
+        "published versions' exact evaluation, plots and the shoppers' user vectors into the "
+        "run folder, and prints the summary.",
     )
     simulate.add_argument(
         "--population", required=True, help="retail (real customers) or marketplace (simulated)"
@@ -40,6 +42,19 @@ def register_simulation_commands(subparsers: argparse._SubParsersAction) -> None
     simulate.add_argument("--no-secagg", action="store_true", help="switch SecAgg+ off")
     simulate.add_argument("--no-baselines", action="store_true", help="skip the baselines")
     simulate.add_argument("--run-dir", type=Path, help="default <work_dir>/simulations/<name>")
+    simulate.add_argument(
+        "--reset-ledger",
+        action="store_true",
+        help="start the simulated population's privacy ledger afresh (its people are "
+        "fictional); by default every run on the same population composes",
+    )
+    simulate.add_argument(
+        "--ray-address",
+        default="",
+        metavar="HOST:PORT",
+        help="run on this existing Ray cluster (every node needs fedsearch installed and the "
+        "run folder on a shared filesystem)",
+    )
     add_config_arguments(simulate)
     simulate.set_defaults(handler=_simulate)
 
@@ -58,6 +73,20 @@ def register_simulation_commands(subparsers: argparse._SubParsersAction) -> None
     bench.add_argument("--out", type=Path, help="default <work_dir>/bench/federation-<time>")
     add_config_arguments(bench)
     bench.set_defaults(handler=_bench)
+
+    check = subparsers.add_parser(
+        "check-query-model",
+        help="base nDCG@10 of a population's held-out searches: distilled query encoder vs "
+        "the base encoder",
+        description="Loads a simulated population with the base encoder and ranks its "
+        "held-out searches over the whole catalog twice: with the base encoder's query "
+        "vectors and with the distilled student's (encoder.query_model, default the latest "
+        "`fedsearch distill` version). Prints nDCG@10, HR@10 and MRR of both.",
+    )
+    check.add_argument("--population", required=True, help="retail or marketplace")
+    check.add_argument("--clients", type=int, metavar="N", help="number of devices")
+    add_config_arguments(check)
+    check.set_defaults(handler=_check_query_model)
     _register_import_history(subparsers.choices["device"].get_default("subcommands"))
 
 
@@ -104,6 +133,9 @@ def _simulate(args: argparse.Namespace) -> int:
         num_devices=args.clients,
         run_dir=args.run_dir,
         baselines=not args.no_baselines,
+        reset_ledger=args.reset_ledger,
+        ray_address=args.ray_address,
+        verbose=args.verbose,
     )
     print(table(summary))
     print(f"report: {summary['run_dir']}")
@@ -142,4 +174,18 @@ def _import_history(args: argparse.Namespace) -> int:
     count = import_searches(device, data, population.item_ids, population.item_vectors)
     print(f"imported {count} searches of {data.device_id} into {device.store_dir}")
     print(f"  public catalog: {len(population.item_ids):,} items in {device.public_items}")
+    return 0
+
+
+def _check_query_model(args: argparse.Namespace) -> int:
+    from simulation.loader import POPULATIONS
+    from simulation.query_model_check import compare_query_models, format_comparison
+
+    if args.population not in POPULATIONS:
+        raise UsageError(f"--population: one of {', '.join(POPULATIONS)}")
+    if args.clients is not None and args.clients < 1:
+        raise UsageError("--clients: must be >= 1")
+    config = config_from_args(args)
+    result = compare_query_models(config, args.population, num_devices=args.clients)
+    print(format_comparison(result, config.evaluation.k))
     return 0

@@ -46,7 +46,8 @@ def simulated_device(spec: RunSpec, node_config: Mapping[str, Any]) -> LocalDevi
         )
     data = population.devices[index]
     folder = spec.devices_dir / re.sub(r"[^A-Za-z0-9_.-]", "_", data.device_id)
-    store = DeviceStore(folder, simulation_key(spec.device_key_file))
+    # a simulation is rerun, not recovered: its stores skip the sync to disk
+    store = DeviceStore(folder, simulation_key(spec.device_key_file), durable=False)
     return LocalDevice(
         data,
         population.item_vectors,

@@ -75,6 +75,15 @@ def with_overrides(config: Config, **federation: Any) -> Config:
     return config_from_dict({"federation": values}, config) if values else config
 
 
+def absolute_paths(config: Config) -> Config:
+    """``config`` with its data and work folders made absolute."""
+    paths = {
+        "data_dir": str(config.paths.data.resolve()),
+        "work_dir": str(config.paths.work.resolve()),
+    }
+    return config_from_dict({"paths": paths}, config)
+
+
 def default_run_dir(config: Config, population: str) -> Path:
     """A new folder under ``<work_dir>/simulations``."""
     stamp = time.strftime("%Y%m%d-%H%M%S")
@@ -158,6 +167,7 @@ def simulate(
         population = load_population(
             population_name, config, num_devices=num_devices, seed=config.federation.seed
         )
+    config = absolute_paths(config)  # the apps run in other processes, other folders
     folder = Path(run_dir).resolve() if run_dir else default_run_dir(config, population_name)
     warm = config.federation.warm_start and population.phrases is not None
     spec = RunSpec(
@@ -225,6 +235,8 @@ def run_app(link: LocalSuperLink, spec: RunSpec, *, ray_address: str, verbose: b
     federation = spec.config.federation
     options = [f"num-supernodes={spec.num_devices}"]
     options.append(f"client-resources-num-cpus={federation.client_cpus}")
+    if not verbose:  # the devices' log lines stay in their processes
+        options.append("init-args-log-to-driver=false")
     if not ray_address:
         options.append(f"init-args-num-cpus={os.cpu_count() or 1}")
     command = ["flwr", "run", str(write_app(spec)), SIMULATION_CONNECTION, "--stream"]

@@ -249,6 +249,9 @@ def simulate_and_report(
     num_devices: int | None = None,
     run_dir: Path | None = None,
     baselines: bool = True,
+    reset_ledger: bool = False,
+    ray_address: str = "",
+    verbose: bool = False,
 ) -> dict[str, Any]:
     """Load the population, run the federation, the baselines and write the report
     (``fedsearch simulate``); return the summary (``table(summary)`` prints it)."""
@@ -261,6 +264,14 @@ def simulate_and_report(
         if len(population.devices) < 2:
             raise ConfigError(f"population {population_name}: a federation needs >= 2 devices")
         print(describe(population))
-        result = simulate(config, population_name, population=population, run_dir=run_dir)
+        result = simulate(
+            config,
+            population_name,
+            population=population,
+            run_dir=run_dir,
+            reset_ledger=reset_ledger,
+            ray_address=ray_address,
+            verbose=verbose,
+        )
     reference = run_baselines(population, config).metrics if baselines else None
     return write_report(result, population, reference, peak_memory_bytes=memory.peak_bytes)

@@ -17,6 +17,7 @@ from common.data.retail import (
     customer_histories,
     load_retail_products,
     load_retail_transactions,
+    products_from_transactions,
     split_history,
 )
 from common.data.searches import DeviceData, SearchExample
@@ -51,7 +52,10 @@ def load_retail(
     """The Online Retail population (see the module doc)."""
     settings = config.population
     transactions_path, products_path = retail_paths(config)
-    products, product_report = load_retail_products(products_path)
+    if products_path.is_file():
+        products, product_report = load_retail_products(products_path)
+    else:  # a transactions file alone: its own product table
+        products, product_report = products_from_transactions(transactions_path)
     if not products:
         raise ConfigError(f"population.retail_products: no products in {products_path}")
     purchases, purchase_report = load_retail_transactions(transactions_path)
@@ -66,9 +70,7 @@ def load_retail(
         )
     titles = [p.title for p in products]
     cache_dir = config.paths.work / "cache"
-    item_vectors = encode_texts(
-        encoder, titles, cache_dir, "retail-items", [products_path], progress
-    )
+    item_vectors = encode_texts(encoder, titles, cache_dir, "retail-items", [], progress)
     words = [p.category for p in products]
     used = sorted({words[index[i]] for c in customers for i in histories[c]})
     word_vectors = encode_texts(encoder, used, cache_dir, "retail-queries", [], progress)

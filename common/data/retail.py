@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import math
 import string
+from collections import Counter, defaultdict
 from collections.abc import Iterable
 from datetime import datetime
 from operator import attrgetter
 from pathlib import Path
+
+import numpy as np
 
 from common.data.fashion import read_csv_records
 from common.data.records import LoadReport, Product, Purchase
@@ -143,6 +146,36 @@ def _parse_product(record: dict[str, str], seen: set[str]) -> Product | str:
     return Product(
         id=code, title=title, image_path=None, category=product_type_word(title), price=price
     )
+
+
+def products_from_transactions(path: str | Path) -> tuple[list[Product], LoadReport]:
+    """The product table of a transactions file that comes without one: per product code of
+    the clean purchases, its most frequent description (ties: the first seen) and the
+    median unit price. Rows are read and skipped by the same rules as the purchases."""
+    path = Path(path)
+    report = LoadReport(source=f"{path} (products derived from the transactions)")
+    descriptions: dict[str, Counter[str]] = defaultdict(Counter)
+    prices: dict[str, list[float]] = defaultdict(list)
+    for record in read_csv_records(path, (*TRANSACTION_COLUMNS, "Description"), report):
+        purchase = _parse_purchase(record)
+        if isinstance(purchase, str):
+            report.skip(purchase)
+            continue
+        if record["Description"]:
+            descriptions[purchase.item_id][record["Description"]] += 1
+        prices[purchase.item_id].append(purchase.unit_price)
+    products = [
+        Product(
+            id=code,
+            title=(title := counts.most_common(1)[0][0]),
+            image_path=None,
+            category=product_type_word(title),
+            price=float(np.median(prices[code])),
+        )
+        for code, counts in sorted(descriptions.items())
+    ]
+    report.rows_kept = len(products)
+    return products, report
 
 
 def customer_histories(purchases: Iterable[Purchase], min_items: int = 5) -> dict[str, list[str]]:

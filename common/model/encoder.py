@@ -12,14 +12,13 @@
 
 from __future__ import annotations
 
-import functools
 import importlib
 import io
 import json
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from copy import copy, deepcopy
+from copy import deepcopy
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,6 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from transformers.utils import logging as hf_logging
 
-from common.config import TEXT_PRECISIONS
 from common.model.fusion import fuse
 from common.progress import progress_bar
 from common.security.versions import latest_version, read_manifest
@@ -218,48 +216,6 @@ def _pick_device(device: str) -> str:
         log.warning("encoder.device = cuda but no GPU is available: using the CPU")
         return "cpu"
     return device
-
-
-def with_text_precision(encoder: Encoder, precision: str) -> Encoder:
-    """``encoder`` (its model shared) whose text tower runs under autocast to ``precision``:
-    "float32", "bfloat16", or "auto" (bfloat16 where the device computes it natively, else
-    float32). bfloat16 encodes short queries ~1.6x faster on a CPU with AVX512-BF16, with
-    vectors within cos 0.9999 of float32. Asked for where unsupported, it says so and keeps
-    float32."""
-    if precision not in TEXT_PRECISIONS:
-        raise ValueError(
-            f"precision must be one of {', '.join(TEXT_PRECISIONS)}, got {precision!r}"
-        )
-    native = bf16_native(encoder.device)
-    if precision == "bfloat16" and not native:
-        log.warning("bfloat16 text encoding is not native on %s: using float32", encoder.device)
-    use_bf16 = precision != "float32" and native
-    if not use_bf16 and encoder.text_autocast is None:
-        return encoder
-    out = copy(encoder)
-    out.text_autocast = torch.bfloat16 if use_bf16 else None
-    return out
-
-
-def bf16_native(device: torch.device) -> bool:
-    """Whether ``device`` computes bfloat16 matrix products natively (a CPU: the AVX512-BF16
-    or AMX-BF16 instructions, read from ``/proc/cpuinfo``; elsewhere: no)."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    return device.type == "cpu" and bool(_CPU_BF16_FLAGS & _cpu_flags())
-
-
-_CPU_BF16_FLAGS = {"avx512_bf16", "amx_bf16"}
-
-
-@functools.cache
-def _cpu_flags() -> frozenset[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return frozenset()
-    line = next((ln for ln in text.splitlines() if ln.startswith("flags")), "")
-    return frozenset(line.partition(":")[2].split())
 
 
 def load_image(image: ImageInput) -> Image.Image:

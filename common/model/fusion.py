@@ -1,4 +1,5 @@
-"""Weighted fusion of text and image vectors (DESIGN decision 3)."""
+"""Weighted fusion of text and image vectors: one vector for a query or an item from its
+text, its image, or both (normalize(w_text * t + w_image * i); the weights live in config)."""
 
 from __future__ import annotations
 

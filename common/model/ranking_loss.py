@@ -1,4 +1,8 @@
-"""The per-sample ranking loss of the query adapter (DESIGN decision 4), and its negatives.
+"""The per-sample ranking loss of the query adapter, and its negatives.
+
+Per sample, because record-level DP bounds each sample's gradient: with in-batch negatives
+one search would move every other search's gradient (measured: changing one record changed
+every gradient in its batch) and the per-sample clipping argument would no longer hold.
 
 Every training path (centralized baseline, federated DP client) uses these functions, so
 both optimize the very same objective:
@@ -60,23 +64,28 @@ def negative_indices(
     shown_negatives: int,
     random_negatives: int,
     rng: np.random.Generator,
+    public_items: int | None = None,
 ) -> np.ndarray:
     """(B, shown_negatives + random_negatives) item indices of each search's negatives.
 
     Row ``i`` holds search ``i``'s first ``shown_negatives`` shown-but-not-clicked items (in
     impression order; empty slots get random items), then ``random_negatives`` random items.
-    Random items are uniform over the catalog minus the clicked item. The generator is
-    consumed identically whatever the searches hold, so one search never moves another's
-    negatives.
+    Random items are uniform over the first ``public_items`` rows of the item table (default:
+    all), minus the clicked item: on a device, the public catalog only, never the items that
+    entered its table through its own searches, which would make one search's presence
+    change the others' negatives. The generator is consumed identically whatever the searches
+    hold, so one search never moves another's negatives.
     """
     if shown_negatives < 0 or random_negatives < 0 or shown_negatives + random_negatives == 0:
         raise ValueError("need shown_negatives >= 0, random_negatives >= 0, and some negatives")
-    if n_items < 2:
-        raise ValueError(f"need at least 2 catalog items, got {n_items}")
+    pool = n_items if public_items is None else min(public_items, n_items)
+    if pool < 2:
+        raise ValueError(f"need at least 2 public catalog items, got {pool}")
     width = shown_negatives + random_negatives
     clicked = np.array([s.clicked for s in searches], dtype=np.int64)
-    out = rng.integers(0, n_items - 1, size=(len(searches), width), dtype=np.int64)
-    out += out >= clicked[:, None]  # skip over the clicked item
+    out = rng.integers(0, pool - 1, size=(len(searches), width), dtype=np.int64)
+    inside = (clicked < pool)[:, None]
+    out += inside & (out >= clicked[:, None])  # skip over a public clicked item
     for row, search in enumerate(searches):
         shown = np.asarray(search.shown, dtype=np.int64)
         others = shown[shown != search.clicked][:shown_negatives]
@@ -91,6 +100,7 @@ def search_tensors(
     shown_negatives: int,
     random_negatives: int,
     rng: np.random.Generator,
+    public_items: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Float32 tensors (queries (B,d), positives (B,d), negatives (B,m,d)) for a batch."""
     if len(searches) == 0:
@@ -104,6 +114,7 @@ def search_tensors(
         shown_negatives=shown_negatives,
         random_negatives=random_negatives,
         rng=rng,
+        public_items=public_items,
     )
     return (
         torch.from_numpy(queries),

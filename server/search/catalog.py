@@ -211,6 +211,9 @@ class Catalog:
         recall_queries: int = 500,
         query_vectors: np.ndarray | None = None,
         journal_max_ops: int = 1000,
+        memory_mb: float = 512.0,
+        pq_bytes: int = 48,
+        refine_factor: int = 10,
     ) -> Catalog:
         """Build the index over ``items`` and write a fresh store to ``folder`` (replacing it)."""
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
@@ -230,6 +233,9 @@ class Catalog:
                 min_recall=min_recall,
                 n_recall_queries=recall_queries,
                 queries=query_vectors,
+                memory_mb=memory_mb,
+                pq_bytes=pq_bytes,
+                refine_factor=refine_factor,
             )
             catalog = cls(
                 folder, index, journal_max_ops=journal_max_ops, exact_max_items=exact_max_items
@@ -343,11 +349,14 @@ class Catalog:
             top = np.argsort(-scores, kind="stable")[:n]
             return [(int(allowed[i]), float(scores[i])) for i in top]
         allowed_keys = None if allowed is None else self._rows.keys[allowed]
-        scores, keys = self.index.search(query, n, allowed_keys)
+        scores, keys = self.index.search(query, n, allowed_keys, self._vectors_of_keys)
         return [
             (self._rows.row_of[int(k)] if k >= 0 else -1, float(s))
             for s, k in zip(scores[0], keys[0], strict=True)
         ]
+
+    def _vectors_of_keys(self, keys: np.ndarray) -> np.ndarray:
+        return self._rows.vectors[[self._rows.row_of[int(k)] for k in keys]]
 
     def _filter_rows(self, filters: Filters) -> np.ndarray:
         n = self._rows.n
@@ -503,6 +512,8 @@ class Catalog:
             kind=info.kind,  # type: ignore[arg-type]
             nlist=info.nlist,
             nprobe=max(1, info.nprobe),
+            pq_bytes=info.pq_bytes or 48,
+            refine_factor=info.refine_factor,
         )
 
     def _write_snapshot(self, generation: int) -> None:

@@ -19,7 +19,7 @@ import numpy as np
 from common.config import Config
 from common.data.fashion import load_fashion_catalog
 from common.data.records import Product
-from common.model.encoder import Encoder, create_encoder, with_text_precision
+from common.model.encoder import Encoder, create_encoder
 from server.search.catalog import Catalog, Item
 from server.search.vector_index import IndexKind
 
@@ -35,13 +35,6 @@ def encoder_from_config(config: Config) -> Encoder:
         work_dir=config.paths.work,
         device=config.encoder.device,
     )
-
-
-def query_text_encoder(config: Config, encoder: Encoder) -> Encoder:
-    """``encoder`` with its text tower at ``search.query_precision``, for query texts."""
-    queries = with_text_precision(encoder, config.search.query_precision)
-    log.info("query texts are encoded in %s", queries.text_precision)
-    return queries
 
 
 def store_path(config: Config) -> Path:
@@ -79,21 +72,25 @@ def items_from_products(products: Sequence[Product], synthetic_prices: bool) -> 
 
 def catalog_text_queries(items: Sequence[Item], n: int, seed: int = 0) -> list[str]:
     """Distinct shopper-like text queries from item attributes and titles ("black watches",
-    "women casual shoes", ...), shuffled; for measuring recall on realistic queries."""
+    "women casual shoes", "black shoes for men", runs of three title words), shuffled; for
+    measuring recall on realistic queries and for the benchmark's load."""
     found: set[str] = set()
     for it in items:
         a = it.attributes
+        colour, gender = a.get("baseColour", ""), a.get("gender", "")
         for parts in (
-            (a.get("baseColour", ""), it.category),
-            (a.get("gender", ""), it.category),
+            (colour, it.category),
+            (gender, it.category),
             (a.get("usage", ""), it.category),
+            (a.get("season", ""), it.category),
+            (gender, colour, it.category),
+            (colour, it.category, "for", gender),
             (it.category,),
         ):
             if all(parts):
                 found.add(" ".join(parts).lower())
-        words = it.title.split()
-        if len(words) > 2:
-            found.add(" ".join(words[1:4]).lower())
+        words = it.title.lower().split()
+        found.update(" ".join(words[i : i + 3]) for i in range(1, len(words) - 2))
     queries = sorted(found)
     random.Random(seed).shuffle(queries)
     return queries[:n]
@@ -117,7 +114,7 @@ def build_catalog(
         image_weight=config.encoder.image_weight,
         progress=progress,
     )
-    ann = kind == "ivf" or (kind == "auto" and len(items) > config.search.exact_max_items)
+    ann = kind != "exact" and (kind != "auto" or len(items) > config.search.exact_max_items)
     queries = catalog_text_queries(items, config.search.recall_queries) if ann else []
     return create_catalog(
         config,
@@ -156,6 +153,9 @@ def create_catalog(
         recall_queries=s.recall_queries,
         query_vectors=query_vectors,
         journal_max_ops=s.journal_max_ops,
+        memory_mb=s.index_memory_mb,
+        pq_bytes=s.pq_bytes,
+        refine_factor=s.refine_factor,
     )
 
 

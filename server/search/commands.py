@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from common.cli import UsageError, add_config_arguments, config_from_args
+from server.search.index_kinds import INDEX_KINDS
 from server.search.threads import apply_thread_settings
 
 if TYPE_CHECKING:
@@ -27,12 +28,15 @@ def register_search_commands(subparsers: argparse._SubParsersAction) -> None:
         "index",
         help="encode the fashion catalog and build the search index",
         description="Encodes every fashion item (title + photo) with the base encoder, "
-        "builds a FAISS index (exact, or IVF above search.exact_max_items, with recall@10 "
-        "measured) and writes the catalog store the service serves.",
+        "builds a FAISS index and writes the catalog store the service serves. Kinds: exact; "
+        "IVF with float32 (ivf), float16 (ivf-fp16) or 8-bit (ivf-sq8) codes; IVF-PQ with "
+        "re-scoring on full vectors (ivf-pq). auto: exact up to search.exact_max_items, "
+        "above the most exact kind that fits search.index_memory_mb. Recall@10 against "
+        "exact search and bytes per item are measured and stored with the index.",
     )
     add_config_arguments(index)
     index.add_argument("--limit", type=int, help="index only the first N items")
-    index.add_argument("--kind", choices=("auto", "exact", "ivf"), default="auto")
+    index.add_argument("--kind", choices=("auto", *INDEX_KINDS), default="auto")
     index.set_defaults(handler=_index)
 
     serve = subparsers.add_parser(
@@ -73,16 +77,22 @@ def register_search_commands(subparsers: argparse._SubParsersAction) -> None:
 
     bench = subparsers.add_parser(
         "bench-search",
-        help="benchmark the search service over HTTP (exact vs ANN, 100k items)",
-        description="Builds a 100k-item index from the catalog's vectors plus perturbed "
-        "copies, serves it on 127.0.0.1, runs concurrent text-query clients and prints "
-        "p50/p99 latency, throughput, ANN recall@10 and the end-to-end/in-process ratio.",
+        help="benchmark the search service over HTTP (index kinds, workloads, 100k items)",
+        description="Builds a 100k-item index of each kind from the catalog's vectors plus "
+        "perturbed copies, serves it on 127.0.0.1, sends each workload (uniform: distinct "
+        "queries; zipf: repeating ones) from concurrent clients and prints p50/p99 latency, "
+        "throughput, server CPU per query by stage, cache hit rate, memory, ANN recall@10 "
+        "and the end-to-end/in-process ratio. The query model and precision are the "
+        "service's (encoder.query_model, search.query_precision).",
     )
     add_config_arguments(bench)
     bench.add_argument("--items", type=int, default=100_000)
     bench.add_argument("--clients", type=int, default=8)
-    bench.add_argument("--requests", type=int, default=2000, help="per index kind")
-    bench.add_argument("--kinds", default="exact,ivf", help="comma-separated: exact, ivf")
+    bench.add_argument("--requests", type=int, default=2000, help="per kind and workload")
+    bench.add_argument(
+        "--kinds", default="ivf,ivf-pq", help=f"comma-separated: {', '.join(INDEX_KINDS)}"
+    )
+    bench.add_argument("--workloads", default="uniform,zipf", help="comma-separated")
     bench.add_argument("--out", help="also write the figures as JSON to this file")
     bench.set_defaults(handler=_bench)
 
@@ -137,8 +147,9 @@ def _index(args: argparse.Namespace) -> int:
     print(
         f"indexed {len(catalog):,} items into {catalog.folder}: {info.kind} index on "
         f"{catalog.index.backend}, recall@10 vs exact {info.recall_at_10:.4f}"
-        + (f" (nlist {info.nlist}, nprobe {info.nprobe})" if info.kind == "ivf" else "")
-        + f", encoder {info.encoder_version}"
+        + (f" (nlist {info.nlist}, nprobe {info.nprobe})" if info.kind != "exact" else "")
+        + (f", re-scoring the top {info.refine_factor}k" if info.refine_factor else "")
+        + f", {info.bytes_per_item:,.0f} bytes per item, encoder {info.encoder_version}"
     )
     catalog.close()
     return 0
@@ -211,11 +222,10 @@ def _heard_with(config: Config, catalog: Catalog, audio: bytes, text: str) -> st
 @_user_errors
 def _bench(args: argparse.Namespace) -> int:
     from server.search.bench import run_search_bench
+    from server.search.load_generator import WORKLOADS
 
-    kinds = [k.strip() for k in args.kinds.split(",") if k.strip()]
-    for kind in kinds:
-        if kind not in ("exact", "ivf"):
-            raise UsageError(f"--kinds: unknown kind {kind!r} (exact, ivf)")
+    kinds = _listed(args.kinds, INDEX_KINDS, "--kinds")
+    workloads = _listed(args.workloads, WORKLOADS, "--workloads")
     if args.items < 1000 or args.clients < 1 or args.requests < args.clients:
         raise UsageError("need --items >= 1000, --clients >= 1 and --requests >= --clients")
     run_search_bench(
@@ -224,10 +234,21 @@ def _bench(args: argparse.Namespace) -> int:
         clients=args.clients,
         requests=args.requests,
         kinds=kinds,
+        workloads=workloads,
         out=args.out,
         command=" ".join(["fedsearch", *map(shlex.quote, sys.argv[1:])]),
     )
     return 0
+
+
+def _listed(text: str, known: tuple[str, ...], option: str) -> list[str]:
+    names = [k.strip() for k in text.split(",") if k.strip()]
+    for name in names:
+        if name not in known:
+            raise UsageError(f"{option}: unknown {name!r} ({', '.join(known)})")
+    if not names:
+        raise UsageError(f"{option}: name at least one of {', '.join(known)}")
+    return names
 
 
 @_user_errors

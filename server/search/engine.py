@@ -3,8 +3,10 @@
 query (text | image | both) -> base query vector -> global adapter -> FAISS top-N
 candidates (with filters) -> optional rerank with the request's user vector -> top-k.
 A request reads the serving state (adapter version + catalog) once, so it is served wholly
-by one version; a hot swap replaces that one reference. The user vector is used for this
-request's reranking only: never stored, never logged.
+by one version; a hot swap replaces that one reference and clears the query cache. The user
+vector is used for this request's reranking only: never stored, never logged.
+``stage_cpu_s`` adds up the CPU time of the index search (with its re-scoring on full
+vectors) and of the personal rerank, in the threads that run them.
 """
 
 from __future__ import annotations
@@ -79,6 +81,8 @@ class SearchEngine:
         self.candidates = candidates
         self._state = ServingState(model or ModelState(), catalog)
         self._swap_lock = threading.Lock()
+        self.stage_cpu_s = {"search": 0.0, "rerank": 0.0}
+        self._stage_lock = threading.Lock()
 
     @property
     def state(self) -> ServingState:
@@ -88,6 +92,8 @@ class SearchEngine:
         """Serve ``model`` from the next request on (one reference assignment)."""
         with self._swap_lock:
             self._state = ServingState(model, self._state.catalog)
+            if self.query_encoder.cache is not None:
+                self.query_encoder.cache.clear()
 
     def encode(self, query: Query) -> np.ndarray:
         """The base (not adapted) query vector."""
@@ -115,9 +121,14 @@ class SearchEngine:
         adapted = state.model.adapt(base[None, :])[0]
         personal = query.user_vector is not None and query.personalization_weight > 0
         n = max(query.k, self.candidates) if personal else query.k
+        cpu = time.thread_time()
         items, scores, vectors = state.catalog.search(adapted, n, query.filters)
+        searched = time.thread_time()
         user = query.user_vector if personal else None
         order, final = rerank(scores, vectors, user, query.personalization_weight)
+        with self._stage_lock:
+            self.stage_cpu_s["search"] += searched - cpu
+            self.stage_cpu_s["rerank"] += time.thread_time() - searched
         hits = [
             SearchHit(items[i], float(s), float(scores[i]), vectors[i])
             for i, s in zip(order[: query.k], final[: query.k], strict=False)

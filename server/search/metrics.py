@@ -8,8 +8,15 @@ one process may hold several apps (the tests build one per test). Series:
   template (``/items/{item_id}``, so item ids never become series), ``unmatched`` when no
   route served the path;
 - ``fedsearch_index_items``, ``fedsearch_index_recall_at_10{kind}`` (measured when the
-  index was built) and ``fedsearch_model_info{version,encoder}`` (value 1), read from the
-  serving state at scrape time, so they always describe what requests are served by.
+  index was built), ``fedsearch_index_bytes_per_item{kind}`` and
+  ``fedsearch_model_info{version,encoder}`` (value 1), read from the serving state at scrape
+  time, so they always describe what requests are served by;
+- ``fedsearch_query_cache_hits_total``, ``..._misses_total``, ``fedsearch_query_cache_hit_ratio``
+  and ``fedsearch_query_cache_entries`` (when the query cache is on);
+- ``fedsearch_stage_cpu_seconds_total{stage}``: CPU time spent encoding queries (``encode``),
+  searching the index (``search``, including ``refine``: re-scoring a compressed index's
+  shortlist on full vectors) and reranking with user vectors (``rerank``). The rest of the
+  process's CPU time is HTTP, JSON and the framework.
 """
 
 from __future__ import annotations
@@ -18,7 +25,7 @@ import time
 from collections.abc import Iterator
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.exposition import choose_encoder
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -48,6 +55,24 @@ class ServingStateCollector:
         )
         recall.add_metric([index.info.kind], index.info.recall_at_10)
         yield recall
+        size = GaugeMetricFamily(
+            "fedsearch_index_bytes_per_item",
+            "bytes per item of the index's vector codes and ids",
+            labels=["kind"],
+        )
+        size.add_metric([index.info.kind], index.info.bytes_per_item)
+        yield size
+        yield from self._query_cache()
+        stages = CounterMetricFamily(
+            "fedsearch_stage_cpu_seconds",
+            "CPU seconds by stage of the search pipeline",
+            labels=["stage"],
+        )
+        stages.add_metric(["encode"], self._engine.query_encoder.encode_cpu_s)
+        for stage, seconds in self._engine.stage_cpu_s.items():
+            stages.add_metric([stage], seconds)
+        stages.add_metric(["refine"], index.refine_cpu_s)
+        yield stages
         model = GaugeMetricFamily(
             "fedsearch_model_info",
             "the adapter version being served (value 1)",
@@ -55,6 +80,23 @@ class ServingStateCollector:
         )
         model.add_metric([state.model.version, self._encoder_version], 1)
         yield model
+
+    def _query_cache(self) -> Iterator[Metric]:
+        cache = self._engine.query_encoder.cache
+        if cache is None:
+            return
+        yield CounterMetricFamily(
+            "fedsearch_query_cache_hits", "query texts answered from the cache", value=cache.hits
+        )
+        yield CounterMetricFamily(
+            "fedsearch_query_cache_misses", "query texts encoded", value=cache.misses
+        )
+        yield GaugeMetricFamily(
+            "fedsearch_query_cache_hit_ratio", "hits / (hits + misses)", value=cache.hit_rate
+        )
+        yield GaugeMetricFamily(
+            "fedsearch_query_cache_entries", "encoded query texts held", value=len(cache)
+        )
 
 
 class ServiceMetrics:

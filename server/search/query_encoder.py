@@ -1,14 +1,19 @@
 """Base query vectors for the search service, with concurrent requests encoded in batches.
 
-One worker thread owns the encoder for queries: it takes every request waiting in its queue
+One worker thread owns the encoders for queries: it takes every request waiting in its queue
 (up to ``max_batch``) and encodes their texts in one call and their images in another, so
-under load the encoder runs few large batches instead of many competing small ones.
+under load the encoders run few large batches instead of many competing small ones. Texts
+go to the query text tower (the base encoder's, or a distilled student), images to the base
+encoder. With a ``QueryVectorCache``, a text query seen before is answered in the calling
+thread without waiting for the worker, and each encoded text is remembered.
+``encode_cpu_s`` adds up the worker's CPU time spent encoding.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -17,6 +22,8 @@ from PIL import Image
 
 from common.model.encoder import Encoder
 from common.model.fusion import fuse
+from common.model.precision import PrecisionChoice, TextTower
+from server.search.query_cache import CacheKey, QueryVectorCache, normalize_query
 
 
 @dataclass
@@ -25,22 +32,40 @@ class _Job:
     image: Image.Image | None
     text_weight: float
     image_weight: float
+    text_vector: np.ndarray | None = None
     future: Future = field(default_factory=Future)
 
 
 class QueryEncoder:
     """Thread-safe ``encode(text, image)`` -> fused, normalized base query vector."""
 
-    def __init__(self, encoder: Encoder, *, max_batch: int = 32) -> None:
-        self.encoder = encoder
+    def __init__(
+        self,
+        text_tower: TextTower,
+        image_encoder: Encoder,
+        *,
+        max_batch: int = 32,
+        cache: QueryVectorCache | None = None,
+        precision: PrecisionChoice | None = None,
+    ) -> None:
+        self.text_tower = text_tower
+        self.image_encoder = image_encoder
         self.max_batch = max_batch
+        self.cache = cache
+        self.encode_cpu_s = 0.0
+        self.precision_choice = precision
+        self._lower = _ignores_case(text_tower)
         self._queue: queue.Queue[_Job | None] = queue.Queue()
         self._thread = threading.Thread(target=self._run, name="query-encoder", daemon=True)
         self._thread.start()
 
     @property
     def dim(self) -> int:
-        return self.encoder.dim
+        return self.image_encoder.dim
+
+    def cache_key(self, text: str) -> CacheKey:
+        tower = self.text_tower
+        return (tower.version, normalize_query(text, lower=self._lower), tower.text_precision)
 
     def encode(
         self,
@@ -53,7 +78,10 @@ class QueryEncoder:
     ) -> np.ndarray:
         if not text and image is None:
             raise ValueError("a query needs text, an image, or both")
-        job = _Job(text or None, image, text_weight, image_weight)
+        cached = self.cache.get(self.cache_key(text)) if text and self.cache is not None else None
+        if cached is not None and image is None:
+            return fuse(cached, None, text_weight=text_weight)
+        job = _Job(text or None, image, text_weight, image_weight, cached)
         self._queue.put(job)
         return job.future.result(timeout=timeout)
 
@@ -76,27 +104,47 @@ class QueryEncoder:
                     self._queue.put(None)
                     break
                 jobs.append(nxt)
+            start = time.thread_time()
             try:
                 vectors = self._encode_batch(jobs)
             except Exception as exc:  # every waiting request gets the error, the worker lives
                 for j in jobs:
                     j.future.set_exception(exc)
                 continue
+            finally:
+                self.encode_cpu_s += time.thread_time() - start
             for j, vector in zip(jobs, vectors, strict=True):
                 j.future.set_result(vector)
 
     def _encode_batch(self, jobs: list[_Job]) -> list[np.ndarray]:
-        dim = self.encoder.dim
+        dim = self.dim
         texts = np.zeros((len(jobs), dim), dtype=np.float32)
         images = np.zeros((len(jobs), dim), dtype=np.float32)
-        with_text = [i for i, j in enumerate(jobs) if j.text]
+        to_encode = [i for i, j in enumerate(jobs) if j.text and j.text_vector is None]
         with_image = [i for i, j in enumerate(jobs) if j.image is not None]
-        if with_text:
-            texts[with_text] = self.encoder.encode_text([jobs[i].text for i in with_text])
+        for i, j in enumerate(jobs):
+            if j.text_vector is not None:
+                texts[i] = j.text_vector
+        if to_encode:
+            texts[to_encode] = self.text_tower.encode_text([jobs[i].text for i in to_encode])
+            if self.cache is not None:
+                for i in to_encode:
+                    self.cache.put(self.cache_key(jobs[i].text or ""), texts[i])
         if with_image:
-            images[with_image] = self.encoder.encode_image([jobs[i].image for i in with_image])
+            images[with_image] = self.image_encoder.encode_image(
+                [jobs[i].image for i in with_image]
+            )
         text_w = np.array([j.text_weight if j.text else 0.0 for j in jobs], dtype=np.float32)
         image_w = np.array(
             [j.image_weight if j.image is not None else 0.0 for j in jobs], dtype=np.float32
         )
         return list(fuse(texts, images, text_weight=text_w, image_weight=image_w))
+
+
+def _ignores_case(tower: TextTower) -> bool:
+    """Whether the tower's tokenizer reads "Ab Cd" and "ab cd" as the same tokens."""
+    tokenizer = getattr(tower, "tokenizer", None)
+    if tokenizer is None:
+        return False
+    upper, lower = tokenizer(["Black Casual SHOES"]), tokenizer(["black casual shoes"])
+    return bool(np.array_equal(np.asarray(upper), np.asarray(lower)))

@@ -46,15 +46,11 @@ from server.search.api import (
     validation_error,
 )
 from server.search.catalog import Catalog, Item
-from server.search.catalog_build import (
-    encoder_from_config,
-    open_or_build_catalog,
-    query_text_encoder,
-)
+from server.search.catalog_build import encoder_from_config, open_or_build_catalog
 from server.search.engine import SearchEngine
 from server.search.metrics import MetricsMiddleware, ServiceMetrics
 from server.search.model_state import ModelWatcher
-from server.search.query_encoder import QueryEncoder
+from server.search.query_model import describe_query_path, query_encoder_from_config
 from server.search.shoppers import shoppers_for
 from server.search.spoken import SpokenQueries, transcript_json, with_transcript
 
@@ -79,7 +75,7 @@ class SearchService:
         self.encoder = encoder
         self.catalog = catalog
         self.engine = SearchEngine(
-            QueryEncoder(query_text_encoder(config, encoder), max_batch=config.search.max_batch),
+            query_encoder_from_config(config, encoder),
             catalog,
             candidates=config.search.candidates,
         )
@@ -332,7 +328,8 @@ def _add_ops_routes(app: FastAPI, service: SearchService) -> None:
         return {
             "model": state.model.describe(),
             "encoder_version": service.encoder.version,
-            "query_precision": service.engine.query_encoder.encoder.text_precision,
+            "query_precision": service.engine.query_encoder.text_tower.text_precision,
+            "query": describe_query_path(service.engine.query_encoder),
             "index": {**asdict(index.info), "backend": index.backend, "items": index.ntotal},
             "catalog": {"items": len(state.catalog), "store": str(state.catalog.folder)},
             "registry": {

@@ -31,13 +31,9 @@ from common.config import Config
 from common.progress import progress_bar
 from common.speech.vocabulary import spoken_words
 from server.search.catalog import Item
-from server.search.catalog_build import (
-    encoder_from_config,
-    open_or_build_catalog,
-    query_text_encoder,
-)
+from server.search.catalog_build import encoder_from_config, open_or_build_catalog
 from server.search.engine import Query, SearchEngine
-from server.search.query_encoder import QueryEncoder
+from server.search.query_model import query_encoder_from_config
 from server.search.spoken import SpokenQueries
 
 K = 10
@@ -151,7 +147,7 @@ def run_speech_bench(
     """Run the benchmark, print its table and return (and optionally write) the figures."""
     encoder = encoder_from_config(config)
     catalog = open_or_build_catalog(config, encoder)
-    engine = SearchEngine(QueryEncoder(query_text_encoder(config, encoder)), catalog)
+    engine = SearchEngine(query_encoder_from_config(config, encoder), catalog)
     try:
         items = catalog.items()
         speech = SpokenQueries(config.speech, items)

@@ -1,20 +1,24 @@
 """The FAISS index over item vectors.
 
-Exact inner product (``IndexIDMap2`` over ``IndexFlatIP``) for small catalogs; IVF-Flat above
-``exact_max_items``, with recall@10 against exact measured at build time and ``nprobe``
-raised until it reaches the target. IVF keeps its own ids and supports ``remove_ids``, so
-both kinds take upserts and deletes in place (FAISS's HNSW cannot delete, hence IVF).
-Ids are int64 keys; the catalog maps them to item ids. Vectors are L2-normalized float32,
-so inner product is cosine similarity.
+Exact inner product (``IndexIDMap2`` over ``IndexFlatIP``) for small catalogs; above
+``exact_max_items`` an IVF index with float32, float16, 8-bit or product-quantized codes
+(``server.search.index_kinds``), with recall@10 against exact measured at build time and
+``nprobe`` raised until it reaches the target. IVF keeps its own ids and supports
+``remove_ids``, so every kind takes upserts and deletes in place (FAISS's HNSW cannot
+delete, hence IVF). A product-quantized index returns a shortlist that ``search`` re-scores
+on the full vectors the caller provides. Ids are int64 keys; the catalog maps them to item
+ids. Vectors are L2-normalized float32, so inner product is cosine similarity.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
@@ -22,12 +26,15 @@ from typing import Literal
 import faiss
 import numpy as np
 
+from server.search.index_kinds import REFINED_KINDS, choose_kind, train_ann
+
 log = logging.getLogger(__name__)
 
 INDEX_FILE = "index.faiss"
 INFO_FILE = "index.json"
 RECALL_K = 10
-IndexKind = Literal["auto", "exact", "ivf"]
+IndexKind = Literal["auto", "exact", "ivf", "ivf-fp16", "ivf-sq8", "ivf-pq"]
+VectorLookup = Callable[[np.ndarray], np.ndarray]
 
 
 def faiss_backend() -> str:
@@ -38,7 +45,9 @@ def faiss_backend() -> str:
 
 @dataclass(frozen=True)
 class IndexInfo:
-    """How an index was built; stored beside it and reported by the service."""
+    """How an index was built; stored beside it and reported by the service.
+    ``bytes_per_item``: the serialized index's size over its items; ``refine_factor`` > 0:
+    the shortlist of ``refine_factor * k`` is re-scored on full vectors."""
 
     kind: str
     dim: int
@@ -50,6 +59,9 @@ class IndexInfo:
     nprobe: int = 0
     build_seconds: float = 0.0
     built_at: float = 0.0
+    bytes_per_item: float = 0.0
+    pq_bytes: int = 0
+    refine_factor: int = 0
 
 
 def ann_recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
@@ -88,12 +100,14 @@ class VectorIndex:
     """A FAISS index with int64 keys, searchable with an optional allowed-key filter.
 
     Not thread-safe for mutation: the catalog serializes writers against readers.
+    ``refine_cpu_s`` adds up the CPU time of re-scoring shortlists on full vectors.
     """
 
     def __init__(self, index: faiss.Index, info: IndexInfo) -> None:
         self.index = index
         self.info = info
         self.backend = faiss_backend()
+        self.refine_cpu_s = 0.0
         self._gpu_index: faiss.Index | None = None
         self._gpu_resources = None
         self._gpu_lock = threading.Lock()  # FAISS GPU indexes are not thread-safe
@@ -120,45 +134,60 @@ class VectorIndex:
         min_recall: float = 0.95,
         n_recall_queries: int = 500,
         queries: np.ndarray | None = None,
+        memory_mb: float = 512.0,
+        pq_bytes: int = 48,
+        refine_factor: int = 10,
         seed: int = 0,
     ) -> VectorIndex:
         """Build over ``vectors`` (n, d) float32 with int64 ``keys``; measure recall@10 on
-        ``queries`` (real query vectors) or, without them, on noisy item vectors."""
+        ``queries`` (real query vectors) or, without them, on noisy item vectors. ``auto``
+        picks the kind by size and ``memory_mb`` (``index_kinds.choose_kind``)."""
         vectors, keys = _as_vectors(vectors), _as_keys(keys)
         if len(vectors) != len(keys):
             raise ValueError(f"{len(vectors)} vectors but {len(keys)} keys")
+        dim = int(vectors.shape[1])
         if kind == "auto":
-            kind = "exact" if len(vectors) <= exact_max_items else "ivf"
+            kind = choose_kind(  # type: ignore[assignment]
+                len(vectors), dim, exact_max_items=exact_max_items, memory_mb=memory_mb,
+                pq_bytes=pq_bytes,
+            )  # fmt: skip
         start = time.perf_counter()
         source = "query-vectors" if queries is not None else "noisy-items"
         if queries is not None:
             queries = _as_vectors(queries)[:n_recall_queries]
         elif len(vectors):
             queries = noisy_item_queries(vectors, n_recall_queries, seed)
-        if kind == "exact":
-            index = faiss.IndexIDMap2(faiss.IndexFlatIP(vectors.shape[1]))
-            index.add_with_ids(vectors, keys)
-            nlist, recall = 0, 1.0
-        elif kind == "ivf":
-            index, nlist = _train_ivf(vectors, nlist, seed)
-            index.add_with_ids(vectors, keys)
-            nprobe, recall = _tune_nprobe(index, vectors, keys, queries, nprobe, min_recall)
-        else:
-            raise ValueError(f"unknown index kind {kind!r} (auto, exact or ivf)")
+        refined = kind in REFINED_KINDS
         info = IndexInfo(
             kind=kind,
-            dim=int(vectors.shape[1]),
+            dim=dim,
             encoder_version=encoder_version,
-            recall_at_10=round(recall, 4),
+            recall_at_10=1.0,
             recall_queries=0 if queries is None else len(queries),
             recall_query_source=source,
-            nlist=nlist,
-            nprobe=nprobe if kind == "ivf" else 0,
+            pq_bytes=pq_bytes if kind == "ivf-pq" else 0,
+            refine_factor=refine_factor if refined else 0,
+        )
+        if kind == "exact":
+            index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
+            index.add_with_ids(vectors, keys)
+            out = cls(index, info)
+        else:
+            index, nlist = train_ann(kind, vectors, nlist, pq_bytes, seed)
+            index.add_with_ids(vectors, keys)
+            out = cls(index, dataclasses.replace(info, nlist=nlist))
+            out._tune_nprobe(vectors, keys, queries, nprobe, min_recall)
+        out.info = dataclasses.replace(
+            out.info,
             build_seconds=round(time.perf_counter() - start, 3),
             built_at=time.time(),
+            bytes_per_item=round(len(faiss.serialize_index(index)) / max(1, len(vectors)), 1),
         )
-        log.info("built %s index of %d items: recall@10 %.4f", kind, len(vectors), recall)
-        return cls(index, info)
+        log.info(
+            "built %s index of %d items: recall@10 %.4f, %.0f bytes per item",
+            kind, len(vectors), out.info.recall_at_10, out.info.bytes_per_item,
+        )  # fmt: skip
+        return out
 
     def add(self, vectors: np.ndarray, keys: np.ndarray) -> None:
         self.index.add_with_ids(_as_vectors(vectors), _as_keys(keys))
@@ -170,14 +199,33 @@ class VectorIndex:
         return removed
 
     def search(
-        self, queries: np.ndarray, k: int, allowed: np.ndarray | None = None
+        self,
+        queries: np.ndarray,
+        k: int,
+        allowed: np.ndarray | None = None,
+        full_vectors: VectorLookup | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Top-k (scores, keys) per query row; ``allowed``: only these keys. -1 pads."""
+        """Top-k (scores, keys) per query row; ``allowed``: only these keys. -1 pads.
+        ``full_vectors`` (keys -> float32 rows): re-score a compressed index's shortlist
+        exactly; without it the approximate scores are returned."""
         queries = _as_vectors(np.atleast_2d(queries))
         k = max(1, min(k, self.ntotal)) if self.ntotal else 1
+        refine = self.info.refine_factor if full_vectors is not None else 0
+        shortlist = min(k * refine, self.ntotal) if refine else k
+        scores, keys = self._search(queries, max(1, shortlist), allowed)
+        if not refine or full_vectors is None:
+            return scores, keys
+        start = time.thread_time()
+        out = _rescore(queries, keys, full_vectors, k)
+        self.refine_cpu_s += time.thread_time() - start
+        return out
+
+    def _search(
+        self, queries: np.ndarray, k: int, allowed: np.ndarray | None
+    ) -> tuple[np.ndarray, np.ndarray]:
         if allowed is not None:
             selector = faiss.IDSelectorBatch(_as_keys(allowed))
-            if self.info.kind == "ivf":
+            if self.info.kind != "exact":
                 params = faiss.SearchParametersIVF(sel=selector, nprobe=self.info.nprobe)
             else:
                 params = faiss.SearchParameters(sel=selector)
@@ -185,19 +233,59 @@ class VectorIndex:
         if self.backend != "faiss-gpu":
             return self.index.search(queries, k)
         with self._gpu_lock:
-            return self._gpu_copy().search(queries, k)
+            gpu = self._gpu_copy()
+            return (gpu or self.index).search(queries, k)
 
-    def _gpu_copy(self) -> faiss.Index:
-        """A GPU copy of the index for unfiltered searches, remade after each change."""
+    def _gpu_copy(self) -> faiss.Index | None:
+        """A GPU copy of the index for unfiltered searches, remade after each change; None
+        (and the CPU index from then on) when FAISS cannot put this kind on the GPU."""
         if self._gpu_index is None:
-            if self._gpu_resources is None:
-                self._gpu_resources = faiss.StandardGpuResources()
-            self._gpu_index = faiss.index_cpu_to_gpu(self._gpu_resources, 0, self.index)
-            if self.info.kind == "ivf":
+            try:
+                if self._gpu_resources is None:
+                    self._gpu_resources = faiss.StandardGpuResources()
+                self._gpu_index = faiss.index_cpu_to_gpu(self._gpu_resources, 0, self.index)
+            except RuntimeError as exc:
+                log.warning(
+                    "%s index stays on the CPU: FAISS GPU refused it (%s)", self.info.kind, exc
+                )
+                self.backend = "faiss-cpu"
+                return None
+            if self.info.kind != "exact":
                 faiss.GpuParameterSpace().set_index_parameter(
                     self._gpu_index, "nprobe", self.info.nprobe
                 )
         return self._gpu_index
+
+    def _tune_nprobe(
+        self,
+        vectors: np.ndarray,
+        keys: np.ndarray,
+        queries: np.ndarray | None,
+        nprobe: int,
+        min_recall: float,
+    ) -> None:
+        """Smallest power-of-two multiple of ``nprobe`` whose recall@10 (after re-scoring,
+        for refined kinds) reaches ``min_recall``; sets ``info.nprobe`` and the recall."""
+        ivf = faiss.extract_index_ivf(self.index)
+        nprobe = min(nprobe, ivf.nlist)
+        if queries is None or not len(queries):
+            self._set_nprobe(nprobe, 1.0)
+            return
+        truth = exact_top_k(vectors, keys, queries, RECALL_K)
+        lookup = _row_lookup(vectors, keys)
+        while True:
+            self._set_nprobe(nprobe, 0.0)
+            found = self.search(queries, RECALL_K, full_vectors=lookup)[1]
+            recall = ann_recall_at_k(found, truth)
+            if recall >= min_recall or nprobe >= ivf.nlist:
+                self._set_nprobe(nprobe, recall)
+                self.refine_cpu_s = 0.0
+                return
+            nprobe = min(2 * nprobe, ivf.nlist)
+
+    def _set_nprobe(self, nprobe: int, recall: float) -> None:
+        faiss.extract_index_ivf(self.index).nprobe = nprobe
+        self.info = dataclasses.replace(self.info, nprobe=nprobe, recall_at_10=round(recall, 4))
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
@@ -211,41 +299,29 @@ class VectorIndex:
                 raise FileNotFoundError(f"index file not found: {folder / name}")
         info = IndexInfo(**json.loads((folder / INFO_FILE).read_text(encoding="utf-8")))
         index = faiss.read_index(str(folder / INDEX_FILE))
-        if info.kind == "ivf":
+        if info.kind != "exact":
             faiss.extract_index_ivf(index).nprobe = info.nprobe
         return cls(index, info)
 
 
-def _train_ivf(vectors: np.ndarray, nlist: int, seed: int) -> tuple[faiss.Index, int]:
-    n, dim = vectors.shape
-    if nlist <= 0:
-        nlist = int(4 * math.sqrt(n))
-    nlist = max(1, min(nlist, n // 39))
-    rng = np.random.default_rng(seed)
-    train = vectors[rng.choice(n, size=min(n, nlist * 64), replace=False)]
-    index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, nlist, faiss.METRIC_INNER_PRODUCT)
-    index.cp.seed = seed
-    index.train(train)
-    return index, nlist
+def _rescore(
+    queries: np.ndarray, keys: np.ndarray, full_vectors: VectorLookup, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-k of each row's shortlist ``keys`` (-1 padded), by the full vectors."""
+    scores = np.full((len(queries), k), -np.inf, dtype=np.float32)
+    out = np.full((len(queries), k), -1, dtype=np.int64)
+    for row, (query, found) in enumerate(zip(queries, keys, strict=True)):
+        found = found[found >= 0]
+        exact = full_vectors(found) @ query
+        top = np.argsort(-exact, kind="stable")[:k]
+        scores[row, : len(top)], out[row, : len(top)] = exact[top], found[top]
+    return scores, out
 
 
-def _tune_nprobe(
-    index: faiss.IndexIVFFlat,
-    vectors: np.ndarray,
-    keys: np.ndarray,
-    queries: np.ndarray,
-    nprobe: int,
-    min_recall: float,
-) -> tuple[int, float]:
-    """Smallest power-of-two multiple of ``nprobe`` whose recall@10 reaches ``min_recall``."""
-    truth = exact_top_k(vectors, keys, queries, RECALL_K)
-    nprobe = min(nprobe, index.nlist)
-    while True:
-        index.nprobe = nprobe
-        recall = ann_recall_at_k(index.search(queries, RECALL_K)[1], truth)
-        if recall >= min_recall or nprobe >= index.nlist:
-            return nprobe, recall
-        nprobe = min(2 * nprobe, index.nlist)
+def _row_lookup(vectors: np.ndarray, keys: np.ndarray) -> VectorLookup:
+    order = np.argsort(keys)
+    sorted_keys = keys[order]
+    return lambda wanted: vectors[order[np.searchsorted(sorted_keys, wanted)]]
 
 
 def _as_vectors(vectors: np.ndarray) -> np.ndarray:

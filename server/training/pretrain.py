@@ -1,7 +1,9 @@
 """``fedsearch pretrain``: CLIP-style training of the vision tower, text tower locked.
 
-Images are mapped into MiniLM's 384-d space (DESIGN decision 2). Because the text tower is
-frozen, the title vectors are computed once; each step only runs the vision tower. Photos are
+Images are mapped into MiniLM's 384-d space, with no text projection: in a trial, learning a
+text projection cut category precision from 0.56 to 0.39, while the pretrained MiniLM
+space already places queries and titles well. Because the text tower is frozen, the title
+vectors are computed once; each step only runs the vision tower. Photos are
 preprocessed once into one tensor, and augmentation (flip, small shifts) runs on batches.
 A seeded split keeps ``val_fraction`` of the items out of training for evaluation.
 """

@@ -89,6 +89,19 @@ def test_retail_runs_on_another_file_and_subsets(tmp_path, retail_files, encoder
         load("nope", config, encoder)
 
 
+def test_retail_without_a_product_table_derives_it_from_the_transactions(
+    tmp_path, retail_files, encoder
+):
+    (retail_files["folder"] / "products.csv").unlink()
+    population = load("retail", make_config(tmp_path), encoder)
+    # the products the customers bought, with their descriptions
+    assert set(population.item_ids) <= set(PRODUCTS) and len(population.item_ids) == 10
+    titles = dict(zip(population.item_ids, population.item_titles, strict=True))
+    assert all(titles[code] == PRODUCTS[code] for code in titles)
+    assert {d.device_id for d in population.devices} == {"customer-100", "customer-200"}
+    assert "derived from the transactions" in population.info["products"]
+
+
 @pytest.mark.skipif(
     not (default_data_dir() / "online_retail_uci" / "sample_50_customers.csv").is_file(),
     reason="shared retail data not present",

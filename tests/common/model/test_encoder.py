@@ -7,11 +7,9 @@ from PIL import Image
 
 from common.model.encoder import (
     EncoderError,
-    bf16_native,
     builtin_models,
     create_encoder,
     load_image,
-    with_text_precision,
 )
 
 TITLES = ["Nike Men Black Running Shoes", "Titan Women Gold Watch", "Puma Men Blue Tshirt"]
@@ -49,28 +47,6 @@ def test_trimmed_padding_gives_the_full_width_vectors(untrained_encoder):
         tokens = untrained_encoder.tokenizer(texts)  # padded to the full context length
         full = untrained_encoder.model.encode_text(tokens, normalize=True).numpy()
     np.testing.assert_allclose(untrained_encoder.encode_text(texts), full, atol=1e-5)
-
-
-def test_query_text_precision(untrained_encoder, monkeypatch, caplog):
-    queries = ["black casual shoes", "women watches", "blue jeans for men"]
-    full = untrained_encoder.encode_text(queries)
-    assert with_text_precision(untrained_encoder, "float32") is untrained_encoder
-    with pytest.raises(ValueError, match="precision"):
-        with_text_precision(untrained_encoder, "fp8")
-    if bf16_native(untrained_encoder.device):
-        fast = with_text_precision(untrained_encoder, "auto")
-        assert fast.model is untrained_encoder.model and fast.text_precision == "bfloat16"
-        assert untrained_encoder.text_precision == "float32"
-        half = fast.encode_text(queries)
-        assert not np.array_equal(half, full)  # it really ran in bfloat16 ...
-        assert np.min(np.sum(half * full, axis=1)) > 0.999  # ... and stays close to float32
-        np.testing.assert_allclose(fast.encode_text(queries[:1])[0], half[0], atol=1e-6)
-    # hardware without native bfloat16: float32 is kept, and said
-    monkeypatch.setattr("common.model.encoder.bf16_native", lambda device: False)
-    assert with_text_precision(untrained_encoder, "auto") is untrained_encoder
-    with caplog.at_level("WARNING"):
-        assert with_text_precision(untrained_encoder, "bfloat16") is untrained_encoder
-    assert "not native" in caplog.text
 
 
 def test_fused_query_and_items(untrained_encoder, small_catalog):

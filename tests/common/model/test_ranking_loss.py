@@ -156,3 +156,17 @@ def test_search_tensors_shapes_and_positives():
     np.testing.assert_array_equal(pos.numpy(), items[[s.clicked for s in searches]])
     with pytest.raises(ValueError):
         search_tensors([], items, shown_negatives=1, random_negatives=1, rng=None)
+
+
+def test_random_negatives_come_from_the_public_items_only():
+    rng = np.random.default_rng(3)
+    public = 10
+    searches = [
+        SearchExample(np.zeros(4, np.float32), np.array([c, 11]), c) for c in (2, 12, 5, 13)
+    ]
+    negatives = negative_indices(
+        searches, 14, shown_negatives=0, random_negatives=200, rng=rng, public_items=public
+    )
+    assert negatives.max() < public
+    for row, search in zip(negatives, searches, strict=True):
+        assert search.clicked not in row  # never the device's own click

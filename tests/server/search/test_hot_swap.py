@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from common.model.adapter import ADAPTER_FILE, QueryAdapter
 from common.security.signing import generate_signing_key, load_private_key, signer
 from common.security.versions import write_version
-from server.search.catalog_build import query_text_encoder
+from server.search.query_model import query_text_tower
 
 QUERY = {"text": "black watch", "k": 5}
 
@@ -45,7 +45,7 @@ def test_publish_under_load_zero_failures_and_one_version_per_response(
 ):
     app, config = make_app(watch_registry=True)
     adapter = random_adapter(1)
-    q = query_text_encoder(config, untrained_encoder).encode_text([QUERY["text"]])[0]
+    q = query_text_tower(config, untrained_encoder)[0].encode_text([QUERY["text"]])[0]
     expected = {
         "base": expected_scores(q, search_vectors),
         "v0001": expected_scores(q, search_vectors, adapter),

@@ -36,12 +36,12 @@ def test_text_search_returns_results_with_version_and_timing(client):
 
 
 def test_service_scores_match_the_in_process_pipeline(make_app, untrained_encoder, search_vectors):
-    from server.search.catalog_build import query_text_encoder
+    from server.search.query_model import query_text_tower
 
     app, config = make_app()
     with TestClient(app) as client:
         body = client.post("/search", json={"text": "blue jeans", "k": 3}).json()
-    query = query_text_encoder(config, untrained_encoder).encode_text(["blue jeans"])[0]
+    query = query_text_tower(config, untrained_encoder)[0].encode_text(["blue jeans"])[0]
     expected = np.sort(search_vectors @ query)[::-1][:3]
     np.testing.assert_allclose([r["score"] for r in body["results"]], expected, atol=1e-4)
 
@@ -266,16 +266,13 @@ def _b64(data: bytes) -> str:
 
 @pytest.mark.parametrize("precision", ["float32", "bfloat16"])
 def test_query_precision_is_served_and_reported(make_app, untrained_encoder, precision):
-    from common.model.encoder import bf16_native
-
     app, _ = make_app(query_precision=precision)
     with TestClient(app) as c:
         served = c.get("/version").json()["query_precision"]
         body = c.post("/search", json={"text": "black watch", "return_vectors": True}).json()
     query = np.asarray(body["query_vector"], dtype=np.float32)
     reference = untrained_encoder.encode_text(["black watch"])[0]
-    native = bf16_native(untrained_encoder.device)
-    assert served == ("bfloat16" if precision == "bfloat16" and native else "float32")
+    assert served == precision
     if served == "float32":
         np.testing.assert_allclose(query, reference, atol=1e-6)
     else:

@@ -1,0 +1,56 @@
+import json
+
+import numpy as np
+
+from common.cli import main
+from server.search.bench import _codes, perturbed_copies
+
+
+def test_bench_copies_form_clusters_around_the_originals():
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((30, 64)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    out = perturbed_copies(x, 300)
+    assert out.shape == (300, 64)
+    np.testing.assert_array_equal(out[:30], x)
+    cos = np.sum(out[30:] * x[np.arange(270) % 30], axis=1)
+    assert 0.7 < cos.min() and cos.max() < 0.99 and 0.86 < cos.mean() < 0.96
+    np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, atol=1e-5)
+    assert _codes(["b", "a"], {"a": 0, "b": 1, "c": 2}, 3) == [1, 0, -1]
+
+
+def test_bench_search_command_serves_each_kind_and_workload(
+    tmp_path, small_catalog, monkeypatch, untrained_encoder, capsys
+):
+    """`fedsearch bench-search` end to end at toy size (the README's command, scaled down):
+    a real service process, both workloads, the CPU split and the recall."""
+    import server.search.bench as bench
+    import server.search.catalog_build
+
+    monkeypatch.setattr(
+        server.search.catalog_build, "create_encoder", lambda *a, **k: untrained_encoder
+    )
+    for name, value in (("TUNING_QUERIES", 30), ("WARMUP_REQUESTS", 4)):
+        monkeypatch.setattr(bench, name, value)
+    monkeypatch.setattr(bench, "SEQUENTIAL_REQUESTS", 10)
+    monkeypatch.setattr(bench, "IN_PROCESS_QUERIES", 10)
+    out = tmp_path / "bench.json"
+    args = [
+        "bench-search", "--items", "1000", "--clients", "2", "--requests", "24",
+        "--kinds", "ivf-pq", "--out", str(out),
+        "--set", f"paths.data_dir={small_catalog.parent}",
+        "--set", f"paths.work_dir={tmp_path / 'work'}", "--set", "encoder.pretrained=none",
+        "--set", "search.exact_max_items=100", "--set", "search.pq_bytes=16",
+    ]  # fmt: skip
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    assert "targets [ivf-pq, uniform]" in printed and "targets [ivf-pq, zipf]" in printed
+    results = json.loads(out.read_text())
+    kind = results["kinds"]["ivf-pq"]
+    assert kind["index"]["kind"] == "ivf-pq" and kind["index"]["refine_factor"] == 10
+    uniform, zipf = kind["workloads"]["uniform"], kind["workloads"]["zipf"]
+    assert uniform["failed"] == zipf["failed"] == 0 and uniform["requests"] == 24
+    assert uniform["cache_hit_rate"] == 0.0 and zipf["cache_hit_rate"] > 0.1
+    split = uniform["cpu_split_ms_per_query"]
+    assert split["encode"] > 0 and split["search"] > 0 and split["rerank"] > 0
+    assert kind["recall_at_10_vs_exact"] > 0.8 and kind["memory"]["rss_mb"] > 100
