@@ -154,9 +154,8 @@ def test_recognition_does_not_block_other_requests(make_app, serve_app):
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
-def test_the_readme_commands(make_app, serve_app, speak, tmp_path):
+def test_the_readme_commands(make_app, serve_app, speak, tmp_path):  # speak: needs espeak-ng
     """The README's spoken query: a WAV made with espeak-ng, sent with curl."""
-    speak("")  # skips without espeak-ng
     make_wav = [
         "espeak-ng",
         "-v",
