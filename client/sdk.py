@@ -14,11 +14,15 @@ refused and the one held is kept::
     client = DeviceClient("http://127.0.0.1:8000", device.open_store())
     results = client.search(text="black watch", k=10)
     client.report_click(results.search_id, results.hits[0].id)
+
+A spoken query (``audio``: a WAV file's bytes or path) goes as a multipart request; the
+results say what the service heard (``transcript``), which is logged as the query text.
 """
 
 from __future__ import annotations
 
 import base64
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +67,8 @@ class DeviceResults:
     hits: list[DeviceHit]
     model_version: str
     candidates: int
+    transcript: str | None = None
+    transcript_confidence: float | None = None
 
 
 class DeviceClient:
@@ -108,6 +114,7 @@ class DeviceClient:
         k: int = 10,
         text_weight: float | None = None,
         filters: dict[str, Any] | None = None,
+        audio: bytes | str | Path | None = None,
     ) -> DeviceResults:
         """Top ``k`` results reranked on the device; the search is logged locally."""
         if k < 1 or k > self.candidates:
@@ -121,22 +128,32 @@ class DeviceClient:
             body["text_weight"] = text_weight
         if filters:
             body["filters"] = filters
-        data = self._post("/search", body)
+        if isinstance(audio, str | Path):
+            audio = Path(audio).read_bytes()
+        data = self._post("/search", body, audio)
         rows = data["results"]
         dim = len(data["query_vector"])
         vectors = np.array([r["vector"] for r in rows], dtype=np.float32).reshape(len(rows), dim)
         base = self._base_scores(data, vectors)
         order, scores = rerank(base, vectors, self.store.load_state().user_vector, self.beta)
         top, top_scores = order[:k], scores[:k]
+        heard = data.get("transcript")
         entry = self.store.log_search(
-            text or "",
+            " ".join(part for part in (text, heard) if part),
             np.asarray(data["query_vector"], dtype=np.float32),
             [rows[i]["id"] for i in top],
             vectors[top],
             model_version=str(data["model_version"]),
         )
         hits = [_hit(rows[i], float(s)) for i, s in zip(top, top_scores, strict=True)]
-        return DeviceResults(entry.search_id, hits, str(data["model_version"]), len(rows))
+        return DeviceResults(
+            entry.search_id,
+            hits,
+            str(data["model_version"]),
+            len(rows),
+            heard,
+            data.get("transcript_confidence"),
+        )
 
     def _base_scores(self, data: dict[str, Any], vectors: np.ndarray) -> np.ndarray:
         """The service's scores, or the device's own from its verified global adapter."""
@@ -160,9 +177,15 @@ class DeviceClient:
 
         self.store.update_state(update)
 
-    def _post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
+    def _post(self, path: str, body: dict[str, Any], audio: bytes | None = None) -> dict[str, Any]:
+        """JSON, or multipart with the audio as a WAV part (other fields as form fields)."""
         try:
-            response = self._http.post(path, json=body)
+            if audio is None:
+                response = self._http.post(path, json=body)
+            else:
+                fields = {k: v if isinstance(v, str) else json.dumps(v) for k, v in body.items()}
+                files = {"audio": ("query.wav", audio, "audio/wav")}
+                response = self._http.post(path, data=fields, files=files)
         except httpx.HTTPError as exc:
             raise SearchError(f"search service unreachable: {exc}") from exc
         if response.status_code >= 400:

@@ -39,6 +39,7 @@ __all__ = [
     "PopulationConfig",
     "PretrainConfig",
     "SearchConfig",
+    "SpeechConfig",
     "config_from_dict",
     "default_data_dir",
     "load_config",
@@ -229,6 +230,37 @@ class SearchConfig(Section):
         return self
 
 
+class SpeechConfig(Section):
+    """Spoken queries: the ``audio`` part of ``POST /search``, ``fedsearch search --audio``.
+
+    ``engine``: "pocketsphinx" (offline, the English model shipped in its wheel, decoding
+    with a language model built from the served catalog's titles and attributes, rebuilt on
+    every upsert and delete), "whisper" (a Whisper-family model in the local folder
+    ``whisper_dir``, loaded through transformers, never downloaded; on ``whisper_device``,
+    "auto": the GPU when there is one) or "off" (audio is refused). ``language_model``
+    "general": pocketsphinx's own English model instead of the catalog's. Audio is WAV, 16-bit
+    PCM, mono or stereo at ``min_rate``..``max_rate`` Hz, at most ``max_seconds`` long and
+    ``max_bytes`` big (a WAV part larger than that is refused before it is read whole).
+    """
+
+    engine: Literal["pocketsphinx", "whisper", "off"] = "pocketsphinx"
+    language_model: Literal["catalog", "general"] = "catalog"
+    whisper_dir: str = ""
+    whisper_device: Literal["cpu", "cuda", "auto"] = "cpu"
+    max_seconds: float = Field(default=15.0, gt=0, le=120)
+    max_bytes: int = Field(default=6_000_000, ge=1)
+    min_rate: int = Field(default=8000, ge=1000)
+    max_rate: int = Field(default=96000, le=384000)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> SpeechConfig:
+        if self.engine == "whisper" and not self.whisper_dir:
+            raise ConfigError("speech.whisper_dir: required when speech.engine is whisper")
+        if self.min_rate > self.max_rate:
+            raise ConfigError("speech.min_rate: must be <= speech.max_rate")
+        return self
+
+
 class Config(Section):
     """The whole configuration, one field per TOML table."""
 
@@ -240,6 +272,7 @@ class Config(Section):
     centralized: CentralizedConfig = CentralizedConfig()
     evaluation: EvaluationConfig = EvaluationConfig()
     search: SearchConfig = SearchConfig()
+    speech: SpeechConfig = SpeechConfig()
     federation: FederationConfig = FederationConfig()
     device: DeviceConfig = DeviceConfig()
 

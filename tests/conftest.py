@@ -83,3 +83,17 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def speak():
+    """``speak(text, voice="en-us+klatt", speed=150)`` -> WAV bytes synthesized by espeak-ng
+    (skips when it is missing; CI installs it). Klatt is the voice pocketsphinx hears best."""
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed (Debian: apt-get install -y espeak-ng)")
+    from server.search.speech_bench import synthesize
+
+    def say(text: str, voice: str = "en-us+klatt", speed: int = 150) -> bytes:
+        return synthesize(text, voice, speed)
+
+    return say

@@ -131,6 +131,10 @@ class SearchResponse(BaseModel):
     candidates: int
     took_ms: float
     query_vector: list[float] | None = None
+    transcript: str | None = Field(None, description="the words heard, for a spoken query")
+    transcript_confidence: float | None = Field(
+        None, description="the recognizer's posterior probability of those words, if it gives one"
+    )
 
 
 class ErrorDetail(BaseModel):
@@ -329,6 +333,11 @@ def openapi_search_body() -> dict[str, Any]:
         "type": "object",
         "properties": {
             "image": {"type": "string", "format": "binary"},
+            "audio": {
+                "type": "string",
+                "format": "binary",
+                "description": "spoken query: WAV, 16-bit PCM, mono or stereo",
+            },
             "text": {"type": "string"},
             "text_weight": {"type": "number"},
             "k": {"type": "integer"},

@@ -1,4 +1,5 @@
-"""Search commands: ``fedsearch index``, ``serve``, ``search`` and ``bench-search``."""
+"""Search commands: ``fedsearch index``, ``serve``, ``search``, ``bench-search`` and
+``bench-speech``."""
 
 from __future__ import annotations
 
@@ -7,10 +8,19 @@ import functools
 import shlex
 import sys
 from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 from common.cli import UsageError, add_config_arguments, config_from_args
 from server.search.index_kinds import INDEX_KINDS
 from server.search.threads import apply_thread_settings
+
+if TYPE_CHECKING:
+    from common.config import Config
+    from server.search.catalog import Catalog
+
+
+DEFAULT_VOICES = ("en-us", "en-us+klatt", "en-us+f2", "en-us+m3", "en-gb", "en-gb-x-rp")
 
 
 def register_search_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -61,7 +71,13 @@ def register_search_commands(subparsers: argparse._SubParsersAction) -> None:
         "(from the last simulation run's shoppers.json), printed side by side.",
     )
     add_config_arguments(search)
-    search.add_argument("text", help="the query text")
+    search.add_argument("text", nargs="?", default="", help="the query text")
+    search.add_argument(
+        "--audio",
+        metavar="FILE",
+        help="a spoken query (WAV, 16-bit PCM), alone or with the text: what is heard is "
+        "printed and searched",
+    )
     search.add_argument(
         "--shopper",
         action="append",
@@ -105,18 +121,39 @@ def register_search_commands(subparsers: argparse._SubParsersAction) -> None:
     limits.add_argument("--items", type=int, default=200, help="store size (default 200)")
     limits.set_defaults(handler=_bench_limits)
 
+    speech = subparsers.add_parser(
+        "bench-speech",
+        help="benchmark spoken queries: WER, and P@10 spoken vs typed",
+        description='Synthesizes category queries ("<colour> <category>", with and without '
+        '"for <gender>") with espeak-ng voices and speeds, transcribes them with the '
+        "configured recognizer (speech.engine) and searches the served catalog with the words "
+        "heard and with the typed text: prints the word error rate and P@10 by category.",
+    )
+    add_config_arguments(speech)
+    speech.add_argument("--queries", type=int, default=240, help="number of queries")
+    speech.add_argument(
+        "--voices",
+        default=",".join(DEFAULT_VOICES),
+        help="comma-separated espeak-ng voices (flite:NAME for a flite voice)",
+    )
+    speech.add_argument("--speeds", default="130,175", help="comma-separated words per minute")
+    speech.add_argument("--out", help="also write the figures (and every query) as JSON")
+    speech.set_defaults(handler=_bench_speech)
+
 
 def _user_errors(handler: Callable[[argparse.Namespace], int]) -> Callable:
-    """Encoder and store problems are the user's to fix: one line, not a traceback."""
+    """Encoder, store and recognizer problems are the user's to fix: one line, not a
+    traceback."""
 
     @functools.wraps(handler)
     def run(args: argparse.Namespace) -> int:
         from common.model.encoder import EncoderError
+        from common.speech.transcript import SpeechError
         from server.search.catalog import CatalogStoreError
 
         try:
             return handler(args)
-        except (EncoderError, CatalogStoreError) as exc:
+        except (EncoderError, CatalogStoreError, SpeechError) as exc:
             raise UsageError(str(exc)) from exc
 
     return run
@@ -176,19 +213,46 @@ def _search(args: argparse.Namespace) -> int:
     from server.search.compare import compare_shoppers
 
     config = config_from_args(args)
-    if not args.text.strip() or len(args.text) > config.search.max_text_chars:
-        raise UsageError(f"text: give 1 to {config.search.max_text_chars} characters")
+    if not (args.text.strip() or args.audio) or len(args.text) > config.search.max_text_chars:
+        raise UsageError(f"text: give 1 to {config.search.max_text_chars} characters, or --audio")
     if not 1 <= args.k <= config.search.max_k:
         raise UsageError(f"-k: must be between 1 and {config.search.max_k}")
+    audio = _read_audio(args.audio) if args.audio else None
     encoder = encoder_from_config(config)
     catalog = open_or_build_catalog(config, encoder)
     try:
-        print(compare_shoppers(config, encoder, catalog, args.text, names=args.shoppers, k=args.k))
+        text = args.text.strip()
+        if audio is not None:
+            text = _heard_with(config, catalog, audio, text)
+        print(compare_shoppers(config, encoder, catalog, text, names=args.shoppers, k=args.k))
     except KeyError as exc:
         raise UsageError(str(exc.args[0])) from exc
     finally:
         catalog.close()
     return 0
+
+
+def _read_audio(path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as exc:
+        raise UsageError(f"--audio: cannot read {path} ({exc.strerror})") from exc
+
+
+def _heard_with(config: Config, catalog: Catalog, audio: bytes, text: str) -> str:
+    """``text`` with the words heard in ``audio`` appended (printed first)."""
+    from server.search.api import ApiError
+    from server.search.spoken import SpokenQueries
+
+    try:
+        heard = SpokenQueries(config.speech, catalog.items()).transcribe(audio)
+    except ApiError as exc:
+        raise UsageError(f"--audio: {exc.message}") from exc
+    confidence = "" if heard.confidence is None else f" (confidence {heard.confidence:.2f})"
+    print(f'heard "{heard.text}"{confidence}')
+    if not heard.text and not text:
+        raise UsageError("--audio: no speech recognized in the audio")
+    return " ".join(part for part in (text, heard.text) if part)
 
 
 @_user_errors
@@ -230,4 +294,29 @@ def _bench_limits(args: argparse.Namespace) -> int:
     if args.items < 10:
         raise UsageError("--items: must be >= 10")
     print_limits_report(run_limits_bench(config_from_args(args), items=args.items))
+    return 0
+
+
+@_user_errors
+def _bench_speech(args: argparse.Namespace) -> int:
+    from server.search.speech_bench import SynthesisError, run_speech_bench
+
+    voices = [v.strip() for v in args.voices.split(",") if v.strip()]
+    try:
+        speeds = [int(s) for s in args.speeds.split(",") if s.strip()]
+    except ValueError:
+        raise UsageError(f"--speeds: expected words per minute, got {args.speeds!r}") from None
+    if args.queries < 1 or not voices or not speeds or not all(80 <= s <= 450 for s in speeds):
+        raise UsageError("need --queries >= 1, a voice, and speeds in 80..450 words per minute")
+    try:
+        run_speech_bench(
+            config_from_args(args),
+            queries=args.queries,
+            voices=voices,
+            speeds=speeds,
+            out=args.out,
+            command=" ".join(["fedsearch", *map(shlex.quote, sys.argv[1:])]),
+        )
+    except SynthesisError as exc:
+        raise UsageError(str(exc)) from exc
     return 0

@@ -33,6 +33,7 @@ from server.search.api_errors import ApiError
 from server.search.auth import AdminAuth
 from server.search.catalog import Catalog, Item, PhotoUpload
 from server.search.images import PhotoWorkers, open_image
+from server.search.spoken import SpokenQueries
 
 
 class _Service(Protocol):
@@ -43,6 +44,7 @@ class _Service(Protocol):
     catalog: Catalog
     admin: AdminAuth
     photo_workers: PhotoWorkers
+    speech: SpokenQueries
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -117,6 +119,7 @@ def add_item_routes(app: FastAPI, service: _Service) -> None:
             service.catalog.delete([item_id])
         except KeyError:
             raise ApiError(404, "id", f"no item {item_id!r}") from None
+        service.speech.items_changed(deleted=[item_id])
         return {"deleted": item_id, "items": len(service.catalog)}
 
 
@@ -161,4 +164,5 @@ def _upsert(service: _Service, body: UpsertBody) -> dict[str, Any]:
     ]
     uploads = [None if data is None else PhotoUpload(data, image_suffix(data)) for data in raw]
     service.catalog.upsert(items, vectors, uploads)
+    service.speech.items_changed(upserted=items)
     return {"upserted": ids, "items": len(service.catalog)}

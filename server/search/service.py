@@ -57,6 +57,7 @@ from server.search.metrics import MetricsMiddleware, ServiceMetrics
 from server.search.model_state import ModelWatcher
 from server.search.query_model import describe_query_path, query_encoder_from_config
 from server.search.shoppers import shoppers_for
+from server.search.spoken import SpokenQueries, transcript_json, with_transcript
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +106,7 @@ class SearchService:
         weights = config.encoder.text_weight + config.encoder.image_weight
         self.limits = Limits(encoder.dim, config.search, config.encoder.text_weight / weights)
         self.metrics = ServiceMetrics(self.engine, encoder.version)
+        self.speech = SpokenQueries(config.speech, catalog.items())
         self.started_at = time.time()
 
     def close(self) -> None:
@@ -190,29 +192,34 @@ def _add_error_handlers(app: FastAPI) -> None:
 
 
 async def _read_search_request(request: Request, service: SearchService):
+    """(fields, photo bytes, audio bytes): a multipart ``audio`` part is the spoken query,
+    any other file part the photo."""
     cfg = service.config.search
     content_type = request.headers.get("content-type", "application/json")
     if content_type.startswith("multipart/form-data"):
+        part_limit = max(cfg.max_image_bytes, service.config.speech.max_bytes)
         try:
-            form = await request.form(max_files=1, max_fields=16, max_part_size=cfg.max_image_bytes)
+            form = await request.form(max_files=2, max_fields=16, max_part_size=part_limit)
         except FormParserError as exc:
             raise ApiError(400, "body", f"malformed multipart body: {exc}") from None
         fields = {k: v for k, v in form.items() if isinstance(v, str)}
-        uploads = [v for v in form.values() if isinstance(v, UploadFile)]
+        uploads = {k: v for k, v in form.items() if isinstance(v, UploadFile)}
+        audio = uploads.pop("audio", None)
         image = None
         if uploads:
-            image = await uploads[0].read(cfg.max_image_bytes + 1)
+            image = await next(iter(uploads.values())).read(cfg.max_image_bytes + 1)
             if len(image) > cfg.max_image_bytes:
                 raise ApiError(413, "image", f"image over {cfg.max_image_bytes} bytes")
-        return form_to_data(fields, cfg.max_json_depth), image
+        audio_bytes = None if audio is None else await audio.read(part_limit + 1)
+        return form_to_data(fields, cfg.max_json_depth), image, audio_bytes
     if content_type.startswith("application/json"):
         raw = await request.body()
         if len(raw) <= INLINE_JSON_BYTES:  # parsed in microseconds: no thread hop
-            return parse_json_object(raw, cfg.max_request_bytes, cfg.max_json_depth), None
+            return parse_json_object(raw, cfg.max_request_bytes, cfg.max_json_depth), None, None
         data = await anyio.to_thread.run_sync(
             parse_json_object, raw, cfg.max_request_bytes, cfg.max_json_depth
         )
-        return data, None
+        return data, None, None
     raise ApiError(415, "content-type", "use application/json or multipart/form-data")
 
 
@@ -222,21 +229,28 @@ def _add_search_routes(app: FastAPI, service: SearchService) -> None:
         response_model=SearchResponse,
         responses=ERRORS,
         openapi_extra={"requestBody": openapi_search_body()},
-        summary="Search by text, photo, or both; optionally personalized",
+        summary="Search by text, photo, speech, or several; optionally personalized",
     )
     async def search(request: Request) -> JSONResponse:
-        """Text, image, or both (``text_weight``); ``k``; filters on category and price
-        range; an optional private ``user_vector`` reranks the top ``search.candidates``
-        (never stored or logged); ``return_vectors`` for on-device reranking and logging.
+        """Text, image, or both (``text_weight``); a spoken query as a multipart ``audio``
+        part (WAV), alone or with them; ``k``; filters on category and price range; an
+        optional private ``user_vector`` reranks the top ``search.candidates`` (never stored
+        or logged); ``return_vectors`` for on-device reranking and logging.
         """
         start = time.perf_counter()
-        data, image = await _read_search_request(request, service)
+        data, image, audio = await _read_search_request(request, service)
+        heard = None
+        if audio is not None:
+            heard = await run_in_threadpool(service.speech.transcribe, audio)
+            data = with_transcript(data, heard, image is not None)
         if image is None and data.get("image") is None:  # nothing to decode
             query = to_query(data, None, service.limits)
         else:
             query = await service.photo_workers.run(to_query, data, image, service.limits)
         result = await run_in_threadpool(service.engine.search, query)
         body = result_json(result, query, service.encoder.version)
+        if heard is not None:
+            body.update(transcript_json(heard))
         body["took_ms"] = round((time.perf_counter() - start) * 1000, 3)
         return JSONResponse(body)
 
@@ -283,6 +297,7 @@ def _add_ops_routes(app: FastAPI, service: SearchService) -> None:
                 "pinned": service.watcher.versions.mark.pinned,
                 "last_error": service.watcher.versions.last_error,
             },
+            "speech": service.speech.describe(),
         }
 
     @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)

@@ -196,3 +196,23 @@ def test_device_refuses_replayed_and_downgraded_versions_across_restarts(tmp_pat
     assert restarted.refresh() is False  # a new v0002 is at the mark: not newer, refused
     _publish(registry, QueryAdapter(384, 8), key)
     assert restarted.refresh() is True and restarted.version == "v0003"
+
+
+def test_a_spoken_query_is_sent_as_audio_and_logged_as_heard(
+    service_url: str, tmp_path: Path, speak
+) -> None:
+    query = tmp_path / "query.wav"
+    query.write_bytes(speak("black watches"))
+    store = DeviceStore(tmp_path, generate_key())
+    with DeviceClient(service_url, store, candidates=CANDIDATES) as client:
+        spoken = client.search(audio=query, k=3)
+        watches = {"category": "Watches"}
+        fused = client.search(text="men", audio=query.read_bytes(), k=3, filters=watches)
+        with pytest.raises(SearchError) as info:
+            client.search(audio=b"not a wav file", k=3)
+    assert spoken.transcript == "black watches" and 0 < spoken.transcript_confidence <= 1
+    assert [h.id for h in spoken.hits] == _server_ids(service_url, "black watches", 3, None)
+    assert fused.transcript == "black watches"
+    assert all(h.category == "Watches" for h in fused.hits)
+    assert [e.query for e in store.searches()] == ["black watches", "men black watches"]
+    assert info.value.status == 415 and info.value.field == "audio"

@@ -119,3 +119,24 @@ def test_search_command_prints_shoppers_side_by_side(config, shared_encoder, cap
     assert len(ranked) == 1 and ranked[0].count("5.") == 3
     assert main(["search", "black watch", "--shopper", "nobody", *args]) == 2
     assert "unknown shopper" in capsys.readouterr().err
+
+
+def test_search_command_hears_a_spoken_query(config, shared_encoder, speak, tmp_path, capsys):
+    query = tmp_path / "query.wav"
+    query.write_bytes(speak("black watches"))
+    args = ["--set", f"paths.data_dir={config.paths.data}", "--set",
+            f"paths.work_dir={config.paths.work}", "--set", "encoder.pretrained=none"]  # fmt: skip
+    assert main(["search", "--audio", str(query), "-k", "3", *args]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith('heard "black watches" (confidence 0.')
+    assert 'query "black watches", model version base' in out
+    assert main(["search", "men", "--audio", str(query), "-k", "3", *args]) == 0
+    assert 'query "men black watches"' in capsys.readouterr().out
+
+    query.write_bytes(b"RIFF....WAVEjunk")
+    assert main(["search", "--audio", str(query), *args]) == 2
+    assert "search: error: --audio: damaged WAV header: no fmt chunk" in capsys.readouterr().err
+    assert main(["search", "--audio", str(tmp_path / "absent.wav"), *args]) == 2
+    assert "--audio: cannot read" in capsys.readouterr().err
+    assert main(["search", *args]) == 2
+    assert "text: give 1 to 512 characters, or --audio" in capsys.readouterr().err

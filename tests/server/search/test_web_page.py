@@ -1,7 +1,8 @@
 """The web page end to end in headless Chromium, driven over the DevTools protocol.
 
-Types a query, compares a shopper with no personalization, uploads a photo, and keeps a
-screenshot in tests/artifacts/ (git-ignored). Skips when Chromium is not installed.
+Types a query, compares a shopper with no personalization, uploads a photo, speaks a query
+into a fake microphone fed from a WAV file, and keeps screenshots in tests/artifacts/
+(git-ignored). Skips when Chromium is not installed.
 """
 
 from __future__ import annotations
@@ -33,13 +34,13 @@ pytestmark = pytest.mark.skipif(
 class DevTools:
     """A minimal Chrome DevTools Protocol client for one page."""
 
-    def __init__(self, profile: Path) -> None:
+    def __init__(self, profile: Path, *flags: str) -> None:
         from websockets.sync.client import connect
 
         self.process = subprocess.Popen(
             [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu",
              "--disable-dev-shm-usage", "--no-first-run", "--window-size=1280,1100",
-             "--remote-debugging-port=0", f"--user-data-dir={profile}", "about:blank"],
+             "--remote-debugging-port=0", f"--user-data-dir={profile}", *flags, "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         port = self._devtools_port()
@@ -156,3 +157,51 @@ def test_search_compare_shoppers_and_upload_a_photo(make_app, serve_app, search_
         finally:
             browser.close()
     assert (ARTIFACTS / "search_page.png").stat().st_size > 10_000
+
+
+def test_a_query_spoken_into_the_microphone(make_app, serve_app, search_items, speak, tmp_path):
+    """Chromium's fake microphone plays a WAV file (espeak-ng speech after half a second of
+    silence, once) from the moment the page opens it; the page records it with
+    MediaRecorder, sends it as WAV and shows what was heard above the results."""
+    said = "black watches for men"
+    speech = speak(said)
+    header, pcm = speech[:44], speech[44:]
+    rate = int.from_bytes(header[24:28], "little")
+    silence = bytes(rate)  # 0.5 s of 16-bit samples
+    size = len(silence) + len(pcm) + len(silence)
+    fake_mic = tmp_path / "microphone.wav"
+    fake_mic.write_bytes(
+        header[:4] + (36 + size).to_bytes(4, "little") + header[8:40]
+        + size.to_bytes(4, "little") + silence + pcm + silence
+    )  # fmt: skip
+    seconds = size / (2 * rate)
+    app, _ = make_app()
+    categories = {it.id: it.category for it in search_items}
+    with serve_app(app) as url:
+        browser = DevTools(
+            tmp_path / "profile",
+            "--use-fake-ui-for-media-stream",
+            "--use-fake-device-for-media-stream",
+            f"--use-file-for-fake-audio-capture={fake_mic}%noloop",
+        )
+        try:
+            browser.call("Page.enable")
+            browser.call("Page.navigate", url=url + "/")
+            browser.wait_for("document.body.dataset.state === 'ready'")
+            assert browser.js("document.getElementById('mic').hidden") is False
+            browser.js("document.getElementById('mic').click()")
+            browser.wait_for("document.body.dataset.state === 'recording'")
+            time.sleep(seconds + 0.5)
+            browser.js("document.getElementById('mic').click()")  # stop: the page searches
+            browser.wait_for("document.body.dataset.state === 'done'")
+            heard = browser.js("document.getElementById('transcript').textContent")
+            assert heard.startswith(f"Heard: “{said}”"), heard
+            cards = browser.js(CARDS % "a")
+            assert len(cards) == 12 and len(browser.js(CARDS % "b")) == 12
+            assert [categories[c["id"]] for c in cards[:3]] == ["Watches"] * 3
+            shot = browser.call("Page.captureScreenshot", format="png")
+            ARTIFACTS.mkdir(exist_ok=True)
+            (ARTIFACTS / ".gitignore").write_text("*\n")
+            (ARTIFACTS / "spoken_query.png").write_bytes(base64.b64decode(shot["data"]))
+        finally:
+            browser.close()

@@ -1,0 +1,1 @@
+"""Spoken queries: speech recognizers behind one interface, and the catalog's vocabulary."""

@@ -1,0 +1,55 @@
+from dataclasses import dataclass, field
+
+from common.speech.vocabulary import CatalogVocabulary, item_phrases, spoken_words
+
+
+@dataclass(frozen=True)
+class Thing:
+    id: str
+    title: str
+    category: str = ""
+    attributes: dict[str, str] = field(default_factory=dict)
+
+
+def test_spoken_words_are_lower_case_letters_as_said():
+    assert spoken_words("Nike Men's T-Shirts 2011") == ["nike", "men's", "tshirts"]
+    assert spoken_words("Crème brûlée, x-ray") == ["creme", "brulee", "xray"]
+    assert spoken_words("   ") == []
+
+
+def test_item_phrases_hold_the_title_and_what_shoppers_ask():
+    phrases = item_phrases(
+        "Puma Men Black Shoes",
+        "Casual Shoes",
+        {"baseColour": "Black", "usage": "Casual", "gender": "Men", "year": "2012"},
+    )
+    words = {" ".join(p) for p in phrases}
+    assert {
+        "puma men black shoes",
+        "casual shoes",
+        "black casual shoes",
+        "black casual casual shoes",
+        "men black casual shoes",
+        "black casual shoes for men",
+        "casual shoes for men",
+    } <= words
+    assert not any(w.isdigit() for p in phrases for w in p)
+
+
+def test_vocabulary_follows_puts_replacements_and_removals():
+    vocab = CatalogVocabulary.from_items(
+        [
+            Thing("1", "Red Kimono", "Kimonos", {"baseColour": "Red"}),
+            Thing("2", "Blue Kimono", "Kimonos", {"baseColour": "Blue"}),
+        ]
+    )
+    assert len(vocab) == 2 and vocab.phrase_counts()[("kimonos",)] == 2
+    assert {"red", "blue", "kimono", "kimonos"} <= vocab.words
+
+    vocab.put([Thing("2", "Green Poncho", "Ponchos", {"baseColour": "Green"})])  # replaced
+    assert vocab.phrase_counts()[("kimonos",)] == 1
+    assert "blue" not in vocab.words and {"green", "poncho"} <= vocab.words
+
+    vocab.remove(["1", "unknown"])
+    assert vocab.words == {"green", "poncho", "ponchos"} and len(vocab) == 1
+    assert all(count > 0 for count in vocab.phrase_counts().values())
