@@ -33,8 +33,10 @@ from client.store import PersonalState
 from common.evaluation.protocol import (
     MODES,
     device_bonus,
-    evaluate_searches,
     metrics_from_sums,
+    rank_sums,
+    ranks_by_mode,
+    stack_searches,
 )
 from common.federation.payload import PayloadCodec
 from common.federation.privacy_plan import PrivacyPlan
@@ -99,25 +101,20 @@ class AdapterClient(NumPyClient):
             return {"evaluated": 0.0}
         settings = self.config.evaluation
         adapter = self.device.published_adapter()
-        user = self._state().user_vector
-        bonus = device_bonus(self.device.data, self.device.attributes, settings.attribute_beta)
-        sums = {
-            "base": evaluate_searches(test, vectors, k=settings.k),
-            "adapter": evaluate_searches(test, vectors, adapter=adapter, k=settings.k),
-            "personal": evaluate_searches(
-                test,
-                vectors,
-                adapter=adapter,
-                user=user,
-                beta=settings.beta,
-                candidates=settings.candidates,
-                k=settings.k,
-                bonus=bonus,
-            ),
-        }
+        queries, relevant = stack_searches(test)
+        ranks = ranks_by_mode(
+            queries,
+            adapter.apply_numpy(queries) if adapter is not None else None,
+            relevant,
+            vectors,
+            users=self._state().user_vector,
+            beta=settings.beta,
+            candidates=settings.candidates,
+            bonus=device_bonus(self.device.data, self.device.attributes, settings.attribute_beta),
+        )
         out = {"evaluated": 1.0}
         for mode in MODES:
-            means = metrics_from_sums(sums[mode], settings.k)
+            means = metrics_from_sums(rank_sums(ranks[mode], settings.k), settings.k)
             out[f"{mode}.hr"] = means[f"HR@{settings.k}"]
             out[f"{mode}.ndcg"] = means[f"nDCG@{settings.k}"]
             out[f"{mode}.rr"] = means["MRR"]

@@ -112,7 +112,7 @@ def _ranks(
     """(plain ranks, personal ranks or None when there is no user or beta is 0)."""
     queries = np.asarray(queries, dtype=np.float32)
     relevant = np.asarray(relevant, dtype=np.int64)
-    item_t = np.ascontiguousarray(np.asarray(item_vectors, dtype=np.float32).T)
+    item_t = np.asarray(item_vectors, dtype=np.float32).T  # a view: BLAS reads it transposed
     plain = np.empty(len(relevant), dtype=np.int64)
     personal = plain.copy() if users is not None and beta != 0.0 else None
     if personal is not None:
