@@ -314,8 +314,12 @@ def load_marketplace(
     rows = {t: r for r, t in enumerate(texts)}
     tops = top_items(query_vectors, vectors, config.population.impression_size)
 
+    # one array object per query text, shared by every search of that text: the run's
+    # population pickle then stores each query vector once, not once per search
+    shared = [query_vectors[r].copy() for r in range(len(texts))]
+
     def base(text: str) -> tuple[np.ndarray, np.ndarray]:
-        return query_vectors[rows[text]], tops[rows[text]]
+        return shared[rows[text]], tops[rows[text]]
 
     quality = np.random.default_rng([seed, 0]).normal(0.0, QUALITY_SD, size=len(products))
     count = num_devices or config.population.shoppers

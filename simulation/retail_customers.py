@@ -77,10 +77,12 @@ def load_retail(
     word_row = {w: r for r, w in enumerate(used)}
     tops = top_items(word_vectors, item_vectors, settings.impression_size)
 
+    shared = [word_vectors[r].copy() for r in range(len(used))]  # one object per query word
+
     def search(item_id: str) -> SearchExample:
         item = index[item_id]
         row = word_row[words[item]]
-        return SearchExample(word_vectors[row], impression(tops[row], item), item, words[item])
+        return SearchExample(shared[row], impression(tops[row], item), item, words[item])
 
     devices = []
     for customer in progress_bar(customers, show=progress, desc="retail devices", leave=False):
