@@ -20,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from common.files import atomic_write
 
 from common.config import ConfigError
+from common.files import atomic_write
 from common.privacy.accounting import ORDERS, epsilon_at
 
 

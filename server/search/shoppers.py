@@ -4,7 +4,10 @@ File format (``<work_dir>/<run>/shoppers.json``, written by ``write_shoppers``):
 
     {"format": "fedsearch-shoppers/1", "dim": 384, "encoder_version": "...",
      "shoppers": [{"name": "shopper-017", "description": "likes black casual shoes",
-                   "vector": [0.01, ...]}, ...]}
+                   "vector": [0.01, ...], "weight": 0.3}, ...]}
+
+``weight`` (optional) is the personalization weight the page asks for with that shopper
+(absent: the service's ``search.personalization_weight``).
 
 These are simulated people, so their vectors may be sent to the browser, which passes one
 back as ``user_vector`` exactly as a device would. Without a simulation run, demo shoppers
@@ -30,6 +33,9 @@ log = logging.getLogger(__name__)
 
 FORMAT = "fedsearch-shoppers/1"
 FILE_NAME = "shoppers.json"
+# A built-in demo shopper stands for one sharp taste, not a history's mixed one: the page
+# lets it weigh as much as the query, so its whole taste shows at a glance.
+DEMO_WEIGHT = 1.0
 
 
 def write_shoppers(
@@ -72,30 +78,31 @@ def load_shoppers(path: Path, dim: int) -> list[dict[str, Any]]:
         vector = np.asarray(s.get("vector", []), dtype=np.float32)
         if vector.shape != (dim,) or not np.all(np.isfinite(vector)):
             raise ValueError(f"{path}: shoppers[{i}].vector must be {dim} finite numbers")
-    return [
-        {"name": s["name"], "description": s.get("description", ""), "vector": s["vector"]}
-        for s in shoppers
-    ]
+    keys = ("name", "description", "vector", "weight")
+    return [{k: s[k] for k in keys if k in s} for s in shoppers]
 
 
 def shoppers_for(
     work_dir: Path, shoppers_file: str, catalog: Catalog, dim: int
 ) -> tuple[str, list[dict[str, Any]]]:
-    """(source, shoppers): ``shoppers_file`` if set, else the newest run's file under
-    ``work_dir``, else demo shoppers from the catalog (source ``"demo"``)."""
+    """(source, shoppers): the built-in demo shoppers from the catalog, then those of
+    ``shoppers_file`` if set, else of the newest run's file under ``work_dir``."""
+    built_in = demo_shoppers(catalog)
     path = Path(shoppers_file) if shoppers_file else find_shoppers_file(work_dir)
     if path is not None and path.is_file():
         try:
-            return str(path), load_shoppers(path, dim)
+            return f"demo + {path}", built_in + load_shoppers(path, dim)
         except (ValueError, KeyError) as exc:
             log.warning("ignoring shoppers file: %s", exc)
-    return "demo", demo_shoppers(catalog)
+    return "demo", built_in
 
 
 def demo_shoppers(catalog: Catalog, n: int = 4) -> list[dict[str, Any]]:
-    """Shoppers who like one (gender, colour) group of the catalog: the normalized mean of
-    those items' vectors. A stand-in when no simulation run has written shoppers."""
+    """Shoppers who like one (gender, colour) group of the catalog: how the mean of those
+    items' vectors differs from the catalog's mean, normalized (what sets the group apart,
+    not what all items share, so the rerank favours the group within any query)."""
     items = catalog.items()
+    everything = catalog.vectors_of([it.id for it in items]).mean(axis=0)
     groups = Counter(
         (it.attributes.get("gender", ""), it.attributes.get("baseColour", "")) for it in items
     )
@@ -111,7 +118,8 @@ def demo_shoppers(catalog: Catalog, n: int = 4) -> list[dict[str, Any]]:
             {
                 "name": f"demo: {gender} / {colour}",
                 "description": f"likes {colour.lower()} items for {gender.lower()} (demo)",
-                "vector": user_vector(catalog.vectors_of(ids)).tolist(),
+                "vector": user_vector(catalog.vectors_of(ids) - everything).tolist(),
+                "weight": DEMO_WEIGHT,
             }
         )
     return shoppers

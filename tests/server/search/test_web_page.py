@@ -205,3 +205,50 @@ def test_a_query_spoken_into_the_microphone(make_app, serve_app, search_items, s
             (ARTIFACTS / "spoken_query.png").write_bytes(base64.b64decode(shot["data"]))
         finally:
             browser.close()
+
+
+def test_a_demo_shopper_s_taste_shows_at_a_glance(
+    fashion_dir, serve_app, untrained_encoder, tmp_path
+):
+    """The whole catalog, text-only item vectors (the untrained vision tower would add noise):
+    for "casual shoes", the built-in shopper who likes black items for men fills the
+    personalized column with them, while the unpersonalized column is the plain search."""
+    from server.search.catalog_build import create_catalog, fashion_items
+    from server.search.service import create_app
+    from tests.server.search.conftest import ADMIN_TOKEN, search_config
+
+    config = search_config(tmp_path / "work", demo=True, admin_token=ADMIN_TOKEN)
+    items = fashion_items(config_with_data(config, fashion_dir))
+    vectors = untrained_encoder.encode_text([it.title for it in items])
+    catalog = create_catalog(config, items, vectors, untrained_encoder.version)
+    app = create_app(config, encoder=untrained_encoder, catalog=catalog, watch_registry=False)
+    with serve_app(app) as url:
+        plain_api = httpx.post(url + "/search", json={"text": "casual shoes", "k": 12}).json()
+        browser = DevTools(tmp_path / "profile")
+        try:
+            browser.call("Page.enable")
+            browser.call("Page.navigate", url=url + "/")
+            browser.wait_for("document.body.dataset.state === 'ready'")
+            index = browser.js("shoppers.findIndex(s => s.name === 'demo: Men / Black')")
+            assert index >= 0
+            browser.js("document.getElementById('q').value = 'casual shoes'")
+            browser.js("document.getElementById('shopper-a').value = ''")
+            browser.js(f"document.getElementById('shopper-b').value = '{index}'")
+            browser.js("document.getElementById('go').click()")
+            browser.wait_for("document.body.dataset.state === 'done'")
+            titles = (
+                "Array.from(document.querySelectorAll('#results-%s .card .title'))"
+                ".map(t => t.textContent)"
+            )
+            plain, personal = browser.js(titles % "a"), browser.js(titles % "b")
+        finally:
+            browser.close()
+    assert plain == [r["title"] for r in plain_api["results"]]
+    black_for_men = [t for t in personal if " Men " in f" {t} " and "Black" in t]
+    assert len(personal) == 12 and len(black_for_men) >= 11, personal
+
+
+def config_with_data(config, fashion_dir):
+    from common.config import config_from_dict
+
+    return config_from_dict({"paths": {"data_dir": str(fashion_dir.parent)}}, config)
