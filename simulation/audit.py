@@ -153,11 +153,12 @@ def audit_run(run_dir: Path, *, seed: int = 0) -> AuditReport:
 
 def canary_cosines(settings: CanarySettings, delta: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Cosines of the model delta with the inserted and the held-out canary directions."""
-    norm = float(np.linalg.norm(delta))
+    norm = float(np.sqrt(np.sum(delta * delta)))
     if norm == 0:
         raise ValueError("the published adapter equals the initial one: nothing to audit")
     count = settings.inserted + settings.held_out
-    cosines = np.array([settings.direction(i) @ delta / norm for i in range(count)])
+    # elementwise, not BLAS: a thousand short dot products, no thread pool to wake
+    cosines = np.array([np.sum(settings.direction(i) * delta) / norm for i in range(count)])
     return cosines[: settings.inserted], cosines[settings.inserted :]
 
 
@@ -253,7 +254,9 @@ def format_audit(report: AuditReport) -> str:
         r = report.raw
         row("reconstruction top-10, one raw update", r.rate, _chance(r))
         if r.types is not None:
-            row("  article type recovered", r.types, f"popular-type guess {r.types_chance:.2f}")
+            row(
+                "  top 10's main article type, one clicked", r.types, f"chance {r.types_chance:.2f}"
+            )
     if report.held_members is not None and report.held_others is not None:
         m, o = report.held_members, report.held_others
         row(

@@ -8,8 +8,8 @@ top 10 are the attacker's guess of what the devices behind the update clicked.
 - From one raw update (what a server without SecAgg+ and without device noise receives):
   the device's clipped update, less the mean of the round's updates (such a server sees all
   of them and keeps what is particular to one device). A hit: one of the device's clicked
-  items is in the top 10; the query's article type is recovered when the top 10's most
-  common type is the one the device clicks most.
+  items is in the top 10; an article type is recovered when the top 10's most common type
+  is one the device clicked.
 - From what the server holds: the round's noised sum divided by the expected cohort, the
   step the server takes. Its top 10 is scored for the round's members and for the devices
   that did not take part; a gap between the two is what the sum gives away about members.
@@ -130,18 +130,16 @@ def _hit_rate(population: Population, tops: Mapping[int, np.ndarray]) -> HitRate
 
 
 def _type_recovery(population: Population, tops: Mapping[int, np.ndarray]) -> tuple[float, float]:
-    """Rate at which the top 10's most common type is the device's most clicked type, and
-    the rate of always guessing the type clicked most across the population."""
+    """Rate at which the top 10's most common article type is one the device clicked, and
+    the rate for the type of a random item."""
     kinds = population.item_categories
-    favourite = {}
-    for node in tops:
-        clicks = Counter(kinds[s.clicked] for s in population.devices[node].train)
-        favourite[node] = clicks.most_common(1)[0][0] if clicks else ""
-    overall = Counter(kinds[s.clicked] for d in population.devices for s in d.train)
-    popular = overall.most_common(1)[0][0] if overall else ""
-    guessed = [Counter(kinds[int(i)] for i in top).most_common(1)[0][0] for top in tops.values()]
-    recovered = np.mean([g == favourite[n] for g, n in zip(guessed, tops, strict=True)])
-    return float(recovered), float(np.mean([favourite[n] == popular for n in tops]))
+    recovered, chance = [], []
+    for node, top in tops.items():
+        clicked = {kinds[s.clicked] for s in population.devices[node].train}
+        guess = Counter(kinds[int(i)] for i in top).most_common(1)[0][0]  # ties: best ranked
+        recovered.append(guess in clicked)
+        chance.append(sum(k in clicked for k in kinds) / len(kinds))
+    return float(np.mean(recovered)), float(np.mean(chance))
 
 
 def membership_scores(
@@ -152,21 +150,21 @@ def membership_scores(
 ) -> np.ndarray:
     """Per device: mean log-rank improvement of its clicked training items, published
     adapter over the starting one (ranks over the whole catalog)."""
-    before = QueryAdapter.from_weights(list(start))
-    after = QueryAdapter.from_weights(list(published))
+    searches = [(n, s) for n in nodes for s in population.devices[n].train]
+    if not searches:
+        return np.zeros(len(nodes))
+    queries = np.stack([s.query_vector for _, s in searches]).astype(np.float32)
+    clicked = np.array([s.clicked for _, s in searches])
     items = np.asarray(population.item_vectors, dtype=np.float32)
-    scores = []
-    for node in nodes:
-        train = population.devices[node].train
-        if not train:
-            scores.append(0.0)
-            continue
-        queries = np.stack([s.query_vector for s in train]).astype(np.float32)
-        clicked = np.array([s.clicked for s in train])
-        gain = np.log(_ranks(before.apply_numpy(queries), items, clicked))
-        gain -= np.log(_ranks(after.apply_numpy(queries), items, clicked))
-        scores.append(float(gain.mean()))
-    return np.asarray(scores)
+    gain = np.log(
+        _ranks(QueryAdapter.from_weights(list(start)).apply_numpy(queries), items, clicked)
+    )
+    gain -= np.log(
+        _ranks(QueryAdapter.from_weights(list(published)).apply_numpy(queries), items, clicked)
+    )
+    owner = np.array([nodes.index(n) for n, _ in searches])
+    counts = np.bincount(owner, minlength=len(nodes))
+    return np.bincount(owner, weights=gain, minlength=len(nodes)) / np.maximum(counts, 1)
 
 
 def _ranks(queries: np.ndarray, items: np.ndarray, clicked: np.ndarray) -> np.ndarray:
