@@ -8,8 +8,10 @@ the run starts its own ledger so that the ledger's epsilon is this run's.
 
 - the one-shot empirical epsilon of the canaries (``simulation.audit_estimates``) beside
   the ledger's epsilon, at the run's delta, per user, against whom the plan says;
-- reconstruction of clicked items from one raw update and from what the server holds,
-  and membership inference on the published adapter (``simulation.audit_attacks``).
+- reconstruction of clicked items from one raw update and from what the server holds
+  (runs with recorded payloads), and membership inference on the published adapter
+  (``simulation.audit_attacks``; who took part is read from the simulated devices'
+  stores).
 
 The audit fails when the empirical epsilon's confidence interval lies above the ledger's
 epsilon: the run leaked more than its accounting allows (e.g. the noise was not added).
@@ -41,7 +43,7 @@ from simulation.canaries import (
     with_canaries,
     write_canary_settings,
 )
-from simulation.devices import cached_population
+from simulation.devices import cached_population, simulated_device
 from simulation.engine import absolute_paths, default_run_dir, read_rounds, simulate
 from simulation.loader import load_population
 from simulation.population import Population
@@ -146,7 +148,8 @@ def audit_run(run_dir: Path, *, seed: int = 0) -> AuditReport:
     if taps is not None and (taps / "plain").is_dir():
         codec = PayloadCodec.for_weights(start, plan.clipping_norm, plan.stats_share)
         payloads = _round_payloads(read_tap(taps / "plain"), codec)
-        _attacks(report, spec, plan, population, start, published, payloads, real, taps)
+        _reconstruction(report, spec, plan, population, start, payloads.get(1, {}), real, taps)
+    _membership(report, spec, population, start, published, real)
     _verdict(report, plan)
     return report
 
@@ -162,18 +165,17 @@ def canary_cosines(settings: CanarySettings, delta: np.ndarray) -> tuple[np.ndar
     return cosines[: settings.inserted], cosines[settings.inserted :]
 
 
-def _attacks(
+def _reconstruction(
     report: AuditReport,
     spec: RunSpec,
     plan: PrivacyPlan,
     population: Population,
     start: list[np.ndarray],
-    published: list[np.ndarray],
-    payloads: dict[int, dict[int, list[np.ndarray]]],
+    first: dict[int, list[np.ndarray]],
     real: list[int],
     taps: Path,
 ) -> None:
-    first = payloads.get(1, {})
+    """Both reconstruction attacks on round 1 (its starting adapter is the run's)."""
     members = [n for n in real if n in first]
     if members:
         report.raw = raw_update_attack(population, start, first, members)
@@ -187,9 +189,24 @@ def _attacks(
         report.held_members, report.held_others = held_sum_attack(
             population, start, step, members, others
         )
-    took_part = set().union(*(set(r) for r in payloads.values())) if payloads else set()
-    participants = [n for n in real if n in took_part]
-    never = [n for n in real if n not in took_part]
+
+
+def _membership(
+    report: AuditReport,
+    spec: RunSpec,
+    population: Population,
+    start: list[np.ndarray],
+    published: list[np.ndarray],
+    real: list[int],
+) -> None:
+    """Membership inference; who trained is read from the simulated devices' own stores."""
+    trained = {
+        n
+        for n in real
+        if simulated_device(spec, {"partition-id": n}).store.load_state().info.get("rounds_trained")
+    }
+    participants = [n for n in real if n in trained]
+    never = [n for n in real if n not in trained]
     if participants and never:
         report.participants = (len(participants), len(never))
         report.membership = membership_auc(population, start, published, participants, never)
