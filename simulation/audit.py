@@ -115,6 +115,7 @@ class AuditReport:
     membership: float | None = None
     participants: tuple[int, int] | None = None  # members, non-members
     failures: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)  # leakage in a run that promised nothing
 
 
 def run_spec(run_dir: Path) -> RunSpec:
@@ -150,7 +151,7 @@ def audit_run(run_dir: Path, *, seed: int = 0) -> AuditReport:
         payloads = _round_payloads(read_tap(taps / "plain"), codec)
         _reconstruction(report, spec, plan, population, start, payloads.get(1, {}), real, taps)
     _membership(report, spec, population, start, published, real)
-    _verdict(report, plan)
+    audit_verdict(report, plan)
     return report
 
 
@@ -236,9 +237,17 @@ def _flat(weights: list[np.ndarray]) -> np.ndarray:
     return np.concatenate([np.asarray(w, dtype=np.float64).ravel() for w in weights])
 
 
-def _verdict(report: AuditReport, plan: PrivacyPlan) -> None:
+def audit_verdict(report: AuditReport, plan: PrivacyPlan) -> None:
+    """Add the failed checks (or the leak of a run without DP) to ``report``."""
     estimate, ledger = report.empirical, report.ledger_epsilon
-    if estimate is None or ledger is None or not plan.dp:
+    if estimate is None:
+        return
+    if not plan.dp or ledger is None:
+        if estimate.low > 0:
+            report.notes.append(
+                f"no user-level DP, and it shows: the canaries measure epsilon >= "
+                f"{estimate.low:.2f} (lower end of the {estimate.confidence:.0%} CI)"
+            )
         return
     if estimate.low > ledger:
         report.failures.append(
@@ -248,7 +257,8 @@ def _verdict(report: AuditReport, plan: PrivacyPlan) -> None:
 
 
 def format_audit(report: AuditReport) -> str:
-    """The audit's short table, then PASS or one FAIL line per failed check."""
+    """The audit's short table, then one FAIL line per failed check, else a LEAK line for
+    a run without DP whose canaries show it, else PASS."""
     lines = [
         f"privacy audit of {report.run_dir}",
         f"  every epsilon: delta {report.delta:.1e}, unit user; {report.against}",
@@ -277,14 +287,15 @@ def format_audit(report: AuditReport) -> str:
     if report.held_members is not None and report.held_others is not None:
         m, o = report.held_members, report.held_others
         row(
-            "reconstruction top-10, server's noised sum",
+            "reconstruction top-10, sum the server holds",
             m.rate,
             f"non-members {o.rate:.2f}, {_chance(m)}",
         )
     if report.membership is not None and report.participants is not None:
         p, n = report.participants
         row("membership inference AUC, published adapter", report.membership, f"{p} in, {n} out")
-    lines += [f"FAIL: {f}" for f in report.failures] or ["PASS: no check failed"]
+    verdict = [f"FAIL: {f}" for f in report.failures] or [f"LEAK: {n}" for n in report.notes]
+    lines += verdict or ["PASS: no check failed"]
     return "\n".join(lines)
 
 

@@ -32,8 +32,8 @@ from common.model.adapter import QueryAdapter
 from simulation.audit_estimates import auc, chance_of_any, hits_any
 from simulation.population import Population
 
-TOP_K = 10
-PROBE_QUERIES = 1000
+AUDIT_TOP = 10
+AUDIT_PROBES = 1000
 
 
 @dataclass(frozen=True)
@@ -54,8 +54,8 @@ def probe_queries(population: Population, *, seed: int = 0) -> np.ndarray:
         vectors = np.asarray(population.phrases.vectors, dtype=np.float32)
     else:
         vectors = np.stack([s.query_vector for d in population.devices for s in d.train])
-    if len(vectors) > PROBE_QUERIES:
-        rows = np.random.default_rng(seed).choice(len(vectors), PROBE_QUERIES, replace=False)
+    if len(vectors) > AUDIT_PROBES:
+        rows = np.random.default_rng(seed).choice(len(vectors), AUDIT_PROBES, replace=False)
         vectors = vectors[np.sort(rows)]
     return vectors
 
@@ -111,7 +111,7 @@ def _plus(start: Sequence[np.ndarray], update: Sequence[np.ndarray]) -> list[np.
 
 
 def _top(scores: np.ndarray) -> np.ndarray:
-    return np.argsort(-scores, kind="stable")[:TOP_K]
+    return np.argsort(-scores, kind="stable")[:AUDIT_TOP]
 
 
 def _hit_rate(population: Population, tops: Mapping[int, np.ndarray]) -> HitRate:
@@ -122,7 +122,7 @@ def _hit_rate(population: Population, tops: Mapping[int, np.ndarray]) -> HitRate
     for node, top in tops.items():
         wanted = clicked_items(population.devices[node])
         hits.append(hits_any(top, wanted))
-        chance.append(chance_of_any(n_items, TOP_K, len(wanted)))
+        chance.append(chance_of_any(n_items, AUDIT_TOP, len(wanted)))
     types = types_chance = None
     if population.item_categories:
         types, types_chance = _type_recovery(population, tops)

@@ -14,8 +14,18 @@ import client.app
 import simulation.apps
 from common.cli import main
 from common.config import config_from_dict
-from simulation.audit import audit_run, audit_simulation, run_spec
+from common.federation.privacy_plan import PrivacyPlan
+from common.federation.run_spec import RunSpec
+from simulation.audit import (
+    AuditReport,
+    audit_run,
+    audit_simulation,
+    audit_verdict,
+    format_audit,
+    run_spec,
+)
 from simulation.audit_estimates import (
+    EpsilonEstimate,
     _gdp_delta,
     auc,
     chance_of_any,
@@ -181,3 +191,22 @@ def test_audit_rejects_bad_input(argv, message, capsys):
 def test_audit_of_a_folder_without_a_run_says_so(tmp_path, capsys):
     assert main(["audit", str(tmp_path)]) == 2
     assert "no simulation" in capsys.readouterr().err
+
+
+def _report(tmp_path, *, dp: bool, ledger: float | None, low: float):
+    config = config_from_dict({"federation": {"dp": dp, "clients_per_round": 20}})
+    plan = PrivacyPlan.from_spec(RunSpec(config, "marketplace", 100, tmp_path))
+    estimate = EpsilonEstimate(low + 5, low, low + 10, 3.0, plan.delta, 0.95)
+    report = AuditReport(tmp_path, plan.delta, plan.against_whom(), ledger, (20, 1000), estimate)
+    audit_verdict(report, plan)
+    return format_audit(report)
+
+
+def test_the_verdict_compares_the_interval_with_the_ledger(tmp_path):
+    assert "FAIL: empirical epsilon" in _report(tmp_path, dp=True, ledger=4.0, low=4.5)
+    passed = _report(tmp_path, dp=True, ledger=4.0, low=3.5)
+    assert passed.endswith("PASS: no check failed") and "delta 1.0e-03, unit user" in passed
+    leak = _report(tmp_path, dp=False, ledger=None, low=20.0)
+    assert "LEAK: no user-level DP" in leak and "FAIL" not in leak and "PASS" not in leak
+    assert "nothing bounds" in leak
+    assert "PASS" in _report(tmp_path, dp=False, ledger=None, low=0.0)
