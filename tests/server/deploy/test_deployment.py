@@ -232,7 +232,8 @@ def test_superlink_three_devices_dp_secagg_signed_version(tmp_path: Path, monkey
         assert "Failed to activate SuperNode" in procs.log("dev3")
 
         run_config = (
-            f'num-devices=3 embedding-dim={DIM} population="marketplace" run-dir="{tmp_path / "run"}" '
+            f'num-devices=3 embedding-dim={DIM} population="marketplace" '
+            f'run-dir="{tmp_path / "run"}" '
             f'config-file="{_config_file(tmp_path / "fedsearch.toml", work)}" '
             "federation.rounds=2 federation.clients_per_round=3"
         )
