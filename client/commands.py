@@ -8,8 +8,12 @@ import os
 import shlex
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from common.cli import UsageError, add_config_arguments, config_from_args
+
+if TYPE_CHECKING:
+    from common.training_config import DeviceConfig
 
 
 def register_device_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -23,7 +27,16 @@ def register_device_commands(subparsers: argparse._SubParsersAction) -> None:
     sub = device.add_subparsers(dest="device_command", metavar="STEP", required=True)
     device.set_defaults(subcommands=sub)  # other packages add device steps (import-history)
 
-    init = sub.add_parser("init", help="create a device folder (keys, empty encrypted store)")
+    init = sub.add_parser(
+        "init",
+        help="create a device folder (keys, empty encrypted store, privacy policy)",
+        description="Create a device folder: the device's SuperNode key pair (made here), "
+        "copies of the federation's CA and model-signing key, an empty encrypted store, and "
+        "the device's own privacy policy (device.toml). The device refuses every round whose "
+        "plan breaks its policy, whatever the server asks.",
+        epilog="example: fedsearch device init dev1 --superlink 127.0.0.1:9092 --ca "
+        "deploy/ca/ca.crt --signing-key deploy/signing/signing.pub --max-epsilon-user 8",
+    )
     init.add_argument("folder", type=Path)
     init.add_argument("--superlink", required=True, metavar="HOST:PORT", help="SuperLink address")
     init.add_argument("--ca", type=Path, required=True, help="the federation's CA certificate")
@@ -35,6 +48,7 @@ def register_device_commands(subparsers: argparse._SubParsersAction) -> None:
     init.add_argument(
         "--runtime-port", type=int, default=9094, help="local port of the SuperNode Runtime API"
     )
+    _add_policy_arguments(init)
     init.set_defaults(handler=user_errors(_init))
 
     budget = sub.add_parser("budget", help="show the device's privacy budget and its store")
@@ -47,6 +61,38 @@ def register_device_commands(subparsers: argparse._SubParsersAction) -> None:
     join.add_argument("--superlink", metavar="HOST:PORT", help="override the SuperLink address")
     join.add_argument("--print-only", action="store_true", help="print the command only")
     join.set_defaults(handler=user_errors(_join))
+
+
+POLICY_OPTIONS = {
+    "max_epsilon_user": "refuse federations that may spend more user-level epsilon",
+    "min_noise_multiplier": "refuse rounds with less noise per unit of clip norm",
+    "max_clipping_norm": "refuse rounds that clip updates to a larger norm",
+}
+
+
+def _add_policy_arguments(parser: argparse.ArgumentParser) -> None:
+    from common.training_config import DeviceConfig
+
+    defaults = DeviceConfig()
+    policy = parser.add_argument_group("privacy policy (written to device.toml)")
+    for key, text in POLICY_OPTIONS.items():
+        default = getattr(defaults, key)
+        flag = f"--{key.replace('_', '-')}"
+        policy.add_argument(flag, type=float, metavar="X", help=f"{text} (default {default:g})")
+    policy.add_argument(
+        "--allow-without-secagg",
+        action="store_true",
+        help="take part in rounds without SecAgg+ (the server then sees this device's update)",
+    )
+
+
+def _policy(args: argparse.Namespace) -> dict[str, float | bool]:
+    policy: dict[str, float | bool] = {
+        key: getattr(args, key) for key in POLICY_OPTIONS if getattr(args, key) is not None
+    }
+    if args.allow_without_secagg:
+        policy["require_secagg"] = False
+    return policy
 
 
 def user_errors(handler: Callable[[argparse.Namespace], int]) -> Callable:
@@ -79,10 +125,13 @@ def _init(args: argparse.Namespace) -> int:
         runtime_port=args.runtime_port,
     )
     try:
-        device = init_device(args.folder, info, ca_cert=args.ca, signing_pub=args.signing_key)
+        device = init_device(
+            args.folder, info, ca_cert=args.ca, signing_pub=args.signing_key, policy=_policy(args)
+        )
     except FileExistsError as exc:
         raise UsageError(str(exc)) from exc
     print(f"device {info.name}: {device.folder}")
+    print(f"  privacy policy: {device.config_file} ({describe_policy(device.device_config())})")
     print(f"  send {device.auth_pub} to the operator (fedsearch deploy register ...)")
     print(f"  {device.auth_key} and {device.store_key} stay on this device")
     return 0
@@ -110,9 +159,21 @@ def _budget(args: argparse.Namespace) -> int:
     )
     left = settings.epsilon_budget - spent
     print(f"  budget left: {left:.3f}" if left > 0 else "  budget spent: the device stops training")
+    print(f"  privacy policy: {describe_policy(device.device_config())}")
     user = state.user_vector is not None
     print(f"  personal state: user vector {'set' if user else 'not set'}")
     return 0
+
+
+def describe_policy(settings: DeviceConfig) -> str:
+    """The device's policy in one line."""
+    secagg = "SecAgg+ required" if settings.require_secagg else "SecAgg+ optional"
+    noise = "device noise required" if settings.require_noise else "device noise optional"
+    return (
+        f"{secagg}, {noise}, noise multiplier >= {settings.min_noise_multiplier:g}, "
+        f"clip norm <= {settings.max_clipping_norm:g}, "
+        f"epsilon_user <= {settings.max_epsilon_user:g}"
+    )
 
 
 def _join(args: argparse.Namespace) -> int:
