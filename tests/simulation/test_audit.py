@@ -37,7 +37,7 @@ from simulation.canaries import read_canary_settings, with_canaries
 from simulation.synthetic import synthetic_population
 from simulation.wiretap import read_tap
 
-DEVICES, CANARIES, ROUNDS, DIM, RANK = 12, 12, 2, 96, 64
+DEVICES, CANARIES, ROUNDS, DIM, RANK = 8, 8, 2, 96, 64
 
 
 def _config(tmp):
