@@ -277,7 +277,11 @@ def format_audit(report: AuditReport) -> str:
             e.epsilon,
             f"{e.confidence:.0%} CI [{e.low:.2f}, {e.high:.2f}], mu {e.mu:.2f}",
         )
-    if report.raw is not None:
+    else:
+        row("empirical epsilon", None, "the run has no canaries")
+    if report.raw is None:
+        row("reconstruction top-10", None, "the run recorded no payloads")
+    else:
         r = report.raw
         row("reconstruction top-10, one raw update", r.rate, _chance(r))
         if r.types is not None:

@@ -210,3 +210,19 @@ def test_the_verdict_compares_the_interval_with_the_ledger(tmp_path):
     assert "LEAK: no user-level DP" in leak and "FAIL" not in leak and "PASS" not in leak
     assert "nothing bounds" in leak
     assert "PASS" in _report(tmp_path, dp=False, ledger=None, low=0.0)
+
+
+def test_a_run_without_canaries_or_recorded_payloads_still_gets_its_membership_audit(audited):
+    run = audited["noised"]
+    hidden = [run / "canaries.json", run / "wiretap.json"]
+    for path in hidden:
+        path.rename(path.with_suffix(".hidden"))
+    try:
+        report = audit_run(run)
+        text = format_audit(report)
+    finally:
+        for path in hidden:
+            path.with_suffix(".hidden").rename(path)
+    assert report.empirical is None and report.raw is None and report.membership is not None
+    assert "the run has no canaries" in text and "recorded no payloads" in text
+    assert text.endswith("PASS: no check failed")
