@@ -135,6 +135,7 @@ def audit_run(run_dir: Path, *, seed: int = 0) -> AuditReport:
         raise ValueError(f"RUN_DIR: {run_dir} has no round that published a version")
     plan = PrivacyPlan.from_spec(spec)
     population = cached_population(spec)
+    # a simulation's server is seeded: its first draw makes the starting adapter
     start = initial_adapter(spec, KeystreamRandom.from_seed(spec.config.federation.seed, "server"))
     published = QueryAdapter.load(Path(rounds[-1]["published"]) / ADAPTER_FILE).get_weights()
     ledger = rounds[-1].get("epsilon_user")

@@ -10,7 +10,8 @@ Ray worker processes): node, message type, SecAgg+ stage, round, size in bytes a
 A simulation switches its taps on with ``write_tap_settings(run_dir, folder)``; the
 simulation's ClientApp carries ``run_tap("wire")`` outermost and ``run_tap("plain")``
 innermost, which record into ``folder/wire`` and ``folder/plain`` when the run's folder
-holds those settings and pass messages through untouched otherwise. On the server side,
+holds those settings (and name that position: the privacy audit records the plain
+payloads only) and pass messages through untouched otherwise. On the server side,
 ``server_tap`` saves each round's noised payload sum, exactly what the server holds, as
 ``folder/server/round-<n>.npy``.
 """
