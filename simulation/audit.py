@@ -14,7 +14,9 @@ the run starts its own ledger so that the ledger's epsilon is this run's.
   stores).
 
 The audit fails when the empirical epsilon's confidence interval lies above the ledger's
-epsilon: the run leaked more than its accounting allows (e.g. the noise was not added).
+epsilon (the run leaked more than its accounting allows), and, on runs with recorded
+payloads and noise planned on the devices, when the sums the server unmasked carry less
+than ``NOISE_FLOOR`` of the planned noise (measured against the recorded payloads).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ from simulation.population import Population
 from simulation.wiretap import TAP_SETTINGS, read_tap
 
 TAPS = "taps"
+NOISE_FLOOR = 0.8  # least share of the planned noise the server's sum must carry
 
 
 def audit_simulation(
@@ -114,6 +117,7 @@ class AuditReport:
     held_others: HitRate | None = None
     membership: float | None = None
     participants: tuple[int, int] | None = None  # members, non-members
+    noise_ratio: float | None = None  # measured / planned noise std in the server's sums
     failures: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # leakage in a run that promised nothing
 
@@ -149,8 +153,11 @@ def audit_run(run_dir: Path, *, seed: int = 0) -> AuditReport:
     taps = _tap_folder(spec.run_dir)
     if taps is not None and (taps / "plain").is_dir():
         codec = PayloadCodec.for_weights(start, plan.clipping_norm, plan.stats_share)
-        payloads = _round_payloads(read_tap(taps / "plain"), codec)
-        _reconstruction(report, spec, plan, population, start, payloads.get(1, {}), real, taps)
+        payloads = _round_payloads(read_tap(taps / "plain"))
+        first = {n: codec.decode(p)[0] for n, p in payloads.get(1, {}).items()}
+        _reconstruction(report, spec, plan, population, start, first, real, taps)
+        if plan.devices_add_noise:
+            report.noise_ratio = noise_ratio(plan, codec, payloads, taps / "server")
     _membership(report, spec, population, start, published, real)
     audit_verdict(report, plan)
     return report
@@ -214,16 +221,33 @@ def _membership(
         report.membership = membership_auc(population, start, published, participants, never)
 
 
-def _round_payloads(entries: list[dict[str, Any]], codec: PayloadCodec) -> dict:
-    """round -> node -> decoded update, from the plain taps' training replies."""
-    out: dict[int, dict[int, list[np.ndarray]]] = {}
+def noise_ratio(
+    plan: PrivacyPlan, codec: PayloadCodec, payloads: dict[int, dict[int, np.ndarray]], sums: Path
+) -> float | None:
+    """Std of (sum the server unmasked - sum of the payloads the devices handed SecAgg+)
+    over the planned std of the devices' noise shares, pooled over the recorded rounds."""
+    residuals, planned = [], []
+    for round_number, sent in payloads.items():
+        path = sums / f"round-{round_number}.npy"
+        if not path.is_file() or not sent:
+            continue
+        residuals.append(np.load(path) - np.sum(list(sent.values()), axis=0))
+        sigma = plan.sigma_device(codec.size) * np.sqrt(len(sent)) / plan.scale
+        planned.append(np.full(codec.size, sigma))
+    if not residuals:
+        return None
+    return float(np.std(np.concatenate(residuals) / np.concatenate(planned)))
+
+
+def _round_payloads(entries: list[dict[str, Any]]) -> dict[int, dict[int, np.ndarray]]:
+    """round -> node -> payload, from the plain taps' training replies."""
+    out: dict[int, dict[int, np.ndarray]] = {}
     for entry in entries:
         record = entry["records"].get("fitres.parameters")
         if entry["type"] != "train" or not record or not record["items"]:
             continue
-        payload = next(iter(record["items"].values()))
-        update, _ = codec.decode(np.asarray(payload, dtype=np.float64))
-        out.setdefault(int(entry["round"]), {})[int(entry["node"])] = update
+        payload = np.asarray(next(iter(record["items"].values())), dtype=np.float64)
+        out.setdefault(int(entry["round"]), {})[int(entry["node"])] = payload
     return out
 
 
@@ -240,6 +264,11 @@ def _flat(weights: list[np.ndarray]) -> np.ndarray:
 
 def audit_verdict(report: AuditReport, plan: PrivacyPlan) -> None:
     """Add the failed checks (or the leak of a run without DP) to ``report``."""
+    if report.noise_ratio is not None and report.noise_ratio < NOISE_FLOOR:
+        report.failures.append(
+            f"the sums the server unmasked carry {report.noise_ratio:.0%} of the planned "
+            "noise: the devices do not add what the plan and the ledger say"
+        )
     estimate, ledger = report.empirical, report.ledger_epsilon
     if estimate is None:
         return
@@ -296,6 +325,8 @@ def format_audit(report: AuditReport) -> str:
             m.rate,
             f"non-members {o.rate:.2f}, {_chance(m)}",
         )
+    if report.noise_ratio is not None:
+        row("noise in the server's sums, std / planned", report.noise_ratio, "")
     if report.membership is not None and report.participants is not None:
         p, n = report.participants
         row("membership inference AUC, published adapter", report.membership, f"{p} in, {n} out")

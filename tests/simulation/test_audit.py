@@ -84,6 +84,7 @@ def test_a_correctly_noised_run_passes_the_audit(audited, capsys):
     assert "unit user" in out and "delta" in out and "against the server" in out
     report = audit_run(audited["noised"])
     assert report.empirical.low <= report.ledger_epsilon
+    assert report.noise_ratio == pytest.approx(1.0, abs=0.05)
     # one raw update gives the device's clicks away; that is why SecAgg+ and noise exist
     assert report.raw.rate > report.raw.chance
     assert 0 <= report.membership <= 1
@@ -96,8 +97,10 @@ def test_silently_broken_noise_fails_the_audit(audited, capsys):
     assert main(["audit", str(run)]) == 1
     out = capsys.readouterr().out
     assert "FAIL: empirical epsilon" in out and "ledger" in out
+    assert "FAIL: the sums the server unmasked carry 0% of the planned noise" in out
     report = audit_run(run)
     assert report.empirical.low > report.ledger_epsilon
+    assert report.noise_ratio < 0.01
 
 
 def _plain_payloads(run):
