@@ -63,3 +63,14 @@ def test_a_simulation_runs_on_an_existing_two_node_cluster(two_node_cluster, tmp
         assert len(ray._private.state.state.job_table()) == 3
     finally:
         ray.shutdown()
+
+
+def test_without_an_address_the_runtime_starts_its_own_ray(tmp_path):
+    """A cluster that `ray start` runs on the machine is not joined by accident (Ray would
+    then refuse the runtime's CPU count and the simulation would crash)."""
+    from simulation.superlink import LocalSuperLink
+
+    assert LocalSuperLink(tmp_path).env()["RAY_ADDRESS"] == "local"
+    assert LocalSuperLink(tmp_path, ray_address="10.0.0.1:6379").env()["RAY_ADDRESS"] == (
+        "10.0.0.1:6379"
+    )
