@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
 import shlex
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
 from common.cli import UsageError, add_config_arguments, config_from_args
+from common.passthrough import run_passing_through
+
+EXIT_NOT_REGISTERED = 3
+NOT_REGISTERED_MARK = "Failed to activate SuperNode"
 
 
 def register_device_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -23,9 +27,20 @@ def register_device_commands(subparsers: argparse._SubParsersAction) -> None:
     sub = device.add_subparsers(dest="device_command", metavar="STEP", required=True)
     device.set_defaults(subcommands=sub)  # other packages add device steps (import-history)
 
-    init = sub.add_parser("init", help="create a device folder (keys, empty encrypted store)")
+    init_text = "create a device folder (keys, empty encrypted store)"
+    init = sub.add_parser(
+        "init",
+        help=init_text,
+        description=f"{init_text.capitalize()}: the SuperNode key pair is made here (send "
+        "auth.pub to the operator); the CA certificate and the model-signing key are copied in.",
+    )
     init.add_argument("folder", type=Path)
-    init.add_argument("--superlink", required=True, metavar="HOST:PORT", help="SuperLink address")
+    init.add_argument(
+        "--superlink",
+        required=True,
+        metavar="HOST:PORT",
+        help="the federation's Fleet gateway (`fedsearch deploy gateway`), e.g. 127.0.0.1:9092",
+    )
     init.add_argument("--ca", type=Path, required=True, help="the federation's CA certificate")
     init.add_argument(
         "--signing-key", type=Path, required=True, help="the server's signing.pub (Ed25519)"
@@ -42,9 +57,17 @@ def register_device_commands(subparsers: argparse._SubParsersAction) -> None:
     add_config_arguments(budget)
     budget.set_defaults(handler=user_errors(_budget))
 
-    join = sub.add_parser("join", help="start this device's SuperNode (TLS, device auth)")
+    join_text = "start this device's SuperNode (TLS, device auth)"
+    join = sub.add_parser(
+        "join",
+        help=join_text,
+        description=f"{join_text.capitalize()}. Exits with status {EXIT_NOT_REGISTERED} when "
+        "the federation refuses the device because its key is not registered.",
+    )
     join.add_argument("folder", type=Path)
-    join.add_argument("--superlink", metavar="HOST:PORT", help="override the SuperLink address")
+    join.add_argument(
+        "--superlink", metavar="HOST:PORT", help="override the Fleet gateway's address"
+    )
     join.add_argument("--print-only", action="store_true", help="print the command only")
     join.set_defaults(handler=user_errors(_join))
 
@@ -119,11 +142,18 @@ def _join(args: argparse.Namespace) -> int:
     from client.device import Device, device_env, supernode_command
 
     device = Device(args.folder)
-    device.info  # noqa: B018 - fails clearly if the folder is not a device
+    name = device.info.name  # fails clearly if the folder is not a device
     device.open_store()  # fail now, not inside the ClientApp, if the key is wrong
     command = supernode_command(device, superlink=args.superlink)
     print(f"$ {shlex.join(command)}", flush=True)
     if args.print_only:
         return 0
-    os.execvpe(command[0], command, device_env(device))
-    return 0
+    status, output = run_passing_through(command, device_env(device))
+    if status != 0 and NOT_REGISTERED_MARK in output:
+        print(
+            f"device {name}: the SuperLink refused this device: its key {device.auth_pub} is "
+            "not registered (the operator runs `fedsearch deploy register` with it)",
+            file=sys.stderr,
+        )
+        return EXIT_NOT_REGISTERED
+    return status

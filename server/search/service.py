@@ -102,6 +102,7 @@ class SearchService:
             public_key=public_key,
             poll_interval_s=config.search.poll_interval_s,
             state_file=catalog.folder / VERSION_MARK_FILE,
+            base_model=encoder.version,
         )
         weights = config.encoder.text_weight + config.encoder.image_weight
         self.limits = Limits(encoder.dim, config.search, config.encoder.text_weight / weights)
