@@ -57,6 +57,23 @@ def register_device_commands(subparsers: argparse._SubParsersAction) -> None:
     add_config_arguments(budget)
     budget.set_defaults(handler=user_errors(_budget))
 
+    sync = sub.add_parser(
+        "sync",
+        help="fetch the newest published model version and verify it on the device",
+        description="Fetch the model versions newer than the device's copy from the search "
+        "service (or a registry folder) into <folder>/registry and verify them with the "
+        "deployment's signing key. Exits with status 1 when the newest is refused (the "
+        "device keeps the version it had).",
+    )
+    sync.add_argument("folder", type=Path)
+    sync.add_argument(
+        "--from",
+        dest="source",
+        metavar="URL_OR_FOLDER",
+        help="search service URL or registry folder (default: the device's --endpoint)",
+    )
+    sync.set_defaults(handler=user_errors(_sync))
+
     join_text = "start this device's SuperNode (TLS, device auth)"
     join = sub.add_parser(
         "join",
@@ -135,6 +152,26 @@ def _budget(args: argparse.Namespace) -> int:
     print(f"  budget left: {left:.3f}" if left > 0 else "  budget spent: the device stops training")
     user = state.user_vector is not None
     print(f"  personal state: user vector {'set' if user else 'not set'}")
+    return 0
+
+
+def _sync(args: argparse.Namespace) -> int:
+    from client.device import Device
+    from client.sync import sync_device
+
+    device = Device(args.folder)
+    source = args.source or device.info.endpoint
+    if not source:
+        raise UsageError("--from: the device has no endpoint (device init --endpoint); name one")
+    try:
+        result = sync_device(device, source)
+    except (ConnectionError, ValueError) as exc:
+        raise UsageError(str(exc)) from exc
+    fetched = ", ".join(result.fetched) or "nothing new"
+    print(f"device {device.info.name}: fetched {fetched}; holds {result.held or 'no version'}")
+    if result.refused:
+        print(f"device {device.info.name}: {result.refused}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -28,6 +28,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from transformers.utils import logging as hf_logging
 
+from common.model.errors import EncoderError
 from common.model.fusion import fuse
 from common.progress import progress_bar
 from common.security.versions import latest_version, read_manifest
@@ -42,10 +43,6 @@ ENCODER_CONFIG_FILE = "open_clip_config.json"
 ImageInput = Image.Image | bytes | str | Path
 
 open_clip.add_model_config(MODEL_CONFIG_DIR)
-
-
-class EncoderError(RuntimeError):
-    """The encoder could not be built or an input could not be encoded."""
 
 
 def builtin_models() -> list[str]:

@@ -17,6 +17,8 @@ from pathlib import Path
 
 from flwr.common.config import get_project_config, parse_config_args
 
+from common.config import Config
+
 APP_PACKAGES = ("common", "client", "server", "simulation")
 APP_FILE_PATTERNS = ("*.py", "*.json", "*.toml")
 PROJECT_FILE = "pyproject.toml"
@@ -69,6 +71,20 @@ def check_run_config(app_dir: Path, run_config: str) -> None:
         raise ValueError(
             f"--run-config: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(valid)}"
         )
+    stale = [key for key in given if "." in key and not is_config_key(key)]
+    if stale:
+        raise ValueError(
+            f"--run-config: {', '.join(stale)} listed in [tool.flwr.app.config] but not a "
+            "fedsearch setting (common/config.py)"
+        )
+
+
+def is_config_key(key: str) -> bool:
+    """Whether ``section.name`` is a fedsearch setting (what the ServerApp will accept)."""
+    section, _, name = key.partition(".")
+    field = Config.model_fields.get(section)
+    model = getattr(field, "annotation", None)
+    return isinstance(model, type) and name.replace("-", "_") in getattr(model, "model_fields", {})
 
 
 def _flat_keys(table: dict, prefix: str = "") -> list[str]:

@@ -16,7 +16,13 @@ from flwr.cli.build import build_fab_from_disk
 from common.cli import build_parser, main
 from common.config import load_config, parse_override
 from common.security.pki import create_node_auth_keys
-from server.deploy.app_bundle import app_files, check_run_config, run_config_keys, stage_app
+from server.deploy.app_bundle import (
+    app_files,
+    check_run_config,
+    is_config_key,
+    run_config_keys,
+    stage_app,
+)
 from server.deploy.layout import DEVICES_FILE, Deployment, record_device
 
 REPO = Path(__file__).resolve().parents[3]
@@ -71,6 +77,9 @@ def test_bundle_needs_a_project(tmp_path: Path) -> None:
 
 def test_unknown_run_config_keys_are_named_with_the_valid_ones(tmp_path: Path, capsys) -> None:
     assert "federation.rounds" in run_config_keys(REPO)
+    dotted = [k for k in run_config_keys(REPO) if "." in k]
+    assert dotted and all(is_config_key(k) for k in dotted)  # pyproject and config agree
+    assert not is_config_key("federation.eval_devices") and not is_config_key("nope.rounds")
     named = "unknown key.*num-server-rounds; valid keys: .*federation.rounds"
     with pytest.raises(ValueError, match=named):
         check_run_config(REPO, "num-server-rounds=2 federation.rounds=2")
