@@ -13,6 +13,8 @@ from common.cli import UsageError, add_config_arguments, config_from_args
 from common.passthrough import run_passing_through
 
 EXIT_NOT_REGISTERED = 3
+DEFAULT_ENDPOINT = "http://127.0.0.1:8000"
+SEARCH_CANDIDATES = 50
 NOT_REGISTERED_MARK = "Failed to activate SuperNode"
 
 
@@ -70,9 +72,27 @@ def register_device_commands(subparsers: argparse._SubParsersAction) -> None:
         "--from",
         dest="source",
         metavar="URL_OR_FOLDER",
-        help="search service URL or registry folder (default: the device's --endpoint)",
+        help="search service URL or registry folder (default: the device's endpoint, else "
+        "http://127.0.0.1:8000)",
     )
     sync.set_defaults(handler=user_errors(_sync))
+
+    search = sub.add_parser(
+        "search",
+        help="search as this device: its verified model copy scores, its user vector reranks",
+        description="One search through the SDK (client.sdk.DeviceClient): the service "
+        "returns candidates and vectors; the device scores them with its own verified copy "
+        "of the newest model version (fedsearch device sync), reranks them with its private "
+        "user vector and logs the search in its encrypted store. Exits with status 1 when "
+        "the device's copy is refused.",
+    )
+    search.add_argument("folder", type=Path)
+    search.add_argument("text", help="the query")
+    search.add_argument("--k", type=int, default=5, help="results to show (default: 5)")
+    search.add_argument(
+        "--endpoint", help="search service URL (default: the device's, else http://127.0.0.1:8000)"
+    )
+    search.set_defaults(handler=user_errors(_search))
 
     join_text = "start this device's SuperNode (TLS, device auth)"
     join = sub.add_parser(
@@ -160,9 +180,7 @@ def _sync(args: argparse.Namespace) -> int:
     from client.sync import sync_device
 
     device = Device(args.folder)
-    source = args.source or device.info.endpoint
-    if not source:
-        raise UsageError("--from: the device has no endpoint (device init --endpoint); name one")
+    source = args.source or device.info.endpoint or DEFAULT_ENDPOINT
     try:
         result = sync_device(device, source)
     except (ConnectionError, ValueError) as exc:
@@ -172,6 +190,46 @@ def _sync(args: argparse.Namespace) -> int:
     if result.refused:
         print(f"device {device.info.name}: {result.refused}", file=sys.stderr)
         return 1
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    from client.device import Device
+    from client.sdk import (
+        ADAPTER_MARK_FILE,
+        DeviceClient,
+        DeviceModelError,
+        SearchError,
+        verified_adapters,
+    )
+    from common.security.signing import load_public_key
+
+    device = Device(args.folder)
+    endpoint = args.endpoint or device.info.endpoint or DEFAULT_ENDPOINT
+    if not 1 <= args.k <= SEARCH_CANDIDATES:
+        raise UsageError(f"--k: must be in 1..{SEARCH_CANDIDATES}")
+    model = verified_adapters(
+        device.registry_dir,
+        load_public_key(device.signing_pub),
+        state_file=device.folder / ADAPTER_MARK_FILE,
+    )
+    store = device.open_store()
+    try:
+        with DeviceClient(endpoint, store, model=model, candidates=SEARCH_CANDIDATES) as sdk:
+            results = sdk.search(text=args.text, k=args.k)
+    except DeviceModelError as exc:
+        print(f"device {device.info.name}: {exc}", file=sys.stderr)
+        return 1
+    except SearchError as exc:
+        raise UsageError(str(exc)) from exc
+    print(
+        f"scored by {results.scored_by} (the service serves {results.model_version}), "
+        f"reranked on the device from {results.candidates} candidates"
+    )
+    if results.model_error:
+        print(f"  note: {results.model_error}")
+    for rank, hit in enumerate(results.hits, 1):
+        print(f"  {rank}. {hit.title} [{hit.id}] {hit.score:.3f}")
     return 0
 
 

@@ -120,8 +120,10 @@ def test_sync_fetches_verifies_and_a_refused_copy_is_reported(setup, capsys) -> 
     assert "fetched v0003; holds v0003" in capsys.readouterr().out
     (device.registry_dir / "v0003" / "manifest.json").write_text("{}")  # altered: dropped
     assert main(["device", "sync", str(device.folder), "--from", url]) == 0
-    assert main(["device", "sync", str(device.folder)]) == 2  # no endpoint: named
-    assert "--from" in capsys.readouterr().err
+    capsys.readouterr()
+    assert main(["device", "search", str(device.folder), "blue shirt", "--endpoint", url]) == 0
+    out = capsys.readouterr().out
+    assert "scored by device:v0003 (the service serves base)" in out and "  3. " in out
 
 
 def test_a_service_without_versions_scores_and_says_so(setup) -> None:

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 from client.device import Device
+from client.local_training import record_epsilon
 from client.store import KEY_ENV
 from common.config import ENCODER_DIR_ENV
 from common.security.signing import load_public_key, verify_version
@@ -178,7 +179,7 @@ def test_readme_walkthrough_runs_as_written(
     tmp_path: Path, retail_dir, small_catalog, tiny_checkpoint
 ) -> None:
     blocks = walkthrough_blocks(README.read_text(encoding="utf-8"))
-    assert len(blocks) == 7, "the walkthrough's steps changed: update this test"
+    assert len(blocks) == 8, "the walkthrough's steps changed: update this test"
     port, superlink_port, serve_port = _free_port(), _free_port(), _free_port()
     runtime_base = _free_port() + 10
     _, encoder_folder, _ = tiny_checkpoint
@@ -244,7 +245,8 @@ def test_readme_walkthrough_runs_as_written(
         assert manifest["base_model"].split(":")[1] == encoder_folder.name
         for i in (1, 2, 3):
             state = Device(project / f"dev{i}").open_store().load_state()
-            assert state.info.get("rounds_trained") == 2 and state.accountant["history"]
+            assert state.info.get("rounds_trained") == 2  # the device's own count
+            assert record_epsilon(state.accountant, 1e-5) > 0  # its record-level ε moved
 
         # 7. the service serves v0002, signatures checked, with no extra flag
         serve, curl = commands(blocks[6])
@@ -256,6 +258,17 @@ def test_readme_walkthrough_runs_as_written(
         assert shell.background["serve"].poll() is None, shell.log("serve")[-3000:]
         answer = json.loads(shell.run(curl).stdout)
         assert answer["model"]["version"] == "v0002" and answer["signatures_checked"] is True
+
+        # 8. the device fetches v0002, verifies it and searches with its own copy
+        service = f"http://127.0.0.1:{serve_port}"
+        sync, search = "fedsearch device sync dev1", "fedsearch device search dev1"
+        step8 = substitute(
+            blocks[7], {sync: f"{sync} --from {service}", search: f"{search} --endpoint {service}"}
+        )
+        sync, search = commands(step8)
+        assert "fetched v0001, v0002; holds v0002" in shell.run(sync).stdout
+        out = shell.run(search).stdout
+        assert "scored by device:v0002 (the service serves v0002)" in out and "  1. " in out
     finally:
         shell.stop_all()
         for name, took in shell.times:
