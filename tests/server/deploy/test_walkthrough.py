@@ -21,7 +21,6 @@ import time
 from pathlib import Path
 
 from client.device import Device
-from client.local_training import record_epsilon
 from client.store import KEY_ENV
 from common.config import ENCODER_DIR_ENV
 from common.security.signing import load_public_key, verify_version
@@ -246,7 +245,6 @@ def test_readme_walkthrough_runs_as_written(
         for i in (1, 2, 3):
             state = Device(project / f"dev{i}").open_store().load_state()
             assert state.info.get("rounds_trained") == 2  # the device's own count
-            assert record_epsilon(state.accountant, 1e-5) > 0  # its record-level ε moved
 
         # 7. the service serves v0002, signatures checked, with no extra flag
         serve, curl = commands(blocks[6])
