@@ -8,6 +8,7 @@ import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from common.cli import UsageError, add_config_arguments, config_from_args
 from common.passthrough import run_passing_through
@@ -16,6 +17,9 @@ EXIT_NOT_REGISTERED = 3
 DEFAULT_ENDPOINT = "http://127.0.0.1:8000"
 SEARCH_CANDIDATES = 50
 NOT_REGISTERED_MARK = "Failed to activate SuperNode"
+
+if TYPE_CHECKING:
+    from common.training_config import DeviceConfig
 
 
 def register_device_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -29,12 +33,15 @@ def register_device_commands(subparsers: argparse._SubParsersAction) -> None:
     sub = device.add_subparsers(dest="device_command", metavar="STEP", required=True)
     device.set_defaults(subcommands=sub)  # other packages add device steps (import-history)
 
-    init_text = "create a device folder (keys, empty encrypted store)"
     init = sub.add_parser(
         "init",
-        help=init_text,
-        description=f"{init_text.capitalize()}: the SuperNode key pair is made here (send "
-        "auth.pub to the operator); the CA certificate and the model-signing key are copied in.",
+        help="create a device folder (keys, empty encrypted store, privacy policy)",
+        description="Create a device folder: the device's SuperNode key pair (made here), "
+        "copies of the federation's CA and model-signing key, an empty encrypted store, and "
+        "the device's own privacy policy (device.toml). The device refuses every round whose "
+        "plan breaks its policy, whatever the server asks.",
+        epilog="example: fedsearch device init dev1 --superlink 127.0.0.1:9092 --ca "
+        "deploy/ca/ca.crt --signing-key deploy/signing/signing.pub --max-epsilon-user 8",
     )
     init.add_argument("folder", type=Path)
     init.add_argument(
@@ -52,6 +59,7 @@ def register_device_commands(subparsers: argparse._SubParsersAction) -> None:
     init.add_argument(
         "--runtime-port", type=int, default=9094, help="local port of the SuperNode Runtime API"
     )
+    _add_policy_arguments(init)
     init.set_defaults(handler=user_errors(_init))
 
     budget = sub.add_parser("budget", help="show the device's privacy budget and its store")
@@ -109,6 +117,38 @@ def register_device_commands(subparsers: argparse._SubParsersAction) -> None:
     join.set_defaults(handler=user_errors(_join))
 
 
+POLICY_OPTIONS = {
+    "max_epsilon_user": "refuse federations that may spend more user-level epsilon",
+    "min_noise_multiplier": "refuse rounds with less noise per unit of clip norm",
+    "max_clipping_norm": "refuse rounds that clip updates to a larger norm",
+}
+
+
+def _add_policy_arguments(parser: argparse.ArgumentParser) -> None:
+    from common.training_config import DeviceConfig
+
+    defaults = DeviceConfig()
+    policy = parser.add_argument_group("privacy policy (written to device.toml)")
+    for key, text in POLICY_OPTIONS.items():
+        default = getattr(defaults, key)
+        flag = f"--{key.replace('_', '-')}"
+        policy.add_argument(flag, type=float, metavar="X", help=f"{text} (default {default:g})")
+    policy.add_argument(
+        "--allow-without-secagg",
+        action="store_true",
+        help="take part in rounds without SecAgg+ (the server then sees this device's update)",
+    )
+
+
+def _policy(args: argparse.Namespace) -> dict[str, float | bool]:
+    policy: dict[str, float | bool] = {
+        key: getattr(args, key) for key in POLICY_OPTIONS if getattr(args, key) is not None
+    }
+    if args.allow_without_secagg:
+        policy["require_secagg"] = False
+    return policy
+
+
 def user_errors(handler: Callable[[argparse.Namespace], int]) -> Callable:
     """Store and key-file problems are the user's to fix: one line, no traceback."""
 
@@ -139,10 +179,13 @@ def _init(args: argparse.Namespace) -> int:
         runtime_port=args.runtime_port,
     )
     try:
-        device = init_device(args.folder, info, ca_cert=args.ca, signing_pub=args.signing_key)
+        device = init_device(
+            args.folder, info, ca_cert=args.ca, signing_pub=args.signing_key, policy=_policy(args)
+        )
     except FileExistsError as exc:
         raise UsageError(str(exc)) from exc
     print(f"device {info.name}: {device.folder}")
+    print(f"  privacy policy: {device.config_file} ({describe_policy(device.device_config())})")
     print(f"  send {device.auth_pub} to the operator (fedsearch deploy register ...)")
     print(f"  {device.auth_key} and {device.store_key} stay on this device")
     return 0
@@ -170,6 +213,7 @@ def _budget(args: argparse.Namespace) -> int:
     )
     left = settings.epsilon_budget - spent
     print(f"  budget left: {left:.3f}" if left > 0 else "  budget spent: the device stops training")
+    print(f"  privacy policy: {describe_policy(device.device_config())}")
     user = state.user_vector is not None
     print(f"  personal state: user vector {'set' if user else 'not set'}")
     return 0
@@ -231,6 +275,17 @@ def _search(args: argparse.Namespace) -> int:
     for rank, hit in enumerate(results.hits, 1):
         print(f"  {rank}. {hit.title} [{hit.id}] {hit.score:.3f}")
     return 0
+
+
+def describe_policy(settings: DeviceConfig) -> str:
+    """The device's policy in one line."""
+    secagg = "SecAgg+ required" if settings.require_secagg else "SecAgg+ optional"
+    noise = "device noise required" if settings.require_noise else "device noise optional"
+    return (
+        f"{secagg}, {noise}, noise multiplier >= {settings.min_noise_multiplier:g}, "
+        f"clip norm <= {settings.max_clipping_norm:g}, "
+        f"epsilon_user <= {settings.max_epsilon_user:g}"
+    )
 
 
 def _join(args: argparse.Namespace) -> int:

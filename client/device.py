@@ -27,6 +27,7 @@ import os
 import shutil
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -40,7 +41,7 @@ from client.store import (
     load_key,
     write_key_file,
 )
-from common.config import DeviceConfig, load_config
+from common.config import DeviceConfig, config_from_dict, load_config
 from common.data.retail import split_history
 from common.data.searches import DeviceData, SearchExample
 from common.federation.flower_env import flower_env
@@ -107,9 +108,13 @@ def init_device(
     *,
     ca_cert: Path,
     signing_pub: Path,
+    policy: Mapping[str, float | bool] | None = None,
 ) -> Device:
-    """Create a device folder: keys made here, CA and signing key copied in, empty store."""
+    """Create a device folder: keys made here, CA and signing key copied in, empty store,
+    and ``policy`` (``device.*`` settings, checked before anything is written) in
+    ``device.toml``."""
     device = Device(folder)
+    settings = config_from_dict({"device": dict(policy or {})}).device  # names a bad key
     if (device.folder / DEVICE_FILE).exists():
         raise FileExistsError(f"{device.folder} is already a device folder")
     for path, what in ((ca_cert, "CA certificate"), (signing_pub, "signing public key")):
@@ -124,7 +129,14 @@ def init_device(
     key = load_key(None) if os.environ.get(KEY_ENV) else write_key_file(device.store_key)
     DeviceStore(device.store_dir, key).save_state(PersonalState())
     (device.folder / DEVICE_FILE).write_text(json.dumps(asdict(info), indent=2), "utf-8")
+    if policy:
+        lines = [f"{key} = {_toml_value(getattr(settings, key))}" for key in policy]
+        device.config_file.write_text("[device]\n" + "\n".join(lines) + "\n", "utf-8")
     return device
+
+
+def _toml_value(value: float | bool) -> str:
+    return str(value).lower() if isinstance(value, bool) else repr(value)
 
 
 def device_env(device: Device) -> dict[str, str]:

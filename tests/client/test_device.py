@@ -86,3 +86,41 @@ def test_wrong_key_in_env_is_a_one_line_cli_error(device, monkeypatch, capsys) -
     monkeypatch.setenv(KEY_ENV, base64.b64encode(generate_key()).decode())
     assert main(["device", "budget", str(device.folder)]) == 2
     assert "wrong store key" in capsys.readouterr().err
+
+
+def _init_args(tmp_path: Path, folder: str) -> list[str]:
+    return [
+        "device", "init", str(tmp_path / folder), "--superlink", "127.0.0.1:9092",
+        "--ca", str(tmp_path / "ca.crt"), "--signing-key", str(tmp_path / "s.pub"),
+    ]  # fmt: skip
+
+
+def test_init_writes_the_device_s_own_policy_and_the_policy_refuses(
+    device, tmp_path, capsys
+) -> None:
+    from client.device import Device
+    from client.privacy import DevicePolicy, PolicyRefusal
+    from common.config import config_from_dict
+    from common.federation.privacy_plan import PrivacyPlan
+    from common.federation.run_spec import RunSpec
+
+    strict = [
+        *_init_args(tmp_path, "strict"),
+        "--max-epsilon-user",
+        "2",
+        "--max-clipping-norm",
+        "0.5",
+    ]
+    assert main(strict) == 0
+    assert "epsilon_user <= 2" in capsys.readouterr().out
+    settings = Device(tmp_path / "strict").device_config()
+    assert (settings.max_epsilon_user, settings.max_clipping_norm) == (2.0, 0.5)
+    assert settings.require_secagg  # options not given keep their defaults
+    config = config_from_dict({"federation": {"epsilon_user": 4.0, "clipping_norm": 0.5}})
+    plan = PrivacyPlan.from_spec(RunSpec(config, "marketplace", 100, tmp_path))
+    with pytest.raises(PolicyRefusal, match="epsilon_user 4, above the device's maximum 2"):
+        DevicePolicy.from_config(settings).check(plan)
+
+    assert main([*_init_args(tmp_path, "bad"), "--max-epsilon-user", "-1"]) == 2
+    assert "device.max_epsilon_user" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()  # nothing written for a bad policy
