@@ -255,7 +255,9 @@ def test_readme_walkthrough_runs_as_written(
                   STEP_TIMEOUT_S, "the search service")  # fmt: skip
         assert shell.background["serve"].poll() is None, shell.log("serve")[-3000:]
         answer = json.loads(shell.run(curl).stdout)
-        assert answer["model"]["version"] == "v0002" and answer["signatures_checked"] is True
+        assert answer["model"]["version"] == "v0002"
+        assert answer["registry"]["signatures_checked"] is True
+        assert answer["model"]["base_model"] == answer["encoder_version"]  # one encoder
 
         # 8. the device fetches v0002, verifies it and searches with its own copy
         service = f"http://127.0.0.1:{serve_port}"
