@@ -256,6 +256,7 @@ def _search(args: argparse.Namespace) -> int:
         device.registry_dir,
         load_public_key(device.signing_pub),
         state_file=device.folder / ADAPTER_MARK_FILE,
+        base_model=device.base_model(),
     )
     store = device.open_store()
     try:

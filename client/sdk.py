@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from client.store import DeviceStore, LoggedSearch, PersonalState
 from common.model.adapter import ADAPTER_FILE, QueryAdapter
 from common.model.personalization import rerank, user_vector
-from common.security.trust import TrustedVersions
+from common.security.trust import TrustedVersions, check_base_model
 
 ADAPTER_MARK_FILE = "adapter-version.json"  # the usual name of ``verified_adapters``'s state
 
@@ -247,16 +247,27 @@ def _error(response: httpx.Response) -> SearchError:
 
 
 def verified_adapters(
-    registry: str | Path, public_key: Ed25519PublicKey, *, state_file: str | Path | None = None
+    registry: str | Path,
+    public_key: Ed25519PublicKey,
+    *,
+    state_file: str | Path | None = None,
+    base_model: str | None = None,
 ) -> TrustedVersions[QueryAdapter]:
     """The registry's newest adapter version signed by ``public_key``, refreshed on use.
 
     ``state_file`` (on the device's own disk, e.g. in its folder) keeps the highest version
     ever accepted, so a replayed or downgraded registry copy is refused even after the app
-    restarts; without it the mark lives as long as the returned object (simulations)."""
+    restarts; without it the mark lives as long as the returned object (simulations).
+    ``base_model``: the encoder the device's vectors come from; a version trained on
+    another is refused, naming both."""
+
+    def load(folder: Path, manifest: dict[str, Any]) -> QueryAdapter:
+        check_base_model(folder, manifest, base_model)
+        return QueryAdapter.load(folder / ADAPTER_FILE)
+
     return TrustedVersions(
         Path(registry),
         public_key,
-        lambda folder, _: QueryAdapter.load(folder / ADAPTER_FILE),
+        load,
         state_file=None if state_file is None else Path(state_file),
     )

@@ -55,7 +55,12 @@ def sync_device(
         fetched = _fetch_http(source, registry, have, transport)
     else:
         fetched = _copy_folder(Path(source), registry, have)
-    versions = verified_adapters(registry, public_key, state_file=device.folder / ADAPTER_MARK_FILE)
+    versions = verified_adapters(
+        registry,
+        public_key,
+        state_file=device.folder / ADAPTER_MARK_FILE,
+        base_model=device.base_model(),
+    )
     versions.refresh()
     return SyncResult(fetched, versions.version or "", versions.last_error)
 

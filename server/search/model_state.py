@@ -21,7 +21,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from common.model.adapter import ADAPTER_FILE, QueryAdapter
-from common.security.trust import TrustedVersions
+from common.security.trust import TrustedVersions, check_base_model
 from common.security.versions import IntegrityError
 
 log = logging.getLogger(__name__)
@@ -50,16 +50,6 @@ class ModelState:
             "loaded_at": self.loaded_at,
             **{k: self.manifest[k] for k in keys if k in self.manifest},
         }
-
-
-def check_base_model(folder: Path, manifest: dict[str, Any], base_model: str | None) -> None:
-    """Refuse a version trained on another base encoder than ``base_model`` (None: any)."""
-    trained_on = manifest.get("base_model")
-    if base_model and trained_on and trained_on != base_model:
-        raise IntegrityError(
-            f"{folder.name} was trained on base model {trained_on!r}, but this runs "
-            f"{base_model!r}: use the same encoder (paths.encoder_dir, encoder.*)"
-        )
 
 
 def load_model_state(

@@ -14,7 +14,7 @@ import pytest
 import torch
 import uvicorn
 
-from client.device import DeviceInfo, init_device
+from client.device import BASE_MODEL_INFO, DeviceInfo, init_device
 from client.sdk import DeviceClient, DeviceModelError, verified_adapters
 from client.store import KEY_ENV
 from client.sync import sync_device
@@ -138,3 +138,23 @@ def _pub(device):
     from common.security.signing import load_public_key
 
     return load_public_key(device.signing_pub)
+
+
+def test_a_version_of_another_encoder_is_refused_on_the_device(setup) -> None:
+    client, registry, device, key = setup
+    url = str(client.base_url).rstrip("/")
+    weights = QueryAdapter(384, 4).get_weights()
+    publish_adapter(registry, weights, {"round": 1, "base_model": "enc:A"}, finalize=signer(key))
+
+    def recorded(encoder):
+        def update(state):
+            state.info[BASE_MODEL_INFO] = encoder
+            return state
+
+        return update
+
+    device.open_store().update_state(recorded("enc:B"))
+    result = sync_device(device, url)
+    assert result.held == "" and "'enc:A'" in result.refused and "'enc:B'" in result.refused
+    device.open_store().update_state(recorded("enc:A"))
+    assert sync_device(device, url).held == "v0001"

@@ -20,6 +20,7 @@ import sys
 import time
 from pathlib import Path
 
+from client.commands import EXIT_NOT_REGISTERED
 from client.device import Device
 from client.store import KEY_ENV
 from common.config import ENCODER_DIR_ENV
@@ -302,4 +303,6 @@ def _refused_device(shell: Shell, port: int, runtime_base: int) -> None:
     assert sneaky.returncode != 0 and "registered successfully" not in sneaky.stdout
     proc = shell.start("dev4", "fedsearch device join dev4")
     _wait_for(lambda: proc.poll() is not None, 60, "the unregistered device to exit")
-    assert proc.returncode != 0 and "Failed to activate SuperNode" in shell.log("dev4")
+    assert proc.returncode == EXIT_NOT_REGISTERED, shell.log("dev4")[-2000:]
+    assert "dev4: the SuperLink refused this device: its key" in shell.log("dev4")
+    assert "is not registered" in shell.log("dev4")
