@@ -161,7 +161,7 @@ class PopulationConfig(Section):
     min_items: int = Field(default=5, ge=2)
     holdout_fraction: float = Field(default=0.2, gt=0, lt=1)
     impression_size: int = Field(default=20, ge=1)
-    shoppers: int = Field(default=200, ge=1)
+    shoppers: int = Field(default=1000, ge=1)
     train_searches: int = Field(default=30, ge=1)
     test_searches: int = Field(default=5, ge=1)
     position_bias: float = Field(default=1.0, ge=0)

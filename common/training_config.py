@@ -16,7 +16,7 @@ class AdapterConfig(Section):
     clicked item against ``shown_negatives`` shown but unclicked items of the same
     impression and ``random_negatives`` items drawn from the catalog."""
 
-    rank: int = Field(default=64, ge=1)
+    rank: int = Field(default=16, ge=1)
     temperature: float = Field(default=0.05, gt=0)
     shown_negatives: int = Field(default=20, ge=0)
     random_negatives: int = Field(default=32, ge=0)
@@ -94,16 +94,16 @@ class FederationConfig(Section):
     is never published and a deployed server ignores it.
     """
 
-    rounds: int = Field(default=20, ge=1)
-    clients_per_round: int = Field(default=20, ge=1)
+    rounds: int = Field(default=30, ge=1)
+    clients_per_round: int = Field(default=100, ge=1)
     seed: int = 0
     dp: bool = True
     noise: Literal["devices", "server"] = "devices"
-    noise_multiplier: float = Field(default=0.7, ge=0)
-    clipping_norm: float = Field(default=0.1, gt=0)
-    epsilon_user: float = Field(default=8.0, gt=0)
+    noise_multiplier: float = Field(default=1.2, ge=0)
+    clipping_norm: float = Field(default=1.0, gt=0)
+    epsilon_user: float = Field(default=4.0, gt=0)
     delta_user: float = Field(default=0.0, ge=0, lt=1)
-    min_devices_fraction: float = Field(default=0.7, gt=0, le=1)
+    min_devices_fraction: float = Field(default=0.8, gt=0, le=1)
     ledger_dir: str = ""
     secagg: bool = True
     secagg_neighbours: int = Field(default=10, ge=2)

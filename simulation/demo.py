@@ -2,7 +2,8 @@
 
 It is the commands a user would type, in order, with the same configuration:
 ``pretrain`` (skipped when a checkpoint exists), ``simulate`` (a small marketplace federation
-with DP and SecAgg+), then ``search`` (one query for two simulated shoppers side by side).
+with device noise and SecAgg+; its fictional shoppers' ledger starts afresh each time), then
+``search`` (one query for two simulated shoppers side by side).
 """
 
 from __future__ import annotations
@@ -28,7 +29,8 @@ def register_demo_command(subparsers: argparse._SubParsersAction) -> None:
     )
     add_config_arguments(demo)
     demo.add_argument("--retrain", action="store_true", help="pretrain even if a checkpoint exists")
-    demo.add_argument("--shoppers", type=int, default=40, help="simulated shoppers (default 40)")
+    demo.add_argument("--shoppers", type=int, default=200, help="simulated shoppers (default 200)")
+    demo.add_argument("--per-round", type=int, default=50, help="devices a round (default 50)")
     demo.add_argument("--rounds", type=int, default=5, help="federated rounds (default 5)")
     demo.add_argument("--query", default=DEMO_QUERY, help=f'the search (default "{DEMO_QUERY}")')
     demo.set_defaults(handler=_run)
@@ -52,14 +54,20 @@ def _run(args: argparse.Namespace) -> int:
         _step(f"1/3 base encoder: {existing} (pass --retrain to train a new one)")
         metrics = json.loads((existing / "metrics.json").read_text(encoding="utf-8"))
         print(encoder_table(metrics["validation"]))
-    _step(f"2/3 federated simulation: {args.shoppers} shoppers, {args.rounds} rounds, DP + SecAgg+")
-    simulate = ["simulate", "--population", "marketplace", "--clients", str(args.shoppers)]
-    if status := main([*simulate, "--rounds", str(args.rounds), *shared]):
+    _step(
+        f"2/3 federated simulation: {args.shoppers} shoppers, {args.per_round} a round, "
+        f"{args.rounds} rounds, device noise + SecAgg+"
+    )
+    simulate = [
+        "simulate", "--population", "marketplace", "--clients", str(args.shoppers),
+        "--per-round", str(args.per_round), "--rounds", str(args.rounds), "--reset-ledger",
+    ]  # fmt: skip
+    if status := main([*simulate, *shared]):
         return status
     _step(f'3/3 personalized search: "{args.query}" for two simulated shoppers')
     if status := main(["search", args.query, *shared]):
         return status
-    print("\nopen the web page: fedsearch serve, then http://127.0.0.1:8000/")
+    print("\nsee it in a browser: fedsearch serve --demo, then open http://127.0.0.1:8000/")
     return 0
 
 
