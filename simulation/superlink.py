@@ -7,8 +7,9 @@ is stopped with its whole process group (the simulation runtime and Ray included
 
 With ``ray_address`` the simulation runtime joins that existing Ray cluster instead of
 starting a local one (Ray reads ``RAY_ADDRESS``); without it, the runtime starts its own Ray
-even when a cluster started with ``ray start`` runs on this machine. With ``signing_key`` the ServerApp signs
-the versions it publishes with that key (``common.security.signing.publisher``).
+even when a cluster started with ``ray start`` runs on this machine. With ``signing_key`` the
+ServerApp signs the versions it publishes with that key
+(``common.security.signing.publisher``).
 """
 
 from __future__ import annotations
