@@ -10,7 +10,7 @@ unset (flwr only accepts overrides of keys the table lists).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -112,15 +112,16 @@ class RunSpec:
         config_file = str(run_config.get("config-file", "") or "") or None
         config = load_config(config_file, overrides or None)
         run_dir = str(run_config.get("run-dir", "") or "")
-        return cls(
+        spec = cls(
             config=config,
             population=str(run_config.get("population", "marketplace")),
             num_devices=int(run_config.get("num-devices", 0)),
             run_dir=Path(run_dir)
             if run_dir
             else config.paths.work / "federation" / f"run-{run_id}",
-            base_model=str(run_config.get("base-model", "")) or base_model_label(config),
+            base_model=str(run_config.get("base-model", "")),
             population_id=str(run_config.get("population-id", "")),
             embedding_dim=int(run_config.get("embedding-dim", 0) or 0),
             initial_adapter=str(run_config.get("initial-adapter", "")),
-        )
+        )  # checks the run's own keys before the encoder is looked up
+        return spec if spec.base_model else replace(spec, base_model=base_model_label(config))

@@ -13,6 +13,7 @@ def test_run_spec_from_a_flower_run_config(tmp_path):
         {
             "population": "retail",
             "population-id": "shop-a",
+            "base-model": "fedsearch-minilm-rn64:v0001:abc",
             "num-devices": 12,
             "embedding-dim": 32,
             "run-dir": str(tmp_path / "run"),
@@ -30,7 +31,8 @@ def test_run_spec_from_a_flower_run_config(tmp_path):
     assert spec.sample_rate == pytest.approx(3 / 12) and spec.expected_devices == 3
     assert spec.delta_user == pytest.approx(0.1 / 12)
     assert spec.run_dir == tmp_path / "run"
-    default = RunSpec.from_run_config({"num-devices": 3}, run_id=7)
+    assert spec.base_model == "fedsearch-minilm-rn64:v0001:abc"
+    default = RunSpec.from_run_config({"num-devices": 3, "base-model": "m"}, run_id=7)
     assert default.run_dir.name == "run-7" and default.population == "marketplace"
     assert default.ledger_name == "marketplace"
 

@@ -28,6 +28,8 @@ OPERATIONS = {
     ("GET", "/metrics"),
     ("POST", "/admin/reload"),
     ("POST", "/admin/rollback"),
+    ("GET", "/models"),
+    ("GET", "/models/{version}/{name}"),
 }
 WITH_BODY = {("POST", "/search"), ("POST", "/items"), ("POST", "/admin/rollback")}
 CASES = [(*op, GenerationMode.POSITIVE) for op in sorted(OPERATIONS)] + [
