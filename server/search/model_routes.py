@@ -15,6 +15,7 @@ from fastapi.responses import FileResponse
 
 from common.security.signing import SIGNATURE_FILE
 from common.security.versions import MANIFEST, IntegrityError, list_versions, read_manifest
+from server.search.api import ErrorResponse
 from server.search.api_errors import ApiError
 
 
@@ -32,7 +33,14 @@ def add_model_routes(app: FastAPI, registry: Path, served: Callable[[], str]) ->
     def models() -> dict[str, Any]:
         return {"versions": [v.name for v in list_versions(registry)], "served": served()}
 
-    @app.get("/models/{version}/{name}", summary="One file of a published version")
+    @app.get(
+        "/models/{version}/{name}",
+        summary="One file of a published version",
+        responses={
+            404: {"model": ErrorResponse, "description": "no such version or file"},
+            200: {"content": {"application/octet-stream": {}}, "description": "the file"},
+        },
+    )
     def model_file(version: str, name: str) -> FileResponse:
         folder = {v.name: v for v in list_versions(registry)}.get(version)
         if folder is None:
