@@ -35,4 +35,4 @@ bench: $(STAMP)
 	$(BIN)/fedsearch bench-federation
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) runs .pytest_cache .mypy_cache
