@@ -4,13 +4,19 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
 import shlex
+import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from common.cli import UsageError, add_config_arguments, config_from_args
+from common.passthrough import run_passing_through
+
+EXIT_NOT_REGISTERED = 3
+DEFAULT_ENDPOINT = "http://127.0.0.1:8000"
+SEARCH_CANDIDATES = 50
+NOT_REGISTERED_MARK = "Failed to activate SuperNode"
 
 if TYPE_CHECKING:
     from common.training_config import DeviceConfig
@@ -38,7 +44,12 @@ def register_device_commands(subparsers: argparse._SubParsersAction) -> None:
         "deploy/ca/ca.crt --signing-key deploy/signing/signing.pub --max-epsilon-user 8",
     )
     init.add_argument("folder", type=Path)
-    init.add_argument("--superlink", required=True, metavar="HOST:PORT", help="SuperLink address")
+    init.add_argument(
+        "--superlink",
+        required=True,
+        metavar="HOST:PORT",
+        help="the federation's Fleet gateway (`fedsearch deploy gateway`), e.g. 127.0.0.1:9092",
+    )
     init.add_argument("--ca", type=Path, required=True, help="the federation's CA certificate")
     init.add_argument(
         "--signing-key", type=Path, required=True, help="the server's signing.pub (Ed25519)"
@@ -56,9 +67,52 @@ def register_device_commands(subparsers: argparse._SubParsersAction) -> None:
     add_config_arguments(budget)
     budget.set_defaults(handler=user_errors(_budget))
 
-    join = sub.add_parser("join", help="start this device's SuperNode (TLS, device auth)")
+    sync = sub.add_parser(
+        "sync",
+        help="fetch the newest published model version and verify it on the device",
+        description="Fetch the model versions newer than the device's copy from the search "
+        "service (or a registry folder) into <folder>/registry and verify them with the "
+        "deployment's signing key. Exits with status 1 when the newest is refused (the "
+        "device keeps the version it had).",
+    )
+    sync.add_argument("folder", type=Path)
+    sync.add_argument(
+        "--from",
+        dest="source",
+        metavar="URL_OR_FOLDER",
+        help="search service URL or registry folder (default: the device's endpoint, else "
+        "http://127.0.0.1:8000)",
+    )
+    sync.set_defaults(handler=user_errors(_sync))
+
+    search = sub.add_parser(
+        "search",
+        help="search as this device: its verified model copy scores, its user vector reranks",
+        description="One search through the SDK (client.sdk.DeviceClient): the service "
+        "returns candidates and vectors; the device scores them with its own verified copy "
+        "of the newest model version (fedsearch device sync), reranks them with its private "
+        "user vector and logs the search in its encrypted store. Exits with status 1 when "
+        "the device's copy is refused.",
+    )
+    search.add_argument("folder", type=Path)
+    search.add_argument("text", help="the query")
+    search.add_argument("--k", type=int, default=5, help="results to show (default: 5)")
+    search.add_argument(
+        "--endpoint", help="search service URL (default: the device's, else http://127.0.0.1:8000)"
+    )
+    search.set_defaults(handler=user_errors(_search))
+
+    join_text = "start this device's SuperNode (TLS, device auth)"
+    join = sub.add_parser(
+        "join",
+        help=join_text,
+        description=f"{join_text.capitalize()}. Exits with status {EXIT_NOT_REGISTERED} when "
+        "the federation refuses the device because its key is not registered.",
+    )
     join.add_argument("folder", type=Path)
-    join.add_argument("--superlink", metavar="HOST:PORT", help="override the SuperLink address")
+    join.add_argument(
+        "--superlink", metavar="HOST:PORT", help="override the Fleet gateway's address"
+    )
     join.add_argument("--print-only", action="store_true", help="print the command only")
     join.set_defaults(handler=user_errors(_join))
 
@@ -165,6 +219,65 @@ def _budget(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sync(args: argparse.Namespace) -> int:
+    from client.device import Device
+    from client.sync import sync_device
+
+    device = Device(args.folder)
+    source = args.source or device.info.endpoint or DEFAULT_ENDPOINT
+    try:
+        result = sync_device(device, source)
+    except (ConnectionError, ValueError) as exc:
+        raise UsageError(str(exc)) from exc
+    fetched = ", ".join(result.fetched) or "nothing new"
+    print(f"device {device.info.name}: fetched {fetched}; holds {result.held or 'no version'}")
+    if result.refused:
+        print(f"device {device.info.name}: {result.refused}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _search(args: argparse.Namespace) -> int:
+    from client.device import Device
+    from client.sdk import (
+        ADAPTER_MARK_FILE,
+        DeviceClient,
+        DeviceModelError,
+        SearchError,
+        verified_adapters,
+    )
+    from common.security.signing import load_public_key
+
+    device = Device(args.folder)
+    endpoint = args.endpoint or device.info.endpoint or DEFAULT_ENDPOINT
+    if not 1 <= args.k <= SEARCH_CANDIDATES:
+        raise UsageError(f"--k: must be in 1..{SEARCH_CANDIDATES}")
+    model = verified_adapters(
+        device.registry_dir,
+        load_public_key(device.signing_pub),
+        state_file=device.folder / ADAPTER_MARK_FILE,
+        base_model=device.base_model(),
+    )
+    store = device.open_store()
+    try:
+        with DeviceClient(endpoint, store, model=model, candidates=SEARCH_CANDIDATES) as sdk:
+            results = sdk.search(text=args.text, k=args.k)
+    except DeviceModelError as exc:
+        print(f"device {device.info.name}: {exc}", file=sys.stderr)
+        return 1
+    except SearchError as exc:
+        raise UsageError(str(exc)) from exc
+    print(
+        f"scored by {results.scored_by} (the service serves {results.model_version}), "
+        f"reranked on the device from {results.candidates} candidates"
+    )
+    if results.model_error:
+        print(f"  note: {results.model_error}")
+    for rank, hit in enumerate(results.hits, 1):
+        print(f"  {rank}. {hit.title} [{hit.id}] {hit.score:.3f}")
+    return 0
+
+
 def describe_policy(settings: DeviceConfig) -> str:
     """The device's policy in one line."""
     secagg = "SecAgg+ required" if settings.require_secagg else "SecAgg+ optional"
@@ -180,11 +293,18 @@ def _join(args: argparse.Namespace) -> int:
     from client.device import Device, device_env, supernode_command
 
     device = Device(args.folder)
-    device.info  # noqa: B018 - fails clearly if the folder is not a device
+    name = device.info.name  # fails clearly if the folder is not a device
     device.open_store()  # fail now, not inside the ClientApp, if the key is wrong
     command = supernode_command(device, superlink=args.superlink)
     print(f"$ {shlex.join(command)}", flush=True)
     if args.print_only:
         return 0
-    os.execvpe(command[0], command, device_env(device))
-    return 0
+    status, output = run_passing_through(command, device_env(device))
+    if status != 0 and NOT_REGISTERED_MARK in output:
+        print(
+            f"device {name}: the SuperLink refused this device: its key {device.auth_pub} is "
+            "not registered (the operator runs `fedsearch deploy register` with it)",
+            file=sys.stderr,
+        )
+        return EXIT_NOT_REGISTERED
+    return status

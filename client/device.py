@@ -50,6 +50,7 @@ from common.files import atomic_write
 from common.security.pki import create_local_tls, create_node_auth_keys
 
 DEVICE_FILE = "device.json"
+BASE_MODEL_INFO = "base_model"  # personal state info: the encoder of the device's vectors
 DEVICE_CONFIG_FILE = "device.toml"
 NODE_CONFIG_KEY = "device-dir"
 DEFAULT_RUNTIME_PORT = 9094
@@ -97,6 +98,10 @@ class Device:
         if not self.config_file.is_file():
             return DeviceConfig()
         return load_config(self.config_file).device
+
+    def base_model(self) -> str | None:
+        """The encoder the device's logged vectors come from (recorded at import), if known."""
+        return self.open_store().load_state().info.get(BASE_MODEL_INFO)
 
     def open_store(self) -> DeviceStore:
         key_file = None if os.environ.get(KEY_ENV) else self.store_key

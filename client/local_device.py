@@ -82,6 +82,7 @@ def stored_device(spec: RunSpec, node_config: Mapping[str, Any]) -> LocalDevice:
             device.registry_dir,
             load_public_key(device.signing_pub),
             state_file=device.folder / ADAPTER_MARK_FILE,
+            base_model=device.base_model(),
         )
     return LocalDevice(
         data, vectors, device.open_store(), device.device_config(), published, public_items=public

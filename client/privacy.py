@@ -79,7 +79,8 @@ class DevicePolicy:
                 f"device policy: clipping norm {plan.clipping_norm:g} is above the device's "
                 f"maximum {self.max_clipping_norm:g}"
             )
-        if not plan.dp or plan.epsilon_budget > self.max_epsilon_user:
+        unbounded = not plan.dp and math.isinf(self.max_epsilon_user)  # explicitly accepted
+        if not unbounded and (not plan.dp or plan.epsilon_budget > self.max_epsilon_user):
             budget = f"{plan.epsilon_budget:g}" if plan.dp else "unbounded (no DP)"
             raise PolicyRefusal(
                 f"device policy: the federation may spend epsilon_user {budget}, above the "

@@ -9,7 +9,10 @@ logs the click and updates the user vector. With ``model`` (``verified_adapters`
 ``common.security.trust.TrustedVersions`` over the registry the device syncs), the device
 scores the candidates itself with the newest global adapter whose signature and files it
 verified, instead of trusting the service's scores; a version that fails verification is
-refused and the one held is kept::
+refused and the one held is kept. The results say who scored them (``scored_by``) and,
+when a newer copy was refused, why (``model_error``); when the device holds no verified
+version because its copy was refused, ``search`` raises ``DeviceModelError`` rather than
+fall back to the service's scores (``fedsearch device sync`` fetches a fresh copy)::
 
     client = DeviceClient("http://127.0.0.1:8000", device.open_store())
     results = client.search(text="black watch", k=10)
@@ -34,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from client.store import DeviceStore, LoggedSearch, PersonalState
 from common.model.adapter import ADAPTER_FILE, QueryAdapter
 from common.model.personalization import rerank, user_vector
-from common.security.trust import TrustedVersions
+from common.security.trust import TrustedVersions, check_base_model
 
 ADAPTER_MARK_FILE = "adapter-version.json"  # the usual name of ``verified_adapters``'s state
 
@@ -45,6 +48,10 @@ class SearchError(RuntimeError):
     def __init__(self, message: str, field: str | None = None, status: int | None = None):
         super().__init__(message)
         self.field, self.status = field, status
+
+
+class DeviceModelError(SearchError):
+    """The device's own copy of the global adapter was refused and it holds no other."""
 
 
 @dataclass(frozen=True)
@@ -69,6 +76,8 @@ class DeviceResults:
     candidates: int
     transcript: str | None = None
     transcript_confidence: float | None = None
+    scored_by: str = "service"  # or "device:<version>": the device's verified adapter
+    model_error: str | None = None  # why the device refused a newer copy, if it did
 
 
 class DeviceClient:
@@ -134,7 +143,7 @@ class DeviceClient:
         rows = data["results"]
         dim = len(data["query_vector"])
         vectors = np.array([r["vector"] for r in rows], dtype=np.float32).reshape(len(rows), dim)
-        base = self._base_scores(data, vectors)
+        base, scored_by, model_error = self._base_scores(data, vectors)
         order, scores = rerank(base, vectors, self.store.load_state().user_vector, self.beta)
         top, top_scores = order[:k], scores[:k]
         heard = data.get("transcript")
@@ -153,18 +162,29 @@ class DeviceClient:
             len(rows),
             heard,
             data.get("transcript_confidence"),
+            scored_by,
+            model_error,
         )
 
-    def _base_scores(self, data: dict[str, Any], vectors: np.ndarray) -> np.ndarray:
-        """The service's scores, or the device's own from its verified global adapter."""
-        adapter = None
-        if self.model is not None:
-            self.model.refresh()
-            adapter = self.model.value
-        if adapter is None:
-            return np.array([r["base_score"] for r in data["results"]], dtype=np.float32)
+    def _base_scores(
+        self, data: dict[str, Any], vectors: np.ndarray
+    ) -> tuple[np.ndarray, str, str | None]:
+        """(scores, who scored, refusal): the device's own from its verified global adapter
+        when it has a model, else the service's."""
+        service = np.array([r["base_score"] for r in data["results"]], dtype=np.float32)
+        if self.model is None:
+            return service, "service", None
+        self.model.refresh()
+        adapter, error = self.model.value, self.model.last_error
+        if adapter is None and error:
+            raise DeviceModelError(
+                f"the device's copy of the model was refused ({error}); it holds no verified "
+                "version: run `fedsearch device sync` before searching"
+            )
+        if adapter is None:  # no copy yet (nothing synced): the service's scores, said so
+            return service, "service", None
         query = np.asarray(data["query_vector"], dtype=np.float32)
-        return vectors @ adapter.apply_numpy(query)
+        return vectors @ adapter.apply_numpy(query), f"device:{self.model.version}", error
 
     def report_click(self, search_id: str, item_id: str) -> None:
         """Log the click and move the user vector to the mean of the clicked items."""
@@ -227,16 +247,27 @@ def _error(response: httpx.Response) -> SearchError:
 
 
 def verified_adapters(
-    registry: str | Path, public_key: Ed25519PublicKey, *, state_file: str | Path | None = None
+    registry: str | Path,
+    public_key: Ed25519PublicKey,
+    *,
+    state_file: str | Path | None = None,
+    base_model: str | None = None,
 ) -> TrustedVersions[QueryAdapter]:
     """The registry's newest adapter version signed by ``public_key``, refreshed on use.
 
     ``state_file`` (on the device's own disk, e.g. in its folder) keeps the highest version
     ever accepted, so a replayed or downgraded registry copy is refused even after the app
-    restarts; without it the mark lives as long as the returned object (simulations)."""
+    restarts; without it the mark lives as long as the returned object (simulations).
+    ``base_model``: the encoder the device's vectors come from; a version trained on
+    another is refused, naming both."""
+
+    def load(folder: Path, manifest: dict[str, Any]) -> QueryAdapter:
+        check_base_model(folder, manifest, base_model)
+        return QueryAdapter.load(folder / ADAPTER_FILE)
+
     return TrustedVersions(
         Path(registry),
         public_key,
-        lambda folder, _: QueryAdapter.load(folder / ADAPTER_FILE),
+        load,
         state_file=None if state_file is None else Path(state_file),
     )

@@ -106,7 +106,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     configure_logging(verbose=args.verbose)
-    from common.model.encoder import EncoderError
+    from common.model.errors import EncoderError
 
     try:
         return int(args.handler(args) or 0)

@@ -51,18 +51,31 @@ TextPrecision = Literal["auto", "float32", "bfloat16"]
 TEXT_PRECISIONS: tuple[str, ...] = get_args(TextPrecision)
 
 
+ENCODER_DIR_ENV = "FEDSEARCH_ENCODER_DIR"
+
+
 def default_data_dir() -> Path:
     """``$FEDSEARCH_DATA_DIR``, else the ``shared/data`` folder beside the checkout."""
     env = os.environ.get("FEDSEARCH_DATA_DIR")
     return Path(env) if env else REPO_ROOT.parent / "shared" / "data"
 
 
+def default_encoder_dir() -> Path:
+    """``$FEDSEARCH_ENCODER_DIR``, else ``runs/encoder`` in the current folder."""
+    env = os.environ.get(ENCODER_DIR_ENV)
+    return Path(env) if env else Path("runs") / "encoder"
+
+
 class PathsConfig(Section):
-    """Where data is read from (``data_dir``; "" = ``default_data_dir()``) and where
-    checkpoints, the registry, indexes and run reports are written (``work_dir``)."""
+    """Where data is read from (``data_dir``; "" = ``default_data_dir()``), where
+    checkpoints, the registry, indexes and run reports are written (``work_dir``), and where
+    ``fedsearch pretrain`` writes the base encoder and ``encoder.pretrained = "latest"``
+    finds it (``encoder_dir``; "" = ``default_encoder_dir()``, whatever ``work_dir`` is, so
+    the search service, devices and the ServerApp find the same one)."""
 
     data_dir: str = ""
     work_dir: str = "runs"
+    encoder_dir: str = ""
 
     @property
     def data(self) -> Path:
@@ -82,7 +95,7 @@ class PathsConfig(Section):
 
     @property
     def encoders(self) -> Path:
-        return self.work / "encoder"
+        return Path(self.encoder_dir) if self.encoder_dir else default_encoder_dir()
 
     @property
     def registry(self) -> Path:

@@ -139,7 +139,8 @@ class DeviceConfig(Section):
     device trains, refusing the round otherwise: ``require_secagg`` (its update is only
     ever sent masked), ``require_noise`` (user-level DP on with noise added by the devices),
     ``min_noise_multiplier``, ``max_clipping_norm``, ``max_epsilon_user`` (the most the
-    federation may plan to spend on its population).
+    federation may plan to spend on its population; only ``inf`` accepts a run without
+    user-level DP).
     """
 
     local_epochs: int = Field(default=5, ge=1)

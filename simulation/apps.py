@@ -3,8 +3,9 @@
 The ServerApp is the deployment's own, drawing its randomness from ``federation.seed`` so
 runs repeat; the ClientApp is the deployment's ClientApp with the simulated population
 injected as the devices' data (``simulation.devices``) and the wiretaps
-(``simulation.wiretap``) and faults (``simulation.faults``), which act only when a run
-switches them on.
+(``simulation.wiretap``), faults (``simulation.faults``), privacy-audit canaries
+(``simulation.canaries``) and deliberately broken noise (``simulation.broken_noise``),
+which act only when a run switches them on.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import warnings
 
 from client.app import build_client_app
 from server.federation.app import build_server_app
+from simulation.broken_noise import silent_noise_mod
+from simulation.canaries import canary_mod
 from simulation.devices import simulated_device
 from simulation.faults import fault_mod
 from simulation.wiretap import run_tap, server_tap
@@ -24,8 +27,8 @@ warnings.filterwarnings("ignore", message="Secure RNG turned off", module="opacu
 server_app = build_server_app(seeded=True, on_sum=server_tap)
 client_app = build_client_app(
     source=simulated_device,
-    outer_mods=[fault_mod, run_tap("wire")],
-    inner_mods=[run_tap("plain")],
+    outer_mods=[fault_mod, run_tap("wire"), silent_noise_mod],
+    inner_mods=[run_tap("plain"), canary_mod],
 )
 
 __all__ = ["client_app", "server_app"]

@@ -168,7 +168,8 @@ def _bench(args: argparse.Namespace) -> int:
 
 
 def _import_history(args: argparse.Namespace) -> int:
-    from client.device import Device, import_searches, save_public_items
+    from client.device import BASE_MODEL_INFO, Device, import_searches, save_public_items
+    from client.store import PersonalState
     from simulation.loader import load_population
 
     device = Device(args.folder)
@@ -180,8 +181,16 @@ def _import_history(args: argparse.Namespace) -> int:
     data = population.devices[args.index]
     save_public_items(device, population.item_ids, population.item_vectors)
     count = import_searches(device, data, population.item_ids, population.item_vectors)
+    encoder = str(population.info["encoder"])
+
+    def record_encoder(state: PersonalState) -> PersonalState:
+        state.info[BASE_MODEL_INFO] = encoder
+        return state
+
+    device.open_store().update_state(record_encoder)
     print(f"imported {count} searches of {data.device_id} into {device.store_dir}")
     print(f"  public catalog: {len(population.item_ids):,} items in {device.public_items}")
+    print(f"  base encoder: {encoder}")
     return 0
 
 

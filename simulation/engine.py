@@ -147,6 +147,7 @@ def simulate(
     run_dir: Path | None = None,
     wiretap: Path | None = None,
     wiretap_content: bool = True,
+    wiretap_positions: Sequence[str] = ("wire", "plain"),
     ray_address: str = "",
     reset_ledger: bool = False,
     dropout: float = 0.0,
@@ -160,8 +161,8 @@ def simulate(
     ``dropout``: that fraction of the devices sent a message of one of ``dropout_stages``
     fails it (``simulation.faults``). ``wiretap``: record every reply the devices send, and
     the server's payload sums, into this folder (``simulation.wiretap``; ``wiretap_content``
-    False keeps sizes only). ``ray_address``: run on that Ray cluster. ``verbose``: show
-    Flower's log as it runs.
+    False keeps sizes only; ``wiretap_positions`` picks the device taps). ``ray_address``:
+    run on that Ray cluster. ``verbose``: show Flower's log as it runs.
     """
     if population is None:
         population = load_population(
@@ -182,7 +183,12 @@ def simulate(
     )
     prepare_run(spec, population, reset_ledger=reset_ledger)
     if wiretap is not None:
-        write_tap_settings(spec.run_dir, Path(wiretap).resolve(), keep_content=wiretap_content)
+        write_tap_settings(
+            spec.run_dir,
+            Path(wiretap).resolve(),
+            keep_content=wiretap_content,
+            positions=wiretap_positions,
+        )
     if dropout:
         seed = config.federation.seed
         write_fault_settings(spec.run_dir, fraction=dropout, stages=dropout_stages, seed=seed)

@@ -40,7 +40,7 @@ def load_population(
         encoder = create_encoder(
             config.encoder.model,
             config.encoder.pretrained,
-            work_dir=config.paths.work,
+            encoder_dir=config.paths.encoders,
             device=config.encoder.device,
         )
         encoder.batch_size = config.encoder.batch_size

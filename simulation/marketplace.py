@@ -339,4 +339,5 @@ def load_marketplace(
         info,
         public_phrases(products, encoder, config.paths.work / "cache", "marketplace", progress),
         attribute_table(products),
+        [p.category for p in products],
     )

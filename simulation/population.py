@@ -47,6 +47,7 @@ class Population:
     info: dict[str, Any] = field(default_factory=dict)
     phrases: PublicPhrases | None = None
     attributes: AttributeTable | None = None
+    item_categories: list[str] = field(default_factory=list)  # e.g. the fashion articleType
 
     @property
     def n_items(self) -> int:

@@ -6,8 +6,10 @@ listens on 127.0.0.1 at a free port, keeps its Flower files in ``home`` (``FLWR_
 is stopped with its whole process group (the simulation runtime and Ray included) on exit.
 
 With ``ray_address`` the simulation runtime joins that existing Ray cluster instead of
-starting a local one (Ray reads ``RAY_ADDRESS``). With ``signing_key`` the ServerApp signs
-the versions it publishes with that key (``common.security.signing.publisher``).
+starting a local one (Ray reads ``RAY_ADDRESS``); without it, the runtime starts its own Ray
+even when a cluster started with ``ray start`` runs on this machine. With ``signing_key``
+the ServerApp signs the versions it publishes with that key
+(``common.security.signing.publisher``).
 """
 
 from __future__ import annotations
@@ -50,8 +52,8 @@ class LocalSuperLink:
     def env(self) -> dict[str, str]:
         """Environment of the SuperLink and of the ``flwr`` CLI talking to it."""
         extra = {"FLWR_HOME": str(self.home)}
-        if self.ray_address:
-            extra["RAY_ADDRESS"] = self.ray_address
+        # "local": a Ray of its own even when `ray start` runs a cluster on this machine
+        extra["RAY_ADDRESS"] = self.ray_address or "local"
         if self.signing_key is not None:
             extra[SIGNING_KEY_ENV] = str(self.signing_key)
         return flower_env(**extra)

@@ -10,7 +10,8 @@ Ray worker processes): node, message type, SecAgg+ stage, round, size in bytes a
 A simulation switches its taps on with ``write_tap_settings(run_dir, folder)``; the
 simulation's ClientApp carries ``run_tap("wire")`` outermost and ``run_tap("plain")``
 innermost, which record into ``folder/wire`` and ``folder/plain`` when the run's folder
-holds those settings and pass messages through untouched otherwise. On the server side,
+holds those settings (and name that position: the privacy audit records the plain
+payloads only) and pass messages through untouched otherwise. On the server side,
 ``server_tap`` saves each round's noised payload sum, exactly what the server holds, as
 ``folder/server/round-<n>.npy``.
 """
@@ -21,6 +22,7 @@ import functools
 import json
 import pickle
 import uuid
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,9 +36,16 @@ from common.federation.run_spec import RunSpec
 TAP_SETTINGS = "wiretap.json"
 
 
-def write_tap_settings(run_dir: Path, folder: Path, *, keep_content: bool = True) -> None:
-    """Switch the taps of the run in ``run_dir`` on, recording into ``folder``."""
-    settings = {"folder": str(folder), "keep_content": keep_content}
+def write_tap_settings(
+    run_dir: Path,
+    folder: Path,
+    *,
+    keep_content: bool = True,
+    positions: Sequence[str] = ("wire", "plain"),
+) -> None:
+    """Switch the taps of the run in ``run_dir`` on, recording into ``folder``; the device
+    taps only at ``positions`` (the server's sums are always recorded)."""
+    settings = {"folder": str(folder), "keep_content": keep_content, "positions": list(positions)}
     (Path(run_dir) / TAP_SETTINGS).write_text(json.dumps(settings), encoding="utf-8")
 
 
@@ -56,6 +65,8 @@ def _tap_for(run_dir: str, position: str) -> Mod | None:
     if not run_dir or not path.is_file():
         return None
     settings = json.loads(path.read_text(encoding="utf-8"))
+    if position not in settings.get("positions", ("wire", "plain")):
+        return None
     return wiretap(Path(settings["folder"]) / position, keep_content=settings["keep_content"])
 
 

@@ -66,7 +66,11 @@ def tiny_checkpoint(tmp_path_factory, small_catalog):
     work = tmp_path_factory.mktemp("work")
     config = config_from_dict(
         {
-            "paths": {"data_dir": str(small_catalog.parent), "work_dir": str(work)},
+            "paths": {
+                "data_dir": str(small_catalog.parent),
+                "work_dir": str(work),
+                "encoder_dir": str(work / "encoder"),
+            },
             "pretrain": {"steps": 4, "batch_size": 16},
         }
     )

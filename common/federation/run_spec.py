@@ -28,6 +28,15 @@ RUN_KEYS = (
 )
 
 
+def base_model_label(config: Config) -> str:
+    """The version label of the encoder ``config`` names (``Encoder.version``), found where
+    every command finds it (``paths.encoders``); what a published version records."""
+    from common.model.encoder import resolve_encoder
+
+    encoder = config.encoder
+    return resolve_encoder(encoder.model, encoder.pretrained, encoder_dir=config.paths.encoders)[1]
+
+
 @dataclass(frozen=True)
 class RunSpec:
     """Config, population and run folder of one federated run.
@@ -110,8 +119,7 @@ class RunSpec:
             run_dir=Path(run_dir)
             if run_dir
             else config.paths.work / "federation" / f"run-{run_id}",
-            base_model=str(run_config.get("base-model", ""))
-            or f"{config.encoder.model}@{config.encoder.pretrained}",
+            base_model=str(run_config.get("base-model", "")) or base_model_label(config),
             population_id=str(run_config.get("population-id", "")),
             embedding_dim=int(run_config.get("embedding-dim", 0) or 0),
             initial_adapter=str(run_config.get("initial-adapter", "")),

@@ -28,6 +28,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from transformers.utils import logging as hf_logging
 
+from common.model.errors import EncoderError
 from common.model.fusion import fuse
 from common.progress import progress_bar
 from common.security.versions import latest_version, read_manifest
@@ -42,10 +43,6 @@ ENCODER_CONFIG_FILE = "open_clip_config.json"
 ImageInput = Image.Image | bytes | str | Path
 
 open_clip.add_model_config(MODEL_CONFIG_DIR)
-
-
-class EncoderError(RuntimeError):
-    """The encoder could not be built or an input could not be encoded."""
 
 
 def builtin_models() -> list[str]:
@@ -100,12 +97,13 @@ def _tokenizer(model: str, model_cfg: dict[str, Any], text_cfg: dict[str, Any] |
     )
 
 
-def _latest_checkpoint(model: str, work_dir: Path) -> Path:
-    folder = latest_version(work_dir / "encoder")
+def _latest_checkpoint(model: str, encoder_dir: Path) -> Path:
+    folder = latest_version(encoder_dir)
     if folder is None:
         raise EncoderError(
-            f"no pretrained encoder under {work_dir / 'encoder'}: run `fedsearch pretrain` "
-            'first, or set encoder.pretrained = "none" for an untrained vision tower'
+            f"no pretrained encoder under {encoder_dir}: run `fedsearch pretrain` first "
+            "(paths.encoder_dir or $FEDSEARCH_ENCODER_DIR name another folder), or set "
+            'encoder.pretrained = "none" for an untrained vision tower'
         )
     trained = read_manifest(folder).get("model")
     if trained != model:
@@ -113,22 +111,37 @@ def _latest_checkpoint(model: str, work_dir: Path) -> Path:
     return folder
 
 
+def resolve_encoder(
+    model: str, pretrained: str | None = "latest", *, encoder_dir: str | Path
+) -> tuple[str | None, str]:
+    """(weights file or open_clip tag or None, version label) of an encoder, without building
+    it. The label is what ``Encoder.version`` and a published version's ``base_model`` say."""
+    if pretrained in ("none", ""):
+        pretrained = None
+    if model.startswith(LOCAL_DIR_PREFIX):
+        return None, _version_label(Path(model.removeprefix(LOCAL_DIR_PREFIX)))
+    if pretrained == "latest":
+        pretrained = str(_latest_checkpoint(model, Path(encoder_dir)))
+    if pretrained and Path(pretrained).is_dir():
+        return str(Path(pretrained) / ENCODER_WEIGHTS_FILE), _version_label(Path(pretrained))
+    return pretrained, f"{model}:{pretrained or 'untrained'}"
+
+
 def create_encoder(
     model: str,
     pretrained: str | None = "latest",
     *,
-    work_dir: str | Path = "runs",
+    encoder_dir: str | Path = Path("runs") / "encoder",
     device: str = "cpu",
 ) -> Encoder:
     """Build the base encoder. Never downloads: MiniLM comes from its installed package.
 
     ``pretrained``: for built-in configs ``"latest"`` (newest ``fedsearch pretrain``
-    checkpoint), ``"none"``/None (untrained vision tower), a version folder or a weights file;
-    for other open_clip names a pretrained tag or file. Ignored for ``local-dir:``.
+    checkpoint under ``encoder_dir``), ``"none"``/None (untrained vision tower), a version
+    folder or a weights file; for other open_clip names a pretrained tag or file. Ignored
+    for ``local-dir:``.
     """
     device = _pick_device(device)
-    if pretrained in ("none", ""):
-        pretrained = None
     if model.startswith(LOCAL_DIR_PREFIX):
         folder = Path(model.removeprefix(LOCAL_DIR_PREFIX))
         if not (folder / ENCODER_CONFIG_FILE).is_file():
@@ -136,20 +149,11 @@ def create_encoder(
         model_cfg = json.loads((folder / ENCODER_CONFIG_FILE).read_text(encoding="utf-8"))[
             "model_cfg"
         ]
-        version = _version_label(folder)
-        checkpoint = None
     else:
         model_cfg = open_clip.get_model_config(model)
         if model_cfg is None:
             raise EncoderError(f"unknown model {model!r}; built-in: {', '.join(builtin_models())}")
-        if pretrained == "latest":
-            pretrained = str(_latest_checkpoint(model, Path(work_dir)))
-        if pretrained and Path(pretrained).is_dir():
-            version = _version_label(Path(pretrained))
-            pretrained = str(Path(pretrained) / ENCODER_WEIGHTS_FILE)
-        else:
-            version = f"{model}:{pretrained or 'untrained'}"
-        checkpoint = pretrained
+    checkpoint, version = resolve_encoder(model, pretrained, encoder_dir=encoder_dir)
     text_cfg = _resolved_text_cfg(model_cfg)
     overrides: dict[str, Any] = {}
     if text_cfg is not None:
@@ -161,7 +165,7 @@ def create_encoder(
                 model, pretrained=checkpoint, device=device, **overrides
             )
     except (RuntimeError, FileNotFoundError, ValueError) as exc:
-        raise EncoderError(f"could not build encoder {model!r} ({pretrained}): {exc}") from exc
+        raise EncoderError(f"could not build encoder {model!r} ({checkpoint}): {exc}") from exc
     if text_cfg is not None and checkpoint is None and not model.startswith(LOCAL_DIR_PREFIX):
         log.info(
             "%s: pretrained MiniLM text tower, untrained vision tower (photos are not "

@@ -203,3 +203,13 @@ class TrustedVersions(Generic[_T]):
         if digest is not None and manifest_digest(manifest) != digest:
             raise IntegrityError(f"not the {folder.name} accepted before (another manifest)")
         return HeldVersion(folder.name, self._load(folder, manifest), manifest)
+
+
+def check_base_model(folder: Path, manifest: dict[str, Any], base_model: str | None) -> None:
+    """Refuse a version trained on another base encoder than ``base_model`` (None: any)."""
+    trained_on = manifest.get("base_model")
+    if base_model and trained_on and trained_on != base_model:
+        raise IntegrityError(
+            f"{folder.name} was trained on base model {trained_on!r}, but this runs "
+            f"{base_model!r}: use the same encoder (paths.encoder_dir, encoder.*)"
+        )

@@ -8,24 +8,30 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import shlex
 import subprocess
 from pathlib import Path
 
 from common.cli import UsageError
 from common.config import REPO_ROOT
+from common.passthrough import run_passing_through
 from server.deploy.layout import (
     DEFAULT_PORT,
     DEFAULT_SUPERLINK_PORT,
+    DEVICES_FILE,
     Deployment,
     DeploymentInfo,
     init_deployment,
+    record_device,
     register_command,
     run_command,
+    run_status,
     superlink_command,
 )
 
 ENV_NO_DEPS = "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"
+APP_DIR = "app"
 
 
 def register_deploy_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -38,7 +44,9 @@ def register_deploy_commands(subparsers: argparse._SubParsersAction) -> None:
     )
     sub = deploy.add_subparsers(dest="deploy_command", metavar="STEP", required=True)
 
-    init = _add(sub, "init", "create the CA, SuperLink certificate, signing key, flwr config")
+    init = _add(
+        sub, "init", "create the CA, SuperLink certificate, signing key, flwr config", runs=False
+    )
     init.add_argument(
         "--host", default="127.0.0.1", help="address the Fleet gateway binds to (devices)"
     )
@@ -69,27 +77,44 @@ def register_deploy_commands(subparsers: argparse._SubParsersAction) -> None:
 
     reg = _add(sub, "register", "allow a device to join: register its auth.pub")
     reg.add_argument("public_key", type=Path, help="the device's auth.pub")
-    reg.add_argument("--name", help="a name for the device")
+    reg.add_argument(
+        "--name", help="the device's name, recorded in <dir>/devices.json (default: its folder)"
+    )
     reg.set_defaults(handler=_register)
 
     run = _add(sub, "run", "start a federated run of this project's ServerApp/ClientApp")
-    run.add_argument("--app", type=Path, default=REPO_ROOT, help="Flower app folder")
-    run.add_argument("--run-config", help='run config overrides, e.g. "num-server-rounds=2"')
+    run.add_argument(
+        "--app",
+        type=Path,
+        default=REPO_ROOT,
+        help="project the app code is taken from (default: this installation); only its "
+        "pyproject.toml and package modules are copied to <dir>/app and sent to devices",
+    )
+    run.add_argument(
+        "--run-config",
+        help='overrides of [tool.flwr.app.config] keys, e.g. "federation.rounds=2 num-devices=3"',
+    )
     run.add_argument("--no-stream", action="store_true", help="return once the run started")
     run.set_defaults(handler=_run)
 
-    env = _add(sub, "env", "print the shell exports for using `flwr` on this deployment")
+    env = _add(
+        sub, "env", "print the shell exports for using `flwr` on this deployment", runs=False
+    )
     env.set_defaults(handler=_env)
 
 
-def _add(sub: argparse._SubParsersAction, name: str, text: str) -> argparse.ArgumentParser:
+def _add(
+    sub: argparse._SubParsersAction, name: str, text: str, *, runs: bool = True
+) -> argparse.ArgumentParser:
+    """A step with ``--dir``; ``runs``: it starts a command, so it takes ``--print-only``."""
     parser = sub.add_parser(name, help=text, description=text)
     parser.add_argument(
         "--dir", type=Path, default=Path("deploy"), help="deployment folder (default: deploy)"
     )
-    parser.add_argument(
-        "--print-only", action="store_true", help="print the command instead of running it"
-    )
+    if runs:
+        parser.add_argument(
+            "--print-only", action="store_true", help="print the command instead of running it"
+        )
     return parser
 
 
@@ -142,13 +167,36 @@ def _register(args: argparse.Namespace) -> int:
     if not args.public_key.is_file():
         raise FileNotFoundError(f"public key not found: {args.public_key}")
     dep = Deployment(args.dir)
-    return _exec(register_command(args.public_key, args.name), dep, args.print_only)
+    status = _exec(register_command(args.public_key, args.name), dep, args.print_only)
+    if status == 0 and not args.print_only:
+        entry = record_device(dep, args.public_key, args.name)
+        print(f"recorded {entry['name']} in {dep.root / DEVICES_FILE}")
+    return status
 
 
 def _run(args: argparse.Namespace) -> int:
+    from server.deploy.app_bundle import check_run_config, stage_app
+
     dep = Deployment(args.dir)
-    command = run_command(args.app, args.run_config, stream=not args.no_stream)
-    return _exec(command, dep, args.print_only)
+    dep.info  # noqa: B018 - fails clearly if the folder is not a deployment
+    try:
+        if args.run_config:
+            check_run_config(args.app, args.run_config)
+        app = stage_app(args.app, dep.root / APP_DIR)
+    except (ValueError, FileNotFoundError) as exc:
+        raise UsageError(str(exc)) from exc
+    command = run_command(app, args.run_config, stream=not args.no_stream)
+    env = dep.env()
+    print(f"$ FLWR_HOME={shlex.quote(env['FLWR_HOME'])} {shlex.join(command)}", flush=True)
+    if args.print_only:
+        return 0
+    status, output = run_passing_through(command, env)
+    started = re.search(r"Successfully started run (\d+)", output)
+    if status != 0 or args.no_stream or started is None:
+        return status or (0 if started else 1)
+    final = run_status(dep, int(started.group(1)))
+    print(f"run {started.group(1)}: {final}", flush=True)
+    return 0 if final == "finished:completed" else 1
 
 
 def _env(args: argparse.Namespace) -> int:

@@ -11,6 +11,8 @@ One folder holds what the operator needs::
       signing/signing.key      Ed25519 key that signs published model versions
       signing/signing.pub      give this to devices and the search service
       flwr/config.toml         FLWR_HOME for the ``flwr`` CLI: connection "fedsearch"
+      devices.json             registered devices: name and public key
+      app/                     the app code sent to devices (``server.deploy.app_bundle``)
 
 In flwr 1.41 the SuperLink serves the Fleet, Control and Runtime APIs over HTTPS on one
 port, and without Flower's enterprise account authentication the Control and Runtime APIs
@@ -25,16 +27,20 @@ or copied into a service manager.
 
 from __future__ import annotations
 
+import hashlib
 import json
+import subprocess
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from common.config import ENCODER_DIR_ENV, default_encoder_dir
 from common.federation.flower_env import flower_env
 from common.security.pki import LOCAL_HOSTS, create_ca, issue_server_cert
 from common.security.signing import SIGNING_KEY_ENV, generate_signing_key
 
 DEPLOYMENT_FILE = "deployment.json"
+DEVICES_FILE = "devices.json"
 DEPLOY_CONNECTION = "fedsearch"
 DEFAULT_PORT = 9092
 DEFAULT_SUPERLINK_PORT = 9093
@@ -89,8 +95,16 @@ class Deployment:
 
     def env(self) -> dict[str, str]:
         """Environment for the SuperLink and the ``flwr`` CLI of this deployment; the
-        ServerApp inherits ``$FEDSEARCH_SIGNING_KEY`` and signs what it publishes."""
-        return flower_env(FLWR_HOME=str(self.flwr_home), **{SIGNING_KEY_ENV: str(self.signing_key)})
+        ServerApp inherits ``$FEDSEARCH_SIGNING_KEY`` and signs what it publishes, and
+        ``$FEDSEARCH_ENCODER_DIR`` (absolute), so it names the base encoder that the
+        operator's ``fedsearch serve`` and ``device import-history`` find."""
+        return flower_env(
+            FLWR_HOME=str(self.flwr_home),
+            **{
+                SIGNING_KEY_ENV: str(self.signing_key),
+                ENCODER_DIR_ENV: str(default_encoder_dir().resolve()),
+            },
+        )
 
 
 def init_deployment(root: Path, info: DeploymentInfo) -> Deployment:
@@ -151,6 +165,22 @@ def gateway_command(dep: Deployment) -> list[str]:
     return [sys.executable, "-m", "common.cli", "deploy", "gateway", "--dir", str(dep.root)]
 
 
+def record_device(dep: Deployment, public_key: Path, name: str | None) -> dict[str, str]:
+    """Note a registered device in ``devices.json`` (flwr 1.41 keeps no name for it): its
+    name (default: the key file's folder) and the sha256 of its public key."""
+    key_text = Path(public_key).read_text(encoding="utf-8").strip()
+    entry = {
+        "name": name or Path(public_key).resolve().parent.name,
+        "public_key_sha256": hashlib.sha256(key_text.encode()).hexdigest(),
+        "public_key": key_text,
+    }
+    path = dep.root / DEVICES_FILE
+    known = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else []
+    known = [d for d in known if d["public_key_sha256"] != entry["public_key_sha256"]]
+    path.write_text(json.dumps([*known, entry], indent=2), encoding="utf-8")
+    return entry
+
+
 def register_command(public_key: Path, name: str | None = None) -> list[str]:
     """``flwr supernode register``: let the device holding this key join."""
     command = ["flwr", "supernode", "register", str(public_key), DEPLOY_CONNECTION]
@@ -163,3 +193,19 @@ def run_command(app_dir: Path, run_config: str | None = None, stream: bool = Tru
     if run_config:
         command += ["--run-config", run_config]
     return [*command, "--stream"] if stream else command
+
+
+def run_status(dep: Deployment, run_id: int) -> str:
+    """A run's status as ``flwr ls`` reports it (e.g. ``finished:completed``), "" if unknown."""
+    out = subprocess.run(
+        ["flwr", "ls", DEPLOY_CONNECTION, "--run-id", str(run_id), "--format", "json"],
+        env=dep.env(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    try:
+        runs = json.loads(out.stdout[out.stdout.index("{") :])["runs"]
+    except (ValueError, KeyError):
+        return ""
+    return str(runs[0]["status"]) if runs else ""

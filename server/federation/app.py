@@ -169,6 +169,8 @@ def build_server_app(
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
+        if spec is None:
+            show_rounds_on_flower_console()
         run = spec or RunSpec.from_run_config(context.run_config, context.run_id)
         rng = (
             KeystreamRandom.from_seed(run.config.federation.seed, "server")
@@ -178,6 +180,19 @@ def build_server_app(
         run_federation(grid, context, run, rng, finalize or publisher(), on_sum)
 
     return app
+
+
+def show_rounds_on_flower_console() -> None:
+    """On the Deployment Engine, send the per-round lines (devices that trained, declined
+    and failed; what was published) to Flower's console, which ``flwr run --stream``
+    shows the operator. Simulations log through the fedsearch CLI instead."""
+    from flwr.common.logger import console_handler
+
+    ours = logging.getLogger("server.federation")
+    ours.setLevel(logging.INFO)
+    if console_handler not in ours.handlers:
+        ours.addHandler(console_handler)
+    ours.propagate = False
 
 
 app = build_server_app()

@@ -71,7 +71,10 @@ class RunRecorder:
             if self._enough_trained(figures):
                 entry["published"] = str(self._publish(server_round, global_weights, figures))
             else:
-                entry["not_published"] = "too few devices trained"
+                entry["not_published"] = (
+                    f"too few devices trained: {figures.get('trained', 0):.1f} (noised) < "
+                    f"{self.plan.min_devices}"
+                )
         with (self.spec.run_dir / METRICS_FILE).open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(finite(entry)) + "\n")
         log.info("round %d recorded: %s", server_round, _short(entry))
@@ -142,11 +145,22 @@ def finite(value: Any) -> Any:
 
 
 def _short(entry: dict[str, Any]) -> str:
+    """The round's log line: replies, then how many trained, declined (noised counts) and
+    failed, the personal nDCG, user-level epsilon, and what was (not) published."""
     fit = entry.get("fit", {})
     personal = fit.get("personal.nDCG@10")
     parts = [f"devices {fit.get('devices', 0):.0f}"] if fit else ["dropped"]
+    if "trained" in fit:
+        parts.append(
+            f"trained {fit['trained']:.1f}, declined {fit.get('declined', 0):.1f} (noised), "
+            f"failed {fit.get('failures', 0):.0f}"
+        )
     if personal is not None and math.isfinite(personal):
         parts.append(f"personal nDCG@10 {personal:.3f} (noised)")
     if entry.get("epsilon_user") is not None:
         parts.append(f"epsilon_user {entry['epsilon_user']:.2f}")
+    if "not_published" in entry:
+        parts.append(f"NOT published: {entry['not_published']}")
+    elif entry.get("published"):
+        parts.append(f"published {Path(entry['published']).name}")
     return ", ".join(parts)

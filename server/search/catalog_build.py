@@ -32,7 +32,7 @@ def encoder_from_config(config: Config) -> Encoder:
     return create_encoder(
         config.encoder.model,
         config.encoder.pretrained,
-        work_dir=config.paths.work,
+        encoder_dir=config.paths.encoders,
         device=config.encoder.device,
     )
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import logging
 import shlex
 import sys
 from collections.abc import Callable
@@ -218,6 +219,8 @@ def _search(args: argparse.Namespace) -> int:
     if not 1 <= args.k <= config.search.max_k:
         raise UsageError(f"-k: must be between 1 and {config.search.max_k}")
     audio = _read_audio(args.audio) if args.audio else None
+    if not args.verbose:
+        _quiet_service_loading()
     encoder = encoder_from_config(config)
     catalog = open_or_build_catalog(config, encoder)
     try:
@@ -230,6 +233,21 @@ def _search(args: argparse.Namespace) -> int:
     finally:
         catalog.close()
     return 0
+
+
+SERVICE_LOADING_LOGGERS = (
+    "common.model.precision",
+    "common.security.trust",
+    "server.search.query_model",
+    "server.search.spoken",
+    "server.search.vector_index",
+)
+
+
+def _quiet_service_loading() -> None:
+    """A one-off search prints its results, not the service's start-up report (-v does)."""
+    for name in SERVICE_LOADING_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _read_audio(path: str) -> bytes:

@@ -21,7 +21,7 @@ import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from common.model.adapter import ADAPTER_FILE, QueryAdapter
-from common.security.trust import TrustedVersions
+from common.security.trust import TrustedVersions, check_base_model
 from common.security.versions import IntegrityError
 
 log = logging.getLogger(__name__)
@@ -52,8 +52,12 @@ class ModelState:
         }
 
 
-def load_model_state(folder: Path, manifest: dict[str, Any], dim: int) -> ModelState:
-    """Load a verified version aside, warmed up, ready to be swapped in."""
+def load_model_state(
+    folder: Path, manifest: dict[str, Any], dim: int, base_model: str | None = None
+) -> ModelState:
+    """Load a verified version aside, warmed up, ready to be swapped in; ``base_model``: the
+    encoder version the service runs, which the version must have been trained on."""
+    check_base_model(folder, manifest, base_model)
     path = folder / ADAPTER_FILE
     if not path.is_file():
         raise IntegrityError(f"{folder}: no {ADAPTER_FILE}")
@@ -78,7 +82,8 @@ class ModelWatcher:
     """Serves each newer trusted version of the registry, checked by a thread every
     ``poll_interval_s`` and on demand (``check``); ``on_swap`` receives the new state.
     ``state_file`` keeps the highest version accepted across restarts; going back is
-    ``rollback`` only."""
+    ``rollback`` only. ``base_model``: the service's encoder version; a version trained on
+    another is refused."""
 
     def __init__(
         self,
@@ -89,11 +94,12 @@ class ModelWatcher:
         public_key: Ed25519PublicKey | None = None,
         poll_interval_s: float = 5.0,
         state_file: Path | None = None,
+        base_model: str | None = None,
     ) -> None:
         self.versions: TrustedVersions[ModelState] = TrustedVersions(
             registry,
             public_key,
-            lambda folder, manifest: load_model_state(folder, manifest, dim),
+            lambda folder, manifest: load_model_state(folder, manifest, dim, base_model),
             on_swap=on_swap,
             state_file=state_file,
         )

@@ -54,6 +54,7 @@ from server.search.images import PhotoWorkers
 from server.search.item_routes import ERRORS, add_item_routes, admin_guard
 from server.search.limits import BodyLimitMiddleware
 from server.search.metrics import MetricsMiddleware, ServiceMetrics
+from server.search.model_routes import add_model_routes
 from server.search.model_state import ModelWatcher
 from server.search.query_model import describe_query_path, query_encoder_from_config
 from server.search.shoppers import shoppers_for
@@ -102,6 +103,7 @@ class SearchService:
             public_key=public_key,
             poll_interval_s=config.search.poll_interval_s,
             state_file=catalog.folder / VERSION_MARK_FILE,
+            base_model=encoder.version,
         )
         weights = config.encoder.text_weight + config.encoder.image_weight
         self.limits = Limits(encoder.dim, config.search, config.encoder.text_weight / weights)
@@ -157,6 +159,7 @@ def create_app(
     _add_error_handlers(app)
     _add_search_routes(app, service)
     add_item_routes(app, service)
+    add_model_routes(app, config.paths.registry, lambda: service.watcher.versions.version or "base")
     _add_ops_routes(app, service)
     _add_admin_routes(app, service)
     return app

@@ -153,7 +153,7 @@ def run_pretrain(config: Config) -> tuple[Path, dict]:
     items, report = load_fashion_catalog(config.paths.fashion)
     log.info(report.summary())
     train, val = split_items(items, cfg.val_fraction, cfg.seed)
-    encoder = create_encoder(config.encoder.model, "none", work_dir=config.paths.work)
+    encoder = create_encoder(config.encoder.model, "none", encoder_dir=config.paths.encoders)
     encoder.batch_size = config.encoder.batch_size
     title_vecs = encoder.encode_text([p.title for p in items], progress=True)
     index = {p.id: i for i, p in enumerate(items)}

@@ -58,6 +58,19 @@ def test_a_lenient_device_accepts_what_its_own_settings_allow(tmp_path):
         DeviceConfig(require_secagg=False, require_noise=False, max_epsilon_user=50.0)
     )
     lenient.check(_plan(tmp_path, secagg=False, noise="server", epsilon_user=40.0))
+    with pytest.raises(PolicyRefusal, match="unbounded"):
+        lenient.check(_plan(tmp_path, dp=False))
+
+
+def test_only_an_unbounded_epsilon_accepts_a_run_without_dp(tmp_path):
+    unbounded = DevicePolicy.from_config(
+        DeviceConfig(require_noise=False, max_epsilon_user=float("inf"))
+    )
+    unbounded.check(_plan(tmp_path, dp=False))
+    with pytest.raises(PolicyRefusal, match="epsilon_user 40"):  # a DP plan still has a cap
+        DevicePolicy.from_config(DeviceConfig(max_epsilon_user=30.0)).check(
+            _plan(tmp_path, epsilon_user=40.0)
+        )
 
 
 def _message(stage: str, configs: dict) -> Message:

@@ -77,7 +77,7 @@ def test_load_image_rejects_non_images():
 def test_checkpoint_loads_three_ways_with_identical_vectors(tiny_checkpoint, small_catalog):
     config, folder, _ = tiny_checkpoint
     images = sorted((small_catalog / "images").glob("*.jpg"))[:4]
-    by_latest = create_encoder(config.encoder.model, "latest", work_dir=config.paths.work)
+    by_latest = create_encoder(config.encoder.model, "latest", encoder_dir=config.paths.encoders)
     by_dir = create_encoder(f"local-dir:{folder}")
     by_file = create_encoder(config.encoder.model, str(folder / "open_clip_model.safetensors"))
     reference = by_latest.encode_image(images)
@@ -109,7 +109,7 @@ def test_factory_errors_are_clear(tmp_path):
     with pytest.raises(EncoderError, match="unknown model"):
         create_encoder("no-such-model")
     with pytest.raises(EncoderError, match="run `fedsearch pretrain` first"):
-        create_encoder("fedsearch-minilm-rn64", "latest", work_dir=tmp_path)
+        create_encoder("fedsearch-minilm-rn64", "latest", encoder_dir=tmp_path)
     with pytest.raises(EncoderError, match="no open_clip_config.json"):
         create_encoder(f"local-dir:{tmp_path}")
     with pytest.raises(EncoderError, match="could not build"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 
 import numpy as np
 import pytest
@@ -55,12 +56,19 @@ def test_a_dropped_round_is_neither_charged_nor_published(tmp_path):
     assert not (tmp_path / "ledgers" / "shop.json").exists()
 
 
-def test_a_round_of_declines_is_charged_but_not_published(tmp_path):
+def test_a_round_of_declines_is_charged_but_not_published(tmp_path, caplog):
     spec = _spec(tmp_path)
-    log = RoundLog(fit={1: {"devices": 10.0, "trained": 1.2, "declined": 8.9}})
-    entry = _recorder(spec, log).record(1, QueryAdapter(8, 2).get_weights())
-    assert entry["not_published"] == "too few devices trained" and entry["epsilon_user"] > 0
+    log = RoundLog(fit={1: {"devices": 10.0, "failures": 0.0, "trained": 1.2, "declined": 8.9}})
+    recorder = _recorder(spec, log)
+    with caplog.at_level(logging.INFO, logger="server.federation.recorder"):
+        entry = recorder.record(1, QueryAdapter(8, 2).get_weights())
+    needed = recorder.plan.min_devices
+    assert entry["not_published"] == f"too few devices trained: 1.2 (noised) < {needed}"
+    assert entry["epsilon_user"] > 0
     assert not list_versions(spec.config.paths.registry)
+    (line,) = [r.getMessage() for r in caplog.records if "recorded" in r.getMessage()]
+    assert "trained 1.2, declined 8.9 (noised), failed 0" in line
+    assert "NOT published: too few devices trained" in line
 
 
 def test_secagg_refuses_cohorts_that_could_wrap_its_sums(tmp_path):

@@ -249,8 +249,11 @@ def test_shoppers_file_of_the_last_run_is_served(make_app, tmp_path):
     with TestClient(app) as c:
         body = c.get("/shoppers").json()
     assert body["source"].endswith("run-7/shoppers.json")
-    assert [s["name"] for s in body["shoppers"]] == ["s0", "s1", "s2"]
-    assert np.allclose(body["shoppers"][1]["vector"], people[1]["vector"], atol=1e-6)
+    names = [s["name"] for s in body["shoppers"]]
+    built_in = [name for name in names if name.startswith("demo: ")]
+    assert built_in and names == [*built_in, "s0", "s1", "s2"]  # built-in tastes come first
+    served = {s["name"]: s for s in body["shoppers"]}
+    assert np.allclose(served["s1"]["vector"], people[1]["vector"], atol=1e-6)
 
 
 def test_errors_are_json_even_for_unknown_routes(client):

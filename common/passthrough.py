@@ -1,0 +1,70 @@
+"""Run a child process with its output passed through to ours and its last lines kept, so a
+command can explain how the child ended (``fedsearch device join``, ``deploy run``).
+
+The child runs in a process group of its own; SIGINT and SIGTERM are handed on to it, and
+when it ends, whatever it started and left behind (Flower's SuperExec, ClientApp
+processes) is stopped with it, so no orphan keeps running or holds the output open.
+"""
+
+from __future__ import annotations
+
+import collections
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+GRACE_S = 5.0
+
+
+def run_passing_through(
+    command: list[str], env: dict[str, str], *, keep_lines: int = 400
+) -> tuple[int, str]:
+    """Run ``command``, writing its stdout and stderr to our stdout as they come. Returns
+    (exit status, its last ``keep_lines`` lines)."""
+    proc = subprocess.Popen(
+        command,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    tail: collections.deque[str] = collections.deque(maxlen=keep_lines)
+    reader = threading.Thread(target=_pump, args=(proc, tail), daemon=True)
+    reader.start()
+    handed_on = (signal.SIGINT, signal.SIGTERM)
+    previous = {sig: signal.signal(sig, lambda sig, _: proc.send_signal(sig)) for sig in handed_on}
+    try:
+        status = proc.wait()
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        _stop_group(proc.pid)
+    reader.join(timeout=GRACE_S)
+    return status, "".join(tail)
+
+
+def _pump(proc: subprocess.Popen, tail: collections.deque[str]) -> None:
+    for line in proc.stdout:
+        sys.stdout.write(line)
+        sys.stdout.flush()
+        tail.append(line)
+
+
+def _stop_group(pgid: int) -> None:
+    """SIGTERM what is left of the child's process group, SIGKILL after ``GRACE_S``."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + GRACE_S
+        while time.monotonic() < deadline:
+            try:
+                os.killpg(pgid, 0)
+            except ProcessLookupError:
+                return
+            time.sleep(0.1)

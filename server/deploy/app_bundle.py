@@ -1,0 +1,95 @@
+"""The Flower app ``flwr run`` sends: its folder (app code only) and its run config.
+
+Flower's builder packs every ``.py``/``.toml``/``.md``/``.json`` file under the folder it is
+given. The project folder also holds run data (``deploy/``, device folders, ``runs/``), so
+``stage_app`` copies an allow-list into a folder of its own: ``pyproject.toml`` (the app's
+components and run config) and the modules and package data of the project's packages.
+
+``check_run_config`` names the keys of a ``--run-config`` string that the app's
+``[tool.flwr.app.config]`` table does not list (flwr itself only answers "Invalid run
+configuration").
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from flwr.common.config import get_project_config, parse_config_args
+
+from common.config import Config
+
+APP_PACKAGES = ("common", "client", "server", "simulation")
+APP_FILE_PATTERNS = ("*.py", "*.json", "*.toml")
+PROJECT_FILE = "pyproject.toml"
+
+
+def app_files(source: Path) -> list[Path]:
+    """The allow-listed files of the project at ``source``, relative to it."""
+    if not (source / PROJECT_FILE).is_file():
+        raise FileNotFoundError(f"{source} is not a Flower app folder (no {PROJECT_FILE})")
+    files = [Path(PROJECT_FILE)]
+    for package in APP_PACKAGES:
+        root = source / package
+        if not (root / "__init__.py").is_file():
+            raise FileNotFoundError(f"{root}: package {package!r} is missing")
+        for pattern in APP_FILE_PATTERNS:
+            files += [
+                path.relative_to(source)
+                for path in root.rglob(pattern)
+                if "__pycache__" not in path.parts
+            ]
+    return sorted(set(files))
+
+
+def stage_app(source: Path, target: Path) -> Path:
+    """Replace ``target`` with a copy of ``app_files(source)``; returns ``target``."""
+    files = app_files(source)
+    if target.exists():
+        shutil.rmtree(target)
+    for relative in files:
+        (target / relative).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(source / relative, target / relative)
+    return target
+
+
+def run_config_keys(app_dir: Path) -> list[str]:
+    """The keys ``--run-config`` may set: the app's ``[tool.flwr.app.config]`` table."""
+    table = get_project_config(app_dir)["tool"]["flwr"]["app"].get("config", {})
+    return sorted(_flat_keys(table))
+
+
+def check_run_config(app_dir: Path, run_config: str) -> None:
+    """ValueError naming each unknown key of ``run_config`` and the valid ones."""
+    try:
+        given = parse_config_args([run_config])
+    except Exception as exc:  # flwr raises click/TOML errors for malformed strings
+        raise ValueError(f"--run-config: cannot parse {run_config!r}: {exc}") from exc
+    valid = run_config_keys(app_dir)
+    unknown = [key for key in given if key not in valid]
+    if unknown:
+        raise ValueError(
+            f"--run-config: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(valid)}"
+        )
+    stale = [key for key in given if "." in key and not is_config_key(key)]
+    if stale:
+        raise ValueError(
+            f"--run-config: {', '.join(stale)} listed in [tool.flwr.app.config] but not a "
+            "fedsearch setting (common/config.py)"
+        )
+
+
+def is_config_key(key: str) -> bool:
+    """Whether ``section.name`` is a fedsearch setting (what the ServerApp will accept)."""
+    section, _, name = key.partition(".")
+    field = Config.model_fields.get(section)
+    model = getattr(field, "annotation", None)
+    return isinstance(model, type) and name.replace("-", "_") in getattr(model, "model_fields", {})
+
+
+def _flat_keys(table: dict, prefix: str = "") -> list[str]:
+    keys: list[str] = []
+    for key, value in table.items():
+        name = f"{prefix}{key}"
+        keys += _flat_keys(value, f"{name}.") if isinstance(value, dict) else [name]
+    return keys
