@@ -28,7 +28,8 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 
-from common.model.encoder import EncoderError, resolve_package_path
+from common.model.encoder import resolve_package_path
+from common.model.errors import EncoderError
 from common.security.versions import IntegrityError, latest_version, verify_files
 
 if TYPE_CHECKING:
