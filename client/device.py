@@ -30,6 +30,7 @@ import uuid
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 
@@ -222,7 +223,7 @@ def training_data(
         SearchExample(
             e.query_vector,
             np.array([index[i] for i in e.shown], dtype=np.int64),
-            index[e.clicked],
+            index[cast(str, e.clicked)],  # log holds clicked searches only
             e.query,
         )
         for e in sorted(log, key=lambda e: e.timestamp)

@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message
@@ -111,7 +112,7 @@ def noise_mod(plan: PrivacyPlan, noise_source: NoiseSource) -> Mod:
     def mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
         configs = msg.content.config_records.get(RECORD_KEY_CONFIGS)
         stage = str(configs.get(Key.STAGE, "")) if configs is not None else ""
-        if stage == Stage.SETUP:
+        if stage == Stage.SETUP and configs is not None:
             _check_quantization(plan, configs)
         reply = call_next(msg, ctxt)
         if stage == Stage.COLLECT_MASKED_VECTORS and plan.devices_add_noise:
@@ -130,7 +131,7 @@ def _check_quantization(plan: PrivacyPlan, configs: ConfigRecord) -> None:
         Key.MAX_WEIGHT: 1.0,
     }
     for key, value in expected.items():
-        got = float(configs.get(key, math.nan))
+        got = float(cast(float, configs.get(key, math.nan)))  # float() refuses a list
         if not math.isclose(got, value, rel_tol=1e-9):
             raise PolicyRefusal(f"SecAgg+ setup: {key} is {got:g}, the round's plan says {value:g}")
 
@@ -140,7 +141,7 @@ def _add_noise_share(reply: Message, plan: PrivacyPlan, rng: KeystreamRandom) ->
     if reply.has_error():
         return
     record = reply.content.config_records[RECORD_KEY_CONFIGS]
-    arrays = [bytes_to_ndarray(b) for b in record[Key.MASKED_PARAMETERS]]
+    arrays = [bytes_to_ndarray(b) for b in cast(list[bytes], record[Key.MASKED_PARAMETERS])]
     dim = sum(a.size for a in arrays[1:])
     sigma = plan.sigma_device(dim)
     noised = [arrays[0]]

@@ -248,7 +248,7 @@ class DeviceStore:
 def _pack(meta: dict[str, Any], arrays: dict[str, np.ndarray]) -> bytes:
     buffer = io.BytesIO()
     encoded = np.frombuffer(json.dumps(meta).encode("utf-8"), dtype=np.uint8)
-    np.savez(buffer, __meta__=encoded, **arrays)
+    np.savez(buffer, __meta__=encoded, allow_pickle=True, **arrays)
     return buffer.getvalue()
 
 

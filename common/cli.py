@@ -16,6 +16,7 @@ import os
 import sys
 from collections.abc import Sequence
 from importlib import metadata
+from typing import Any
 
 from common.config import Config, ConfigError, load_config, parse_override
 
@@ -40,13 +41,13 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> Config:
-    overrides: dict = {}
+    overrides: dict[str, Any] = {}
     for text in args.overrides:
         overrides = _deep_merge(overrides, parse_override(text))
     return load_config(args.config, overrides or None)
 
 
-def _deep_merge(a: dict, b: dict) -> dict:
+def _deep_merge(a: dict[str, Any], b: dict[str, Any]) -> dict[str, Any]:
     out = dict(a)
     for key, value in b.items():
         out[key] = _deep_merge(out[key], value) if isinstance(out.get(key), dict) else value

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import tomllib
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any, Literal, cast, get_args
 
 from pydantic import BaseModel, Field, ValidationError, model_validator
 from pydantic.fields import FieldInfo
@@ -297,7 +297,7 @@ def _model_at(loc: tuple[str, ...]) -> type[BaseModel]:
     model: Any = Config
     for part in loc:
         model = model.model_fields[part].annotation
-    return model
+    return cast("type[BaseModel]", model)
 
 
 def _bounds(info: FieldInfo) -> str:
@@ -316,8 +316,9 @@ def _config_error(exc: ValidationError) -> ConfigError:
     err = exc.errors(include_url=False)[0]
     loc = tuple(str(part) for part in err["loc"])
     kind, ctx, value = err["type"], err.get("ctx", {}), err["input"]
-    if isinstance(ctx.get("error"), ConfigError):  # a model validator's cross-field rule
-        return ctx["error"]
+    error = ctx.get("error")
+    if isinstance(error, ConfigError):  # a model validator's cross-field rule
+        return error
     if kind == "extra_forbidden":
         message = f"unknown key (known: {', '.join(sorted(_model_at(loc[:-1]).model_fields))})"
     elif ctx.keys() & {"gt", "ge", "lt", "le"}:

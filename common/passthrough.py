@@ -47,7 +47,8 @@ def run_passing_through(
     return status, "".join(tail)
 
 
-def _pump(proc: subprocess.Popen, tail: collections.deque[str]) -> None:
+def _pump(proc: subprocess.Popen[str], tail: collections.deque[str]) -> None:
+    assert proc.stdout is not None  # started with stdout=PIPE
     for line in proc.stdout:
         sys.stdout.write(line)
         sys.stdout.flush()

@@ -110,7 +110,7 @@ def tune_popularity_weight(
             scores[idx, clicked[rows]] = own_base + np.float32(w) * own[rows]
             totals[w] += float(np.sum(ndcg_at_k(ranks_from_scores(scores, clicked[rows]), k)))
     curve = {w: totals[w] / len(clicked) for w in weights}
-    return max(curve, key=curve.get), curve
+    return max(curve, key=curve.__getitem__), curve
 
 
 def train_centralized(
@@ -266,7 +266,7 @@ def tune_beta(
             candidates=candidates,
         )
         curve[beta] = float(np.mean(ndcg_at_k(ranks, k)))
-    return max(curve, key=curve.get), curve
+    return max(curve, key=curve.__getitem__), curve
 
 
 @dataclass
@@ -299,7 +299,11 @@ def run_baselines(
     weight, curve = tune_popularity_weight(population, k=k)
     details: dict[str, Any] = {"popularity_weight": weight, "popularity_weight_curve": curve}
     prior = np.float32(weight) * popularity_prior(population.popularity)
-    personal = {"beta": beta, "candidates": candidates, "attribute_beta": evaluation.attribute_beta}
+    personal: dict[str, Any] = {
+        "beta": beta,
+        "candidates": candidates,
+        "attribute_beta": evaluation.attribute_beta,
+    }
     base = evaluate_population(population, k=k, **personal)
     metrics["base"] = base.overall["base"]
     metrics["base+popularity"] = metrics_from_sums(

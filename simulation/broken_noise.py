@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 from flwr.app import Context, Message
@@ -48,7 +49,7 @@ def silent_noise_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) 
     device = simulated_device(spec, dict(ctxt.node_config))
     rng = device.random("noise", int(msg.metadata.group_id or 0))
     record = reply.content.config_records[RECORD_KEY_CONFIGS]
-    arrays = [bytes_to_ndarray(b) for b in record[Key.MASKED_PARAMETERS]]
+    arrays = [bytes_to_ndarray(b) for b in cast(list[bytes], record[Key.MASKED_PARAMETERS])]
     sigma = plan.sigma_device(sum(a.size for a in arrays[1:]))
     cleaned = [arrays[0]]
     for array in arrays[1:]:

@@ -86,7 +86,7 @@ def canary_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Mes
     node = int(ctxt.node_config.get("partition-id", -1))
     if node not in settings.devices:
         return reply
-    record = reply.content[PAYLOAD_RECORD]
+    record = reply.content.array_records[PAYLOAD_RECORD]
     key = next(iter(record.keys()))
     payload = record[key].numpy().copy()
     canary = settings.direction(settings.devices.index(node)) * settings.clipping_norm

@@ -97,10 +97,10 @@ def prepare_run(spec: RunSpec, population: Population, *, reset_ledger: bool = F
     plan = PrivacyPlan.from_spec(spec)
     fit_workflow(spec, plan)  # refuses rounds too large for SecAgg+
     ledger = open_ledger(spec, plan)
+    if ledger is not None and reset_ledger:
+        ledger.path.unlink(missing_ok=True)
+        ledger = open_ledger(spec, plan)
     if ledger is not None:
-        if reset_ledger:
-            ledger.path.unlink(missing_ok=True)
-            ledger = open_ledger(spec, plan)
         weights = QueryAdapter(spec.embedding_dim, spec.config.adapter.rank).get_weights()
         size = PayloadCodec.for_weights(weights, plan.clipping_norm, plan.stats_share).size
         ledger.check_plan(plan.round_rdp(size), spec.config.federation.rounds)
@@ -111,7 +111,7 @@ def prepare_run(spec: RunSpec, population: Population, *, reset_ledger: bool = F
     simulation_key(spec.device_key_file)
     signing = spec.run_dir / "signing"
     generate_signing_key(signing / "signing.key", run_public_key(spec))
-    settings = {"population": spec.population, "population_id": spec.population_id}
+    settings: dict[str, Any] = {"population": spec.population, "population_id": spec.population_id}
     settings |= {"num_devices": spec.num_devices, "base_model": spec.base_model}
     settings |= {"against": plan.against_whom(), **spec.config.model_dump(exclude={"paths"})}
     (spec.run_dir / "run.json").write_text(json.dumps(settings, indent=2), "utf-8")

@@ -275,7 +275,7 @@ def item_vectors(
     weights = (config.encoder.text_weight, config.encoder.image_weight)
     stamps = []
     for p in products:
-        stat = p.image_path.stat()
+        stat = p.photo.stat()
         stamps.append(f"{p.title}\x01{p.image_path}\x01{stat.st_size}\x01{stat.st_mtime_ns}")
     key = cache_key(encoder.version, f"marketplace-items-{weights}", stamps)
     return cached_vectors(

@@ -29,6 +29,13 @@ class Product:
     attributes: dict[str, str] = field(default_factory=dict, hash=False)
     price: float | None = None
 
+    @property
+    def photo(self) -> Path:
+        """``image_path`` of an item that has one; ``ValueError`` for an item without."""
+        if self.image_path is None:
+            raise ValueError(f"item {self.id} has no photo")
+        return self.image_path
+
 
 @dataclass(frozen=True)
 class Purchase:

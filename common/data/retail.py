@@ -15,6 +15,7 @@ from collections.abc import Iterable
 from datetime import datetime
 from operator import attrgetter
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -34,6 +35,7 @@ TRANSACTION_COLUMNS = (
     "CustomerID",
 )
 PRODUCT_COLUMNS = ("StockCode", "Description", "median_unit_price")
+_Entry = TypeVar("_Entry")
 _MISSING = frozenset({"", "na", "nan"})
 
 
@@ -189,7 +191,9 @@ def customer_histories(purchases: Iterable[Purchase], min_items: int = 5) -> dic
     return {c: list(items) for c, items in firsts.items() if len(items) >= min_items}
 
 
-def split_history(items: list[str], holdout_fraction: float = 0.2) -> tuple[list[str], list[str]]:
+def split_history(
+    items: list[_Entry], holdout_fraction: float = 0.2
+) -> tuple[list[_Entry], list[_Entry]]:
     """Split a history into (train, held out): the last ``holdout_fraction`` (at least 1).
 
     The held-out count is ``floor(len(items) * holdout_fraction)``, at least 1, and at least

@@ -25,7 +25,8 @@ def ranks_from_scores(scores: np.ndarray, relevant: np.ndarray) -> np.ndarray:
     if scores.ndim != 2 or relevant.shape != (scores.shape[0],):
         raise ValueError(f"scores {scores.shape} and relevant {relevant.shape} do not match")
     target = scores[np.arange(len(relevant)), relevant][:, None]
-    return (scores >= target).sum(axis=1) - 1
+    ranks: np.ndarray = (scores >= target).sum(axis=1) - 1
+    return ranks
 
 
 def sampled_ranks(

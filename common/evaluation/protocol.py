@@ -87,7 +87,7 @@ def ranks_by_mode(
         None,
         bonus,
     )
-    if not adapted:
+    if adapted_queries is None:
         return {"base": base, "adapter": base, "personal": _or(base_personal, base)}
     plain, personal = _ranks(
         adapted_queries, relevant, item_vectors, users, beta, candidates, None, bonus
@@ -123,7 +123,7 @@ def _ranks(
         if item_prior is not None:
             scores = scores + item_prior[None, :]
         plain[start:stop] = ranks_from_scores(scores, relevant[start:stop])
-        if personal is None:
+        if personal is None or users is None:
             continue
         top = _top_candidates(scores, candidates)
         extra = _bonus_rows(bonus, start, min(stop, len(relevant)), scores.shape[1])

@@ -77,7 +77,7 @@ def _keystream(seed: bytes) -> CipherContext:
 def _draw(stream: CipherContext, shape: tuple[int, ...], low_bits: np.uint64) -> np.ndarray:
     """The next ``prod(shape)`` words of the keystream, cut to the range, as int64."""
     words = np.empty(math.prod(shape), dtype=_WORD)
-    _fill(stream, memoryview(words).cast("B"))
+    _fill(stream, words.data.cast("B"))
     words &= low_bits
     # Values stay below 2**62, so the same bits read as int64 are the same numbers.
     return words.view("<i8").reshape(shape)

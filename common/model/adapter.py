@@ -39,7 +39,8 @@ class QueryAdapter(nn.Module):
     def apply_numpy(self, queries: np.ndarray) -> np.ndarray:
         """Adapt float32 query rows (or one vector) outside autograd."""
         x = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
-        return self(x).numpy()
+        adapted: torch.Tensor = self(x)
+        return adapted.numpy()
 
     def get_weights(self) -> list[np.ndarray]:
         """Parameters as float32 arrays in a fixed order (the Flower wire format)."""

@@ -69,15 +69,16 @@ def resolve_package_path(reference: str) -> str:
         module = importlib.import_module(module_name)
     except ImportError as exc:
         raise EncoderError(f"{reference}: package {module_name!r} is not installed") from exc
-    folder = Path(getattr(module, "MODEL_DIR", Path(module.__file__).parent / "model"))
-    if not folder.is_dir():
+    shipped = Path(module.__file__).parent / "model" if module.__file__ else None
+    folder = getattr(module, "MODEL_DIR", shipped)
+    if folder is None or not Path(folder).is_dir():
         raise EncoderError(f"{reference}: no model folder at {folder}")
-    return str(folder)
+    return str(Path(folder))
 
 
 def _resolved_text_cfg(model_cfg: dict[str, Any]) -> dict[str, Any] | None:
     """The text config with ``pkg:`` references replaced by local folders, or None."""
-    text_cfg = deepcopy(model_cfg.get("text_cfg", {}))
+    text_cfg: dict[str, Any] = deepcopy(model_cfg.get("text_cfg", {}))
     keys = [k for k in ("hf_model_name", "hf_tokenizer_name") if k in text_cfg]
     if not any(str(text_cfg[k]).startswith(PACKAGE_PREFIX) for k in keys):
         return None
@@ -87,7 +88,7 @@ def _resolved_text_cfg(model_cfg: dict[str, Any]) -> dict[str, Any] | None:
     return text_cfg
 
 
-def _tokenizer(model: str, model_cfg: dict[str, Any], text_cfg: dict[str, Any] | None):
+def _tokenizer(model: str, model_cfg: dict[str, Any], text_cfg: dict[str, Any] | None) -> Any:
     if text_cfg is None:
         return open_clip.get_tokenizer(model)
     return open_clip.tokenizer.HFTokenizer(
@@ -237,7 +238,17 @@ def load_image(image: ImageInput) -> Image.Image:
 class Encoder:
     """A frozen open_clip model with batched ``encode_text`` / ``encode_image``."""
 
-    def __init__(self, model, tokenizer, preprocess, *, name: str, version: str, config: dict):
+    def __init__(
+        self,
+        model: Any,
+        tokenizer: Any,
+        preprocess: Any,
+        *,
+        name: str,
+        version: str,
+        config: dict[str, Any],
+    ) -> None:
+        # model, tokenizer, preprocess: open_clip's objects (open_clip ships no type information)
         self.model = model
         self.tokenizer = tokenizer
         self.preprocess = preprocess
@@ -258,7 +269,8 @@ class Encoder:
 
     @property
     def device(self) -> torch.device:
-        return next(self.model.parameters()).device
+        device: torch.device = next(self.model.parameters()).device
+        return device
 
     @torch.no_grad()
     def encode_text(
@@ -338,10 +350,12 @@ class Encoder:
         photos = np.zeros_like(text)
         if has_title.any():
             rows = np.flatnonzero(has_title)
-            text[rows] = self.encode_text([titles[i] for i in rows], progress=progress)
+            text[rows] = self.encode_text([t for t in titles if t], progress=progress)
         if has_photo.any():
             rows = np.flatnonzero(has_photo)
-            photos[rows] = self.encode_image([images[i] for i in rows], progress=progress)
+            photos[rows] = self.encode_image(
+                [im for im in images if im is not None], progress=progress
+            )
         return fuse(
             text,
             photos,

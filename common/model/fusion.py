@@ -12,7 +12,8 @@ def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
     """Rows (or a single vector) scaled to unit L2 norm, as float32."""
     x = np.asarray(x, dtype=np.float32)
     norm = np.linalg.norm(x, axis=-1, keepdims=True)
-    return (x / np.maximum(norm, eps)).astype(np.float32, copy=False)
+    out: np.ndarray = (x / np.maximum(norm, eps)).astype(np.float32, copy=False)
+    return out
 
 
 def fuse(

@@ -62,7 +62,8 @@ class AttributeTable:
 
     def item_scores(self, preferences: np.ndarray) -> np.ndarray:
         """(..., n_items) bonus of every item from (..., n_values) value preferences."""
-        return np.asarray(preferences)[..., self.codes].sum(axis=-1)
+        scores: np.ndarray = np.asarray(preferences)[..., self.codes].sum(axis=-1)
+        return scores
 
 
 def attribute_preferences(

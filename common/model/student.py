@@ -19,6 +19,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, cast
 
 import numpy as np
 import open_clip
@@ -27,8 +28,13 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 
-from common.model.encoder import EncoderError, resolve_package_path
+from common.model.encoder import resolve_package_path
+from common.model.errors import EncoderError
 from common.security.versions import IntegrityError, latest_version, verify_files
+
+if TYPE_CHECKING:
+    from transformers import BertModel
+    from transformers.models.bert.modeling_bert import BertLayer
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +75,8 @@ class _Block(nn.Module):
         q, k, v = self.qkv(x).view(b, t, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
         attended = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
         x = self.norm1(x + self.out(attended.transpose(1, 2).reshape(b, t, d)))
-        return self.norm2(x + self.ffn_out(F.gelu(self.ffn_in(x))))
+        out: torch.Tensor = self.norm2(x + self.ffn_out(F.gelu(self.ffn_in(x))))
+        return out
 
 
 class StudentTextTower(nn.Module):
@@ -96,7 +103,7 @@ class StudentTextTower(nn.Module):
         return F.normalize(pooled.float(), dim=-1)
 
 
-def student_from_teacher(bert: nn.Module, layers: Sequence[int], ffn: int) -> StudentTextTower:
+def student_from_teacher(bert: BertModel, layers: Sequence[int], ffn: int) -> StudentTextTower:
     """A student initialised from a Hugging Face BERT: its embeddings, the teacher ``layers``
     (indices, in order) with each feed-forward block pruned to its ``ffn`` most important
     neurons."""
@@ -126,11 +133,11 @@ def student_from_teacher(bert: nn.Module, layers: Sequence[int], ffn: int) -> St
         student.token_type.copy_(emb.token_type_embeddings.weight[0])
         student.norm.load_state_dict(emb.LayerNorm.state_dict())
         for block, index in zip(student.blocks, layers, strict=True):
-            _copy_layer(block, bert.encoder.layer[index], ffn)
+            _copy_layer(cast(_Block, block), cast("BertLayer", bert.encoder.layer[index]), ffn)
     return student
 
 
-def _copy_layer(block: _Block, layer: nn.Module, ffn: int) -> None:
+def _copy_layer(block: _Block, layer: BertLayer, ffn: int) -> None:
     attn = layer.attention
     parts = (attn.self.query, attn.self.key, attn.self.value)
     block.qkv.weight.copy_(torch.cat([p.weight for p in parts]))

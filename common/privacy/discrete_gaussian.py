@@ -44,4 +44,5 @@ def _discrete_laplace(t: int, size: int, rng: KeystreamRandom) -> np.ndarray:
     log_q = -1.0 / t  # log of the geometric's failure probability exp(-1/t)
     g1 = np.floor(np.log(rng.uniform(size)) / log_q)
     g2 = np.floor(np.log(rng.uniform(size)) / log_q)
-    return (g1 - g2).astype(np.int64)
+    out: np.ndarray = (g1 - g2).astype(np.int64)
+    return out

@@ -13,10 +13,15 @@ from __future__ import annotations
 import datetime
 import ipaddress
 from pathlib import Path
+from typing import cast
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric.types import (
+    CertificateIssuerPrivateKeyTypes,
+    CertificateIssuerPublicKeyTypes,
+)
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from common.security.keyfiles import read_owner_only, write_owner_only
@@ -51,7 +56,9 @@ def _name(common_name: str) -> x509.Name:
     )
 
 
-def _builder(subject: x509.Name, issuer: x509.Name, public_key, days: int):
+def _builder(
+    subject: x509.Name, issuer: x509.Name, public_key: ec.EllipticCurvePublicKey, days: int
+) -> x509.CertificateBuilder:
     now = datetime.datetime.now(datetime.UTC)
     return (
         x509.CertificateBuilder()
@@ -61,6 +68,20 @@ def _builder(subject: x509.Name, issuer: x509.Name, public_key, days: int):
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=days))
+    )
+
+
+def _load_ca(
+    cert_path: Path, key_path: Path
+) -> tuple[x509.Certificate, CertificateIssuerPublicKeyTypes, CertificateIssuerPrivateKeyTypes]:
+    """The CA's certificate, public key and private key. A CA signs certificates, so its keys
+    are of the signing (issuer) key types; a non-signing key fails in ``sign``."""
+    cert = x509.load_pem_x509_certificate(Path(cert_path).read_bytes())
+    key = serialization.load_pem_private_key(read_owner_only(Path(key_path)), None)
+    return (
+        cert,
+        cast(CertificateIssuerPublicKeyTypes, cert.public_key()),
+        cast(CertificateIssuerPrivateKeyTypes, key),
     )
 
 
@@ -103,17 +124,14 @@ def issue_server_cert(
     """A TLS server certificate signed by the CA, valid for ``hosts`` (names or IPs)."""
     if not hosts:
         raise ValueError("a server certificate needs at least one host name or IP")
-    ca_cert = x509.load_pem_x509_certificate(Path(ca_cert_path).read_bytes())
-    ca_key = serialization.load_pem_private_key(read_owner_only(Path(ca_key_path)), None)
+    ca_cert, ca_public, ca_key = _load_ca(ca_cert_path, ca_key_path)
     key = _new_key()
     cert = (
         _builder(_name(hosts[0]), ca_cert.subject, key.public_key(), days)
         .add_extension(x509.SubjectAlternativeName([_san(h) for h in hosts]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .add_extension(
-            x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_cert.public_key()), False
-        )
+        .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(ca_public), False)
         .sign(ca_key, hashes.SHA256())
     )
     _write_key(Path(key_path), key)

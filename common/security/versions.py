@@ -112,9 +112,10 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     if not path.is_file():
         raise IntegrityError(f"{folder}: no {MANIFEST}")
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        manifest: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
         raise IntegrityError(f"{path}: not valid JSON ({exc})") from exc
+    return manifest
 
 
 def verify_files(folder: Path) -> dict[str, Any]:

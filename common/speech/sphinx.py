@@ -14,16 +14,20 @@ from __future__ import annotations
 import logging
 import tempfile
 import threading
+from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from common.speech.lexicon import Lexicon
 from common.speech.ngram import arpa_model
 from common.speech.transcript import SAMPLE_RATE, SpeechError, Transcript
-from common.speech.vocabulary import CatalogVocabulary
+from common.speech.vocabulary import CatalogVocabulary, Phrase
+
+if TYPE_CHECKING:
+    from pocketsphinx import Decoder
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +88,7 @@ class SphinxTranscriber:
         return Transcript(hypothesis.hypstr.strip(), round(float(hypothesis.prob), 4))
 
 
-def _decoder(catalog: tuple[dict, set[str]] | None):
+def _decoder(catalog: tuple[Mapping[Phrase, int], set[str]] | None) -> Decoder:
     """A decoder with the shipped acoustic model and either the general English model
     (``catalog`` None) or the catalog's (phrase counts, words)."""
     from pocketsphinx import Decoder

@@ -26,7 +26,7 @@ import os
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 
@@ -49,7 +49,7 @@ from server.search.catalog_build import (
 from server.search.load_generator import WORKLOADS, LoadResult, run_load, summary, workload_texts
 from server.search.query_model import query_text_tower
 from server.search.threads import apply_thread_settings
-from server.search.vector_index import RECALL_K, ann_recall_at_k, exact_top_k
+from server.search.vector_index import RECALL_K, IndexKind, ann_recall_at_k, exact_top_k
 
 log = logging.getLogger(__name__)
 
@@ -195,9 +195,10 @@ def run_search_bench(
     with tempfile.TemporaryDirectory(prefix="fedsearch-bench-") as tmp:
         for kind in kinds:
             print(f"[{kind}] building the index over {items:,} items ...", flush=True)
+            # create_catalog refuses a kind outside IndexKind
             catalog = create_catalog(
                 config, setup.items, setup.vectors, encoder.version,
-                folder=Path(tmp) / kind, kind=kind, query_vectors=tuning_vectors,
+                folder=Path(tmp) / kind, kind=cast(IndexKind, kind), query_vectors=tuning_vectors,
             )  # fmt: skip
             results["kinds"][kind] = _bench_kind(
                 setup, tower, catalog, clients, requests, list(workloads)

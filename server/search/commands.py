@@ -148,7 +148,7 @@ def _user_errors(handler: Callable[[argparse.Namespace], int]) -> Callable:
 
     @functools.wraps(handler)
     def run(args: argparse.Namespace) -> int:
-        from common.model.encoder import EncoderError
+        from common.model.errors import EncoderError
         from common.speech.transcript import SpeechError
         from server.search.catalog import CatalogStoreError
 

@@ -28,7 +28,7 @@ except ImportError:  # pragma: no cover - depends on the installed extras
     )
 
 
-class _HeaderDeadline(_BaseProtocol):  # type: ignore[misc, valid-type]
+class _HeaderDeadline(_BaseProtocol):
     """Closes a connection whose next request's headers are not complete in time."""
 
     header_timeout_s = 10.0

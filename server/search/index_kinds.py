@@ -82,6 +82,7 @@ def train_ann(
     nlist = max(1, min(nlist, n // 39))
     quantizer = faiss.IndexFlatIP(dim)
     ip = faiss.METRIC_INNER_PRODUCT
+    index: faiss.IndexIVF
     if kind == "ivf":
         index = faiss.IndexIVFFlat(quantizer, dim, nlist, ip)
     elif kind in ("ivf-fp16", "ivf-sq8"):

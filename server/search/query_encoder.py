@@ -126,13 +126,13 @@ class QueryEncoder:
             if j.text_vector is not None:
                 texts[i] = j.text_vector
         if to_encode:
-            texts[to_encode] = self.text_tower.encode_text([jobs[i].text for i in to_encode])
+            texts[to_encode] = self.text_tower.encode_text([jobs[i].text or "" for i in to_encode])
             if self.cache is not None:
                 for i in to_encode:
                     self.cache.put(self.cache_key(jobs[i].text or ""), texts[i])
         if with_image:
             images[with_image] = self.image_encoder.encode_image(
-                [jobs[i].image for i in with_image]
+                [j.image for j in jobs if j.image is not None]
             )
         text_w = np.array([j.text_weight if j.text else 0.0 for j in jobs], dtype=np.float32)
         image_w = np.array(

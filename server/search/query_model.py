@@ -8,7 +8,8 @@ import logging
 from typing import Any
 
 from common.config import Config
-from common.model.encoder import Encoder, EncoderError
+from common.model.encoder import Encoder
+from common.model.errors import EncoderError
 from common.model.precision import PrecisionChoice, TextTower, resolve_precision
 from common.model.student import load_query_student, query_model_folder
 from server.search.query_cache import QueryVectorCache

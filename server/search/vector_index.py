@@ -109,7 +109,7 @@ class VectorIndex:
         self.backend = faiss_backend()
         self.refine_cpu_s = 0.0
         self._gpu_index: faiss.Index | None = None
-        self._gpu_resources = None
+        self._gpu_resources: faiss.StandardGpuResources | None = None
         self._gpu_lock = threading.Lock()  # FAISS GPU indexes are not thread-safe
 
     @property
@@ -194,7 +194,8 @@ class VectorIndex:
         self._gpu_index = None
 
     def remove(self, keys: np.ndarray) -> int:
-        removed = int(self.index.remove_ids(_as_keys(keys)))
+        # faiss's stub lists only remove_ids(IDSelector) on Index; its Python layer takes ids
+        removed = int(self.index.remove_ids(_as_keys(keys)))  # type: ignore[arg-type]
         self._gpu_index = None
         return removed
 
@@ -225,10 +226,14 @@ class VectorIndex:
     ) -> tuple[np.ndarray, np.ndarray]:
         if allowed is not None:
             selector = faiss.IDSelectorBatch(_as_keys(allowed))
+            # faiss's stub omits the keyword __init__ its Python layer gives SearchParameters
+            params: faiss.SearchParameters
             if self.info.kind != "exact":
-                params = faiss.SearchParametersIVF(sel=selector, nprobe=self.info.nprobe)
+                params = faiss.SearchParametersIVF(  # type: ignore[call-arg]
+                    sel=selector, nprobe=self.info.nprobe
+                )
             else:
-                params = faiss.SearchParameters(sel=selector)
+                params = faiss.SearchParameters(sel=selector)  # type: ignore[call-arg]
             return self.index.search(queries, k, params=params)
         if self.backend != "faiss-gpu":
             return self.index.search(queries, k)

@@ -45,7 +45,7 @@ class DistillData:
 
 def top_k_overlap(teacher: np.ndarray, student: np.ndarray, items: np.ndarray, k: int) -> float:
     """Mean share of each query's teacher top-k items that the student's top-k holds."""
-    shares = []
+    shares: list[float] = []
     for start in range(0, len(teacher), 256):
         t = np.argsort(-(teacher[start : start + 256] @ items.T), axis=1)[:, :k]
         s = np.argsort(-(student[start : start + 256] @ items.T), axis=1)[:, :k]
@@ -66,7 +66,7 @@ def downstream(
     config: Config, teacher: Encoder, encode: Callable[[list[str]], np.ndarray], val: list[Product]
 ) -> dict[str, float]:
     """Title -> photo R@10 and type-P@10 with query texts encoded by ``encode``."""
-    photos = teacher.encode_image([p.image_path for p in val])
+    photos = teacher.encode_image([p.photo for p in val])
     titles = [p.title for p in val]
     fused = fuse(
         teacher.encode_text(titles),

@@ -87,7 +87,7 @@ def evaluate_encoder(
     """All protocols on ``items`` (never trained on). Returns {row name: {metric: value}}."""
     if title_vecs is None:
         title_vecs = encoder.encode_text([p.title for p in items])
-    photo_vecs = encoder.encode_image([p.image_path for p in items])
+    photo_vecs = encoder.encode_image([p.photo for p in items])
     fused = fuse(title_vecs, photo_vecs, text_weight=text_weight, image_weight=image_weight)
     queries = category_queries(items)
     query_vecs = encoder.encode_text([q for q, _, _ in queries])
