@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from client.app import AdapterClient
 from client.local_device import LocalDevice
@@ -105,3 +106,29 @@ def test_the_device_evaluates_the_newest_version_it_verified(tmp_path, populatio
     _, stats = _codec(_config()).decode(sent[0])
     assert published.version == "v0001"
     assert stats["adapter.rr"] != pytest.approx(stats["base.rr"], abs=1e-6)
+
+
+def test_parameters_the_server_crafts_never_reach_the_evaluation(tmp_path, population):
+    """The evaluation attack: a server sends an adapter that maps every query to one item's
+    vector, hoping that a device's reciprocal rank tells whether it clicked that item. The
+    device evaluates only the newest version it verified (none here: the base encoder),
+    so the statistics it sends are the same whatever the server sends; only the update
+    differs."""
+    config = _config()
+    honest = QueryAdapter(DIM, RANK).get_weights()
+    crafted = QueryAdapter(DIM, RANK)
+    target = population.item_vectors[0]
+    crafted.down.weight.data.zero_()
+    crafted.down.bias.data.zero_()
+    crafted.down.bias.data[0] = 1.0  # every query gets the same hidden unit...
+    crafted.up.weight.data.zero_()
+    crafted.up.weight.data[:, 0] = 100.0 * torch.as_tensor(target)  # ...sent to the target
+    sent = {}
+    for name, weights in (("honest", honest), ("crafted", crafted.get_weights())):
+        client, _ = _client(tmp_path / name, population, config)
+        sent[name] = _codec(config).decode(client.fit(weights, {"round": 1})[0][0])
+    evaluation = [key for key in STATS if key not in ("trained", "declined")]
+    for key in evaluation:
+        assert sent["crafted"][1][key] == pytest.approx(sent["honest"][1][key], abs=1e-6), key
+    updates = [np.concatenate([u.ravel() for u in sent[name][0]]) for name in sent]
+    assert not np.allclose(updates[0], updates[1])  # the crafted parameters were used to train
