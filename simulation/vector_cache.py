@@ -69,7 +69,7 @@ def cached_vectors(
         try:
             vectors = np.load(path)
             if vectors.ndim == 2 and len(vectors) == rows and vectors.dtype == np.float32:
-                log.info("loaded %s vectors from %s", label, path)
+                log.debug("loaded %s vectors from %s", label, path)
                 return vectors
         except (OSError, ValueError) as exc:
             log.warning("ignoring unreadable cache file %s: %s", path, exc)
