@@ -12,8 +12,8 @@ whose rounds would pass ``federation.epsilon_user``. After each round ``RunRecor
 charges the ledger, publishes the version and appends the round to ``metrics.jsonl``.
 
 Randomness (cohorts, server-side noise, the initial adapter) comes from the operating
-system on a deployed server; a simulation's server draws it from ``federation.seed`` so
-runs repeat exactly (``build_server_app(seeded=True)``).
+system on a deployed server; a simulation's server draws it from ``federation.seed``, so
+its cohorts and noise repeat (``build_server_app(seeded=True)``).
 """
 
 from __future__ import annotations
