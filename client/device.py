@@ -33,6 +33,7 @@ from pathlib import Path
 from typing import cast
 
 import numpy as np
+import tomli_w
 
 from client.store import (
     KEY_ENV,
@@ -136,13 +137,9 @@ def init_device(
     DeviceStore(device.store_dir, key).save_state(PersonalState())
     (device.folder / DEVICE_FILE).write_text(json.dumps(asdict(info), indent=2), "utf-8")
     if policy:
-        lines = [f"{key} = {_toml_value(getattr(settings, key))}" for key in policy]
-        device.config_file.write_text("[device]\n" + "\n".join(lines) + "\n", "utf-8")
+        table = {key: getattr(settings, key) for key in policy}
+        device.config_file.write_text(tomli_w.dumps({"device": table}), "utf-8")
     return device
-
-
-def _toml_value(value: float | bool) -> str:
-    return str(value).lower() if isinstance(value, bool) else repr(value)
 
 
 def device_env(device: Device) -> dict[str, str]:

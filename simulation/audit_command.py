@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from common.cli import UsageError, add_config_arguments, config_from_args
+from common.cli import UsageError, add_config_arguments
 
 EXAMPLES = """\
 examples:
@@ -55,7 +55,7 @@ def register_audit_command(subparsers: argparse._SubParsersAction) -> None:
 
 def _audit(args: argparse.Namespace) -> int:
     from simulation.audit import audit_run, audit_simulation, format_audit
-    from simulation.engine import with_overrides
+    from simulation.commands import sized_run_config
     from simulation.loader import POPULATIONS
 
     if (args.run_dir is None) == (args.population is None):
@@ -65,18 +65,10 @@ def _audit(args: argparse.Namespace) -> int:
     else:
         if args.population not in POPULATIONS:
             raise UsageError(f"--population: one of {', '.join(POPULATIONS)}")
-        for name, least in (("canaries", 2), ("unsent", 2), ("clients", 2), ("rounds", 1)):
-            value = getattr(args, name)
-            if value is not None and value < least:
-                raise UsageError(f"--{name}: must be >= {least}")
-        if args.per_round is not None and args.per_round < 1:
-            raise UsageError("--per-round: must be >= 1")
-        config = with_overrides(
-            config_from_args(args),
-            rounds=args.rounds,
-            clients_per_round=args.per_round,
-            dp=False if args.no_dp else None,
-        )
+        for name in ("canaries", "unsent"):
+            if getattr(args, name) is not None and getattr(args, name) < 2:
+                raise UsageError(f"--{name}: must be >= 2")
+        config = sized_run_config(args)
         run_dir = audit_simulation(
             config,
             args.population,

@@ -5,9 +5,13 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from client.commands import user_errors
 from common.cli import UsageError, add_config_arguments, config_from_args
+
+if TYPE_CHECKING:
+    from common.config import Config
 
 
 def register_simulation_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -115,22 +119,29 @@ def _register_import_history(device_steps: argparse._SubParsersAction) -> None:
     imp.set_defaults(handler=user_errors(_import_history))
 
 
-def _simulate(args: argparse.Namespace) -> int:
+def sized_run_config(args: argparse.Namespace, **federation: object) -> Config:
+    """A new simulation's config from its command's ``--clients``, ``--rounds``,
+    ``--per-round`` and ``--no-dp`` (checked), with ``federation`` overrides on top."""
     from simulation.engine import with_overrides
-    from simulation.report import simulate_and_report, table
 
     for name in ("clients", "rounds", "per_round"):
         value = getattr(args, name)
         least = 2 if name == "clients" else 1
         if value is not None and value < least:
             raise UsageError(f"--{name.replace('_', '-')}: must be >= {least}")
-    config = with_overrides(
+    return with_overrides(
         config_from_args(args),
         rounds=args.rounds,
         clients_per_round=args.per_round,
         dp=False if args.no_dp else None,
-        secagg=False if args.no_secagg else None,
+        **federation,
     )
+
+
+def _simulate(args: argparse.Namespace) -> int:
+    from simulation.report import simulate_and_report, table
+
+    config = sized_run_config(args, secagg=False if args.no_secagg else None)
     summary = simulate_and_report(
         config,
         args.population,

@@ -4,15 +4,10 @@ replaced by the service's scores in silence."""
 
 from __future__ import annotations
 
-import socket
-import threading
-import time
-
 import httpx
 import numpy as np
 import pytest
 import torch
-import uvicorn
 
 from client.device import BASE_MODEL_INFO, DeviceInfo, init_device
 from client.sdk import DeviceClient, DeviceModelError, verified_adapters
@@ -24,6 +19,7 @@ from common.model.adapter import QueryAdapter
 from common.security.signing import load_private_key, signer
 from server.deploy.layout import DeploymentInfo, init_deployment
 from server.federation.publish import publish_adapter
+from tests.server.search.conftest import running_server
 
 CANDIDATES = 8
 
@@ -53,27 +49,8 @@ def setup(tmp_path, monkeypatch, small_catalog, untrained_encoder):
         ca_cert=dep.ca_cert,
         signing_pub=dep.signing_pub,
     )
-    port = _free_port()
-    server = uvicorn.Server(
-        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", ws="none")
-    )
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 30
-    while not server.started:
-        assert thread.is_alive() and time.monotonic() < deadline, "search service did not start"
-        time.sleep(0.05)
-    url = f"http://127.0.0.1:{port}"
-    with httpx.Client(base_url=url) as client:
+    with running_server(app) as url, httpx.Client(base_url=url) as client:
         yield client, config.paths.registry, device, load_private_key(dep.signing_key)
-    server.should_exit = True
-    thread.join(timeout=10)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _publish(registry, key, seed: int):

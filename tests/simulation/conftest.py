@@ -61,6 +61,29 @@ def make_config(tmp_path: Path, **sections) -> object:
     return config_from_dict(data)
 
 
+def small_federation_config(
+    tmp_path: Path, *, rank: int, rounds: int, per_round: int, **federation
+) -> object:
+    """A federated run small enough for a test: few negatives and candidates, devices and a
+    ledger that accept any epsilon (the tests check the mechanics, not the budget)."""
+    settings = {
+        "rounds": rounds,
+        "clients_per_round": per_round,
+        "epsilon_user": 1e6,
+        "min_devices_fraction": 0.5,
+        **federation,
+    }
+    return config_from_dict(
+        {
+            "paths": {"work_dir": str(tmp_path / "work")},
+            "adapter": {"rank": rank, "shown_negatives": 4, "random_negatives": 4},
+            "device": {"batch_size": 4, "max_epsilon_user": 1e6},
+            "evaluation": {"candidates": 20},
+            "federation": settings,
+        }
+    )
+
+
 PRODUCTS = {
     "I01": "WHITE HANGING HEART T-LIGHT HOLDER",
     "I02": "RED HANGING HEART T-LIGHT HOLDER",

@@ -36,26 +36,19 @@ from simulation.broken_noise import silent_noise_mod
 from simulation.canaries import read_canary_settings, with_canaries
 from simulation.synthetic import synthetic_population
 from simulation.wiretap import read_tap
+from tests.simulation.conftest import small_federation_config
 
 DEVICES, CANARIES, ROUNDS, DIM, RANK = 8, 8, 2, 96, 64
 
 
 def _config(tmp):
-    return config_from_dict(
-        {
-            "paths": {"work_dir": str(tmp / "work")},
-            "adapter": {"rank": RANK, "shown_negatives": 4, "random_negatives": 4},
-            "device": {"batch_size": 4, "max_epsilon_user": 1e6},
-            "evaluation": {"candidates": 20},
-            "federation": {
-                "rounds": ROUNDS,
-                "clients_per_round": DEVICES,
-                "noise_multiplier": 1.0,
-                "clipping_norm": 0.5,
-                "epsilon_user": 1e6,
-                "min_devices_fraction": 0.5,
-            },
-        }
+    return small_federation_config(
+        tmp,
+        rank=RANK,
+        rounds=ROUNDS,
+        per_round=DEVICES,
+        noise_multiplier=1.0,
+        clipping_norm=0.5,
     )
 
 

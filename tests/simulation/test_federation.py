@@ -13,7 +13,6 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from common.config import config_from_dict
 from common.federation.payload import PayloadCodec
 from common.federation.privacy_plan import PrivacyPlan
 from common.model.adapter import QueryAdapter
@@ -25,28 +24,21 @@ from simulation.report import write_report
 from simulation.synthetic import synthetic_population
 from simulation.wire_audit import PrivateData, check_payloads, check_wire
 from simulation.wiretap import read_tap
+from tests.simulation.conftest import small_federation_config
 
 DEVICES, ROUNDS, DIM, RANK = 12, 2, 96, 64  # payloads of 12,460 values
 SIGMA, CLIP, PER_ROUND = 1.0, 0.5, 8
 
 
 def _config(tmp, **federation):
-    return config_from_dict(
-        {
-            "paths": {"work_dir": str(tmp / "work")},
-            "adapter": {"rank": RANK, "shown_negatives": 4, "random_negatives": 4},
-            "device": {"batch_size": 4, "max_epsilon_user": 1e6},
-            "evaluation": {"candidates": 20},
-            "federation": {
-                "rounds": ROUNDS,
-                "clients_per_round": PER_ROUND,
-                "noise_multiplier": SIGMA,
-                "clipping_norm": CLIP,
-                "epsilon_user": 1e6,
-                "min_devices_fraction": 0.5,
-                **federation,
-            },
-        }
+    return small_federation_config(
+        tmp,
+        rank=RANK,
+        rounds=ROUNDS,
+        per_round=PER_ROUND,
+        noise_multiplier=SIGMA,
+        clipping_norm=CLIP,
+        **federation,
     )
 
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from common.config import config_from_dict
 from simulation.engine import simulate
 from simulation.synthetic import synthetic_population
+from tests.simulation.conftest import small_federation_config
 
 cluster_utils = pytest.importorskip("ray.cluster_utils")
 
@@ -34,21 +34,7 @@ def test_a_simulation_runs_on_an_existing_two_node_cluster(two_node_cluster, tmp
         assert len(nodes) == 2 and ray.cluster_resources()["CPU"] == 2
     finally:
         ray.shutdown()
-    config = config_from_dict(
-        {
-            "paths": {"work_dir": str(tmp_path / "work")},
-            "adapter": {"rank": 4, "shown_negatives": 4, "random_negatives": 4},
-            "device": {"batch_size": 4, "max_epsilon_user": 1e6},
-            "evaluation": {"candidates": 20},
-            "federation": {
-                "rounds": 1,
-                "clients_per_round": 4,
-                "epsilon_user": 1e6,
-                "min_devices_fraction": 0.5,
-                "warm_start": False,
-            },
-        }
-    )
+    config = small_federation_config(tmp_path, rank=4, rounds=1, per_round=4, warm_start=False)
     population = synthetic_population(6, n_items=60, dim=16, seed=1)
     result = simulate(
         config,
