@@ -5,7 +5,8 @@ runs repeat; the ClientApp is the deployment's ClientApp with the simulated popu
 injected as the devices' data (``simulation.devices``) and the wiretaps
 (``simulation.wiretap``), faults (``simulation.faults``), privacy-audit canaries
 (``simulation.canaries``) and deliberately broken noise (``simulation.broken_noise``),
-which act only when a run switches them on.
+which act only when a run switches them on, and SecAgg+'s rounding seeded from the run's
+seed (``simulation.seeded_rounding``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from simulation.broken_noise import silent_noise_mod
 from simulation.canaries import canary_mod
 from simulation.devices import simulated_device
 from simulation.faults import fault_mod
+from simulation.seeded_rounding import seeded_rounding_mod
 from simulation.wiretap import run_tap, server_tap
 
 # Simulated devices draw DP noise from a seeded generator on purpose (reproducible runs);
@@ -27,7 +29,7 @@ warnings.filterwarnings("ignore", message="Secure RNG turned off", module="opacu
 server_app = build_server_app(seeded=True, on_sum=server_tap)
 client_app = build_client_app(
     source=simulated_device,
-    outer_mods=[fault_mod, run_tap("wire"), silent_noise_mod],
+    outer_mods=[seeded_rounding_mod, fault_mod, run_tap("wire"), silent_noise_mod],
     inner_mods=[run_tap("plain"), canary_mod],
 )
 

@@ -6,9 +6,9 @@ from the run folder), whose private state lives in ``<run_dir>/devices/<device_i
 encrypted store, one key per run, as a real device keeps its own). Every simulated device
 has the simulation config's ``device`` settings and policy, verifies published versions
 with the run's public key (``<run_dir>/signing/signing.pub``) as a provisioned device would,
-and draws its randomness (training, noise share) from ``federation.seed``. Two runs of the
-same command still differ slightly in the federated figures (the third decimal of nDCG@10
-measured on 200 shoppers); the source is not pinned down yet.
+and draws its randomness (training, noise share, SecAgg+'s rounding) from
+``federation.seed`` and its partition, so that two runs of one command give identical
+figures (``tests/simulation/test_repeat.py``).
 """
 
 from __future__ import annotations

@@ -41,9 +41,9 @@ def write_fault_settings(
 def fault_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
     settings = _settings(str(ctxt.run_config.get("run-dir", "")))
     if settings is not None and _stage(msg) in settings["stages"]:
-        seed = ctxt.run_config.get("config-file", "")
+        device = ctxt.node_config.get("partition-id", ctxt.node_id)
         draw = KeystreamRandom.from_seed(
-            "fault", seed, msg.metadata.group_id, _stage(msg), ctxt.node_id
+            "fault", settings["seed"], msg.metadata.group_id, _stage(msg), device
         )
         if draw.uniform(1)[0] < settings["fraction"]:
             raise SimulatedDropout(f"simulated dropout at {_stage(msg)}")

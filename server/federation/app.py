@@ -12,8 +12,9 @@ whose rounds would pass ``federation.epsilon_user``. After each round ``RunRecor
 charges the ledger, publishes the version and appends the round to ``metrics.jsonl``.
 
 Randomness (cohorts, server-side noise, the initial adapter) comes from the operating
-system on a deployed server; a simulation's server draws it from ``federation.seed``, so
-its cohorts and noise repeat (``build_server_app(seeded=True)``).
+system on a deployed server; a simulation's server draws it from ``federation.seed``
+(``build_server_app(seeded=True)``) and samples devices in the order they registered, so
+its cohorts and noise repeat although Flower gives the devices random node ids.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ from server.federation.averaging import MovingAverage
 from server.federation.ledger import PopulationLedger
 from server.federation.recorder import RunRecorder
 from server.federation.secure_aggregation import Workflow, fit_workflow
-from server.federation.strategy import FederatedAdapterStrategy, SumObserver
+from server.federation.strategy import Enrolment, FederatedAdapterStrategy, SumObserver
 
 install_secure_masks()  # SecAgg+ masks keyed by the whole shared secret (devices do too)
 
@@ -70,9 +71,10 @@ def build_strategy(
     rng: KeystreamRandom,
     on_sample: Callable[[int], None] | None = None,
     on_sum: SumObserver | None = None,
+    enrolment: Enrolment | None = None,
 ) -> StrategyStack:
     """The aggregation strategy, in a moving average when ``average_decay`` > 0."""
-    fedavg = FederatedAdapterStrategy(spec, plan, initial, rng, on_sample, on_sum)
+    fedavg = FederatedAdapterStrategy(spec, plan, initial, rng, on_sample, on_sum, enrolment)
     decay = spec.config.federation.average_decay
     average = MovingAverage(fedavg, decay=decay) if decay > 0 else None
     return StrategyStack(average or fedavg, fedavg, average)
@@ -116,7 +118,7 @@ def run_federation(
     if ledger is not None:
         ledger.check_plan(plan.round_rdp(codec.size), spec.config.federation.rounds)
     fit, on_sample = fit_workflow(spec, plan)
-    stack = build_strategy(spec, plan, initial, rng, on_sample, on_sum)
+    stack = build_strategy(spec, plan, initial, rng, on_sample, on_sum, _enrolment(grid))
     recorder = RunRecorder(
         spec,
         plan,
@@ -132,6 +134,11 @@ def run_federation(
     rounds = ServerConfig(num_rounds=spec.config.federation.rounds)
     workflow(grid, LegacyContext(context, config=rounds, strategy=stack.outer))
     return stack.fedavg
+
+
+def _enrolment(grid: Grid) -> Enrolment:
+    """Each node's registration time (ISO 8601 sorts in time order)."""
+    return lambda: {node.node_id: node.registered_at for node in grid.get_nodes()}
 
 
 def _recorded(fit: Workflow, recorder: RunRecorder) -> Workflow:

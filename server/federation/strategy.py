@@ -2,7 +2,10 @@
 
 - Sampling: each round every device joins independently with probability q (the sampling
   the user-level accountant assumes), drawn from ``rng`` (unpredictable outside a
-  simulation); ``on_sample`` hears how many joined (SecAgg+ sizes its neighbourhoods).
+  simulation) over the devices in the order they registered (``enrolment``: node id to
+  sort key; Flower draws node ids at random, so a seeded simulation picks the same
+  devices each run only in that order); ``on_sample`` hears how many joined (SecAgg+ sizes
+  its neighbourhoods).
 - Aggregation: the devices' payloads (``common.federation.payload``) arrive summed by
   SecAgg+ (Flower hands each result the average; the sum is that times the count) or one
   by one. Server-side noise, when the plan places it there, is added to the sum; then the
@@ -20,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -50,6 +53,8 @@ log = logging.getLogger(__name__)
 REGISTRATION_TIMEOUT_S = 600
 # Sees the noised payload sum of each round, exactly what the server holds (audits, tests).
 SumObserver = Callable[[RunSpec, int, np.ndarray], None]
+# Node id -> the key devices are ordered by before sampling (their registration time).
+Enrolment = Callable[[], Mapping[int, str]]
 
 
 @dataclass
@@ -70,6 +75,7 @@ class FederatedAdapterStrategy(FedAvg):
         rng: KeystreamRandom,
         on_sample: Callable[[int], None] | None = None,
         on_sum: SumObserver | None = None,
+        enrolment: Enrolment | None = None,
     ) -> None:
         super().__init__(
             min_fit_clients=1,
@@ -83,6 +89,7 @@ class FederatedAdapterStrategy(FedAvg):
         self.rng = rng
         self.on_sample = on_sample
         self.on_sum = on_sum
+        self.enrolment = enrolment
         self.optimizer = ServerOptimizer(
             spec.config.federation.server_lr, spec.config.federation.server_momentum
         )
@@ -97,7 +104,10 @@ class FederatedAdapterStrategy(FedAvg):
             raise RuntimeError(
                 f"only {client_manager.num_available()} of {self.spec.num_devices} devices joined"
             )
-        return [proxy for _, proxy in sorted(client_manager.all().items())]
+        keys = self.enrolment() if self.enrolment is not None else {}
+        devices = {int(cid): proxy for cid, proxy in client_manager.all().items()}
+        order = sorted(devices, key=lambda node: (keys.get(node, ""), node))
+        return [devices[node] for node in order]
 
     def configure_fit(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager

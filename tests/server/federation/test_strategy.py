@@ -76,6 +76,34 @@ def test_poisson_sampling_has_rate_q_and_varies(tmp_path):
     assert strategy.configure_evaluate(1, params, manager) == []
 
 
+def test_the_cohort_follows_registration_order_not_node_ids(tmp_path):
+    """Flower draws node ids at random: the same seed picks the same devices (by the order
+    they registered) whatever ids they got."""
+    spec = _spec(tmp_path)
+    params = ndarrays_to_parameters(_initial())
+
+    def picked_ranks(node_ids: list[int]) -> list[int]:
+        rank = {node: n for n, node in enumerate(node_ids)}
+        stamps = {node: f"2026-12-06T12:00:00.{n:06d}" for node, n in rank.items()}
+        strategy = FederatedAdapterStrategy(
+            spec,
+            PrivacyPlan.from_spec(spec),
+            _initial(),
+            KeystreamRandom.from_seed("s"),
+            enrolment=lambda: stamps,
+        )
+        manager = SimpleClientManager()
+        for node in node_ids:
+            manager.register(FakeProxy(node))
+        picked = strategy.configure_fit(1, params, manager)
+        return sorted(rank[proxy.node_id] for proxy, _ in picked)
+
+    ids = np.random.default_rng(7).permutation(np.arange(1, 10_000))
+    first = picked_ranks([int(n) for n in ids[: spec.num_devices]])
+    again = picked_ranks([int(n) for n in ids[-spec.num_devices :]])
+    assert first and first == again
+
+
 def _results(payloads) -> list:
     return [
         (FakeProxy(i + 1), FitRes(OK, ndarrays_to_parameters([p]), 1, {}))
