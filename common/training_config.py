@@ -76,7 +76,11 @@ class FederationConfig(Section):
     noise to its quantized update before SecAgg+ masks it, calibrated so that the
     ``min_devices_fraction`` of the expected cohort that must survive a round already carry
     the whole noise (the server only ever unmasks a noised sum; fewer survivors and the
-    round is dropped unseen). ``noise = "server"``: the server adds Gaussian noise to the
+    round is dropped unseen). Rounds are built to survive ``dropout_tolerance`` of the sampled
+    devices dropping at any stage (setup, key sharing, training, unmasking): SecAgg+'s
+    neighbourhoods grow until that many dropouts leave every one able to unmask, and each
+    stage waits at most ``stage_timeout_s`` for replies (a silent device counts as dropped).
+    ``noise = "server"``: the server adds Gaussian noise to the
     sum it holds (protects against readers of published versions only). A run whose
     population ledger would pass ``epsilon_user`` at ``delta_user`` (0: 1 / (10 x
     population)) does not start; ledgers live in ``ledger_dir`` ("": <work_dir>/ledgers),
@@ -103,7 +107,9 @@ class FederationConfig(Section):
     clipping_norm: float = Field(default=1.0, gt=0)
     epsilon_user: float = Field(default=4.0, gt=0)
     delta_user: float = Field(default=0.0, ge=0, lt=1)
-    min_devices_fraction: float = Field(default=0.8, gt=0, le=1)
+    min_devices_fraction: float = Field(default=0.6, gt=0, le=1)
+    dropout_tolerance: float = Field(default=0.3, ge=0, lt=1)
+    stage_timeout_s: float = Field(default=300.0, gt=0)
     ledger_dir: str = ""
     secagg: bool = True
     secagg_neighbours: int = Field(default=10, ge=2)

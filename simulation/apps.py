@@ -18,7 +18,7 @@ from server.federation.app import build_server_app
 from simulation.broken_noise import silent_noise_mod
 from simulation.canaries import canary_mod
 from simulation.devices import simulated_device
-from simulation.faults import fault_mod
+from simulation.faults import fault_cohort, fault_mod
 from simulation.seeded_rounding import seeded_rounding_mod
 from simulation.wiretap import run_tap, server_tap
 
@@ -26,7 +26,7 @@ from simulation.wiretap import run_tap, server_tap
 # Opacus' reminder that its secure RNG is off belongs on real devices only.
 warnings.filterwarnings("ignore", message="Secure RNG turned off", module="opacus")
 
-server_app = build_server_app(seeded=True, on_sum=server_tap)
+server_app = build_server_app(seeded=True, on_sum=server_tap, on_cohort=fault_cohort)
 client_app = build_client_app(
     source=simulated_device,
     outer_mods=[seeded_rounding_mod, fault_mod, run_tap("wire"), silent_noise_mod],

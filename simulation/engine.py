@@ -8,6 +8,9 @@ the ClientApp of ``simulation.apps``, which are the deployment's apps with the p
 injected. It then starts a local SuperLink in simulation mode and submits the app with
 ``flwr run`` (one virtual SuperNode per device on Ray), following the rounds as the server
 writes them to ``metrics.jsonl``; Flower's own log goes to ``<run_dir>/flower.log``.
+
+``resume_simulation`` continues a run folder whose server was killed, on a new SuperLink,
+after its last recorded round (``server.federation.resume``).
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ import logging
 import os
 import subprocess
 import time
+import tomllib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +29,7 @@ from typing import Any
 
 import tomli_w
 
-from common.config import Config, config_from_dict
+from common.config import Config, ConfigError, config_from_dict
 from common.federation.payload import PayloadCodec
 from common.federation.privacy_plan import PrivacyPlan
 from common.federation.run_spec import RunSpec
@@ -152,14 +156,17 @@ def simulate(
     reset_ledger: bool = False,
     dropout: float = 0.0,
     dropout_stages: Sequence[str] = ("unmask",),
+    dropout_silent_s: float = 0.0,
+    dropout_rounds: Sequence[int] = (),
     verbose: bool = False,
 ) -> SimulationResult:
     """Run ``config.federation.rounds`` federated rounds over the population's devices.
 
     The population's ledger (``federation.ledger_dir``) composes every run on the same
     simulated people; ``reset_ledger`` starts it afresh (they are fictional, after all).
-    ``dropout``: that fraction of the devices sent a message of one of ``dropout_stages``
-    fails it (``simulation.faults``). ``wiretap``: record every reply the devices send, and
+    ``dropout``: that fraction of each round's devices fails, each at one of
+    ``dropout_stages`` (after ``dropout_silent_s`` of silence; in ``dropout_rounds``, empty:
+    all; ``simulation.faults``). ``wiretap``: record every reply the devices send, and
     the server's payload sums, into this folder (``simulation.wiretap``; ``wiretap_content``
     False keeps sizes only; ``wiretap_positions`` picks the device taps). ``ray_address``:
     run on that Ray cluster. ``verbose``: show Flower's log as it runs.
@@ -190,18 +197,47 @@ def simulate(
             positions=wiretap_positions,
         )
     if dropout:
-        seed = config.federation.seed
-        write_fault_settings(spec.run_dir, fraction=dropout, stages=dropout_stages, seed=seed)
+        write_fault_settings(
+            spec.run_dir,
+            fraction=dropout,
+            stages=dropout_stages,
+            seed=config.federation.seed,
+            silent_s=dropout_silent_s,
+            rounds=dropout_rounds,
+        )
+    return launch(spec, ray_address=ray_address, verbose=verbose)
+
+
+def launch(
+    spec: RunSpec, *, ray_address: str = "", verbose: bool = False, resume: bool = False
+) -> SimulationResult:
+    """Run the prepared ``spec`` on a new local SuperLink (``resume``: after the rounds
+    its folder recorded)."""
     start = time.perf_counter()
     signing_key = spec.run_dir / "signing" / "signing.key"
     with LocalSuperLink(
         spec.run_dir / "flwr", ray_address=ray_address, signing_key=signing_key
     ) as link:
-        run_app(link, spec, ray_address=ray_address, verbose=verbose)
+        run_app(link, spec, ray_address=ray_address, verbose=verbose, resume=resume)
     return SimulationResult(spec, read_rounds(spec.run_dir), time.perf_counter() - start)
 
 
-def write_app(spec: RunSpec) -> Path:
+def resume_simulation(
+    run_dir: Path, *, ray_address: str = "", verbose: bool = False
+) -> SimulationResult:
+    """Continue the simulation in ``run_dir`` (killed mid-run) with its own config and
+    population, after its last recorded round; the population's ledger keeps its charges."""
+    project = Path(run_dir).resolve() / "app" / "pyproject.toml"
+    if not project.is_file():
+        raise ConfigError(f"--resume: {run_dir} is not a simulation folder (no {project.name})")
+    settings = tomllib.loads(project.read_text(encoding="utf-8"))["tool"]["flwr"]["app"]
+    spec = RunSpec.from_run_config(
+        {k: v for k, v in settings["config"].items() if k != "resume"}, 0
+    )
+    return launch(spec, ray_address=ray_address, verbose=verbose, resume=True)
+
+
+def write_app(spec: RunSpec, *, resume: bool = False) -> Path:
     """The run's Flower app folder: a pyproject.toml naming the apps and the run config."""
     config_file = spec.run_dir / RUN_CONFIG_FILE
     config_file.write_text(tomli_w.dumps(spec.config.model_dump()), encoding="utf-8")
@@ -227,6 +263,7 @@ def write_app(spec: RunSpec) -> Path:
                         "population-id": spec.population_id,
                         "embedding-dim": spec.embedding_dim,
                         "initial-adapter": spec.initial_adapter,
+                        "resume": "true" if resume else "",
                     },
                 }
             }
@@ -236,7 +273,9 @@ def write_app(spec: RunSpec) -> Path:
     return app
 
 
-def run_app(link: LocalSuperLink, spec: RunSpec, *, ray_address: str, verbose: bool) -> None:
+def run_app(
+    link: LocalSuperLink, spec: RunSpec, *, ray_address: str, verbose: bool, resume: bool = False
+) -> None:
     """``flwr run`` the run's app on ``link`` and follow its rounds until it ends."""
     federation = spec.config.federation
     options = [f"num-supernodes={spec.num_devices}"]
@@ -245,10 +284,11 @@ def run_app(link: LocalSuperLink, spec: RunSpec, *, ray_address: str, verbose: b
         options.append("init-args-log-to-driver=false")
     if not ray_address:
         options.append(f"init-args-num-cpus={os.cpu_count() or 1}")
-    command = ["flwr", "run", str(write_app(spec)), SIMULATION_CONNECTION, "--stream"]
+    command = ["flwr", "run", str(write_app(spec, resume=resume)), SIMULATION_CONNECTION]
+    command.append("--stream")
     command += ["--federation-config", " ".join(options)]
     log_path = spec.run_dir / FLOWER_LOG
-    with log_path.open("wb") as log_file:
+    with log_path.open("ab" if resume else "wb") as log_file:
         process = subprocess.Popen(
             command, env=link.env(), stdout=None if verbose else log_file,
             stderr=subprocess.STDOUT if not verbose else None,

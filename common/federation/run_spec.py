@@ -4,7 +4,8 @@ A ``RunSpec`` is built once by ``fedsearch simulate`` (and handed to both apps),
 Flower run config (``flwr run .``: the ``[tool.flwr.app.config]`` table of pyproject.toml
 and ``--run-config`` overrides): ``section.key`` entries override the fedsearch config read
 from ``config-file`` (a TOML file; empty: the defaults), and an empty string leaves a key
-unset (flwr only accepts overrides of keys the table lists).
+unset (flwr only accepts overrides of keys the table lists). ``resume`` ("true"): the
+server continues the run in ``run-dir`` after its last recorded round.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ RUN_KEYS = (
     "base-model",
     "embedding-dim",
     "initial-adapter",
+    "resume",
 )
 
 

@@ -17,16 +17,30 @@ import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 
 STREAM_KEY_BYTES = 32
-_NONCE = bytes(16)  # each key is fresh (OS) or derived for one purpose, so one fixed nonce
+_NONCE = bytes(12)  # each key is fresh (OS) or derived for one purpose, so one fixed nonce
+_BLOCK = 64  # bytes per ChaCha20 block; the 16-byte IV is a 4-byte block counter + _NONCE
 
 
 class KeystreamRandom:
-    """Uniform integers and floats from ChaCha20(key)."""
+    """Uniform integers and floats from ChaCha20(key); ``position`` counts the bytes drawn
+    and ``seek`` continues a stream from there (a restarted server's draws)."""
 
     def __init__(self, key: bytes) -> None:
         if len(key) != STREAM_KEY_BYTES:
             raise ValueError(f"key must be {STREAM_KEY_BYTES} bytes, got {len(key)}")
-        self._cipher = Cipher(algorithms.ChaCha20(key, _NONCE), mode=None).encryptor()
+        self._key = key
+        self.position = 0
+        self.seek(0)
+
+    def seek(self, position: int) -> None:
+        """Continue the stream at byte ``position``."""
+        if position < 0:
+            raise ValueError(f"position must be >= 0, got {position}")
+        block, skip = divmod(position, _BLOCK)
+        iv = block.to_bytes(4, "little") + _NONCE
+        self._cipher = Cipher(algorithms.ChaCha20(self._key, iv), mode=None).encryptor()
+        self._cipher.update(bytes(skip))
+        self.position = position
 
     @classmethod
     def from_os(cls) -> KeystreamRandom:
@@ -39,6 +53,7 @@ class KeystreamRandom:
         return cls(hashlib.sha256(b"fedsearch-keystream\x00" + text).digest())
 
     def bytes(self, n: int) -> bytes:
+        self.position += n
         return self._cipher.update(bytes(n))
 
     def uint64(self, size: int) -> np.ndarray:

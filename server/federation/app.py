@@ -9,7 +9,10 @@ The run's ``PrivacyPlan`` (``common.federation.privacy_plan``) is derived once a
 everything: the strategy's sampling, server-side noise and fixed denominator, SecAgg+'s
 quantization and its survivor rule, and the population's ledger, which refuses a run
 whose rounds would pass ``federation.epsilon_user``. After each round ``RunRecorder``
-charges the ledger, publishes the version and appends the round to ``metrics.jsonl``.
+charges the ledger, publishes the version and appends the round to ``metrics.jsonl``, and
+the server saves what the next round starts from (``server.federation.resume``): a server
+restarted with the run config key ``resume`` = true on the same ``run-dir`` continues
+after the last recorded round.
 
 Randomness (cohorts, server-side noise, the initial adapter) comes from the operating
 system on a deployed server; a simulation's server draws it from ``federation.seed``
@@ -47,12 +50,20 @@ from common.security.signing import publisher
 from server.federation.averaging import MovingAverage
 from server.federation.ledger import PopulationLedger
 from server.federation.recorder import RunRecorder
-from server.federation.secure_aggregation import Workflow, fit_workflow
-from server.federation.strategy import Enrolment, FederatedAdapterStrategy, SumObserver
+from server.federation.resume import ServerState, resume_point, save_server_state
+from server.federation.secure_aggregation import SurvivorCheckedSecAgg, Workflow, fit_workflow
+from server.federation.strategy import (
+    CohortObserver,
+    Enrolment,
+    FederatedAdapterStrategy,
+    SumObserver,
+)
 
 install_secure_masks()  # SecAgg+ masks keyed by the whole shared secret (devices do too)
 
 log = logging.getLogger(__name__)
+# Hears each round's sampled node ids before its first message (simulated faults).
+RunCohortObserver = Callable[[RunSpec, int, list[int]], None]
 
 
 @dataclass(frozen=True)
@@ -69,7 +80,7 @@ def build_strategy(
     plan: PrivacyPlan,
     initial: list[np.ndarray],
     rng: KeystreamRandom,
-    on_sample: Callable[[int], None] | None = None,
+    on_sample: CohortObserver | None = None,
     on_sum: SumObserver | None = None,
     enrolment: Enrolment | None = None,
 ) -> StrategyStack:
@@ -109,16 +120,29 @@ def run_federation(
     rng: KeystreamRandom,
     finalize: Callable[[Path], None] | None = None,
     on_sum: SumObserver | None = None,
+    *,
+    on_cohort: RunCohortObserver | None = None,
+    resume: bool = False,
 ) -> FederatedAdapterStrategy:
-    """Run ``federation.rounds`` rounds; refuse to start if the ledger's budget is short."""
+    """Run ``federation.rounds`` rounds (``resume``: those after the last one recorded in
+    ``spec.run_dir``); refuse to start if the ledger's budget is short."""
     plan = PrivacyPlan.from_spec(spec)
-    initial = initial_adapter(spec, rng)
-    codec = PayloadCodec.for_weights(initial, plan.clipping_norm, plan.stats_share)
     ledger = open_ledger(spec, plan)
+    state = resume_point(spec.run_dir, spec.run_dir.name, ledger) if resume else None
+    if state is not None:
+        rng.seek(state.rng_position)
+    initial = state.weights if state is not None else initial_adapter(spec, rng)
+    done = state.round if state is not None else 0
+    codec = PayloadCodec.for_weights(initial, plan.clipping_norm, plan.stats_share)
+    rounds = max(0, spec.config.federation.rounds - done)
     if ledger is not None:
-        ledger.check_plan(plan.round_rdp(codec.size), spec.config.federation.rounds)
-    fit, on_sample = fit_workflow(spec, plan)
-    stack = build_strategy(spec, plan, initial, rng, on_sample, on_sum, _enrolment(grid))
+        ledger.check_plan(plan.round_rdp(codec.size), rounds)
+    fit = fit_workflow(spec, plan)
+    stack = build_strategy(
+        spec, plan, initial, rng, _on_sample(spec, fit, on_cohort), on_sum, _enrolment(grid)
+    )
+    if state is not None:
+        _restore(stack, state)
     recorder = RunRecorder(
         spec,
         plan,
@@ -127,13 +151,46 @@ def run_federation(
         payload_size=codec.size,
         average=stack.average,
         finalize=finalize,
+        resume=resume,
     )
+    if isinstance(fit, SurvivorCheckedSecAgg):
+        fit.before_unmask, fit.unmask_failed = recorder.charge, recorder.refund
     workflow = DefaultWorkflow(
-        fit_workflow=_recorded(fit, recorder), evaluate_workflow=lambda grid, context: None
+        fit_workflow=_recorded(fit, recorder, stack, done),
+        evaluate_workflow=lambda grid, context: None,
     )
-    rounds = ServerConfig(num_rounds=spec.config.federation.rounds)
-    workflow(grid, LegacyContext(context, config=rounds, strategy=stack.outer))
+    config = ServerConfig(num_rounds=rounds)
+    workflow(grid, LegacyContext(context, config=config, strategy=stack.outer))
     return stack.fedavg
+
+
+def _on_sample(
+    spec: RunSpec, fit: Workflow, on_cohort: RunCohortObserver | None
+) -> CohortObserver | None:
+    """The strategy's hook: SecAgg+ sizes its neighbourhoods, then ``on_cohort`` hears."""
+    hooks: list[CohortObserver] = []
+    if isinstance(fit, SurvivorCheckedSecAgg):
+        hooks.append(fit.size_neighbourhoods)
+    if on_cohort is not None:
+        hooks.append(lambda server_round, nodes: on_cohort(spec, server_round, nodes))
+    if not hooks:
+        return None
+
+    def hear(server_round: int, nodes: list[int]) -> None:
+        for hook in hooks:
+            hook(server_round, nodes)
+
+    return hear
+
+
+def _restore(stack: StrategyStack, state: ServerState) -> None:
+    if state.velocity is not None:
+        optimizer = stack.fedavg.optimizer
+        optimizer.load_state_dict(
+            {"lr": optimizer.lr, "momentum": optimizer.momentum, "velocity": state.velocity}
+        )
+    if stack.average is not None:
+        stack.average.average = state.average
 
 
 def _enrolment(grid: Grid) -> Enrolment:
@@ -141,10 +198,26 @@ def _enrolment(grid: Grid) -> Enrolment:
     return lambda: {node.node_id: node.registered_at for node in grid.get_nodes()}
 
 
-def _recorded(fit: Workflow, recorder: RunRecorder) -> Workflow:
+def _recorded(fit: Workflow, recorder: RunRecorder, stack: StrategyStack, done: int) -> Workflow:
+    """Each round numbered after the ``done`` rounds already recorded, then recorded and
+    its server state saved."""
+
     def run(grid: Grid, context: Context) -> None:
+        config = context.state.config_records[MAIN_CONFIGS_RECORD]
+        server_round = _current_round(context) + done
+        config[Key.CURRENT_ROUND] = server_round
         fit(grid, context)
-        recorder.record(_current_round(context), _global_weights(context))
+        weights = _global_weights(context)
+        recorder.record(server_round, weights)
+        velocity = stack.fedavg.optimizer.state_dict()["velocity"]
+        state = ServerState(
+            round=server_round,
+            weights=weights,
+            velocity=list(velocity) if velocity else None,
+            average=stack.average.average if stack.average is not None else None,
+            rng_position=stack.fedavg.rng.position,
+        )
+        save_server_state(recorder.spec.run_dir, state)
 
     return run
 
@@ -164,13 +237,16 @@ def build_server_app(
     *,
     seeded: bool = False,
     on_sum: SumObserver | None = None,
+    on_cohort: RunCohortObserver | None = None,
 ) -> ServerApp:
-    """The ServerApp; ``spec`` None reads it from the Flower run config (``flwr run``).
+    """The ServerApp; ``spec`` None reads it from the Flower run config (``flwr run``),
+    where ``resume`` = true continues the run in ``run-dir`` (``server.federation.resume``).
 
     Published versions are signed with ``finalize``, else with the key named by
     ``$FEDSEARCH_SIGNING_KEY`` (``common.security.signing.publisher``); unsigned if neither.
     ``seeded``: draw randomness from ``federation.seed`` (simulations only); ``on_sum``
-    sees each round's noised payload sum (``server.federation.strategy.SumObserver``).
+    sees each round's noised payload sum (``server.federation.strategy.SumObserver``);
+    ``on_cohort`` each round's sampled node ids (simulated faults).
     """
     app = ServerApp()
 
@@ -184,7 +260,11 @@ def build_server_app(
             if seeded
             else KeystreamRandom.from_os()
         )
-        run_federation(grid, context, run, rng, finalize or publisher(), on_sum)
+        resume = str(context.run_config.get("resume", "")).lower() in ("true", "1")
+        run_federation(
+            grid, context, run, rng, finalize or publisher(), on_sum,
+            on_cohort=on_cohort, resume=resume,
+        )  # fmt: skip
 
     return app
 

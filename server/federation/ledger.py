@@ -6,9 +6,11 @@ an entry with its run, round, mechanism and its Renyi DP curve at
 ``common.privacy.accounting.ORDERS``; curves add up across rounds and runs, and epsilon at
 the population's delta is read off the total. A run refuses to start when its planned
 rounds would take the total past the budget, and a round is charged before anything
-computed from it is published. A round that was dropped unseen (too few survivors to
-unmask) released nothing and is not charged. The file is rewritten atomically after each
-round, so a server killed mid-run leaves the ledger of the rounds it charged.
+computed from it is published (under SecAgg+, before the server may unmask its sum). A
+round that was dropped unseen (too few survivors, or too few shares to unmask) released
+nothing and is not charged, or its charge is taken back (``refund``). The file is
+rewritten atomically after each change, so a server killed mid-run leaves the ledger of the
+rounds it charged.
 """
 
 from __future__ import annotations
@@ -101,6 +103,16 @@ class PopulationLedger:
         entry["epsilon_after"] = epsilon
         self._write()
         return epsilon
+
+    def refund(self, *, run: str, round_number: int) -> float:
+        """Remove the last charge of ``run``'s round ``round_number`` (its sum was never
+        unmasked); return the epsilon now spent."""
+        for n in range(len(self.entries) - 1, -1, -1):
+            if self.entries[n]["run"] == run and self.entries[n]["round"] == round_number:
+                del self.entries[n]
+                self._write()
+                return self.epsilon()
+        raise ValueError(f"ledger {self.path.stem}: no charge for run {run} round {round_number}")
 
     def summary(self) -> dict[str, Any]:
         runs = sorted({str(e["run"]) for e in self.entries})

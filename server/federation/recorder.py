@@ -1,12 +1,14 @@
 """What the server writes after each round: the ledger charge, the published version and
 one line of ``metrics.jsonl``, in that order.
 
-A round that aggregated is charged to the population's ledger before anything computed
-from it is published. It is then published as the registry's next version (signed with
-``finalize``) if its noised count of devices that trained reaches the plan's
-``min_devices`` (a round of declines publishes nothing); what is published is the moving
-average when the run keeps one, else the new global adapter. A round dropped unseen is
-recorded as dropped, neither charged nor published.
+A round is charged to the population's ledger once, before anything computed from it is
+published: under SecAgg+ already just before the server asks for the shares that unmask
+its sum (``charge``), and taken back (``refund``) if too few came back to unmask it. It is
+then published as the registry's next version (signed with ``finalize``) if its noised
+count of devices that trained reaches the plan's ``min_devices`` (a round of declines
+publishes nothing); what is published is the moving average when the run keeps one, else
+the new global adapter. A round dropped unseen is recorded as dropped, neither charged nor
+published. A ``resume``d run appends to the rounds already recorded.
 """
 
 from __future__ import annotations
@@ -45,6 +47,7 @@ class RunRecorder:
         payload_size: int,
         average: MovingAverage | None = None,
         finalize: Callable[[Path], None] | None = None,
+        resume: bool = False,
     ) -> None:
         self.spec = spec
         self.plan = plan
@@ -54,8 +57,10 @@ class RunRecorder:
         self.average = average
         self.finalize = finalize
         self.start = time.perf_counter()
+        self.charged: dict[int, float | None] = {}
         spec.run_dir.mkdir(parents=True, exist_ok=True)
-        (spec.run_dir / METRICS_FILE).write_text("", encoding="utf-8")
+        if not resume:  # a resumed run appends to the rounds it recorded
+            (spec.run_dir / METRICS_FILE).write_text("", encoding="utf-8")
 
     def record(self, server_round: int, global_weights: list[np.ndarray]) -> dict[str, Any]:
         figures = self.round_log.fit.get(server_round)
@@ -67,7 +72,7 @@ class RunRecorder:
             entry["dropped"] = True
         else:
             entry["fit"] = figures
-            entry["epsilon_user"] = self._charge(server_round)
+            entry["epsilon_user"] = self.charge(server_round)
             if self._enough_trained(figures):
                 entry["published"] = str(self._publish(server_round, global_weights, figures))
             else:
@@ -79,6 +84,17 @@ class RunRecorder:
             fh.write(json.dumps(finite(entry)) + "\n")
         log.info("round %d recorded: %s", server_round, _short(entry))
         return entry
+
+    def charge(self, server_round: int) -> float | None:
+        """Charge the round to the ledger (once); the epsilon spent after it."""
+        if server_round not in self.charged:
+            self.charged[server_round] = self._charge(server_round)
+        return self.charged[server_round]
+
+    def refund(self, server_round: int) -> None:
+        """Take back the charge of a round whose sum stayed masked (nothing was released)."""
+        if self.charged.pop(server_round, None) is not None and self.ledger is not None:
+            self.ledger.refund(run=self.spec.run_dir.name, round_number=server_round)
 
     def _charge(self, server_round: int) -> float | None:
         if self.ledger is None:

@@ -2,24 +2,40 @@
 
 ``SurvivorCheckedSecAgg`` is Flower's ``SecAggPlusWorkflow`` set to the plan's quantization
 (``common.federation.privacy_plan``: the devices size their noise shares in its integer
-units and refuse a setup that differs) with one more rule: when devices add the noise, a
-round in which fewer than ``min_devices`` devices sent their masked vectors stops before
-the unmask stage, so the server never unmasks a sum carrying less noise than planned. The
-masked vectors it drops are uniformly random to the server: nothing was released.
+units and refuse a setup that differs) with these rules:
 
-SecAgg+ takes the number of key shares as a fraction of the round's devices; the strategy
-reports each round's sample size and ``size_neighbourhoods`` sets that fraction to
-(neighbours + 1) / sampled, which keeps every device's work constant as rounds grow.
+- When devices add the noise, a round in which fewer than ``min_devices`` devices sent
+  their masked vectors stops before the unmask stage, so the server never unmasks a sum
+  carrying less noise than planned. The masked vectors it drops are uniformly random to
+  the server: nothing was released.
+- ``before_unmask`` hears the round just before the server asks for the shares that unmask
+  its sum (the ledger charges it there), ``unmask_failed`` when too few came back (the sum
+  stays masked: nothing was released).
+- Devices may drop at any stage: those that dropped before sharing their keys never
+  masked anyone's vector, so they leave the round's graph (Flower 1.41 would ask for their
+  missing shares and halt the round); each stage waits at most ``timeout`` seconds.
+- SecAgg+ takes the number of key shares as a fraction of the round's devices; the strategy
+  reports each round's cohort and ``size_neighbourhoods`` picks the smallest odd
+  neighbourhood of at least ``neighbours`` + 1 devices in which, when a ``tolerance``
+  fraction of the cohort drops at random, ``threshold`` of it still answer (every
+  neighbourhood of the round at once, failing with probability under ``NEIGHBOURHOOD_RISK``
+  by the union bound), else the whole cohort: there any ``1 - threshold`` fraction may
+  drop. A device's work grows with its neighbourhood.
+
+The plain workflow (no SecAgg+) waits at most ``timeout`` seconds for the devices' updates.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+import math
+from collections.abc import Callable, Iterable
+from typing import cast
 
-from flwr.app import Context
+from flwr.app import Context, Message
 from flwr.server import LegacyContext
 from flwr.server.workflow import SecAggPlusWorkflow
+from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, Key
 from flwr.server.workflow.default_workflows import default_fit_workflow
 from flwr.server.workflow.secure_aggregation.secaggplus_workflow import WorkflowState
 from flwr.serverapp import Grid
@@ -30,13 +46,24 @@ from common.federation.run_spec import RunSpec
 
 log = logging.getLogger(__name__)
 Workflow = Callable[[Grid, Context], None]
+RoundHook = Callable[[int], None]
 MAX_COHORT = MODULUS // (2 * QUANTIZATION_RANGE)  # payload sums that cannot wrap around
+NEIGHBOURHOOD_RISK = 1e-3  # chance that a round at the tolerated dropout cannot unmask
 
 
 class SurvivorCheckedSecAgg(SecAggPlusWorkflow):
-    """SecAgg+ that will not unmask fewer than ``min_devices`` noised vectors."""
+    """SecAgg+ that tolerates dropouts at every stage and will not unmask fewer than
+    ``min_devices`` noised vectors (see the module doc)."""
 
-    def __init__(self, plan: PrivacyPlan, *, neighbours: int, threshold: float) -> None:
+    def __init__(
+        self,
+        plan: PrivacyPlan,
+        *,
+        neighbours: int,
+        threshold: float,
+        tolerance: float,
+        timeout: float | None,
+    ) -> None:
         super().__init__(
             num_shares=1.0,
             reconstruction_threshold=threshold,
@@ -44,12 +71,35 @@ class SurvivorCheckedSecAgg(SecAggPlusWorkflow):
             clipping_range=plan.clip_range,
             quantization_range=QUANTIZATION_RANGE,
             modulus_range=MODULUS,
+            timeout=timeout,
         )
         self.min_devices = plan.min_devices if plan.devices_add_noise else 1
         self.neighbours = neighbours
+        self.tolerance = tolerance
+        self.before_unmask: RoundHook | None = None
+        self.unmask_failed: RoundHook | None = None
 
-    def size_neighbourhoods(self, sampled: int) -> None:
-        self.num_shares = min(1.0, (self.neighbours + 1) / max(sampled, 1))
+    def size_neighbourhoods(self, server_round: int, nodes: list[int]) -> None:
+        sampled = max(len(nodes), 1)
+        size = neighbourhood_size(
+            sampled,
+            least=self.neighbours + 1,
+            threshold=float(self.reconstruction_threshold),
+            tolerance=self.tolerance,
+        )
+        self.num_shares = size / sampled
+
+    def share_keys_stage(self, grid: Grid, context: LegacyContext, state: WorkflowState) -> bool:
+        if not super().share_keys_stage(grid, context, state):
+            return False
+        shared = set(state.active_node_ids)
+        state.sampled_node_ids = shared
+        state.nid_to_neighbours = {
+            node: neighbours & shared
+            for node, neighbours in state.nid_to_neighbours.items()
+            if node in shared
+        }
+        return True
 
     def collect_masked_vectors_stage(
         self, grid: Grid, context: LegacyContext, state: WorkflowState
@@ -64,21 +114,73 @@ class SurvivorCheckedSecAgg(SecAggPlusWorkflow):
                 self.min_devices,
             )
             return False
+        if self.before_unmask is not None:
+            self.before_unmask(_round(context))
         return True
 
+    def unmask_stage(self, grid: Grid, context: LegacyContext, state: WorkflowState) -> bool:
+        if super().unmask_stage(grid, context, state):
+            return True
+        log.warning("round %d: too few shares came back to unmask its sum", _round(context))
+        if self.unmask_failed is not None:
+            self.unmask_failed(_round(context))
+        return False
 
-def fit_workflow(spec: RunSpec, plan: PrivacyPlan) -> tuple[Workflow, Callable[[int], None] | None]:
-    """The round's fit workflow and the hook that hears each round's sample size."""
+
+def neighbourhood_size(sampled: int, *, least: int, threshold: float, tolerance: float) -> int:
+    """The SecAgg+ neighbourhood for a cohort of ``sampled`` (see the module doc)."""
+    for size in range(least | 1, sampled, 2):
+        needed = max(2, round(threshold * size))
+        short = sum(
+            math.comb(size, alive) * (1 - tolerance) ** alive * tolerance ** (size - alive)
+            for alive in range(needed)
+        )
+        if sampled * short <= NEIGHBOURHOOD_RISK:
+            return size
+    return sampled
+
+
+def timed(workflow: Workflow, timeout: float) -> Workflow:
+    """``workflow`` with every wait for replies capped at ``timeout`` seconds."""
+    return lambda grid, context: workflow(cast(Grid, _TimedGrid(grid, timeout)), context)
+
+
+class _TimedGrid:
+    """A grid whose ``send_and_receive`` gives up after ``timeout`` seconds by default."""
+
+    def __init__(self, grid: Grid, timeout: float) -> None:
+        self._grid = grid
+        self._timeout = timeout
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> Iterable[Message]:
+        return self._grid.send_and_receive(messages, timeout=timeout or self._timeout)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._grid, name)
+
+
+def _round(context: Context) -> int:
+    return int(cast(int, context.state.config_records[MAIN_CONFIGS_RECORD][Key.CURRENT_ROUND]))
+
+
+def fit_workflow(spec: RunSpec, plan: PrivacyPlan) -> Workflow:
+    """The round's fit workflow: ``SurvivorCheckedSecAgg`` (its ``size_neighbourhoods``
+    must hear each round's cohort) or Flower's plain one, with the stage timeout."""
     federation = spec.config.federation
     if not plan.secagg:
-        return default_fit_workflow, None
+        return timed(default_fit_workflow, federation.stage_timeout_s)
     expected = plan.expected_devices
     if expected > MAX_COHORT / 2:
         raise ConfigError(
             f"federation.clients_per_round: {expected} expected devices per round; SecAgg+ "
             f"sums at most {MAX_COHORT // 2} payloads here without wrapping"
         )
-    workflow = SurvivorCheckedSecAgg(
-        plan, neighbours=federation.secagg_neighbours, threshold=federation.secagg_threshold
+    return SurvivorCheckedSecAgg(
+        plan,
+        neighbours=federation.secagg_neighbours,
+        threshold=federation.secagg_threshold,
+        tolerance=federation.dropout_tolerance,
+        timeout=federation.stage_timeout_s,
     )
-    return workflow, workflow.size_neighbourhoods

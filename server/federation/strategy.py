@@ -4,8 +4,8 @@
   the user-level accountant assumes), drawn from ``rng`` (unpredictable outside a
   simulation) over the devices in the order they registered (``enrolment``: node id to
   sort key; Flower draws node ids at random, so a seeded simulation picks the same
-  devices each run only in that order); ``on_sample`` hears how many joined (SecAgg+ sizes
-  its neighbourhoods).
+  devices each run only in that order); ``on_sample`` hears the round and the node ids
+  that joined, in that order (SecAgg+ sizes its neighbourhoods).
 - Aggregation: the devices' payloads (``common.federation.payload``) arrive summed by
   SecAgg+ (Flower hands each result the average; the sum is that times the count) or one
   by one. Server-side noise, when the plan places it there, is added to the sum; then the
@@ -53,6 +53,8 @@ log = logging.getLogger(__name__)
 REGISTRATION_TIMEOUT_S = 600
 # Sees the noised payload sum of each round, exactly what the server holds (audits, tests).
 SumObserver = Callable[[RunSpec, int, np.ndarray], None]
+# Hears each round's number and the node ids sampled for it (in registration order).
+CohortObserver = Callable[[int, list[int]], None]
 # Node id -> the key devices are ordered by before sampling (their registration time).
 Enrolment = Callable[[], Mapping[int, str]]
 
@@ -73,7 +75,7 @@ class FederatedAdapterStrategy(FedAvg):
         plan: PrivacyPlan,
         initial: list[np.ndarray],
         rng: KeystreamRandom,
-        on_sample: Callable[[int], None] | None = None,
+        on_sample: CohortObserver | None = None,
         on_sum: SumObserver | None = None,
         enrolment: Enrolment | None = None,
     ) -> None:
@@ -115,10 +117,11 @@ class FederatedAdapterStrategy(FedAvg):
         self.current = parameters_to_ndarrays(parameters)
         devices = self._devices(client_manager)
         joined = self.rng.bernoulli(self.plan.sample_rate, len(devices))
+        cohort = [proxy for proxy, ok in zip(devices, joined, strict=True) if ok]
         if self.on_sample is not None:
-            self.on_sample(int(joined.sum()))
+            self.on_sample(server_round, [proxy.node_id for proxy in cohort])
         fit_ins = FitIns(parameters, {"round": server_round})
-        return [(proxy, fit_ins) for proxy, ok in zip(devices, joined, strict=True) if ok]
+        return [(proxy, fit_ins) for proxy in cohort]
 
     def aggregate_fit(
         self,
