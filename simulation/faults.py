@@ -10,7 +10,8 @@ those rounds (empty: every round).
 
 The server side (``fault_cohort``, the simulation ServerApp's cohort hook) draws the
 failing devices and their stages from ``seed`` and the round, and writes them to
-``<run_dir>/faults/round-<n>.json`` before the round's first message; each device's
+``<run_dir>/faults/round-<n>.json`` (the cohort's node ids and the ``fates``: node id to
+stage) before the round's first message; each device's
 ``fault_mod`` reads its own fate there. Without settings both pass through untouched.
 """
 
@@ -71,7 +72,8 @@ def fault_cohort(spec: RunSpec, server_round: int, nodes: Sequence[int]) -> None
     fates = {str(node): stages[int(draw.uniform(1)[0] * len(stages))] for node in order[:count]}
     folder = spec.run_dir / "faults"
     folder.mkdir(exist_ok=True)
-    atomic_write(folder / f"round-{server_round}.json", json.dumps(fates))
+    record = {"cohort": list(nodes), "fates": fates}
+    atomic_write(folder / f"round-{server_round}.json", json.dumps(record))
 
 
 def fault_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
@@ -87,7 +89,7 @@ def _fate(run_dir: str, group_id: str, node_id: int) -> str | None:
     path = Path(run_dir) / "faults" / f"round-{group_id}.json"
     if not path.is_file():
         return None
-    return json.loads(path.read_text(encoding="utf-8")).get(str(node_id))
+    return json.loads(path.read_text(encoding="utf-8"))["fates"].get(str(node_id))
 
 
 def _stage(msg: Message) -> str:

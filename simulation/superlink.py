@@ -2,8 +2,9 @@
 
 ``flwr run`` submits an app to a SuperLink; in simulation mode the SuperLink runs the app's
 ServerApp and a virtual SuperNode per device on Flower's simulation runtime (Ray). This one
-listens on 127.0.0.1 at a free port, keeps its Flower files in ``home`` (``FLWR_HOME``), and
-is stopped with its whole process group (the simulation runtime and Ray included) on exit.
+listens on 127.0.0.1 at a free port, keeps its Flower files in ``home`` (``FLWR_HOME``, with
+its process id in ``superlink.pid``), and is stopped with its whole process group (the
+simulation runtime and Ray included) on exit.
 
 With ``ray_address`` the simulation runtime joins that existing Ray cluster instead of
 starting a local one (Ray reads ``RAY_ADDRESS``); without it, the runtime starts its own Ray
@@ -27,6 +28,7 @@ from common.security.signing import SIGNING_KEY_ENV
 
 SIMULATION_CONNECTION = "simulation"
 START_TIMEOUT_S = 120.0
+PID_FILE = "superlink.pid"
 
 
 class SuperLinkError(RuntimeError):
@@ -72,6 +74,7 @@ class LocalSuperLink:
                 command, env=self.env(), stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
             )  # fmt: skip
+        (self.home / PID_FILE).write_text(str(self._process.pid), encoding="utf-8")
         self._wait_until_listening()
         return self
 

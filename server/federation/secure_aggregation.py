@@ -13,7 +13,9 @@ units and refuse a setup that differs) with these rules:
   stays masked: nothing was released).
 - Devices may drop at any stage: those that dropped before sharing their keys never
   masked anyone's vector, so they leave the round's graph (Flower 1.41 would ask for their
-  missing shares and halt the round); each stage waits at most ``timeout`` seconds.
+  missing shares and halt the round); each stage waits at most ``timeout`` seconds, and
+  devices that stayed silent until then count as failures (those silent at the unmask
+  stage excepted: Flower aggregates before the stage returns; their vectors are in the sum).
 - SecAgg+ takes the number of key shares as a fraction of the round's devices; the strategy
   reports each round's cohort and ``size_neighbourhoods`` picks the smallest odd
   neighbourhood of at least ``neighbours`` + 1 devices in which, when a ``tolerance``
@@ -89,8 +91,17 @@ class SurvivorCheckedSecAgg(SecAggPlusWorkflow):
         )
         self.num_shares = size / sampled
 
+    def setup_stage(self, grid: Grid, context: LegacyContext, state: WorkflowState) -> bool:
+        before = len(state.failures)
+        passed = super().setup_stage(grid, context, state)
+        _count_silent(state, set(state.nid_to_proxies), before)
+        return passed
+
     def share_keys_stage(self, grid: Grid, context: LegacyContext, state: WorkflowState) -> bool:
-        if not super().share_keys_stage(grid, context, state):
+        sent, before = set(state.active_node_ids), len(state.failures)
+        passed = super().share_keys_stage(grid, context, state)
+        _count_silent(state, sent, before)
+        if not passed:
             return False
         shared = set(state.active_node_ids)
         state.sampled_node_ids = shared
@@ -104,7 +115,11 @@ class SurvivorCheckedSecAgg(SecAggPlusWorkflow):
     def collect_masked_vectors_stage(
         self, grid: Grid, context: LegacyContext, state: WorkflowState
     ) -> bool:
-        if not super().collect_masked_vectors_stage(grid, context, state):
+        sent, before = set(state.active_node_ids), len(state.failures)
+        passed = super().collect_masked_vectors_stage(grid, context, state)
+        _count_once(state, before)
+        _count_silent(state, sent, before)
+        if not passed:
             return False
         if len(state.active_node_ids) < self.min_devices:
             log.warning(
@@ -125,6 +140,20 @@ class SurvivorCheckedSecAgg(SecAggPlusWorkflow):
         if self.unmask_failed is not None:
             self.unmask_failed(_round(context))
         return False
+
+
+def _count_once(state: WorkflowState, before: int) -> None:
+    """Flower 1.41 lists each failed reply of the masked-vector stage twice: keep one."""
+    added = [str(failure) for failure in state.failures[before:]]
+    half = len(added) // 2
+    if len(added) % 2 == 0 and added[:half] == added[half:]:
+        del state.failures[before + half :]
+
+
+def _count_silent(state: WorkflowState, sent: set[int], before: int) -> None:
+    """Count the devices that never replied within the timeout as failures too."""
+    silent = len(sent) - len(state.active_node_ids) - (len(state.failures) - before)
+    state.failures.extend(TimeoutError("no reply within the stage timeout") for _ in range(silent))
 
 
 def neighbourhood_size(sampled: int, *, least: int, threshold: float, tolerance: float) -> int:
