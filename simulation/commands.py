@@ -26,7 +26,15 @@ def register_simulation_commands(subparsers: argparse._SubParsersAction) -> None
         "run folder, and prints the summary.",
     )
     simulate.add_argument(
-        "--population", required=True, help="retail (real customers) or marketplace (simulated)"
+        "--population", help="retail (real customers) or marketplace (simulated); required "
+        "unless --resume"
+    )  # fmt: skip
+    simulate.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="finish the simulation in RUN_DIR whose server was killed, after its last "
+        "recorded round, with its own config and population (the ledger keeps its charges)",
     )
     simulate.add_argument(
         "--clients",
@@ -139,8 +147,21 @@ def sized_run_config(args: argparse.Namespace, **federation: object) -> Config:
 
 
 def _simulate(args: argparse.Namespace) -> int:
-    from simulation.report import simulate_and_report, table
+    from simulation.report import resume_and_report, simulate_and_report, table
 
+    if args.resume is not None:
+        _check_resume(args)
+        summary = resume_and_report(
+            args.resume,
+            baselines=not args.no_baselines,
+            ray_address=args.ray_address,
+            verbose=args.verbose,
+        )
+        print(table(summary))
+        print(f"report: {summary['run_dir']}")
+        return 0
+    if not args.population:
+        raise UsageError("--population: required (retail or marketplace) unless --resume")
     config = sized_run_config(args, secagg=False if args.no_secagg else None)
     summary = simulate_and_report(
         config,
@@ -155,6 +176,31 @@ def _simulate(args: argparse.Namespace) -> int:
     print(table(summary))
     print(f"report: {summary['run_dir']}")
     return 0
+
+
+def _check_resume(args: argparse.Namespace) -> None:
+    """--resume takes the run's own settings: refuse options that would change them."""
+    changed = [
+        option
+        for option, value in (
+            ("--population", args.population),
+            ("--clients", args.clients),
+            ("--rounds", args.rounds),
+            ("--per-round", args.per_round),
+            ("--run-dir", args.run_dir),
+            ("--config", args.config),
+            ("--set", args.overrides),
+        )
+        if value
+    ] + [flag for flag in ("--no-dp", "--no-secagg", "--reset-ledger") if _flag(args, flag)]
+    if changed:
+        raise UsageError(f"--resume: the run keeps its own settings; drop {', '.join(changed)}")
+    if not (args.resume / "app" / "pyproject.toml").is_file():
+        raise UsageError(f"--resume: {args.resume} is not a simulation run folder")
+
+
+def _flag(args: argparse.Namespace, flag: str) -> bool:
+    return bool(getattr(args, flag.lstrip("-").replace("-", "_")))
 
 
 def _bench(args: argparse.Namespace) -> int:

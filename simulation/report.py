@@ -37,7 +37,8 @@ from common.federation.privacy_plan import PrivacyPlan  # noqa: E402
 from common.model.adapter import ADAPTER_FILE, QueryAdapter  # noqa: E402
 from server.search.shoppers import FILE_NAME as SHOPPERS_FILE  # noqa: E402
 from server.search.shoppers import write_shoppers  # noqa: E402
-from simulation.engine import SimulationResult, simulate  # noqa: E402
+from simulation.devices import cached_population  # noqa: E402
+from simulation.engine import SimulationResult, resume_simulation, simulate  # noqa: E402
 from simulation.evaluation import evaluate_population  # noqa: E402
 from simulation.loader import load_population  # noqa: E402
 from simulation.memory import PeakMemory  # noqa: E402
@@ -274,4 +275,18 @@ def simulate_and_report(
             verbose=verbose,
         )
     reference = run_baselines(population, config).metrics if baselines else None
+    return write_report(result, population, reference, peak_memory_bytes=memory.peak_bytes)
+
+
+def resume_and_report(
+    run_dir: Path, *, baselines: bool = True, ray_address: str = "", verbose: bool = False
+) -> dict[str, Any]:
+    """Finish the killed simulation in ``run_dir`` (``fedsearch simulate --resume``) and
+    write its report; return the summary."""
+    from simulation.baselines import run_baselines
+
+    with PeakMemory() as memory:
+        result = resume_simulation(run_dir, ray_address=ray_address, verbose=verbose)
+    population = cached_population(result.spec)
+    reference = run_baselines(population, result.spec.config).metrics if baselines else None
     return write_report(result, population, reference, peak_memory_bytes=memory.peak_bytes)

@@ -7,6 +7,7 @@ hand or by a service manager.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import shlex
@@ -29,6 +30,7 @@ from server.deploy.layout import (
     run_status,
     superlink_command,
 )
+from server.federation.recorder import METRICS_FILE
 
 ENV_NO_DEPS = "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"
 APP_DIR = "app"
@@ -93,6 +95,13 @@ def register_deploy_commands(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument(
         "--run-config",
         help='overrides of [tool.flwr.app.config] keys, e.g. "federation.rounds=2 num-devices=3"',
+    )
+    run.add_argument(
+        "--resume",
+        type=Path,
+        metavar="RUN_DIR",
+        help="continue the run whose server was killed, in its run folder on the server "
+        "(sets run-dir and resume): after its last recorded round, ledger intact",
     )
     run.add_argument("--no-stream", action="store_true", help="return once the run started")
     run.set_defaults(handler=_run)
@@ -174,18 +183,31 @@ def _register(args: argparse.Namespace) -> int:
     return status
 
 
+def resumed_run_config(run_config: str | None, resume: Path | None) -> str | None:
+    """``run_config`` plus the keys that make the ServerApp continue the run in ``resume``."""
+    if resume is None:
+        return run_config
+    if run_config and re.search(r"(^|\s)(run-dir|resume)\s*=", run_config):
+        raise UsageError("--resume sets run-dir and resume: drop them from --run-config")
+    if not (resume / METRICS_FILE).is_file():
+        raise UsageError(f"--resume: {resume} holds no {METRICS_FILE}: not a run folder")
+    keys = f'run-dir={json.dumps(str(resume.resolve()))} resume="true"'
+    return f"{run_config} {keys}" if run_config else keys
+
+
 def _run(args: argparse.Namespace) -> int:
     from server.deploy.app_bundle import check_run_config, stage_app
 
     dep = Deployment(args.dir)
     dep.info  # noqa: B018 - fails clearly if the folder is not a deployment
+    run_config = resumed_run_config(args.run_config, args.resume)
     try:
-        if args.run_config:
-            check_run_config(args.app, args.run_config)
+        if run_config:
+            check_run_config(args.app, run_config)
         app = stage_app(args.app, dep.root / APP_DIR)
     except (ValueError, FileNotFoundError) as exc:
         raise UsageError(str(exc)) from exc
-    command = run_command(app, args.run_config, stream=not args.no_stream)
+    command = run_command(app, run_config, stream=not args.no_stream)
     env = dep.env()
     print(f"$ FLWR_HOME={shlex.quote(env['FLWR_HOME'])} {shlex.join(command)}", flush=True)
     if args.print_only:

@@ -30,7 +30,7 @@ from server.federation.ledger import PopulationLedger
 from server.federation.recorder import METRICS_FILE
 
 log = logging.getLogger(__name__)
-STATE_FILE = "server_state.npz"
+SERVER_STATE_FILE = "server_state.npz"
 
 
 @dataclass(frozen=True)
@@ -53,11 +53,11 @@ def save_server_state(run_dir: Path, state: ServerState) -> None:
     meta |= {name: getattr(state, name) is not None for name in ("velocity", "average")}
     buffer = io.BytesIO()
     np.savez(buffer, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
-    atomic_write(Path(run_dir) / STATE_FILE, buffer.getvalue())
+    atomic_write(Path(run_dir) / SERVER_STATE_FILE, buffer.getvalue())
 
 
 def load_server_state(run_dir: Path) -> ServerState | None:
-    path = Path(run_dir) / STATE_FILE
+    path = Path(run_dir) / SERVER_STATE_FILE
     if not path.is_file():
         return None
     with np.load(path) as data:

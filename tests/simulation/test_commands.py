@@ -59,3 +59,12 @@ def test_local_update_timing_with_and_without_record_level_dp():
     config = config_from_dict({"adapter": {"rank": 4, "shown_negatives": 4, "random_negatives": 4}})
     times = local_update_seconds(config, synthetic_population(3, dim=16), devices=2)
     assert set(times) == {"record_dp", "no_record_dp"} and all(t > 0 for t in times.values())
+
+
+def test_resume_keeps_the_runs_own_settings(tmp_path, capsys):
+    assert main(["simulate", "--resume", str(tmp_path), "--rounds", "5"]) == 2
+    assert "drop --rounds" in capsys.readouterr().err
+    assert main(["simulate", "--resume", str(tmp_path)]) == 2
+    assert "not a simulation run folder" in capsys.readouterr().err
+    assert main(["simulate"]) == 2
+    assert "--population: required" in capsys.readouterr().err

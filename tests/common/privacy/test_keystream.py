@@ -30,3 +30,16 @@ def test_uniform_normal_and_bernoulli_have_their_distributions():
 def test_a_key_must_be_256_bits():
     with pytest.raises(ValueError, match="32 bytes"):
         KeystreamRandom(b"short")
+
+
+@pytest.mark.parametrize("position", [0, 1, 63, 64, 65, 1000])
+def test_seek_continues_the_stream_where_position_says(position):
+    whole = KeystreamRandom.from_seed("seek")
+    head = whole.bytes(position)
+    tail = whole.bytes(300)
+    assert len(head) == whole.position - 300 == position
+    again = KeystreamRandom.from_seed("seek")
+    again.seek(position)
+    assert again.bytes(300) == tail and again.position == position + 300
+    with pytest.raises(ValueError, match="position"):
+        again.seek(-1)

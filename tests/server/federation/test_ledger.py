@@ -55,3 +55,13 @@ def test_no_rounds_is_zero_and_no_noise_is_infinite(tmp_path):
     ledger = _ledger(tmp_path)
     assert ledger.epsilon() == 0.0
     assert ledger.epsilon(np.full(len(ROUND), np.inf)) == np.inf
+
+
+def test_a_refund_removes_only_that_rounds_charge(tmp_path):
+    ledger = _ledger(tmp_path)
+    for r in (1, 2):
+        ledger.charge(run="run-1", round_number=r, mechanism={}, rdp=ROUND)
+    assert ledger.refund(run="run-1", round_number=2) == pytest.approx(epsilon_at(ROUND, 1e-5))
+    assert [e["round"] for e in _ledger(tmp_path).entries] == [1]  # persisted
+    with pytest.raises(ValueError, match="no charge for run run-1 round 2"):
+        ledger.refund(run="run-1", round_number=2)

@@ -80,3 +80,23 @@ def test_secagg_refuses_cohorts_that_could_wrap_its_sums(tmp_path):
         plan = PrivacyPlan.from_spec(RunSpec(huge, "retail", 10_000_000, tmp_path / "r"))
         fit_workflow(big, plan)
     assert np.isfinite(PrivacyPlan.from_spec(spec).round_rdp(100)).all()
+
+
+def test_a_round_is_charged_once_and_refunded_when_its_sum_stayed_masked(tmp_path):
+    spec = _spec(tmp_path)
+    recorder = _recorder(spec, RoundLog())
+    first = recorder.charge(1)
+    assert recorder.charge(1) == first and recorder.ledger.rounds == 1  # before unmask
+    recorder.refund(1)  # too few shares came back: nothing released
+    assert recorder.ledger.rounds == 0
+    recorder.record(1, QueryAdapter(8, 2).get_weights())
+    assert _lines(spec)[-1]["dropped"] and recorder.ledger.rounds == 0
+
+
+def test_a_resumed_recorder_appends_to_the_recorded_rounds(tmp_path):
+    spec = _spec(tmp_path)
+    _recorder(spec, RoundLog()).record(1, QueryAdapter(8, 2).get_weights())
+    plan = PrivacyPlan.from_spec(spec)
+    again = RunRecorder(spec, plan, RoundLog(), None, payload_size=1000, resume=True)
+    again.record(2, QueryAdapter(8, 2).get_weights())
+    assert [line["round"] for line in _lines(spec)] == [1, 2]
