@@ -1,10 +1,12 @@
-"""kill -9 of the server mid-run, then ``resume_simulation``: the run finishes as if it had
-never stopped, with the same epsilon, and the ledger charged each round once."""
+"""kill -9 of the server mid-run, then the README's ``fedsearch simulate --resume RUN_DIR``:
+the run finishes as if it had never stopped, with the same epsilon, and the ledger charged
+each round once."""
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import signal
 import threading
 import time
@@ -14,14 +16,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from common.cli import main
 from server.federation.resume import load_server_state
-from simulation.engine import SimulationError, resume_simulation, simulate
+from simulation.engine import SimulationError, read_rounds, simulate
 from simulation.faults import FAULT_SETTINGS
 from simulation.superlink import PID_FILE
 from simulation.synthetic import synthetic_population
 from tests.simulation.conftest import small_federation_config
 
 ROUNDS = 3
+README = Path(__file__).resolve().parents[2] / "README.md"
+
+
+def readme_command(start: str, run_dir: Path) -> list[str]:
+    """The README's command line that begins with ``start``, RUN_DIR filled in, as argv."""
+    (line,) = [x for x in README.read_text().splitlines() if x.startswith(start)]
+    return shlex.split(line.split("#")[0].replace("RUN_DIR", shlex.quote(str(run_dir))))
+
+
 VARYING = ("elapsed_s", "published")  # wall time; the run's own folder
 
 
@@ -118,11 +130,14 @@ def test_a_killed_server_resumes_and_finishes_with_the_same_epsilon(tmp_path):
     assert len((run_dir / "metrics.jsonl").read_text().splitlines()) == 1
 
     (run_dir / FAULT_SETTINGS).unlink()  # the silent device is back
-    resumed = resume_simulation(run_dir)
+    argv = readme_command("fedsearch simulate --resume", run_dir)
+    assert main([*argv[1:], "--no-baselines"]) == 0
+    resumed = read_rounds(run_dir)
 
-    assert [r["round"] for r in resumed.rounds] == list(range(1, ROUNDS + 1))
-    assert _rows(resumed.rounds) == _rows(whole.rounds)
-    assert resumed.final["epsilon_user"] == pytest.approx(whole.final["epsilon_user"])
+    assert [r["round"] for r in resumed] == list(range(1, ROUNDS + 1))
+    assert _rows(resumed) == _rows(whole.rounds)
+    assert resumed[-1]["epsilon_user"] == pytest.approx(whole.final["epsilon_user"])
+    assert (run_dir / "summary.md").is_file()  # the report, as for a run that never stopped
     for a, b in zip(_final_arrays(first), _final_arrays(run_dir), strict=True):
         np.testing.assert_array_equal(a, b)  # adapter and moving average
     ledger, reference = _ledger(tmp_path / "b"), _ledger(tmp_path / "a")
