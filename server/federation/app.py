@@ -213,7 +213,7 @@ def _recorded(fit: Workflow, recorder: RunRecorder, stack: StrategyStack, done: 
         state = ServerState(
             round=server_round,
             weights=weights,
-            velocity=list(velocity) if velocity else None,
+            velocity=list(velocity) if isinstance(velocity, list) and velocity else None,
             average=stack.average.average if stack.average is not None else None,
             rng_position=stack.fedavg.rng.position,
         )

@@ -45,14 +45,15 @@ class ServerState:
 
 
 def save_server_state(run_dir: Path, state: ServerState) -> None:
-    arrays: dict[str, np.ndarray] = {}
+    arrays: dict[str, Any] = {}
     for name in ("weights", "velocity", "average"):
         for n, array in enumerate(getattr(state, name) or []):
             arrays[f"{name}.{n}"] = np.asarray(array)
     meta = {"round": state.round, "rng_position": state.rng_position}
     meta |= {name: getattr(state, name) is not None for name in ("velocity", "average")}
     buffer = io.BytesIO()
-    np.savez(buffer, meta=np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8), **arrays)
+    arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
+    np.savez(buffer, **arrays)
     atomic_write(Path(run_dir) / SERVER_STATE_FILE, buffer.getvalue())
 
 

@@ -48,7 +48,7 @@ from common.federation.run_spec import RunSpec
 
 log = logging.getLogger(__name__)
 Workflow = Callable[[Grid, Context], None]
-RoundHook = Callable[[int], None]
+RoundHook = Callable[[int], object]
 MAX_COHORT = MODULUS // (2 * QUANTIZATION_RANGE)  # payload sums that cannot wrap around
 NEIGHBOURHOOD_RISK = 1e-3  # chance that a round at the tolerated dropout cannot unmask
 

@@ -24,7 +24,7 @@ from simulation.superlink import PID_FILE
 from simulation.synthetic import synthetic_population
 from tests.simulation.conftest import small_federation_config
 
-ROUNDS = 3
+ROUNDS = 2
 README = Path(__file__).resolve().parents[2] / "README.md"
 
 
