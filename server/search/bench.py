@@ -46,10 +46,11 @@ from server.search.catalog_build import (
     open_catalog,
     store_path,
 )
+from server.search.index_kinds import IndexKind
 from server.search.load_generator import WORKLOADS, LoadResult, run_load, summary, workload_texts
 from server.search.query_model import query_text_tower
 from server.search.threads import apply_thread_settings
-from server.search.vector_index import RECALL_K, IndexKind, ann_recall_at_k, exact_top_k
+from server.search.vector_index import RECALL_K, ann_recall_at_k, exact_top_k
 
 log = logging.getLogger(__name__)
 

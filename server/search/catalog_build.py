@@ -21,7 +21,7 @@ from common.data.fashion import load_fashion_catalog
 from common.data.records import Product
 from common.model.encoder import Encoder, create_encoder
 from server.search.catalog import Catalog, Item
-from server.search.vector_index import IndexKind
+from server.search.index_kinds import IndexKind, IndexOptions
 
 log = logging.getLogger(__name__)
 
@@ -139,22 +139,13 @@ def create_catalog(
 ) -> Catalog:
     """Write a store of ``items`` and their ``vectors``; recall measured on
     ``query_vectors`` when given (else on noisy item vectors)."""
-    s = config.search
     return Catalog.create(
         folder or store_path(config),
         items,
         vectors,
         encoder_version=encoder_version,
-        kind=kind,
-        exact_max_items=s.exact_max_items,
-        nlist=s.ivf_nlist,
-        nprobe=s.ivf_nprobe,
-        min_recall=s.ann_min_recall,
-        recall_queries=s.recall_queries,
+        options=IndexOptions.from_search_config(config.search, kind),
         query_vectors=query_vectors,
-        memory_mb=s.index_memory_mb,
-        pq_bytes=s.pq_bytes,
-        refine_factor=s.refine_factor,
     )
 
 
