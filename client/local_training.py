@@ -206,17 +206,7 @@ def _train_dp(
         max_grad_norm=device.max_grad_norm,
         poisson_sampling=True,
     )
-    losses = []
-    for epoch in range(device.local_epochs):
-        if epoch:
-            new_epoch()
-        for batch in loader:
-            optimizer.zero_grad()
-            loss, size = _step_loss(model, batch, loss_config.temperature)
-            loss.backward()
-            optimizer.step()
-            if size:
-                losses.append(loss.item())
+    losses = _epochs(model, optimizer, loader, new_epoch, device.local_epochs, loss_config)
     model.remove_hooks()
     return losses, accountant_state(engine.accountant)
 
@@ -230,14 +220,28 @@ def _train_plain(
 ) -> list[float]:
     optimizer = _optimizer(adapter, device)
     loader = DataLoader(data, batch_size=device.batch_size, shuffle=True)
+    return _epochs(adapter, optimizer, loader, new_epoch, device.local_epochs, loss_config)
+
+
+def _epochs(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: DataLoader,
+    new_epoch: Callable[[], None],
+    epochs: int,
+    loss_config: AdapterConfig,
+) -> list[float]:
+    """Train ``epochs`` passes (fresh negatives before each later one); the losses of the
+    non-empty batches."""
     losses = []
-    for epoch in range(device.local_epochs):
+    for epoch in range(epochs):
         if epoch:
             new_epoch()
         for batch in loader:
             optimizer.zero_grad()
-            loss, _ = _step_loss(adapter, batch, loss_config.temperature)
+            loss, size = _step_loss(model, batch, loss_config.temperature)
             loss.backward()
             optimizer.step()
-            losses.append(loss.item())
+            if size:
+                losses.append(loss.item())
     return losses

@@ -96,6 +96,20 @@ def catalog_text_queries(items: Sequence[Item], n: int, seed: int = 0) -> list[s
     return queries[:n]
 
 
+def encode_catalog_items(
+    config: Config, encoder: Encoder, items: Sequence[Item], *, progress: bool = True
+) -> np.ndarray:
+    """The items' fused vectors (title and photo) with the config's weights and batch size."""
+    encoder.batch_size = config.encoder.batch_size
+    return encoder.encode_items(
+        [it.title for it in items],
+        [it.photo for it in items],
+        text_weight=config.encoder.text_weight,
+        image_weight=config.encoder.image_weight,
+        progress=progress,
+    )
+
+
 def build_catalog(
     config: Config,
     encoder: Encoder,
@@ -106,14 +120,7 @@ def build_catalog(
     progress: bool = True,
 ) -> Catalog:
     """Encode ``items`` and write a new store (replacing the live snapshot atomically)."""
-    encoder.batch_size = config.encoder.batch_size
-    vectors = encoder.encode_items(
-        [it.title for it in items],
-        [it.photo for it in items],
-        text_weight=config.encoder.text_weight,
-        image_weight=config.encoder.image_weight,
-        progress=progress,
-    )
+    vectors = encode_catalog_items(config, encoder, items, progress=progress)
     ann = kind != "exact" and (kind != "auto" or len(items) > config.search.exact_max_items)
     queries = catalog_text_queries(items, config.search.recall_queries) if ann else []
     return create_catalog(
