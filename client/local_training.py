@@ -28,6 +28,9 @@ from common.config import AdapterConfig, DeviceConfig
 from common.data.searches import SearchExample
 from common.model.adapter import QueryAdapter
 from common.model.ranking_loss import ranking_loss, search_tensors
+from common.privacy import drop_opacus_log_handler
+
+drop_opacus_log_handler()  # Opacus was imported above: no second copy of every log line
 
 # RDP orders for the device's epsilon: a coarser grid than Opacus's default, about 4x
 # faster to evaluate; any set of orders gives a valid upper bound (this one within ~1%).
