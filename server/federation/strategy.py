@@ -5,7 +5,10 @@
   simulation) over the devices in the order they registered (``enrolment``: node id to
   sort key; Flower draws node ids at random, so a seeded simulation picks the same
   devices each run only in that order); ``on_sample`` hears the round and the node ids
-  that joined, in that order (SecAgg+ sizes its neighbourhoods).
+  that joined, in that order (SecAgg+ sizes its neighbourhoods). The first round waits up to
+  ``REGISTRATION_TIMEOUT_S`` for the whole population to connect; after that (or once it
+  passed) rounds sample the devices connected at the time: a device offline is never
+  sampled, which only lowers its chance of joining below q.
 - Aggregation: the devices' payloads (``common.federation.payload``) arrive summed by
   SecAgg+ (Flower hands each result the average; the sum is that times the count) or one
   by one. Server-side noise, when the plan places it there, is added to the sum; then the
@@ -97,15 +100,21 @@ class FederatedAdapterStrategy(FedAvg):
         )
         self.current: list[np.ndarray] = list(initial)
         self.log = RoundLog()
+        self._waited = False
 
     def __repr__(self) -> str:
         return f"FederatedAdapterStrategy(q={self.plan.sample_rate:.4g})"
 
     def _devices(self, client_manager: ClientManager) -> list[ClientProxy]:
-        if not client_manager.wait_for(self.spec.num_devices, REGISTRATION_TIMEOUT_S):
-            raise RuntimeError(
-                f"only {client_manager.num_available()} of {self.spec.num_devices} devices joined"
-            )
+        if not self._waited:
+            self._waited = True
+            if not client_manager.wait_for(self.spec.num_devices, REGISTRATION_TIMEOUT_S):
+                log.warning(
+                    "only %d of %d devices connected within %d s: rounds sample the connected",
+                    client_manager.num_available(),
+                    self.spec.num_devices,
+                    REGISTRATION_TIMEOUT_S,
+                )
         keys = self.enrolment() if self.enrolment is not None else {}
         devices = {int(cid): proxy for cid, proxy in client_manager.all().items()}
         order = sorted(devices, key=lambda node: (keys.get(node, ""), node))

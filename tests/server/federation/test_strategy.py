@@ -174,3 +174,16 @@ def test_moving_average_wraps_the_strategy_when_asked(tmp_path):
     off = _spec(tmp_path, average_decay=0.0)
     stack = build_strategy(off, plan, _initial(), KeystreamRandom.from_seed(0))
     assert stack.average is None and stack.outer is stack.fedavg
+
+
+def test_rounds_sample_the_connected_devices_once_the_first_wait_is_over(tmp_path, monkeypatch):
+    import server.federation.strategy as strategy_module
+
+    monkeypatch.setattr(strategy_module, "REGISTRATION_TIMEOUT_S", 0.2)
+    spec = _spec(tmp_path, devices=40, clients_per_round=30)
+    strategy, manager = _strategy(spec), _manager(12)  # 12 of 40 connected
+    params = ndarrays_to_parameters(_initial())
+    picked = [strategy.configure_fit(r, params, manager) for r in range(1, 21)]
+    assert all({p.node_id for p, _ in cohort} <= set(range(1, 13)) for cohort in picked)
+    assert sum(len(cohort) for cohort in picked) / 20 == pytest.approx(12 * 0.75, rel=0.2)
+    assert not strategy.configure_fit(21, params, SimpleClientManager())  # nobody: no round
