@@ -69,11 +69,12 @@ def register_simulation_commands(subparsers: argparse._SubParsersAction) -> None
     )
     simulate.add_argument(
         "--defence",
-        choices=("dp-clipping", "verified-norm"),
+        choices=("dp-clipping", "sum-bound", "verified-norm"),
         default="dp-clipping",
-        help="with --attack: dp-clipping (what the federation enforces today: the attackers "
-        "skip it) or verified-norm (emulated per-device norm proofs: attackers held to the "
-        "clipping norm); see README, poisoning",
+        help="with --attack: dp-clipping (the devices' clipping alone: attackers skip it), "
+        "sum-bound (the server refuses a round whose noised sum no honest cohort could "
+        "send: federation.sum_bound; attackers stay under it) or verified-norm (emulated "
+        "per-device norm proofs: attackers held to the clipping norm); see README, poisoning",
     )
     add_config_arguments(simulate)
     simulate.set_defaults(handler=_simulate)
@@ -157,8 +158,12 @@ def sized_run_config(args: argparse.Namespace, **federation: object) -> Config:
 def _simulate(args: argparse.Namespace) -> int:
     from simulation.report import simulate_and_report, table
 
-    config = sized_run_config(args, secagg=False if args.no_secagg else None)
     attack = _attack_plan(args)
+    config = sized_run_config(
+        args,
+        secagg=False if args.no_secagg else None,
+        sum_bound=True if args.defence == "sum-bound" else None,
+    )
     summary = simulate_and_report(
         config,
         args.population,

@@ -18,11 +18,15 @@ whole expected cohort (Bagdasaryan et al., AISTATS 2020). It cannot break SecAgg
 arithmetic: its payload goes through SecAgg+'s quantization (values clipped to the plan's
 ``clip_range``), masking and its noise share like any other.
 
-``defence = "verified-norm"`` emulates per-device input validation (a device proves, in
-zero knowledge, that its payload's L2 norm is within the plan's ``payload_norm`` and the
-server unmasks only the inputs whose proofs verify; e.g. ACORN, Bell et al., USENIX
-Security 2023). No such proof is built here: the attacker's best response to the check,
-its payload scaled into the bound, is what the emulation sends.
+``defence = "sum-bound"``: the server refuses rounds whose sum no honest cohort could send
+(``server.federation.sum_bound``, switched on by the command); the attackers know it and
+keep their update within ``boost x`` the clipping norm, so that together they weigh about
+what the whole cohort could and their rounds pass. ``defence = "verified-norm"`` emulates
+per-device input validation (a device proves, in zero knowledge, that its payload's L2
+norm is within the plan's ``payload_norm`` and the server unmasks only the inputs whose
+proofs verify; e.g. ACORN, Bell et al., USENIX Security 2023). No such proof is built
+here: the attacker's best response to the check, its payload scaled into the bound, is what
+the emulation sends.
 """
 
 from __future__ import annotations
@@ -51,13 +55,13 @@ from simulation.population import Population
 
 ATTACK_SETTINGS = "attack.json"
 ATTACKS = ("boost", "target", "signflip")
-DEFENCES = ("dp-clipping", "verified-norm")
+DEFENCES = ("dp-clipping", "sum-bound", "verified-norm")
 TARGET_STEPS = 30
 TARGET_LR = 0.05
 TARGET_TEMPERATURE = 0.05
 
 Attack = Literal["boost", "target", "signflip"]
-Defence = Literal["dp-clipping", "verified-norm"]
+Defence = Literal["dp-clipping", "sum-bound", "verified-norm"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -201,10 +205,10 @@ def malicious_update(
     else:
         update = _targeted_update(settings.target, weights, item_vectors)
     update = settings.boost * update
+    most = {"verified-norm": clipping_norm, "sum-bound": settings.boost * clipping_norm}
+    limit = most.get(settings.defence, math.inf)
     norm = float(np.linalg.norm(update))
-    if settings.defence == "verified-norm" and norm > clipping_norm:
-        update *= clipping_norm / norm  # what the proof lets through
-    return update
+    return update * (limit / norm) if norm > limit else update
 
 
 def _targeted_update(

@@ -81,13 +81,14 @@ def test_verified_norm_bounds_what_attackers_move_the_sum_by(runs):
     assert 0 < moved <= attackers * 2 * plan.payload_norm * (1 + 1e-3)
 
 
-def test_without_the_defence_an_attacker_skips_its_clipping():
+def test_without_verified_norms_an_attacker_skips_its_clipping():
     honest = np.full(100, 0.05)  # norm 0.5, within the clipping norm 1
     population = synthetic_population(8, n_items=60, dim=16, seed=2)
     weights = QueryAdapter(16, 4).get_weights()
     for kind in ("boost", "signflip"):
         for defence, least, most in (
             ("dp-clipping", 4.9, 20.1),
+            ("sum-bound", 4.9, 20.0 + 1e-6),
             ("verified-norm", 0.49, 1.0 + 1e-6),
         ):
             plan = AttackPlan(kind, 0.25, 20.0, defence)
