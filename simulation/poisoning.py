@@ -7,10 +7,11 @@ chain, as ``simulation.canaries``), and only a file in the run folder switches i
 malicious device controls its own code: it skips its clipping and replaces the update
 part of its payload (statistics untouched) by
 
-- ``boost``: model replacement towards a model of the attackers' choosing, here a fixed
-  random direction they all share, scaled to the clipping norm and boosted;
-- ``target``: model replacement towards the current adapter trained to rank one item
-  first for one query (``AttackTarget``), boosted;
+- ``boost``: untargeted model replacement: the current adapter trained to rank its own
+  searches' clicked items as low as it can (gradient ascent), minus the current adapter,
+  boosted;
+- ``target``: targeted model replacement: the current adapter trained to rank one item
+  first for one query (``AttackTarget``), minus the current adapter, boosted;
 - ``signflip``: its own honest update, sign flipped and boosted.
 
 The boost defaults to ``1 / fraction``: the attackers of a round then weigh as much as the
@@ -35,6 +36,7 @@ import dataclasses
 import functools
 import json
 import math
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Literal
 
@@ -45,6 +47,7 @@ from flwr.clientapp.typing import ClientAppCallable
 from flwr.common import parameters_to_ndarrays
 from flwr.compat.common.recorddict_compat import recorddict_to_fitins
 
+from common.data.searches import SearchExample
 from common.federation.payload import PayloadCodec
 from common.federation.privacy_plan import PrivacyPlan
 from common.federation.run_spec import RunSpec
@@ -56,9 +59,9 @@ from simulation.population import Population
 ATTACK_SETTINGS = "attack.json"
 ATTACKS = ("boost", "target", "signflip")
 DEFENCES = ("dp-clipping", "sum-bound", "verified-norm")
-TARGET_STEPS = 30
-TARGET_LR = 0.05
-TARGET_TEMPERATURE = 0.05
+ATTACK_STEPS = 30
+ATTACK_LR = 0.05
+ATTACK_TEMPERATURE = 0.05
 
 Attack = Literal["boost", "target", "signflip"]
 Defence = Literal["dp-clipping", "sum-bound", "verified-norm"]
@@ -92,11 +95,6 @@ class AttackSettings:
     seed: int
     target: AttackTarget
     defence: Defence = "dp-clipping"
-
-    def direction(self, size: int) -> np.ndarray:
-        """The ``boost`` attackers' shared unit direction in update space."""
-        vector = np.random.default_rng([self.seed, 15485863]).standard_normal(size)
-        return vector / np.linalg.norm(vector)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -196,14 +194,18 @@ def malicious_update(
     weights: list[np.ndarray],
     item_vectors: np.ndarray,
     clipping_norm: float,
+    own: Sequence[SearchExample] = (),
 ) -> np.ndarray:
-    """The update part an attacker sends in place of its (clipped) ``honest`` one."""
+    """The update part an attacker sends in place of its (clipped) ``honest`` one;
+    ``own``: its own searches (``boost`` trains the adapter away from their clicks)."""
     if settings.kind == "signflip":
         update = -honest
     elif settings.kind == "boost":
-        update = settings.direction(honest.size) * clipping_norm
+        queries = np.stack([s.query_vector for s in own])
+        update = _trained(weights, queries, [s.clicked for s in own], item_vectors, ascend=True)
     else:
-        update = _targeted_update(settings.target, weights, item_vectors)
+        query = np.asarray([settings.target.query_vector])
+        update = _trained(weights, query, [settings.target.item], item_vectors, ascend=False)
     update = settings.boost * update
     most = {"verified-norm": clipping_norm, "sum-bound": settings.boost * clipping_norm}
     limit = most.get(settings.defence, math.inf)
@@ -211,20 +213,27 @@ def malicious_update(
     return update * (limit / norm) if norm > limit else update
 
 
-def _targeted_update(
-    target: AttackTarget, weights: list[np.ndarray], item_vectors: np.ndarray
+def _trained(
+    weights: list[np.ndarray],
+    queries: np.ndarray,
+    goals: Sequence[int],
+    item_vectors: np.ndarray,
+    *,
+    ascend: bool,
 ) -> np.ndarray:
-    """The current adapter trained to rank ``target.item`` first for its query, minus it."""
+    """The current adapter trained to rank each goal item first for its query over the
+    catalog (``ascend``: to rank them as low as it can), minus the current adapter."""
     adapter = QueryAdapter.from_weights(weights)
     adapter.train()
-    query = torch.tensor([target.query_vector], dtype=torch.float32)
+    query = torch.from_numpy(np.ascontiguousarray(queries, dtype=np.float32))
     items = torch.from_numpy(np.ascontiguousarray(item_vectors, dtype=np.float32))
-    goal = torch.tensor([target.item])
-    optimizer = torch.optim.Adam(adapter.parameters(), lr=TARGET_LR)
-    for _ in range(TARGET_STEPS):
+    goal = torch.tensor(list(goals))
+    optimizer = torch.optim.Adam(adapter.parameters(), lr=ATTACK_LR)
+    for _ in range(ATTACK_STEPS):
         optimizer.zero_grad()
-        logits = adapter(query) @ items.T / TARGET_TEMPERATURE
-        torch.nn.functional.cross_entropy(logits, goal).backward()
+        logits = adapter(query) @ items.T / ATTACK_TEMPERATURE
+        loss = torch.nn.functional.cross_entropy(logits, goal)
+        (-loss if ascend else loss).backward()
         optimizer.step()
     new = adapter.get_weights()
     return np.concatenate([(n - o).ravel() for n, o in zip(new, weights, strict=True)])
@@ -246,8 +255,11 @@ def attack_mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Mes
     record = reply.content.array_records[PAYLOAD_RECORD]
     key = next(iter(record.keys()))
     payload = record[key].numpy().astype(np.float64)
-    vectors = cached_population(spec).item_vectors
-    update = malicious_update(settings, payload[:size], weights, vectors, plan.clipping_norm)
+    population = cached_population(spec)
+    own = population.devices[int(ctxt.node_config["partition-id"])].train
+    update = malicious_update(
+        settings, payload[:size], weights, population.item_vectors, plan.clipping_norm, own
+    )
     payload[:size] = update
     record[key] = Array(payload.astype(np.float32))
     return reply

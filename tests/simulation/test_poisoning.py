@@ -82,19 +82,19 @@ def test_verified_norm_bounds_what_attackers_move_the_sum_by(runs):
 
 
 def test_without_verified_norms_an_attacker_skips_its_clipping():
-    honest = np.full(100, 0.05)  # norm 0.5, within the clipping norm 1
     population = synthetic_population(8, n_items=60, dim=16, seed=2)
     weights = QueryAdapter(16, 4).get_weights()
+    size = sum(w.size for w in weights)
+    honest = np.full(size, 1.0 / np.sqrt(size))  # norm 1: the clipping norm
+    own = population.devices[0].train
     for kind in ("boost", "signflip"):
         for defence, least, most in (
-            ("dp-clipping", 4.9, 20.1),
-            ("sum-bound", 4.9, 20.0 + 1e-6),
-            ("verified-norm", 0.49, 1.0 + 1e-6),
+            ("dp-clipping", 5.0, np.inf),
+            ("sum-bound", 5.0, 20.0 + 1e-6),
+            ("verified-norm", 0.5, 1.0 + 1e-6),
         ):
-            plan = AttackPlan(kind, 0.25, 20.0, defence)
-            update = malicious_update(
-                plan.settings(population, seed=0), honest, weights, population.item_vectors, 1.0
-            )
+            settings = AttackPlan(kind, 0.25, 20.0, defence).settings(population, seed=0)
+            update = malicious_update(settings, honest, weights, population.item_vectors, 1.0, own)
             assert least <= np.linalg.norm(update) <= most, (kind, defence)
 
 
