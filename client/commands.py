@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from common.cli import UsageError, add_config_arguments, config_from_args
-from common.passthrough import run_passing_through
+from common.passthrough import run_passing_through, started_beside
 
 EXIT_NOT_REGISTERED = 3
 DEFAULT_ENDPOINT = "http://127.0.0.1:8000"
@@ -290,16 +290,19 @@ def describe_policy(settings: DeviceConfig) -> str:
 
 
 def _join(args: argparse.Namespace) -> int:
-    from client.device import Device, device_env, supernode_command
+    from client.device import Device, device_env, superexec_command, supernode_command
 
     device = Device(args.folder)
     name = device.info.name  # fails clearly if the folder is not a device
     device.open_store()  # fail now, not inside the ClientApp, if the key is wrong
     command = supernode_command(device, superlink=args.superlink)
-    print(f"$ {shlex.join(command)}", flush=True)
+    executor = superexec_command(device)
+    print(f"$ {shlex.join(command)}\n$ {shlex.join(executor)} &", flush=True)
     if args.print_only:
         return 0
-    status, output = run_passing_through(command, device_env(device))
+    env = device_env(device)
+    with started_beside(executor, env):
+        status, output = run_passing_through(command, env)
     if status != 0 and NOT_REGISTERED_MARK in output:
         print(
             f"device {name}: the SuperLink refused this device: its key {device.auth_pub} is "

@@ -16,7 +16,9 @@
       flwr/              FLWR_HOME of the SuperNode (the installed app, FAB by FAB)
 
 ``supernode_command`` is the exact ``flower-supernode`` command that joins the federation
-as this device; the ClientApp finds the folder in its node config under ``device-dir``.
+as this device (``--isolation process``); ``superexec_command`` runs the SuperExec that
+starts its ClientApp processes (``client.superexec``, which reaps them). The ClientApp finds
+the folder in its node config under ``device-dir``.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import io
 import json
 import os
 import shutil
+import sys
 import time
 import uuid
 from collections.abc import Mapping
@@ -174,6 +177,21 @@ def supernode_command(device: Device, *, superlink: str | None = None) -> list[s
         str(runtime / "runtime.key"),
         "--node-config",
         node_config,
+        "--isolation",
+        "process",
+    ]
+
+
+def superexec_command(device: Device) -> list[str]:
+    """The SuperExec beside this device's SuperNode (see the module doc)."""
+    return [
+        sys.executable,
+        "-m",
+        "client.superexec",
+        "--runtime-api-address",
+        f"127.0.0.1:{device.info.runtime_port}",
+        "--root-certificates",
+        str(device.runtime_dir / "runtime-ca.crt"),
     ]
 
 

@@ -28,6 +28,9 @@ from common.config import AdapterConfig, DeviceConfig
 from common.data.searches import SearchExample
 from common.model.adapter import QueryAdapter
 from common.model.ranking_loss import ranking_loss, search_tensors
+from common.privacy import drop_opacus_log_handler
+
+drop_opacus_log_handler()  # Opacus was imported above: no second copy of every log line
 
 # RDP orders for the device's epsilon: a coarser grid than Opacus's default, about 4x
 # faster to evaluate; any set of orders gives a valid upper bound (this one within ~1%).
@@ -206,17 +209,7 @@ def _train_dp(
         max_grad_norm=device.max_grad_norm,
         poisson_sampling=True,
     )
-    losses = []
-    for epoch in range(device.local_epochs):
-        if epoch:
-            new_epoch()
-        for batch in loader:
-            optimizer.zero_grad()
-            loss, size = _step_loss(model, batch, loss_config.temperature)
-            loss.backward()
-            optimizer.step()
-            if size:
-                losses.append(loss.item())
+    losses = _epochs(model, optimizer, loader, new_epoch, device.local_epochs, loss_config)
     model.remove_hooks()
     return losses, accountant_state(engine.accountant)
 
@@ -230,14 +223,28 @@ def _train_plain(
 ) -> list[float]:
     optimizer = _optimizer(adapter, device)
     loader = DataLoader(data, batch_size=device.batch_size, shuffle=True)
+    return _epochs(adapter, optimizer, loader, new_epoch, device.local_epochs, loss_config)
+
+
+def _epochs(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    loader: DataLoader,
+    new_epoch: Callable[[], None],
+    epochs: int,
+    loss_config: AdapterConfig,
+) -> list[float]:
+    """Train ``epochs`` passes (fresh negatives before each later one); the losses of the
+    non-empty batches."""
     losses = []
-    for epoch in range(device.local_epochs):
+    for epoch in range(epochs):
         if epoch:
             new_epoch()
         for batch in loader:
             optimizer.zero_grad()
-            loss, _ = _step_loss(adapter, batch, loss_config.temperature)
+            loss, size = _step_loss(model, batch, loss_config.temperature)
             loss.backward()
             optimizer.step()
-            losses.append(loss.item())
+            if size:
+                losses.append(loss.item())
     return losses

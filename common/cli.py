@@ -93,7 +93,10 @@ def configure_logging(*, verbose: bool) -> None:
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     else:
         handler.setFormatter(_PlainFormatter())
-    logging.basicConfig(level=logging.DEBUG if verbose else logging.WARNING, handlers=[handler])
+    # force: replace a handler that an import installed first (Opacus does)
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING, handlers=[handler], force=True
+    )
     for package in LAYERS:
         logging.getLogger(package).setLevel(logging.DEBUG if verbose else logging.INFO)
     logging.getLogger("flwr").setLevel(logging.DEBUG if verbose else logging.WARNING)

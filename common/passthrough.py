@@ -1,5 +1,6 @@
 """Run a child process with its output passed through to ours and its last lines kept, so a
-command can explain how the child ended (``fedsearch device join``, ``deploy run``).
+command can explain how the child ended (``fedsearch device join``, ``deploy run``), and
+keep a helper process running beside it (``started_beside``).
 
 The child runs in a process group of its own; SIGINT and SIGTERM are handed on to it, and
 when it ends, whatever it started and left behind (Flower's SuperExec, ClientApp
@@ -9,12 +10,14 @@ processes) is stopped with it, so no orphan keeps running or holds the output op
 from __future__ import annotations
 
 import collections
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 
 GRACE_S = 5.0
 
@@ -45,6 +48,24 @@ def run_passing_through(
         _stop_group(proc.pid)
     reader.join(timeout=GRACE_S)
     return status, "".join(tail)
+
+
+@contextlib.contextmanager
+def started_beside(command: list[str], env: dict[str, str]) -> Iterator[subprocess.Popen[bytes]]:
+    """``command`` runs, in a process group of its own and with its output on ours, while
+    the block runs; then it and whatever it started are stopped and waited for."""
+    proc = subprocess.Popen(command, env=env, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=GRACE_S)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        _stop_group(proc.pid)
 
 
 def _pump(proc: subprocess.Popen[str], tail: collections.deque[str]) -> None:

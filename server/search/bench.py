@@ -41,15 +41,17 @@ from server.search.catalog import Catalog, CatalogStoreError, Item
 from server.search.catalog_build import (
     catalog_text_queries,
     create_catalog,
+    encode_catalog_items,
     encoder_from_config,
     fashion_items,
     open_catalog,
     store_path,
 )
+from server.search.index_kinds import IndexKind
 from server.search.load_generator import WORKLOADS, LoadResult, run_load, summary, workload_texts
 from server.search.query_model import query_text_tower
 from server.search.threads import apply_thread_settings
-from server.search.vector_index import RECALL_K, IndexKind, ann_recall_at_k, exact_top_k
+from server.search.vector_index import RECALL_K, ann_recall_at_k, exact_top_k
 
 log = logging.getLogger(__name__)
 
@@ -91,15 +93,7 @@ def _catalog_vectors(config: Config, encoder: Encoder) -> tuple[list[Item], np.n
             print(f"item vectors: {len(keep):,} from the store at {store_path(config)}")
             return [by_id[ids[i]] for i in keep], vectors[keep]
     print(f"item vectors: encoding {len(items):,} catalog items")
-    encoder.batch_size = config.encoder.batch_size
-    vectors = encoder.encode_items(
-        [it.title for it in items],
-        [it.photo for it in items],
-        text_weight=config.encoder.text_weight,
-        image_weight=config.encoder.image_weight,
-        progress=True,
-    )
-    return items, vectors
+    return items, encode_catalog_items(config, encoder, items)
 
 
 def _expanded_items(items: list[Item], total: int) -> list[Item]:

@@ -28,7 +28,8 @@ from server.search.catalog_db import (
     row_record,
 )
 from server.search.catalog_rows import CatalogRows, RWLock
-from server.search.vector_index import IndexKind, VectorIndex
+from server.search.index_kinds import DEFAULT_INDEX_OPTIONS, IndexOptions
+from server.search.vector_index import VectorIndex
 
 __all__ = ["Catalog", "CatalogStoreError", "Filters", "Item", "PhotoUpload"]
 
@@ -103,16 +104,8 @@ class Catalog:
         vectors: np.ndarray,
         *,
         encoder_version: str,
-        kind: IndexKind = "auto",
-        exact_max_items: int = 20000,
-        nlist: int = 0,
-        nprobe: int = 8,
-        min_recall: float = 0.95,
-        recall_queries: int = 500,
+        options: IndexOptions = DEFAULT_INDEX_OPTIONS,
         query_vectors: np.ndarray | None = None,
-        memory_mb: float = 512.0,
-        pq_bytes: int = 48,
-        refine_factor: int = 10,
     ) -> Catalog:
         """Build the index over ``items`` and write a fresh store to ``folder`` (replacing
         the one there in one step)."""
@@ -126,16 +119,8 @@ class Catalog:
                 vectors,
                 np.arange(len(items), dtype=np.int64),
                 encoder_version=encoder_version,
-                kind=kind,
-                exact_max_items=exact_max_items,
-                nlist=nlist,
-                nprobe=nprobe,
-                min_recall=min_recall,
-                n_recall_queries=recall_queries,
+                options=options,
                 queries=query_vectors,
-                memory_mb=memory_mb,
-                pq_bytes=pq_bytes,
-                refine_factor=refine_factor,
             )
             rows = [
                 item_row(it.to_json(), key, v)
@@ -145,7 +130,7 @@ class Catalog:
         except BaseException:
             lock_file.close()
             raise
-        catalog = cls(db, index, exact_max_items=exact_max_items)
+        catalog = cls(db, index, exact_max_items=options.exact_max_items)
         for key, (item, vector) in enumerate(zip(items, vectors, strict=True)):
             catalog._put(item, vector, key)
         catalog._next_key = len(items)

@@ -21,7 +21,7 @@ from common.data.fashion import load_fashion_catalog
 from common.data.records import Product
 from common.model.encoder import Encoder, create_encoder
 from server.search.catalog import Catalog, Item
-from server.search.vector_index import IndexKind
+from server.search.index_kinds import IndexKind, IndexOptions
 
 log = logging.getLogger(__name__)
 
@@ -96,6 +96,20 @@ def catalog_text_queries(items: Sequence[Item], n: int, seed: int = 0) -> list[s
     return queries[:n]
 
 
+def encode_catalog_items(
+    config: Config, encoder: Encoder, items: Sequence[Item], *, progress: bool = True
+) -> np.ndarray:
+    """The items' fused vectors (title and photo) with the config's weights and batch size."""
+    encoder.batch_size = config.encoder.batch_size
+    return encoder.encode_items(
+        [it.title for it in items],
+        [it.photo for it in items],
+        text_weight=config.encoder.text_weight,
+        image_weight=config.encoder.image_weight,
+        progress=progress,
+    )
+
+
 def build_catalog(
     config: Config,
     encoder: Encoder,
@@ -106,14 +120,7 @@ def build_catalog(
     progress: bool = True,
 ) -> Catalog:
     """Encode ``items`` and write a new store (replacing the live snapshot atomically)."""
-    encoder.batch_size = config.encoder.batch_size
-    vectors = encoder.encode_items(
-        [it.title for it in items],
-        [it.photo for it in items],
-        text_weight=config.encoder.text_weight,
-        image_weight=config.encoder.image_weight,
-        progress=progress,
-    )
+    vectors = encode_catalog_items(config, encoder, items, progress=progress)
     ann = kind != "exact" and (kind != "auto" or len(items) > config.search.exact_max_items)
     queries = catalog_text_queries(items, config.search.recall_queries) if ann else []
     return create_catalog(
@@ -139,22 +146,13 @@ def create_catalog(
 ) -> Catalog:
     """Write a store of ``items`` and their ``vectors``; recall measured on
     ``query_vectors`` when given (else on noisy item vectors)."""
-    s = config.search
     return Catalog.create(
         folder or store_path(config),
         items,
         vectors,
         encoder_version=encoder_version,
-        kind=kind,
-        exact_max_items=s.exact_max_items,
-        nlist=s.ivf_nlist,
-        nprobe=s.ivf_nprobe,
-        min_recall=s.ann_min_recall,
-        recall_queries=s.recall_queries,
+        options=IndexOptions.from_search_config(config.search, kind),
         query_vectors=query_vectors,
-        memory_mb=s.index_memory_mb,
-        pq_bytes=s.pq_bytes,
-        refine_factor=s.refine_factor,
     )
 
 

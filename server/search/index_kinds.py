@@ -24,16 +24,57 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
+
+from common.config import SearchConfig
 
 log = logging.getLogger(__name__)
 
 ANN_KINDS = ("ivf", "ivf-fp16", "ivf-sq8", "ivf-pq")
 INDEX_KINDS = ("exact", *ANN_KINDS)
 REFINED_KINDS = ("ivf-pq",)
+IndexKind = Literal["auto", "exact", "ivf", "ivf-fp16", "ivf-sq8", "ivf-pq"]
 PQ_BITS = 8
+
+
+@dataclass(frozen=True)
+class IndexOptions:
+    """How an index is built: its ``kind`` ("auto" chooses by size and ``memory_mb``), the
+    exact-search threshold, IVF lists (0: 4 * sqrt(n)) and the starting ``nprobe`` raised
+    until recall@10 reaches ``min_recall`` on ``recall_queries`` queries, the product-code
+    size and re-scored shortlist of IVF-PQ, and the training ``seed``."""
+
+    kind: IndexKind = "auto"
+    exact_max_items: int = 20000
+    nlist: int = 0
+    nprobe: int = 8
+    min_recall: float = 0.95
+    recall_queries: int = 500
+    memory_mb: float = 512.0
+    pq_bytes: int = 48
+    refine_factor: int = 10
+    seed: int = 0
+
+    @classmethod
+    def from_search_config(cls, search: SearchConfig, kind: IndexKind = "auto") -> IndexOptions:
+        """The options of the ``[search]`` config section."""
+        return cls(
+            kind=kind,
+            exact_max_items=search.exact_max_items,
+            nlist=search.ivf_nlist,
+            nprobe=search.ivf_nprobe,
+            min_recall=search.ann_min_recall,
+            recall_queries=search.recall_queries,
+            memory_mb=search.index_memory_mb,
+            pq_bytes=search.pq_bytes,
+            refine_factor=search.refine_factor,
+        )
+
+
+DEFAULT_INDEX_OPTIONS = IndexOptions()
 
 
 def pq_bits(n: int) -> int:

@@ -21,19 +21,23 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Literal
 
 import faiss
 import numpy as np
 
-from server.search.index_kinds import REFINED_KINDS, choose_kind, train_ann
+from server.search.index_kinds import (
+    DEFAULT_INDEX_OPTIONS,
+    REFINED_KINDS,
+    IndexOptions,
+    choose_kind,
+    train_ann,
+)
 
 log = logging.getLogger(__name__)
 
 INDEX_FILE = "index.faiss"
 INFO_FILE = "index.json"
 RECALL_K = 10
-IndexKind = Literal["auto", "exact", "ivf", "ivf-fp16", "ivf-sq8", "ivf-pq"]
 VectorLookup = Callable[[np.ndarray], np.ndarray]
 
 
@@ -127,36 +131,29 @@ class VectorIndex:
         keys: np.ndarray,
         *,
         encoder_version: str,
-        kind: IndexKind = "auto",
-        exact_max_items: int = 20000,
-        nlist: int = 0,
-        nprobe: int = 8,
-        min_recall: float = 0.95,
-        n_recall_queries: int = 500,
+        options: IndexOptions = DEFAULT_INDEX_OPTIONS,
         queries: np.ndarray | None = None,
-        memory_mb: float = 512.0,
-        pq_bytes: int = 48,
-        refine_factor: int = 10,
-        seed: int = 0,
     ) -> VectorIndex:
         """Build over ``vectors`` (n, d) float32 with int64 ``keys``; measure recall@10 on
         ``queries`` (real query vectors) or, without them, on noisy item vectors. ``auto``
-        picks the kind by size and ``memory_mb`` (``index_kinds.choose_kind``)."""
+        picks the kind by size and ``options.memory_mb`` (``index_kinds.choose_kind``)."""
         vectors, keys = _as_vectors(vectors), _as_keys(keys)
         if len(vectors) != len(keys):
             raise ValueError(f"{len(vectors)} vectors but {len(keys)} keys")
+        o = options
         dim = int(vectors.shape[1])
+        kind = o.kind
         if kind == "auto":
             kind = choose_kind(  # type: ignore[assignment]
-                len(vectors), dim, exact_max_items=exact_max_items, memory_mb=memory_mb,
-                pq_bytes=pq_bytes,
+                len(vectors), dim, exact_max_items=o.exact_max_items, memory_mb=o.memory_mb,
+                pq_bytes=o.pq_bytes,
             )  # fmt: skip
         start = time.perf_counter()
         source = "query-vectors" if queries is not None else "noisy-items"
         if queries is not None:
-            queries = _as_vectors(queries)[:n_recall_queries]
+            queries = _as_vectors(queries)[: o.recall_queries]
         elif len(vectors):
-            queries = noisy_item_queries(vectors, n_recall_queries, seed)
+            queries = noisy_item_queries(vectors, o.recall_queries, o.seed)
         refined = kind in REFINED_KINDS
         info = IndexInfo(
             kind=kind,
@@ -165,18 +162,18 @@ class VectorIndex:
             recall_at_10=1.0,
             recall_queries=0 if queries is None else len(queries),
             recall_query_source=source,
-            pq_bytes=pq_bytes if kind == "ivf-pq" else 0,
-            refine_factor=refine_factor if refined else 0,
+            pq_bytes=o.pq_bytes if kind == "ivf-pq" else 0,
+            refine_factor=o.refine_factor if refined else 0,
         )
         if kind == "exact":
             index = faiss.IndexIDMap2(faiss.IndexFlatIP(dim))
             index.add_with_ids(vectors, keys)
             out = cls(index, info)
         else:
-            index, nlist = train_ann(kind, vectors, nlist, pq_bytes, seed)
+            index, nlist = train_ann(kind, vectors, o.nlist, o.pq_bytes, o.seed)
             index.add_with_ids(vectors, keys)
             out = cls(index, dataclasses.replace(info, nlist=nlist))
-            out._tune_nprobe(vectors, keys, queries, nprobe, min_recall)
+            out._tune_nprobe(vectors, keys, queries, o.nprobe, o.min_recall)
         out.info = dataclasses.replace(
             out.info,
             build_seconds=round(time.perf_counter() - start, 3),

@@ -12,10 +12,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.serialization import load_ssh_private_key
 from flwr.cli.supernode.register import try_load_public_key
 from flwr.common.config import parse_config_args
+from flwr.supercore.cli.flower_superexec import _parse_args as _parse_superexec_args
 from flwr.superlink.cli.flower_superlink import _parse_args_run_superlink
 from flwr.supernode.cli.flower_supernode import _parse_args_run_supernode
 
-from client.device import Device, DeviceInfo, init_device, supernode_command
+from client.device import Device, DeviceInfo, init_device, superexec_command, supernode_command
 from common.cli import main
 from common.security.pki import create_node_auth_keys
 from server.deploy.layout import (
@@ -122,6 +123,12 @@ def test_device_keys_and_supernode_command(dep: Deployment, tmp_path: Path) -> N
     assert args.auth_supernode_private_key == str(device.auth_key)
     assert (args.host, args.port) == ("127.0.0.1", 9101)
     assert args.ssl_certfile and args.ssl_keyfile and args.ssl_ca_certfile
+    assert args.isolation == "process"  # the ClientApps run under client.superexec
+    executor = superexec_command(device)
+    assert executor[1:3] == ["-m", "client.superexec"]
+    exec_args = _parse_superexec_args().parse_args(executor[3:])
+    assert exec_args.runtime_api_address == "127.0.0.1:9101"
+    assert exec_args.root_certificates == args.ssl_ca_certfile and not exec_args.insecure
     node_config = parse_config_args([args.node_config])
     assert node_config == {"device-dir": str(device.folder), "device-name": "dev1"}
 

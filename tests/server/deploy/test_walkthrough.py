@@ -9,6 +9,7 @@ by the test, also on failure."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import json
 import os
@@ -19,6 +20,8 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+
+import psutil
 
 from client.commands import EXIT_NOT_REGISTERED
 from client.device import Device
@@ -236,6 +239,8 @@ def test_readme_walkthrough_runs_as_written(
         shell.run(run, timeout_s=RUN_TIMEOUT_S)
         assert "completed" in shell.run(listing).stdout
         assert shell.background["devices"].poll() is not None  # bash itself; nodes run on
+        _wait_for(lambda: not _device_processes(project, alive=True), 60, "the ClientApps to end")
+        assert not _device_processes(project, alive=False), "<defunct> ClientApp processes"
         work = project / "deploy" / "work"
         versions = list_versions(work / "registry")
         assert [v.name for v in versions] == ["v0001", "v0002"]
@@ -276,6 +281,25 @@ def test_readme_walkthrough_runs_as_written(
             print(f"{took:6.1f}s  {name}")
     for name, proc in shell.background.items():
         assert proc.poll() is not None, f"{name} still running"
+
+
+def _device_processes(project: Path, *, alive: bool) -> list[psutil.Process]:
+    """The running ClientApp processes (``alive``), or the exited ones nobody waited for,
+    under the project's ``fedsearch device join`` processes."""
+    joins = []
+    for proc in psutil.process_iter(["cmdline", "cwd"]):
+        command = " ".join(proc.info["cmdline"] or [])
+        if "device join" in command and proc.info["cwd"] == str(project):
+            joins.append(proc)
+    found = []
+    for join in joins:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            for child in join.children(recursive=True):
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    zombie = child.status() == psutil.STATUS_ZOMBIE
+                    if zombie != alive and (zombie or "clientapp" in child.name()):
+                        found.append(child)
+    return found
 
 
 def _refused_device(shell: Shell, port: int, runtime_base: int) -> None:

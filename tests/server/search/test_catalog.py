@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from server.search.catalog import Catalog, CatalogStoreError, Filters, Item
+from server.search.index_kinds import IndexOptions
 
 
 def unit(rng, n, dim=16):
@@ -48,7 +49,11 @@ def test_filters_on_category_and_price(tmp_path, exact_max_items):
     rng = np.random.default_rng(1)
     items, vectors = make_items(40), unit(rng, 40)
     catalog = Catalog.create(
-        tmp_path / "s", items, vectors, encoder_version="e", exact_max_items=exact_max_items
+        tmp_path / "s",
+        items,
+        vectors,
+        encoder_version="e",
+        options=IndexOptions(exact_max_items=exact_max_items),
     )
     found, _, _ = catalog.search(vectors[0], 40, Filters(categories=("watches",)))
     assert found and {it.category for it in found} == {"Watches"}

@@ -4,7 +4,7 @@ import faiss
 import numpy as np
 import pytest
 
-from server.search.index_kinds import ANN_KINDS, choose_kind, code_bytes
+from server.search.index_kinds import ANN_KINDS, IndexOptions, choose_kind, code_bytes
 from server.search.vector_index import VectorIndex, ann_recall_at_k, exact_top_k
 from tests.server.search.test_vector_index import clustered
 
@@ -44,9 +44,12 @@ def data():
 def test_every_kind_reaches_its_recall_and_stores_its_size(data, kind):
     x, keys, q = data
     index = VectorIndex.build(
-        x, keys, encoder_version="e", kind=kind, nprobe=1, min_recall=0.95, queries=q[:150],
-        pq_bytes=16, refine_factor=10,
-    )  # fmt: skip
+        x,
+        keys,
+        encoder_version="e",
+        options=IndexOptions(kind=kind, nprobe=1, min_recall=0.95, pq_bytes=16, refine_factor=10),
+        queries=q[:150],
+    )
     info = index.info
     assert info.kind == kind and info.recall_at_10 >= 0.95 and info.nprobe >= 1
     assert code_bytes(kind, 64, 16) <= info.bytes_per_item < code_bytes(kind, 64, 16) + 40
@@ -64,9 +67,12 @@ def test_every_kind_reaches_its_recall_and_stores_its_size(data, kind):
 def test_pq_rescoring_on_full_vectors_gives_exact_scores_and_beats_codes_alone(data):
     x, keys, q = data
     index = VectorIndex.build(
-        x, keys, encoder_version="e", kind="ivf-pq", queries=q[:150], pq_bytes=8,
-        refine_factor=10,
-    )  # fmt: skip
+        x,
+        keys,
+        encoder_version="e",
+        options=IndexOptions(kind="ivf-pq", pq_bytes=8, refine_factor=10),
+        queries=q[:150],
+    )
     rows = {int(k): i for i, k in enumerate(keys)}
 
     def full(found):
@@ -84,7 +90,7 @@ def test_pq_rescoring_on_full_vectors_gives_exact_scores_and_beats_codes_alone(d
 def test_compressed_kinds_take_upserts_deletes_and_survive_a_save(data, kind, tmp_path):
     x, keys, q = data
     index = VectorIndex.build(
-        x, keys, encoder_version="e", kind=kind, pq_bytes=8, n_recall_queries=50
+        x, keys, encoder_version="e", options=IndexOptions(kind=kind, pq_bytes=8, recall_queries=50)
     )
     index.add(x[:1], np.array([99]))
     assert index.search(x[:1], 2)[1][0].tolist().count(99) == 1
@@ -99,7 +105,10 @@ def test_compressed_kinds_take_upserts_deletes_and_survive_a_save(data, kind, tm
 def test_a_gpu_that_refuses_the_index_falls_back_to_the_cpu(data, monkeypatch, caplog):
     x, keys, q = data
     index = VectorIndex.build(
-        x, keys, encoder_version="e", kind="ivf-pq", pq_bytes=8, n_recall_queries=50
+        x,
+        keys,
+        encoder_version="e",
+        options=IndexOptions(kind="ivf-pq", pq_bytes=8, recall_queries=50),
     )
     expected = index.search(q[:3], 10)
     index.backend = "faiss-gpu"

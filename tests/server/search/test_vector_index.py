@@ -1,6 +1,7 @@
 import numpy as np
 import pytest
 
+from server.search.index_kinds import IndexOptions
 from server.search.vector_index import VectorIndex, ann_recall_at_k, exact_top_k, faiss_backend
 
 
@@ -20,7 +21,9 @@ def test_recall_at_k_counts_shared_keys():
 def test_exact_index_matches_brute_force_and_reports_recall_one():
     x = clustered(500)
     keys = np.arange(1000, 1500)
-    index = VectorIndex.build(x, keys, encoder_version="enc", exact_max_items=1000)
+    index = VectorIndex.build(
+        x, keys, encoder_version="enc", options=IndexOptions(exact_max_items=1000)
+    )
     assert index.info.kind == "exact" and index.info.recall_at_10 == 1.0
     scores, found = index.search(x[:5], 10)
     brute = np.argsort(-(x[:5] @ x.T), axis=1)[:, :10] + 1000
@@ -33,7 +36,10 @@ def test_ivf_above_threshold_tunes_nprobe_to_reach_target_recall():
     x = clustered(4000)
     keys = np.arange(4000)
     index = VectorIndex.build(
-        x, keys, encoder_version="enc", exact_max_items=1000, nprobe=1, min_recall=0.97
+        x,
+        keys,
+        encoder_version="enc",
+        options=IndexOptions(exact_max_items=1000, nprobe=1, min_recall=0.97),
     )
     info = index.info
     assert info.kind == "ivf" and info.nlist > 1
@@ -50,7 +56,9 @@ def test_ivf_above_threshold_tunes_nprobe_to_reach_target_recall():
 @pytest.mark.parametrize("kind", ["exact", "ivf"])
 def test_add_remove_filter_and_save_load(tmp_path, kind):
     x = clustered(2000)
-    index = VectorIndex.build(x[:1500], np.arange(1500), encoder_version="enc", kind=kind)
+    index = VectorIndex.build(
+        x[:1500], np.arange(1500), encoder_version="enc", options=IndexOptions(kind=kind)
+    )
     index.add(x[1500:], np.arange(1500, 2000))
     assert index.remove(np.array([0, 1, 2])) == 3
     assert index.ntotal == 1997
@@ -69,7 +77,9 @@ def test_add_remove_filter_and_save_load(tmp_path, kind):
 
 def test_unknown_kind_and_missing_files_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown index kind"):
-        VectorIndex.build(clustered(50), np.arange(50), encoder_version="e", kind="hnsw")
+        VectorIndex.build(
+            clustered(50), np.arange(50), encoder_version="e", options=IndexOptions(kind="hnsw")
+        )
     with pytest.raises(FileNotFoundError, match="index.faiss"):
         VectorIndex.load(tmp_path)
 
@@ -80,7 +90,11 @@ def test_recall_is_measured_on_given_query_vectors():
     between = x[rng.choice(3000, 200)] + x[rng.choice(3000, 200)]  # queries between clusters
     between /= np.linalg.norm(between, axis=1, keepdims=True)
     index = VectorIndex.build(
-        x, np.arange(3000), encoder_version="e", kind="ivf", nprobe=1, queries=between
+        x,
+        np.arange(3000),
+        encoder_version="e",
+        options=IndexOptions(kind="ivf", nprobe=1),
+        queries=between,
     )
     assert index.info.recall_query_source == "query-vectors"
     assert index.info.recall_queries == 200
@@ -88,5 +102,7 @@ def test_recall_is_measured_on_given_query_vectors():
     assert ann_recall_at_k(index.search(between, 10)[1], truth) == pytest.approx(
         index.info.recall_at_10, abs=1e-4
     )
-    plain = VectorIndex.build(x, np.arange(3000), encoder_version="e", kind="ivf")
+    plain = VectorIndex.build(
+        x, np.arange(3000), encoder_version="e", options=IndexOptions(kind="ivf")
+    )
     assert plain.info.recall_query_source == "noisy-items"
