@@ -159,11 +159,7 @@ def _simulate(args: argparse.Namespace) -> int:
     from simulation.report import simulate_and_report, table
 
     attack = _attack_plan(args)
-    config = sized_run_config(
-        args,
-        secagg=False if args.no_secagg else None,
-        sum_bound=True if args.defence == "sum-bound" else None,
-    )
+    config = sized_run_config(args, secagg=False if args.no_secagg else None)
     summary = simulate_and_report(
         config,
         args.population,

@@ -162,7 +162,8 @@ def simulate(
     simulated people; ``reset_ledger`` starts it afresh (they are fictional, after all).
     ``dropout``: that fraction of the devices sent a message of one of ``dropout_stages``
     fails it (``simulation.faults``). ``attack``: a seeded share of the devices poison
-    their payloads (``simulation.poisoning``). ``wiretap``: record every reply the devices send, and
+    their payloads (``simulation.poisoning``; its ``sum-bound`` defence switches
+    ``federation.sum_bound`` on). ``wiretap``: record every reply the devices send, and
     the server's payload sums, into this folder (``simulation.wiretap``; ``wiretap_content``
     False keeps sizes only; ``wiretap_positions`` picks the device taps). ``ray_address``:
     run on that Ray cluster. ``verbose``: show Flower's log as it runs.
@@ -171,6 +172,8 @@ def simulate(
         population = load_population(
             population_name, config, num_devices=num_devices, seed=config.federation.seed
         )
+    if attack is not None and attack.defence == "sum-bound":
+        config = with_overrides(config, sum_bound=True)  # that defence is the server's check
     config = absolute_paths(config)  # the apps run in other processes, other folders
     folder = Path(run_dir).resolve() if run_dir else default_run_dir(config, population_name)
     warm = config.federation.warm_start and population.phrases is not None

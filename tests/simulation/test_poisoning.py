@@ -130,3 +130,27 @@ def test_defence_without_attack_is_refused(capsys):
     argv = ["simulate", "--population", "marketplace", "--defence", "verified-norm"]
     assert main(argv) == 2
     assert "--defence" in capsys.readouterr().err
+
+
+def test_the_sum_bound_defence_switches_the_servers_check_on(tmp_path, monkeypatch):
+    import simulation.engine as engine
+
+    seen = []
+
+    def stop(spec, population, **_):
+        seen.append(spec.config.federation.sum_bound)
+        raise RuntimeError("stop before the run")
+
+    monkeypatch.setattr(engine, "prepare_run", stop)
+    config = small_federation_config(tmp_path, rank=4, rounds=1, per_round=4)
+    population = synthetic_population(8, n_items=60, dim=16, seed=1)
+    for defence in ("dp-clipping", "sum-bound"):
+        with pytest.raises(RuntimeError, match="stop before the run"):
+            simulate(
+                config,
+                "marketplace",
+                population=population,
+                run_dir=tmp_path / defence,
+                attack=AttackPlan("boost", 0.25, defence=defence),
+            )
+    assert seen == [False, True]
