@@ -43,6 +43,7 @@ from server.training.warm_start import train_warm_start
 from simulation.devices import run_public_key, save_population, simulation_key
 from simulation.faults import write_fault_settings
 from simulation.loader import load_population
+from simulation.poisoning import AttackPlan, write_attack_settings
 from simulation.population import Population
 from simulation.superlink import SIMULATION_CONNECTION, LocalSuperLink
 from simulation.wiretap import write_tap_settings
@@ -158,6 +159,7 @@ def simulate(
     dropout_stages: Sequence[str] = ("unmask",),
     dropout_silent_s: float = 0.0,
     dropout_rounds: Sequence[int] = (),
+    attack: AttackPlan | None = None,
     verbose: bool = False,
 ) -> SimulationResult:
     """Run ``config.federation.rounds`` federated rounds over the population's devices.
@@ -166,7 +168,9 @@ def simulate(
     simulated people; ``reset_ledger`` starts it afresh (they are fictional, after all).
     ``dropout``: that fraction of each round's devices fails, each at one of
     ``dropout_stages`` (after ``dropout_silent_s`` of silence; in ``dropout_rounds``, empty:
-    all; ``simulation.faults``). ``wiretap``: record every reply the devices send, and
+    all; ``simulation.faults``). ``attack``: a seeded share of the devices poison
+    their payloads (``simulation.poisoning``; its ``sum-bound`` defence switches
+    ``federation.sum_bound`` on). ``wiretap``: record every reply the devices send, and
     the server's payload sums, into this folder (``simulation.wiretap``; ``wiretap_content``
     False keeps sizes only; ``wiretap_positions`` picks the device taps). ``ray_address``:
     run on that Ray cluster. ``verbose``: show Flower's log as it runs.
@@ -175,6 +179,8 @@ def simulate(
         population = load_population(
             population_name, config, num_devices=num_devices, seed=config.federation.seed
         )
+    if attack is not None and attack.defence == "sum-bound":
+        config = with_overrides(config, sum_bound=True)  # that defence is the server's check
     config = absolute_paths(config)  # the apps run in other processes, other folders
     folder = Path(run_dir).resolve() if run_dir else default_run_dir(config, population_name)
     warm = config.federation.warm_start and population.phrases is not None
@@ -205,6 +211,9 @@ def simulate(
             silent_s=dropout_silent_s,
             rounds=dropout_rounds,
         )
+    if attack is not None:
+        seed = config.federation.seed
+        write_attack_settings(spec.run_dir, attack.settings(population, seed=seed))
     return launch(spec, ray_address=ray_address, verbose=verbose)
 
 
