@@ -191,13 +191,12 @@ def run_bench(
 def bench_config(config: Config, out: Path, rounds: int) -> Config:
     """The benchmark measures speed: its runs' ledgers live in ``out`` and no budget stops
     them (the privacy settings themselves stay the configured ones). Its rounds have no
-    dropouts, and SecAgg+ keeps neighbourhoods of ``secagg_neighbours`` + 1 devices
-    (``dropout_tolerance`` 0): sized for 30% dropouts they would hold up to the whole
-    cohort, and Flower's Shamir shares grow quadratically with them (README, Dropouts)."""
+    dropouts, so SecAgg+ keeps neighbourhoods of ``secagg_neighbours`` + 1 devices
+    (``simulation.engine.simulate``)."""
     federation = {"rounds": rounds, "epsilon_user": 1e9, "ledger_dir": str(out)}
     return config_from_dict(
         {
-            "federation": {**federation, "dropout_tolerance": 0.0},
+            "federation": federation,
             "device": {"max_epsilon_user": 1e9},
         },
         config,

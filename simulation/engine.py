@@ -164,16 +164,17 @@ def simulate(
 ) -> SimulationResult:
     """Run ``config.federation.rounds`` federated rounds over the population's devices.
 
-    The population's ledger (``federation.ledger_dir``) composes every run on the same
-    simulated people; ``reset_ledger`` starts it afresh (they are fictional, after all).
-    ``dropout``: that fraction of each round's devices fails, each at one of
-    ``dropout_stages`` (after ``dropout_silent_s`` of silence; in ``dropout_rounds``, empty:
-    all; ``simulation.faults``). ``attack``: a seeded share of the devices poison
-    their payloads (``simulation.poisoning``; its ``sum-bound`` defence switches
-    ``federation.sum_bound`` on). ``wiretap``: record every reply the devices send, and
-    the server's payload sums, into this folder (``simulation.wiretap``; ``wiretap_content``
-    False keeps sizes only; ``wiretap_positions`` picks the device taps). ``ray_address``:
-    run on that Ray cluster. ``verbose``: show Flower's log as it runs.
+    The population's ledger (``federation.ledger_dir``) composes every run on the same simulated
+    people; ``reset_ledger`` starts it afresh (they are fictional, after all). ``dropout``: that
+    fraction of each round's devices fails, each at one of ``dropout_stages`` (after
+    ``dropout_silent_s`` of silence; in ``dropout_rounds``, empty: all; ``simulation.faults``);
+    SecAgg+ is sized to survive that fraction (not ``federation.dropout_tolerance``, which is
+    for devices that really drop). ``attack``: a seeded share of the devices poison their
+    payloads (``simulation.poisoning``; its ``sum-bound`` defence switches
+    ``federation.sum_bound`` on). ``wiretap``: record every reply the devices send, and the
+    server's payload sums, into this folder (``simulation.wiretap``; ``wiretap_content`` False
+    keeps sizes only; ``wiretap_positions`` picks the device taps). ``ray_address``: run on that
+    Ray cluster. ``verbose``: show Flower's log as it runs.
     """
     if population is None:
         population = load_population(
@@ -181,6 +182,9 @@ def simulate(
         )
     if attack is not None and attack.defence == "sum-bound":
         config = with_overrides(config, sum_bound=True)  # that defence is the server's check
+    # Simulated devices drop only where ``dropout`` says so: SecAgg+'s neighbourhoods are
+    # sized for that (their size changes the cost of a round, never its figures).
+    config = config_from_dict({"federation": {"dropout_tolerance": dropout}}, config)
     config = absolute_paths(config)  # the apps run in other processes, other folders
     folder = Path(run_dir).resolve() if run_dir else default_run_dir(config, population_name)
     warm = config.federation.warm_start and population.phrases is not None
