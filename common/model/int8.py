@@ -1,4 +1,4 @@
-"""Static int8 for a text tower's linear layers, so a query's vector stays its own.
+"""int8 for a text tower's linear layers, with a query's vector independent of its batch.
 
 torch's dynamic quantization scales each batch's activations by that batch's range, so a
 query's vector would change with the queries encoded beside it. Here weights are int8 with
@@ -9,9 +9,10 @@ does not depend on its batch. A few of a transformer's input channels carry outl
 above the rest, which would make a row's scale coarse for the others; as in SmoothQuant
 (Xiao et al., 2023), each input channel ``j`` is divided by a fixed
 ``s_j = max|x_j| ** a / max|W_:,j| ** (1 - a)`` (``max|x_j|`` calibrated once on
-calibration texts) and the weights' column multiplied by it, which leaves the float product
-unchanged and evens out the channels. The product runs in oneDNN's int8 kernel (``qlinear_pointwise``,
-float32 output); embeddings, layer norms and attention's softmax stay float32.
+calibration texts) and the weights' column multiplied by it, which leaves the float
+product unchanged and evens out the channels. The product runs in oneDNN's int8 kernel
+(``qlinear_pointwise``, float32 output); embeddings, layer norms and attention's softmax
+stay float32.
 """
 
 from __future__ import annotations
@@ -24,8 +25,6 @@ from torch import nn
 
 INT8_MAX = 127
 ZERO_POINT = 128  # symmetric int8 codes, shifted into oneDNN's uint8 inputs
-
-
 SMOOTHING = 0.5
 _TINY = 1e-6
 
