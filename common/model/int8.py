@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
+from typing import cast
 
 import torch
 from torch import nn
@@ -43,7 +44,8 @@ class _Observed(nn.Module):
         low, high = rows.amin(dim=0), rows.amax(dim=0)
         self.low = low if self.low is None else torch.minimum(self.low, low)
         self.high = high if self.high is None else torch.maximum(self.high, high)
-        return self.linear(x)
+        out: torch.Tensor = self.linear(x)
+        return out
 
 
 class Int8Linear(nn.Module):
@@ -82,16 +84,18 @@ class Int8Linear(nn.Module):
         self.register_buffer("bias", bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        rows = x.reshape(-1, self.in_features).float() * self.inverse_smooth
+        inverse_smooth = cast(torch.Tensor, self.inverse_smooth)
+        rows = x.reshape(-1, self.in_features).float() * inverse_smooth
         row_scale = rows.abs().amax(dim=1, keepdim=True).clamp(min=_TINY) / INT8_MAX
         codes = (torch.round(rows / row_scale) + ZERO_POINT).to(torch.uint8).contiguous()
-        out = torch.ops.onednn.qlinear_pointwise(
+        out: torch.Tensor = torch.ops.onednn.qlinear_pointwise(
             codes, 1.0, ZERO_POINT, self.packed, self.scale, self.zeros, None,
             1.0, 0, torch.float32, "none", [], "",
         )  # fmt: skip
         out = out * row_scale
-        if self.bias is not None:
-            out = out + self.bias
+        bias = cast(torch.Tensor | None, self.bias)
+        if bias is not None:
+            out = out + bias
         return out.reshape(*x.shape[:-1], self.out_features)
 
 
@@ -110,7 +114,7 @@ def quantize_linears(
     if not targets:
         raise ValueError("the module has no nn.Linear layer to quantize")
     for name in targets:
-        _replace(out, name, lambda linear: _Observed(linear))
+        _replace(out, name, lambda linear: _Observed(cast(nn.Linear, linear)))
     with torch.inference_mode():
         calibrate(out)
     for name in targets:
