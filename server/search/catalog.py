@@ -9,7 +9,6 @@ and adds their vectors to the stored, trained index. Each upsert gets fresh int6
 
 from __future__ import annotations
 
-import ctypes
 import hashlib
 import os
 from collections import Counter
@@ -147,7 +146,6 @@ class Catalog:
         try:
             catalog = cls(db, db.empty_index(), exact_max_items=exact_max_items)
             catalog._load_rows()
-            _release_freed_heap()
         except BaseException:
             db.close()
             raise
@@ -353,15 +351,6 @@ class Catalog:
             path = Path(photo)
             if path.parent == self._photo_folder:
                 path.unlink(missing_ok=True)
-
-
-def _release_freed_heap() -> None:
-    """Hand the heap pages freed while loading (a million row buffers) back to the system:
-    glibc keeps them otherwise, interleaved with the items kept. A no-op without glibc."""
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
 
 
 def _with_photo(item: Item, photo: str) -> Item:
