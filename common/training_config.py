@@ -90,8 +90,10 @@ class FederationConfig(Section):
     of the identity. The registry publishes a moving average of the global adapter
     with ``average_decay`` per round (0: the aggregate); training continues from the
     aggregate, moved by ``server_lr`` times the noised average update (with
-    ``server_momentum``). ``seed`` makes simulations reproducible (cohorts and noise); it
-    is never published and a deployed server ignores it.
+    ``server_momentum``). ``sum_bound``: refuse a round whose noised payload sum is
+    heavier than any honest cohort's could be (a poisoning check on the sum alone,
+    ``server.federation.sum_bound``). ``seed`` makes simulations reproducible (cohorts
+    and noise); it is never published and a deployed server ignores it.
     """
 
     rounds: int = Field(default=30, ge=1)
@@ -116,6 +118,7 @@ class FederationConfig(Section):
     client_cpus: int = Field(default=1, ge=1, description="CPUs per simulated device")
     publish: bool = True
     average_decay: float = Field(default=0.8, ge=0, lt=1)
+    sum_bound: bool = False
 
     @model_validator(mode="after")
     def _noise_needs_secagg(self) -> FederationConfig:

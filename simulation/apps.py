@@ -4,7 +4,8 @@ The ServerApp is the deployment's own, drawing its randomness from ``federation.
 runs repeat; the ClientApp is the deployment's ClientApp with the simulated population
 injected as the devices' data (``simulation.devices``) and the wiretaps
 (``simulation.wiretap``), faults (``simulation.faults``), privacy-audit canaries
-(``simulation.canaries``) and deliberately broken noise (``simulation.broken_noise``),
+(``simulation.canaries``), poisoning devices (``simulation.poisoning``) and deliberately
+broken noise (``simulation.broken_noise``),
 which act only when a run switches them on, and SecAgg+'s rounding seeded from the run's
 seed (``simulation.seeded_rounding``).
 """
@@ -19,6 +20,7 @@ from simulation.broken_noise import silent_noise_mod
 from simulation.canaries import canary_mod
 from simulation.devices import simulated_device
 from simulation.faults import fault_mod
+from simulation.poisoning import attack_mod
 from simulation.seeded_rounding import seeded_rounding_mod
 from simulation.wiretap import run_tap, server_tap
 
@@ -30,7 +32,7 @@ server_app = build_server_app(seeded=True, on_sum=server_tap)
 client_app = build_client_app(
     source=simulated_device,
     outer_mods=[seeded_rounding_mod, fault_mod, run_tap("wire"), silent_noise_mod],
-    inner_mods=[run_tap("plain"), canary_mod],
+    inner_mods=[run_tap("plain"), canary_mod, attack_mod],
 )
 
 __all__ = ["client_app", "server_app"]

@@ -12,6 +12,7 @@ from common.cli import UsageError, add_config_arguments, config_from_args
 
 if TYPE_CHECKING:
     from common.config import Config
+    from simulation.poisoning import AttackPlan
 
 
 def register_simulation_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -58,6 +59,22 @@ def register_simulation_commands(subparsers: argparse._SubParsersAction) -> None
         metavar="HOST:PORT",
         help="run on this existing Ray cluster (every node needs fedsearch installed and the "
         "run folder on a shared filesystem)",
+    )
+    simulate.add_argument(
+        "--attack",
+        metavar="KIND:FRACTION[:BOOST]",
+        help="poisoning devices (simulation only): KIND boost (model replacement), target "
+        "(one item to the top for one query) or signflip; FRACTION of the devices, seeded "
+        "from federation.seed; BOOST scales their update (default 1/FRACTION)",
+    )
+    simulate.add_argument(
+        "--defence",
+        choices=("dp-clipping", "sum-bound", "verified-norm"),
+        default="dp-clipping",
+        help="with --attack: dp-clipping (the devices' clipping alone: attackers skip it), "
+        "sum-bound (the server refuses a round whose noised sum no honest cohort could "
+        "send: federation.sum_bound; attackers stay under it) or verified-norm (emulated "
+        "per-device norm proofs: attackers held to the clipping norm); see README, poisoning",
     )
     add_config_arguments(simulate)
     simulate.set_defaults(handler=_simulate)
@@ -141,6 +158,7 @@ def sized_run_config(args: argparse.Namespace, **federation: object) -> Config:
 def _simulate(args: argparse.Namespace) -> int:
     from simulation.report import simulate_and_report, table
 
+    attack = _attack_plan(args)
     config = sized_run_config(args, secagg=False if args.no_secagg else None)
     summary = simulate_and_report(
         config,
@@ -150,11 +168,26 @@ def _simulate(args: argparse.Namespace) -> int:
         baselines=not args.no_baselines,
         reset_ledger=args.reset_ledger,
         ray_address=args.ray_address,
+        attack=attack,
         verbose=args.verbose,
     )
     print(table(summary))
     print(f"report: {summary['run_dir']}")
     return 0
+
+
+def _attack_plan(args: argparse.Namespace) -> AttackPlan | None:
+    from simulation.poisoning import AttackPlan, parse_attack
+
+    if args.attack is None:
+        if args.defence != "dp-clipping":
+            raise UsageError("--defence: only with --attack")
+        return None
+    try:
+        kind, fraction, boost = parse_attack(args.attack)
+    except ValueError as error:
+        raise UsageError(f"--attack: {error}") from None
+    return AttackPlan(kind, fraction, boost, args.defence)
 
 
 def _bench(args: argparse.Namespace) -> int:

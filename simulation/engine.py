@@ -39,6 +39,7 @@ from server.training.warm_start import train_warm_start
 from simulation.devices import run_public_key, save_population, simulation_key
 from simulation.faults import write_fault_settings
 from simulation.loader import load_population
+from simulation.poisoning import AttackPlan, write_attack_settings
 from simulation.population import Population
 from simulation.superlink import SIMULATION_CONNECTION, LocalSuperLink
 from simulation.wiretap import write_tap_settings
@@ -152,6 +153,7 @@ def simulate(
     reset_ledger: bool = False,
     dropout: float = 0.0,
     dropout_stages: Sequence[str] = ("unmask",),
+    attack: AttackPlan | None = None,
     verbose: bool = False,
 ) -> SimulationResult:
     """Run ``config.federation.rounds`` federated rounds over the population's devices.
@@ -159,7 +161,9 @@ def simulate(
     The population's ledger (``federation.ledger_dir``) composes every run on the same
     simulated people; ``reset_ledger`` starts it afresh (they are fictional, after all).
     ``dropout``: that fraction of the devices sent a message of one of ``dropout_stages``
-    fails it (``simulation.faults``). ``wiretap``: record every reply the devices send, and
+    fails it (``simulation.faults``). ``attack``: a seeded share of the devices poison
+    their payloads (``simulation.poisoning``; its ``sum-bound`` defence switches
+    ``federation.sum_bound`` on). ``wiretap``: record every reply the devices send, and
     the server's payload sums, into this folder (``simulation.wiretap``; ``wiretap_content``
     False keeps sizes only; ``wiretap_positions`` picks the device taps). ``ray_address``:
     run on that Ray cluster. ``verbose``: show Flower's log as it runs.
@@ -168,6 +172,8 @@ def simulate(
         population = load_population(
             population_name, config, num_devices=num_devices, seed=config.federation.seed
         )
+    if attack is not None and attack.defence == "sum-bound":
+        config = with_overrides(config, sum_bound=True)  # that defence is the server's check
     config = absolute_paths(config)  # the apps run in other processes, other folders
     folder = Path(run_dir).resolve() if run_dir else default_run_dir(config, population_name)
     warm = config.federation.warm_start and population.phrases is not None
@@ -192,6 +198,9 @@ def simulate(
     if dropout:
         seed = config.federation.seed
         write_fault_settings(spec.run_dir, fraction=dropout, stages=dropout_stages, seed=seed)
+    if attack is not None:
+        seed = config.federation.seed
+        write_attack_settings(spec.run_dir, attack.settings(population, seed=seed))
     start = time.perf_counter()
     signing_key = spec.run_dir / "signing" / "signing.key"
     with LocalSuperLink(

@@ -41,6 +41,7 @@ from simulation.engine import SimulationResult, simulate  # noqa: E402
 from simulation.evaluation import evaluate_population  # noqa: E402
 from simulation.loader import load_population  # noqa: E402
 from simulation.memory import PeakMemory  # noqa: E402
+from simulation.poisoning import AttackPlan, attack_summary, read_attack_settings  # noqa: E402
 from simulation.population import Population, describe  # noqa: E402
 
 METRICS = ("HR@10", "nDCG@10", "MRR")
@@ -89,6 +90,7 @@ def summarize(
     evaluations: dict[int, dict],
     baselines: dict[str, dict[str, float]] | None = None,
     peak_memory_bytes: int | None = None,
+    attack: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     spec = result.spec
     federation = spec.config.federation
@@ -117,6 +119,7 @@ def summarize(
         "personal_vs_base_ndcg": personal / base if base and personal is not None else None,
         "share_of_centralized_gain": _gain_share(base, personal, central),
         "models": rows,
+        "attack": attack,
     }
 
 
@@ -141,6 +144,14 @@ def table(summary: dict[str, Any]) -> str:
         cells = [_fmt(values.get(m)) for m in METRICS]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     lines += ["", f"privacy: {summary['against']}"]
+    attack = summary.get("attack")
+    if attack:
+        lines.append(
+            f"attack: {attack['kind']}, {attack['attackers']} devices ({attack['fraction']:.0%}), "
+            f"boost {attack['boost']:g}, defence {attack['defence']}; target item "
+            f"{attack['target_item']} for {attack['target_query']!r}: rank "
+            f"{attack['target_rank_base']} (base) -> {attack['target_rank']} (published adapter)"
+        )
     ratio = summary["personal_vs_base_ndcg"]
     if ratio is not None:
         lines += ["", f"personalized nDCG@10 / base nDCG@10 = {ratio:.3f}"]
@@ -228,7 +239,9 @@ def write_report(
     """Write summary, plots and shoppers into the run folder; return the summary."""
     run_dir = result.run_dir
     evaluations = evaluate_versions(result, population)
-    summary = summarize(result, evaluations, baselines, peak_memory_bytes)
+    summary = summarize(
+        result, evaluations, baselines, peak_memory_bytes, attack=attack_figures(result, population)
+    )
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2), "utf-8")
     (run_dir / "summary.md").write_text(table(summary) + "\n", "utf-8")
     (run_dir / "evaluation.json").write_text(json.dumps(evaluations, indent=1), "utf-8")
@@ -242,6 +255,16 @@ def write_report(
     return summary
 
 
+def attack_figures(result: SimulationResult, population: Population) -> dict[str, Any] | None:
+    """The run's attack (``simulation.poisoning``) against its last published version."""
+    settings = read_attack_settings(result.run_dir)
+    if settings is None:
+        return None
+    folders = [r["published"] for r in result.rounds if r.get("published")]
+    adapter = QueryAdapter.load(Path(folders[-1]) / ADAPTER_FILE) if folders else None
+    return attack_summary(settings, population.item_vectors, adapter)
+
+
 def simulate_and_report(
     config: Config,
     population_name: str,
@@ -251,6 +274,7 @@ def simulate_and_report(
     baselines: bool = True,
     reset_ledger: bool = False,
     ray_address: str = "",
+    attack: AttackPlan | None = None,
     verbose: bool = False,
 ) -> dict[str, Any]:
     """Load the population, run the federation, the baselines and write the report
@@ -271,6 +295,7 @@ def simulate_and_report(
             run_dir=run_dir,
             reset_ledger=reset_ledger,
             ray_address=ray_address,
+            attack=attack,
             verbose=verbose,
         )
     reference = run_baselines(population, config).metrics if baselines else None

@@ -15,6 +15,8 @@
 - Statistics: counts of devices that trained and declined, and the mean over evaluated
   devices of each ranking metric of the published version they verified, all carrying the
   round's noise (their standard deviation is recorded). No evaluation messages are sent.
+- Poisoning check (``federation.sum_bound``): a sum heavier than any honest cohort's
+  (``server.federation.sum_bound``) refuses the round: no update, recorded as refused.
 
 ``RoundLog`` keeps each aggregated round's figures for the run's records.
 """
@@ -48,6 +50,7 @@ from common.federation.privacy_plan import PrivacyPlan
 from common.federation.run_spec import RunSpec
 from common.privacy.keystream import KeystreamRandom
 from server.federation.server_update import ServerOptimizer
+from server.federation.sum_bound import SumBound
 
 log = logging.getLogger(__name__)
 REGISTRATION_TIMEOUT_S = 600
@@ -95,6 +98,8 @@ class FederatedAdapterStrategy(FedAvg):
         )
         self.current: list[np.ndarray] = list(initial)
         self.log = RoundLog()
+        bounded = spec.config.federation.sum_bound
+        self.sum_bound = SumBound(plan, self.codec.size) if bounded else None
 
     def __repr__(self) -> str:
         return f"FederatedAdapterStrategy(q={self.plan.sample_rate:.4g})"
@@ -134,6 +139,13 @@ class FederatedAdapterStrategy(FedAvg):
             total = total + self.plan.sigma_server * self.rng.normal(total.size)
         if self.on_sum is not None:
             self.on_sum(self.spec, server_round, total)
+        if self.sum_bound is not None and not self.sum_bound.admits(total, len(results)):
+            log.warning(
+                "round %d refused: the sum is heavier than honest devices send", server_round
+            )
+            figures = {"devices": float(len(results)), "failures": float(len(failures))}
+            self.log.fit[server_round] = figures | {"refused": 1.0}
+            return None, dict(self.log.fit[server_round])
         update_sum, stats = self.codec.decode(total)
         denominator = self.plan.expected_devices if self.plan.dp else len(results)
         average = [u / denominator for u in update_sum]
