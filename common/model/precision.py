@@ -2,14 +2,13 @@
 
 A CPU that advertises bfloat16 instructions is not always faster in bfloat16: for short
 queries the casts can cost more than the matrix products save. The candidates: float32,
-bfloat16 (autocast) and int8 (static scales calibrated on ``CALIBRATION_QUERIES``,
-``common.model.int8``: a query's vector stays independent of its batch, unlike torch's
-dynamic quantization). ``choose_precision`` encodes
-a few dozen probe queries with each candidate in alternating rounds (so a burst of load on a
-shared machine hits them alike), checks each candidate's vectors against float32's, and
-keeps the fastest candidate that agrees; float32 is the reference and wins every tie, so the
-choice is never slower than float32 on the measurement. The choice is remembered per model
-version for the life of the process.
+bfloat16 (autocast) and int8 (``common.model.int8``, its channel smoothing calibrated on
+``CALIBRATION_QUERIES``: a query's vector stays independent of its batch, unlike torch's
+dynamic quantization). ``choose_precision`` encodes a few dozen probe queries with each
+candidate in alternating rounds (so a burst of load on a shared machine hits them alike),
+checks each candidate's vectors against float32's, and keeps the fastest that agrees;
+float32 is the reference and wins every tie, so the choice is never slower than float32 on
+the measurement. The choice is remembered per model version for the life of the process.
 """
 
 from __future__ import annotations
@@ -48,7 +47,7 @@ PROBE_QUERIES = (
     "set of 6 tea lights",
     "christmas decoration",
 )
-# int8's input ranges are calibrated on these, not on the probes that check its agreement.
+# int8's channel scales are calibrated on these, not on the probes that check its agreement.
 CALIBRATION_QUERIES = (
     "black running shoes for men",
     "women's analog watch with a leather strap",
