@@ -47,7 +47,7 @@ __all__ = [
 ]
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-TextPrecision = Literal["auto", "float32", "bfloat16"]
+TextPrecision = Literal["auto", "float32", "bfloat16", "int8"]
 TEXT_PRECISIONS: tuple[str, ...] = get_args(TextPrecision)
 
 
@@ -180,9 +180,9 @@ class SearchConfig(Section):
     candidates are re-scored on the full vectors. ``store_dir`` "": ``<work_dir>/search``.
     ``public_key`` "": registry versions are checked against their manifest's sha256,
     without a signature. ``query_precision``: the query text tower's ("auto": measured at
-    start-up, the fastest whose vectors agree with float32's); items are always encoded in
-    float32. ``query_cache_size``: encoded query texts kept (LRU; 0: no cache). Threads 0:
-    the library default.
+    start-up among float32, bfloat16 and int8 weights, the fastest whose vectors agree with
+    float32's); items are always encoded in float32. ``query_cache_size``: encoded query
+    texts kept (LRU; 0: no cache). Threads 0: the library default.
 
     Security (``server.search.auth``, ``serve_checks``): ``admin_token`` guards catalog
     writes and ``/admin/*`` ("": ``$FEDSEARCH_ADMIN_TOKEN``, else the token file the first

@@ -18,7 +18,7 @@ import json
 import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from copy import deepcopy
+from copy import copy, deepcopy
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from transformers.utils import logging as hf_logging
 
 from common.model.errors import EncoderError
 from common.model.fusion import fuse
+from common.model.int8 import quantize_linears
 from common.progress import progress_bar
 from common.security.versions import latest_version, read_manifest
 
@@ -257,6 +258,7 @@ class Encoder:
         self.config = config
         self.batch_size = 128
         self.text_autocast: torch.dtype | None = None
+        self.text_int8 = False
 
     @property
     def dim(self) -> int:
@@ -264,8 +266,24 @@ class Encoder:
 
     @property
     def text_precision(self) -> str:
-        """The text tower's compute precision: "bfloat16" (autocast) or "float32"."""
+        """The text tower's precision: "int8" (weights), "bfloat16" (autocast) or "float32"."""
+        if self.text_int8:
+            return "int8"
         return "bfloat16" if self.text_autocast is not None else "float32"
+
+    def with_int8_text(self, calibration: Sequence[str]) -> Encoder:
+        """A copy whose text tower's linear layers run in int8 (``common.model.int8``),
+        calibrated on ``calibration`` texts; the vision tower is left as it is."""
+        out = copy(self)
+        out.text_autocast = None
+
+        def calibrate(model: Any) -> None:
+            out.model = model
+            out.encode_text(list(calibration))
+
+        out.model = quantize_linears(self.model, calibrate, skip=("visual",))
+        out.text_int8 = True
+        return out
 
     @property
     def device(self) -> torch.device:

@@ -1,12 +1,14 @@
 """The query text tower's compute precision, chosen by measuring it, not by CPU flags.
 
 A CPU that advertises bfloat16 instructions is not always faster in bfloat16: for short
-queries the casts can cost more than the matrix products save. ``choose_precision`` encodes
-a few dozen probe queries with each candidate in alternating rounds (so a burst of load on a
-shared machine hits them alike), checks each candidate's vectors against float32's, and
-keeps the fastest candidate that agrees; float32 is the reference and wins every tie, so the
-choice is never slower than float32 on the measurement. The choice is remembered per model
-version for the life of the process.
+queries the casts can cost more than the matrix products save. The candidates: float32,
+bfloat16 (autocast) and int8 (``common.model.int8``, its channel smoothing calibrated on
+``CALIBRATION_QUERIES``: a query's vector stays independent of its batch, unlike torch's
+dynamic quantization). ``choose_precision`` encodes a few dozen probe queries with each
+candidate in alternating rounds (so a burst of load on a shared machine hits them alike),
+checks each candidate's vectors against float32's, and keeps the fastest that agrees;
+float32 is the reference and wins every tie, so the choice is never slower than float32 on
+the measurement. The choice is remembered per model version for the life of the process.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from copy import copy
 from dataclasses import dataclass, field
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, cast
 
 import numpy as np
 import torch
@@ -25,7 +27,7 @@ from common.config import TEXT_PRECISIONS
 
 log = logging.getLogger(__name__)
 
-CANDIDATES = ("float32", "bfloat16")
+CANDIDATES = ("float32", "bfloat16", "int8")
 MIN_COSINE = 0.999
 PROBE_QUERIES = (
     "black casual shoes",
@@ -45,7 +47,34 @@ PROBE_QUERIES = (
     "set of 6 tea lights",
     "christmas decoration",
 )
-_DTYPES = {"float32": None, "bfloat16": torch.bfloat16}
+# int8's channel scales are calibrated on these, not on the probes that check its agreement.
+CALIBRATION_QUERIES = (
+    "black running shoes for men",
+    "women's analog watch with a leather strap",
+    "navy blue slim fit formal shirt",
+    "yellow kurta",
+    "gold plated necklace and earrings set for women",
+    "grey hooded sweatshirt for boys",
+    "casual shoes",
+    "maroon saree with a printed border",
+    "sunglasses",
+    "purple backpack",
+    "white metal lantern",
+    "hand warmer",
+    "vintage doily bag with a pink polka dot design",
+    "set of 3 cake tins in pantry design",
+    "regency cakestand 3 tier",
+    "jumbo bag red retrospot",
+    "heart of wicker small",
+    "alarm clock bakelike green",
+    "party bunting",
+    "glass star frosted t-light holder",
+    "Puma Men Black Sports Shoes",
+    "Fastrack Women Silver Dial Watch",
+    "Nike Unisex Blue Backpack",
+    "flip flops",
+)
+_DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "int8": None}
 
 
 class TextTower(Protocol):
@@ -58,6 +87,8 @@ class TextTower(Protocol):
     def text_precision(self) -> str: ...
 
     def encode_text(self, texts: Sequence[str]) -> np.ndarray: ...
+
+    def with_int8_text(self, calibration: Sequence[str]) -> Any: ...
 
 
 _Tower = TypeVar("_Tower", bound=TextTower)
@@ -74,11 +105,16 @@ class PrecisionChoice:
 
 
 def at_precision(tower: _Tower, precision: str) -> _Tower:
-    """``tower`` (its model shared) computing in ``precision``: "float32" or "bfloat16"."""
+    """``tower`` computing in ``precision``: "float32" or "bfloat16" (its model shared), or
+    "int8" (a copy with int8 weights). ``tower`` must not be an int8 copy itself."""
     if precision not in _DTYPES:
         raise ValueError(f"precision must be one of {', '.join(_DTYPES)}, got {precision!r}")
-    if tower.text_autocast == _DTYPES[precision]:
+    if tower.text_precision == precision:
         return tower
+    if tower.text_precision == "int8":
+        raise ValueError("an int8 tower cannot be converted back: start from the float one")
+    if precision == "int8":
+        return cast(_Tower, tower.with_int8_text(CALIBRATION_QUERIES))
     out = copy(tower)
     out.text_autocast = _DTYPES[precision]
     return out

@@ -14,6 +14,7 @@ each file, checked before loading.
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 from collections.abc import Sequence
@@ -30,6 +31,7 @@ from torch.nn import functional as F
 
 from common.model.encoder import resolve_package_path
 from common.model.errors import EncoderError
+from common.model.int8 import module_bytes, quantize_linears
 from common.security.versions import IntegrityError, latest_version, verify_files
 
 if TYPE_CHECKING:
@@ -172,6 +174,7 @@ class QueryStudent:
         self.version = version
         self.batch_size = 128
         self.text_autocast: torch.dtype | None = None
+        self.text_int8 = False
 
     @property
     def dim(self) -> int:
@@ -179,7 +182,23 @@ class QueryStudent:
 
     @property
     def text_precision(self) -> str:
+        if self.text_int8:
+            return "int8"
         return "bfloat16" if self.text_autocast is not None else "float32"
+
+    def with_int8_text(self, calibration: Sequence[str]) -> QueryStudent:
+        """A copy whose linear layers run in int8 (``common.model.int8``), calibrated on
+        ``calibration`` texts."""
+        out = copy.copy(self)
+        out.text_autocast = None
+
+        def calibrate(tower: nn.Module) -> None:
+            out.tower = cast(StudentTextTower, tower)
+            out.encode_text(list(calibration))
+
+        out.tower = cast(StudentTextTower, quantize_linears(self.tower, calibrate))
+        out.text_int8 = True
+        return out
 
     @property
     def device(self) -> torch.device:
@@ -187,7 +206,7 @@ class QueryStudent:
 
     @property
     def size_bytes(self) -> int:
-        return sum(p.numel() * p.element_size() for p in self.tower.parameters())
+        return module_bytes(self.tower)
 
     @torch.inference_mode()
     def encode_text(self, texts: Sequence[str], *, progress: bool = False) -> np.ndarray:

@@ -33,6 +33,8 @@ from server.search.vector_index import VectorIndex
 
 __all__ = ["Catalog", "CatalogStoreError", "Filters", "Item", "PhotoUpload"]
 
+LOAD_CHUNK = 65536
+
 
 @dataclass(frozen=True)
 class Item:
@@ -151,17 +153,18 @@ class Catalog:
         return catalog
 
     def _load_rows(self) -> None:
-        keys, vectors = [], []
+        """Items into memory, then their vectors into the index in chunks (a list and a
+        stacked copy of a million vectors would stay in the process's heap)."""
         for row in self.db.rows():
             record, key, vector = row_record(row)
             if vector.shape != (self.dim,):
                 raise CatalogStoreError(f"{self.folder}: item {record['id']!r} has a bad vector")
             self._put(Item(**record), vector, key)
-            keys.append(key)
-            vectors.append(vector)
-        if vectors:
-            self.index.add(np.stack(vectors), np.array(keys))
-        self._next_key = max(keys, default=-1) + 1
+        n, rows = self._rows.n, self._rows
+        for start in range(0, n, LOAD_CHUNK):
+            chunk = slice(start, min(n, start + LOAD_CHUNK))
+            self.index.add(rows.vectors[chunk], rows.keys[chunk])
+        self._next_key = int(rows.keys[:n].max()) + 1 if n else 0
 
     # -- reading --------------------------------------------------------------------------
 

@@ -1,5 +1,5 @@
-"""Search commands: ``fedsearch index``, ``serve``, ``search``, ``bench-search`` and
-``bench-speech``."""
+"""Search commands: ``fedsearch index``, ``serve``, ``search``, ``bench-search``,
+``bench-precision``, ``bench-limits`` and ``bench-speech``."""
 
 from __future__ import annotations
 
@@ -109,6 +109,20 @@ def register_search_commands(subparsers: argparse._SubParsersAction) -> None:
     bench.add_argument("--workloads", default="uniform,zipf", help="comma-separated")
     bench.add_argument("--out", help="also write the figures as JSON to this file")
     bench.set_defaults(handler=_bench)
+
+    precision = subparsers.add_parser(
+        "bench-precision",
+        help="the query text tower in float32, bfloat16 and int8: agreement, speed, size",
+        description="Encodes catalog-built queries with the query text tower "
+        "(encoder.query_model, else the base encoder's) in float32, bfloat16 and int8 "
+        "weights; prints each one's cosine to float32, top-10 overlap with float32's answers "
+        "over the catalog's items, single-query ms (interleaved) and size.",
+    )
+    add_config_arguments(precision)
+    precision.add_argument("--queries", type=int, default=1000, help="compared queries")
+    precision.add_argument("--timed", type=int, default=100, help="of them, timed ones")
+    precision.add_argument("--rounds", type=int, default=3, help="timing rounds")
+    precision.set_defaults(handler=_bench_precision)
 
     limits = subparsers.add_parser(
         "bench-limits",
@@ -303,6 +317,18 @@ def _listed(text: str, known: tuple[str, ...], option: str) -> list[str]:
     if not names:
         raise UsageError(f"{option}: name at least one of {', '.join(known)}")
     return names
+
+
+@_user_errors
+def _bench_precision(args: argparse.Namespace) -> int:
+    from server.search.bench_precision import run_precision_bench
+
+    if args.queries < args.timed or args.timed < 1 or args.rounds < 1:
+        raise UsageError("need --queries >= --timed >= 1 and --rounds >= 1")
+    run_precision_bench(
+        config_from_args(args), queries=args.queries, timed=args.timed, rounds=args.rounds
+    )
+    return 0
 
 
 @_user_errors

@@ -1,3 +1,5 @@
+from __future__ import annotations
+
 import numpy as np
 import pytest
 
@@ -34,21 +36,29 @@ class Clock:
 
 
 class FakeTower:
-    """Encodes instantly in real time, advancing ``clock`` by the cost of its precision."""
+    """Encodes instantly in real time, advancing ``clock`` by the cost of its precision;
+    ``drift[precision]`` moves that precision's vectors away from float32's."""
 
-    def __init__(self, clock: Clock, cost: dict, drift: float = 0.0) -> None:
-        self.version, self.text_autocast = "fake:v1", None
-        self.clock, self.cost, self.drift = clock, cost, drift
+    def __init__(self, clock: Clock, cost: dict, drift: dict | None = None) -> None:
+        self.version, self.text_autocast, self.int8 = "fake:v1", None, False
+        self.clock, self.cost, self.drift = clock, {"int8": 1.0, **cost}, drift or {}
 
     @property
     def text_precision(self) -> str:
+        if self.int8:
+            return "int8"
         return "bfloat16" if self.text_autocast is not None else "float32"
+
+    def with_int8_text(self, calibration) -> FakeTower:
+        assert calibration and not set(calibration) & set(PROBE_QUERIES)
+        out = FakeTower(self.clock, self.cost, self.drift)
+        out.int8 = True
+        return out
 
     def encode_text(self, texts):
         self.clock.now += self.cost[self.text_precision] * len(texts)
         rows = np.ones((len(texts), 4), dtype=np.float32)
-        if self.text_precision == "bfloat16":
-            rows[:, 0] += self.drift
+        rows[:, 0] += self.drift.get(self.text_precision, 0.0)
         return rows / np.linalg.norm(rows, axis=1, keepdims=True)
 
 
@@ -63,8 +73,9 @@ class FakeTower:
 )
 def test_auto_keeps_the_fastest_agreeing_precision(float32_ms, bfloat16_ms, drift, expected):
     clock = Clock()
-    tower = FakeTower(clock, {"float32": float32_ms / 1e3, "bfloat16": bfloat16_ms / 1e3}, drift)
-    choice = choose_precision(tower, timer=clock)
+    cost = {"float32": float32_ms / 1e3, "bfloat16": bfloat16_ms / 1e3}
+    tower = FakeTower(clock, cost, {"bfloat16": drift})
+    choice = choose_precision(tower, candidates=("float32", "bfloat16"), timer=clock)
     assert choice.precision == expected
     assert choice.ms_per_query == pytest.approx({"float32": float32_ms, "bfloat16": bfloat16_ms})
     assert "float32" in choice.reason and "bfloat16" in choice.reason
@@ -76,7 +87,7 @@ def test_auto_is_never_slower_than_float32_on_what_it_measured():
     rng = np.random.default_rng(0)
     for _ in range(50):
         clock = Clock()
-        cost = {"float32": rng.uniform(1, 10) / 1e3, "bfloat16": rng.uniform(1, 10) / 1e3}
+        cost = {p: rng.uniform(1, 10) / 1e3 for p in ("float32", "bfloat16", "int8")}
         choice = choose_precision(FakeTower(clock, cost), probes=PROBE_QUERIES[:4], timer=clock)
         assert cost[choice.precision] <= cost["float32"]
 
@@ -91,7 +102,7 @@ def test_resolve_measures_auto_once_per_model_version(monkeypatch):
     clock = Clock()
     monkeypatch.setattr("common.model.precision.choose_precision", fake_choose)
     monkeypatch.setattr("common.model.precision._CHOICES", {})
-    tower = FakeTower(clock, {"float32": 0.002, "bfloat16": 0.001})
+    tower = FakeTower(clock, {"float32": 0.002, "bfloat16": 0.001, "int8": 0.003})
     served, choice = resolve_precision(tower, "auto")
     assert choice.precision == "bfloat16" and served.text_precision == "bfloat16"
     assert resolve_precision(tower, "auto")[1] is choice and calls == ["fake:v1"]
@@ -99,3 +110,27 @@ def test_resolve_measures_auto_once_per_model_version(monkeypatch):
     assert fixed is tower and why.reason == "set by configuration"
     with pytest.raises(ValueError, match="precision"):
         resolve_precision(tower, "int4")
+
+
+@pytest.mark.parametrize(
+    ("int8_drift", "expected"),
+    [(0.0, "int8"), (0.2, "float32")],  # agreeing int8 is kept; disagreeing int8 is refused
+)
+def test_auto_keeps_int8_only_when_it_agrees_and_is_faster(int8_drift, expected):
+    clock = Clock()
+    cost = {"float32": 0.005, "bfloat16": 0.009, "int8": 0.002}
+    choice = choose_precision(FakeTower(clock, cost, {"int8": int8_drift}), timer=clock)
+    assert choice.precision == expected
+    assert choice.ms_per_query == pytest.approx({"float32": 5.0, "bfloat16": 9.0, "int8": 2.0})
+    assert ("int8 refused" in choice.reason) == bool(int8_drift)
+    slower = FakeTower(clock, {**cost, "int8": 0.006})
+    assert choose_precision(slower, timer=clock).precision == "float32"
+
+
+def test_an_int8_tower_is_a_copy_that_cannot_go_back(untrained_encoder):
+    int8 = at_precision(untrained_encoder, "int8")
+    assert int8.text_precision == "int8" and int8.model is not untrained_encoder.model
+    assert untrained_encoder.text_precision == "float32"
+    assert at_precision(int8, "int8") is int8
+    with pytest.raises(ValueError, match="int8"):
+        at_precision(int8, "float32")

@@ -59,7 +59,7 @@ def test_a_distilled_student_encodes_the_queries(
         query = c.get("/version").json()["query"]
     assert query["text_model"].startswith(f"query-student:{folder.name}:")
     assert query["cache"] is None and "measured" in query["precision_reason"]
-    assert set(query["precision_ms_per_query"]) == {"float32", "bfloat16"}
+    assert set(query["precision_ms_per_query"]) == {"float32", "bfloat16", "int8"}
     student = app.state.service.engine.query_encoder.text_tower
     np.testing.assert_allclose(
         body["query_vector"], student.encode_text(["black watch"])[0], atol=1e-6

@@ -1,0 +1,98 @@
+"""Query text tower precisions against float32 (``fedsearch bench-precision``).
+
+For the configured query tower (the base encoder's, or the distilled student with
+``encoder.query_model``) at float32, bfloat16 and int8 weights: the cosine of each query's
+vector to its float32 vector, the top-10 overlap with float32's answers over the catalog's
+item vectors, the median time of a single-query encode (precisions interleaved query by
+query, so a burst of load on a shared machine hits them alike) and the text tower's size.
+Queries are built from catalog attributes and titles; no precision is trained on them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from typing import Any
+
+import numpy as np
+
+from common.config import Config, config_from_dict
+from common.model.encoder import Encoder
+from common.model.int8 import module_bytes
+from common.model.precision import CANDIDATES, TextTower, at_precision
+from server.search.catalog_build import (
+    catalog_text_queries,
+    encode_catalog_items,
+    encoder_from_config,
+    fashion_items,
+)
+from server.search.query_model import query_text_tower
+from server.search.threads import apply_thread_settings
+from server.search.vector_index import RECALL_K, ann_recall_at_k, exact_top_k
+
+
+def text_tower_mb(tower: TextTower) -> float:
+    """Megabytes of the tower's text weights (a base encoder's vision tower left out)."""
+    if isinstance(tower, Encoder):
+        visual = module_bytes(tower.model.visual) if hasattr(tower.model, "visual") else 0
+        return (module_bytes(tower.model) - visual) / 1e6
+    return module_bytes(tower.tower) / 1e6  # type: ignore[attr-defined]
+
+
+def run_precision_bench(
+    config: Config, *, queries: int = 1000, timed: int = 100, rounds: int = 3
+) -> dict[str, Any]:
+    """The figures for each precision; printed as a table and returned."""
+    if queries < timed or timed < 1 or rounds < 1:
+        raise ValueError("need queries >= timed >= 1 and rounds >= 1")
+    apply_thread_settings(config.search.torch_threads, config.search.faiss_threads)
+    encoder = encoder_from_config(config)
+    float32 = config_from_dict({"search": {"query_precision": "float32"}}, config)
+    tower, _ = query_text_tower(float32, encoder)
+    items = fashion_items(config)
+    item_vectors = encode_catalog_items(config, encoder, items, progress=False)
+    texts = catalog_text_queries(items, queries)
+    towers = {name: at_precision(tower, name) for name in CANDIDATES}
+    vectors = {name: t.encode_text(texts) for name, t in towers.items()}
+    keys = np.arange(len(items), dtype=np.int64)
+    top = {name: exact_top_k(item_vectors, keys, v, RECALL_K) for name, v in vectors.items()}
+    times: dict[str, list[float]] = {name: [] for name in towers}
+    for _ in range(rounds):
+        for text in texts[:timed]:
+            for name, t in towers.items():
+                start = time.perf_counter()
+                t.encode_text([text])
+                times[name].append(time.perf_counter() - start)
+    rows = {}
+    for name, t in towers.items():
+        cos = np.sum(vectors[name] * vectors["float32"], axis=1)
+        rows[name] = {
+            "cos_mean": round(float(cos.mean()), 6),
+            "cos_min": round(float(cos.min()), 6),
+            "top10_overlap": round(ann_recall_at_k(top[name], top["float32"]), 4),
+            "ms_per_query": round(float(np.median(times[name])) * 1000, 3),
+            "size_mb": round(text_tower_mb(t), 1),
+        }
+    figures = {
+        "query_model": tower.version,
+        "queries": len(texts),
+        "items": len(items),
+        "load_average": os.getloadavg()[0],
+        "precisions": rows,
+    }
+    print_precision_table(figures)
+    return figures
+
+
+def print_precision_table(figures: dict[str, Any]) -> None:
+    print(
+        f"{figures['query_model']}: {figures['queries']} queries, {figures['items']} items, "
+        f"load average {figures['load_average']:.1f}"
+    )
+    print("| precision | cos mean | cos min | top-10 overlap | ms/query | text tower MB |")
+    print("|---|---|---|---|---|---|")
+    for name, r in figures["precisions"].items():
+        print(
+            f"| {name} | {r['cos_mean']:.5f} | {r['cos_min']:.5f} | {r['top10_overlap']:.3f} "
+            f"| {r['ms_per_query']:.2f} | {r['size_mb']:.1f} |"
+        )

@@ -1,0 +1,41 @@
+import pytest
+
+import server.search.catalog_build
+from common.cli import main
+from common.config import config_from_dict
+from server.search.bench_precision import run_precision_bench
+
+
+@pytest.fixture
+def config(tmp_path, small_catalog, monkeypatch, untrained_encoder):
+    monkeypatch.setattr(
+        server.search.catalog_build, "create_encoder", lambda *a, **k: untrained_encoder
+    )
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "fashion_product_images_small_subset").symlink_to(small_catalog)
+    return config_from_dict(
+        {
+            "paths": {"data_dir": str(data), "work_dir": str(tmp_path / "work")},
+            "encoder": {"pretrained": "none"},
+        }
+    )
+
+
+def test_precisions_are_compared_with_float32(config, capsys):
+    figures = run_precision_bench(config, queries=30, timed=3, rounds=1)
+    rows = figures["precisions"]
+    assert list(rows) == ["float32", "bfloat16", "int8"] and figures["items"] == 40
+    assert rows["float32"]["cos_min"] == pytest.approx(1.0, abs=1e-5)
+    assert rows["float32"]["top10_overlap"] == 1.0
+    for name in ("bfloat16", "int8"):
+        assert 0.98 < rows[name]["cos_mean"] < 1.0
+        assert 0.5 < rows[name]["top10_overlap"] <= 1.0
+    assert rows["int8"]["size_mb"] < 0.7 * rows["float32"]["size_mb"]
+    assert all(r["ms_per_query"] > 0 for r in rows.values())
+    assert "| int8 |" in capsys.readouterr().out
+
+
+def test_bad_arguments_are_refused():
+    assert main(["bench-precision", "--queries", "5", "--timed", "10"]) == 2
+    assert main(["bench-precision", "--rounds", "0"]) == 2
