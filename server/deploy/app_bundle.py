@@ -5,6 +5,10 @@ given. The project folder also holds run data (``deploy/``, device folders, ``ru
 ``stage_app`` copies an allow-list into a folder of its own: ``pyproject.toml`` (the app's
 components and run config) and the modules and package data of the project's packages.
 
+``stage_app`` writes ``pyproject.toml`` as Flower's builder rewrites it into the FAB (parsed
+and dumped again, ``[tool.flwr.federations]`` dropped), so the app signature the operator
+adds (``sign_staged_app``, ``common.security.app_signing``) covers the FAB's bytes exactly.
+
 ``check_run_config`` names the keys of a ``--run-config`` string that the app's
 ``[tool.flwr.app.config]`` table does not list (flwr itself only answers "Invalid run
 configuration").
@@ -13,11 +17,15 @@ configuration").
 from __future__ import annotations
 
 import shutil
+import tomllib
 from pathlib import Path
 
+import tomli_w
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.common.config import get_project_config, parse_config_args
 
 from common.config import Config
+from common.security.app_signing import sign_app
 
 APP_PACKAGES = ("common", "client", "server", "simulation")
 APP_FILE_PATTERNS = ("*.py", "*.json", "*.toml")
@@ -50,7 +58,16 @@ def stage_app(source: Path, target: Path) -> Path:
     for relative in files:
         (target / relative).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source / relative, target / relative)
+    project = target / PROJECT_FILE
+    config = tomllib.loads(project.read_text(encoding="utf-8"))
+    config.get("tool", {}).get("flwr", {}).pop("federations", None)
+    project.write_text(tomli_w.dumps(config), encoding="utf-8")
     return target
+
+
+def sign_staged_app(app_dir: Path, private_key: Ed25519PrivateKey) -> int:
+    """Sign the staged app for devices (``client.app_guard``); returns how many files."""
+    return len(sign_app(app_dir, private_key))
 
 
 def run_config_keys(app_dir: Path) -> list[str]:
