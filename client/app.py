@@ -11,6 +11,13 @@ Where the device's data comes from is injected (``source``): on a real device, t
 encrypted store of its device folder (``stored_device``, node config ``device-dir``), with
 the device's own policy and OS randomness; in a simulation, the simulated population
 (``simulation.devices``). The ClientApp itself never depends on the simulator.
+
+A real device reads its own config only: its data, privacy policy and budget come from its
+device folder (node config ``device-dir``, set by the device's own ``device join``, and its
+``device.toml``), and of the server's run config it ignores every key that names a file or
+folder (``SERVER_PATH_KEYS``: ``config-file``, ``run-dir``, ``paths.*``) and ``device.*``,
+so a hostile run config cannot make it read another file of its disk or change its policy.
+The settings devices must agree on with the server travel in the run config itself.
 """
 
 from __future__ import annotations
@@ -48,6 +55,11 @@ from common.model.personalization import user_vector
 install_secure_masks()  # SecAgg+ masks keyed by the whole shared secret (server does too)
 
 DeviceSource = Callable[[RunSpec, Mapping[str, Any]], LocalDevice]
+SERVER_PATH_KEYS = ("config-file", "run-dir")
+DEVICE_IGNORED_SECTIONS = ("paths.", "device.")
+# the encoder the server names is not looked up on a device: it checks published versions
+# against the encoder its own vectors come from (``client.device.Device.base_model``)
+UNUSED_BASE_MODEL = "(not used on a device)"
 
 
 class AdapterClient(NumPyClient):
@@ -141,8 +153,11 @@ def build_client_app(
     source: DeviceSource = stored_device,
     outer_mods: Sequence[Mod] = (),
     inner_mods: Sequence[Mod] = (),
+    run_paths: bool = False,
 ) -> ClientApp:
-    """The ClientApp; ``spec`` None reads it from the Flower run config (``flwr run``).
+    """The ClientApp; ``spec`` None reads it from the Flower run config (``flwr run``),
+    without its paths unless ``run_paths`` (a simulation's devices live in its ``run-dir``;
+    a real device reads its own config only: see the module doc).
 
     ``source(spec, node_config)`` gives the device (see the module doc). ``outer_mods`` wrap
     everything (they see what leaves the device); ``inner_mods`` sit inside the privacy mods
@@ -150,7 +165,8 @@ def build_client_app(
     """
 
     def spec_of(context: Context) -> RunSpec:
-        return spec or _spec_from_run_config(tuple(sorted(context.run_config.items())))
+        run_config = context.run_config if run_paths else device_run_config(context.run_config)
+        return spec or _spec_from_run_config(tuple(sorted(run_config.items())))
 
     def device_of(context: Context) -> LocalDevice:
         run = spec_of(context)
@@ -166,6 +182,16 @@ def build_client_app(
         noise_source=lambda ctxt, r: device_of(ctxt).random("noise", r),
     )
     return ClientApp(client_fn=client_fn, mods=[*outer_mods, privacy, *inner_mods])
+
+
+def device_run_config(run_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The server's run config as a real device takes it (see the module doc)."""
+    kept = {
+        key: value
+        for key, value in run_config.items()
+        if key not in SERVER_PATH_KEYS and not key.startswith(DEVICE_IGNORED_SECTIONS)
+    }
+    return kept | {"base-model": UNUSED_BASE_MODEL}
 
 
 @functools.cache

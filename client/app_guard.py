@@ -2,13 +2,13 @@
 
 flwr 1.41's ``flwr-clientapp`` pulls the run's FAB from the SuperNode, installs it with
 ``install_from_fab`` (imported into ``flwr.supernode.runtime.run_clientapp``) and only then
-imports the ClientApp from the installed folder. ``fedsearch-clientapp`` (``run_guarded_clientapp``) is
-``flwr-clientapp`` with that one function wrapped: the FAB's files are first checked against
-the app signature inside it (``common.security.app_signing``) with the key named by
-``$FEDSEARCH_TRUSTED_APP_KEY`` (the device's ``signing.pub``). An unsigned, altered or
-foreign FAB raises before it is installed, so none of its code is ever imported; Flower's
-ClientApp runner logs the error and reports the task failed, and the run fails on this
-device.
+imports the ClientApp from the installed folder. ``fedsearch-clientapp``
+(``run_guarded_clientapp``) is ``flwr-clientapp`` with that one function wrapped: the
+FAB's files are first checked against the app signature inside it
+(``common.security.app_signing``) with the key named by ``$FEDSEARCH_TRUSTED_APP_KEY``
+(the device's ``signing.pub``). An unsigned, altered or foreign FAB raises before it is
+installed, so none of its code is ever imported; Flower's ClientApp runner logs the error
+and reports the task failed, and the run fails on this device.
 
 ``use_guarded_clientapp`` makes the device's SuperExec (``client.superexec``) start
 ``fedsearch-clientapp`` instead of ``flwr-clientapp``. Both hooks depend on flwr 1.41's

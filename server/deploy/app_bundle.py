@@ -28,6 +28,9 @@ from common.config import Config
 from common.security.app_signing import sign_app
 
 APP_PACKAGES = ("common", "client", "server", "simulation")
+# what a deployment's config-file may set: devices never read it (client.app), so settings
+# they must agree on (federation, adapter, evaluation, population) go in --run-config
+SERVER_ONLY_SECTIONS = ("paths", "encoder", "pretrain", "centralized", "search", "speech")
 APP_FILE_PATTERNS = ("*.py", "*.json", "*.toml")
 PROJECT_FILE = "pyproject.toml"
 
@@ -88,11 +91,30 @@ def check_run_config(app_dir: Path, run_config: str) -> None:
         raise ValueError(
             f"--run-config: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(valid)}"
         )
+    if given.get("config-file"):
+        check_config_file(Path(str(given["config-file"])))
     stale = [key for key in given if "." in key and not is_config_key(key)]
     if stale:
         raise ValueError(
             f"--run-config: {', '.join(stale)} listed in [tool.flwr.app.config] but not a "
             "fedsearch setting (common/config.py)"
+        )
+
+
+def check_config_file(path: Path) -> None:
+    """ValueError if the run's ``config-file`` sets what devices must agree on."""
+    if not path.is_file():
+        raise ValueError(f"config-file: {path} not found (give an absolute path)")
+    try:
+        sections = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"config-file: {path}: {exc}") from exc
+    shared = sorted(set(sections) - set(SERVER_ONLY_SECTIONS))
+    if shared:
+        raise ValueError(
+            f"config-file: {path} sets [{'], ['.join(shared)}], which devices never read "
+            f"(they read their own config only): set them with --run-config; a config-file "
+            f"may set [{'], ['.join(SERVER_ONLY_SECTIONS)}]"
         )
 
 
