@@ -19,6 +19,7 @@ from __future__ import annotations
 import shutil
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import tomli_w
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -76,7 +77,7 @@ def sign_staged_app(app_dir: Path, private_key: Ed25519PrivateKey) -> int:
 def run_config_keys(app_dir: Path) -> list[str]:
     """The keys ``--run-config`` may set: the app's ``[tool.flwr.app.config]`` table."""
     table = get_project_config(app_dir)["tool"]["flwr"]["app"].get("config", {})
-    return sorted(_flat_keys(table))
+    return sorted(flat_config(table))
 
 
 def check_run_config(app_dir: Path, run_config: str) -> None:
@@ -126,9 +127,10 @@ def is_config_key(key: str) -> bool:
     return isinstance(model, type) and name.replace("-", "_") in getattr(model, "model_fields", {})
 
 
-def _flat_keys(table: dict, prefix: str = "") -> list[str]:
-    keys: list[str] = []
+def flat_config(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested TOML table as flat ``section.key`` entries (what a run config holds)."""
+    out: dict[str, Any] = {}
     for key, value in table.items():
         name = f"{prefix}{key}"
-        keys += _flat_keys(value, f"{name}.") if isinstance(value, dict) else [name]
-    return keys
+        out |= flat_config(value, f"{name}.") if isinstance(value, dict) else {name: value}
+    return out

@@ -38,6 +38,7 @@ from common.security.signing import (
     sign_version,
 )
 from common.security.versions import IntegrityError, list_versions, read_manifest, verify_files
+from server.deploy.app_bundle import flat_config
 
 PASSPHRASE_ENV = "FEDSEARCH_SIGNING_PASSPHRASE"
 POLL_S = 2.0
@@ -69,7 +70,7 @@ def run_target(app_dir: Path, run_config: str | None, run_id: int) -> tuple[Path
     """Where the ServerApp of run ``run_id`` publishes (registry) and the run name its
     manifests carry, worked out as the ServerApp does (``RunSpec.from_run_config``)."""
     table = get_project_config(app_dir)["tool"]["flwr"]["app"].get("config", {})
-    flat = {**_flat(table), **(parse_config_args([run_config]) if run_config else {})}
+    flat = {**flat_config(table), **(parse_config_args([run_config]) if run_config else {})}
     flat["base-model"] = flat.get("base-model") or "-"  # not needed here: skip the lookup
     spec = RunSpec.from_run_config(flat, run_id)
     return spec.config.paths.registry, spec.run_dir.name
@@ -132,11 +133,3 @@ def sign_while(signer: RunSigner, done: threading.Event, report: Callable[[str],
             signer.held_back = ""
         if finished:
             return
-
-
-def _flat(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in table.items():
-        name = f"{prefix}{key}"
-        out |= _flat(value, f"{name}.") if isinstance(value, dict) else {name: value}
-    return out
