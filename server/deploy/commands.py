@@ -14,6 +14,7 @@ import shlex
 import subprocess
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from common.cli import UsageError
 from common.config import REPO_ROOT
@@ -33,6 +34,9 @@ from server.deploy.layout import (
     superlink_command,
 )
 from server.federation.recorder import METRICS_FILE
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 ENV_NO_DEPS = "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"
 APP_DIR = "app"
@@ -255,7 +259,9 @@ class _VersionSigning:
     """Signs the versions of the run ``flwr run`` starts, from the moment its id is printed
     until ``stop()`` (``server.deploy.signer``)."""
 
-    def __init__(self, dep: Deployment, key, app: Path, run_config: str | None) -> None:
+    def __init__(
+        self, dep: Deployment, key: Ed25519PrivateKey, app: Path, run_config: str | None
+    ) -> None:
         self.dep, self.key, self.app, self.run_config = dep, key, app, run_config
         self.done = threading.Event()
         self.thread: threading.Thread | None = None
@@ -279,7 +285,7 @@ class _VersionSigning:
 
 def _sign_run(
     dep: Deployment,
-    key,
+    key: Ed25519PrivateKey,
     app: Path,
     run_config: str | None,
     run_id: int,

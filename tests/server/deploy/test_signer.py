@@ -145,3 +145,18 @@ def test_sign_while_signs_once_more_after_the_run(dep, tmp_path):
     signer = RunSigner(operator_key(dep.signing_key), registry, "run-2")
     sign_while(signer, done, said.append)
     assert said == ["signed v0001"]
+
+
+def test_deploy_sign_signs_a_run_started_without_streaming(dep, tmp_path, monkeypatch, capsys):
+    config_file = tmp_path / "run.toml"
+    config_file.write_text(f'[paths]\nwork_dir = "{tmp_path / "work"}"\n')
+    registry = tmp_path / "work" / "registry"
+    (dep.root / "app").mkdir()
+    (dep.root / "app" / "pyproject.toml").write_bytes((REPO / "pyproject.toml").read_bytes())
+    _version(registry, "run-3")
+    monkeypatch.setattr(commands, "active_runs", lambda d: [])
+    run_config = f'num-devices=3 config-file="{config_file}"'
+    argv = ["deploy", "sign", "--dir", str(dep.root), "--run-id", "3", "--run-config", run_config]
+    assert main(argv) == 0
+    assert "run 3: signed v0001" in capsys.readouterr().out
+    verify_version(registry / "v0001", load_public_key(dep.signing_pub))
