@@ -108,6 +108,7 @@ class FederatedAdapterStrategy(FedAvg):
         self.to_evaluate: list[np.ndarray] | None = None
         self.log = RoundLog()
         self._waited = False
+        self._enrolled: dict[int, str] = {}
         bounded = spec.config.federation.sum_bound
         self.sum_bound = SumBound(plan, self.codec.size) if bounded else None
 
@@ -124,8 +125,10 @@ class FederatedAdapterStrategy(FedAvg):
                     self.spec.num_devices,
                     REGISTRATION_TIMEOUT_S,
                 )
-        keys = self.enrolment() if self.enrolment is not None else {}
         devices = {int(cid): proxy for cid, proxy in client_manager.all().items()}
+        if self.enrolment is not None and not devices.keys() <= self._enrolled.keys():
+            self._enrolled = dict(self.enrolment())  # asked again only when a node is new
+        keys = self._enrolled
         order = sorted(devices, key=lambda node: (keys.get(node, ""), node))
         return [devices[node] for node in order]
 
