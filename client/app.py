@@ -1,11 +1,12 @@
 """The Flower ClientApp: one shopper's device (flwr 1.41 legacy client + mods).
 
 Each round a sampled device trains its copy of the global query adapter on its own search
-log (``client.local_training``), evaluates the newest published version it has verified on
-its held-out searches, and replies with ONE vector: its update clipped to the plan's norm
-followed by a few bounded statistics (``common.federation.payload``), with aggregation
-weight 1 and no metrics. Under SecAgg+ that vector leaves the device quantized, masked and
-noised (``client.privacy``); its user vector, accountant and search log never leave it.
+log (``client.local_training``), evaluates the adapter the server sends for evaluation (the
+candidate version, ``common.federation.candidate``) on its held-out searches, and replies
+with ONE vector: its update clipped to the plan's norm followed by a few bounded statistics
+(``common.federation.payload``), with aggregation weight 1 and no metrics. Under SecAgg+
+that vector leaves the device quantized, masked and noised (``client.privacy``); its user
+vector, accountant and search log never leave it.
 
 Where the device's data comes from is injected (``source``): on a real device, the
 encrypted store of its device folder (``stored_device``, node config ``device-dir``), with
@@ -45,6 +46,7 @@ from common.evaluation.protocol import (
     ranks_by_mode,
     stack_searches,
 )
+from common.federation.candidate import decode_candidate
 from common.federation.payload import PayloadCodec
 from common.federation.privacy_plan import PrivacyPlan
 from common.federation.run_spec import RunSpec
@@ -101,18 +103,21 @@ class AdapterClient(NumPyClient):
         stats = {"trained": float(not result.declined), "declined": float(result.declined)}
         codec = PayloadCodec.for_weights(parameters, plan.clipping_norm, plan.stats_share)
         if codec.stats_size:
-            stats |= self._evaluation()
+            stats |= self._evaluation(decode_candidate(config))
         # weight 1: under user-level DP every device counts once
         return [codec.encode(update, stats)], 1, {}
 
-    def _evaluation(self) -> dict[str, float]:
+    def _evaluation(self, candidate: list[np.ndarray] | None) -> dict[str, float]:
         """Per-device means of HR, nDCG and reciprocal rank on the held-out searches, for the
-        base encoder, the newest verified published adapter, and its personal rerank."""
+        base encoder, the ``candidate`` adapter sent for evaluation (None: the base encoder
+        again), and its personal rerank. Bounded figures inside the noised sum, whatever
+        the weights: evaluating unsigned weights reveals no more than the round's DP
+        allows, and a candidate never serves searches."""
         test, vectors = self.device.data.test, self.device.item_vectors
         if not test:
             return {"evaluated": 0.0}
         settings = self.config.evaluation
-        adapter = self.device.published_adapter()
+        adapter = None if candidate is None else QueryAdapter.from_weights(candidate)
         queries, relevant = stack_searches(test)
         ranks = ranks_by_mode(
             queries,
