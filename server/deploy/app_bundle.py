@@ -25,7 +25,7 @@ import tomli_w
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.common.config import get_project_config, parse_config_args
 
-from common.config import Config
+from common.config import Config, config_from_dict
 from common.security.app_signing import sign_app
 
 APP_PACKAGES = ("common", "client", "server", "simulation")
@@ -100,6 +100,20 @@ def check_run_config(app_dir: Path, run_config: str) -> None:
             f"--run-config: {', '.join(stale)} listed in [tool.flwr.app.config] but not a "
             "fedsearch setting (common/config.py)"
         )
+    table = flat_config(get_project_config(app_dir)["tool"]["flwr"]["app"].get("config", {}))
+    check_federation({**table, **given})
+
+
+def check_federation(run_config: dict[str, Any]) -> None:
+    """ValueError (``ConfigError``) if the ``federation.*`` settings the ServerApp will run
+    with are invalid, e.g. the promotion rule without federated evaluation."""
+    settings = {
+        key.removeprefix("federation.").replace("-", "_"): value
+        for key, value in run_config.items()
+        if key.startswith("federation.") and value != ""
+    }
+    config = config_from_dict({"federation": settings})
+    config.federation.promotion_rule(simulated=False)
 
 
 def check_config_file(path: Path) -> None:

@@ -164,3 +164,11 @@ def test_a_config_file_may_not_set_what_devices_must_agree_on(tmp_path):
         check_run_config(REPO, f'config-file="{shared}"')
     with pytest.raises(ValueError, match="not found"):
         check_run_config(REPO, f'config-file="{tmp_path / "missing.toml"}"')
+
+
+def test_a_run_that_could_never_promote_is_refused_before_it_starts() -> None:
+    """Without federated evaluation the default promotion rule has nothing to judge by."""
+    with pytest.raises(ValueError, match='promote = "always"'):
+        check_run_config(REPO, "federation.stats_share=0")
+    check_run_config(REPO, 'federation.stats_share=0 federation.promote="always"')
+    check_run_config(REPO, "federation.rounds=2")
