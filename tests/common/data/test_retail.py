@@ -1,4 +1,5 @@
 import gzip
+import logging
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
@@ -10,9 +11,11 @@ from common.data.records import DataFormatError, Purchase
 from common.data.retail import (
     customer_histories,
     is_product_code,
+    load_retail_catalog,
     load_retail_products,
     load_retail_transactions,
     product_type_word,
+    products_from_transactions,
     split_history,
 )
 
@@ -183,3 +186,61 @@ def test_real_products(retail_dir):
     assert report.rows_read == 3958
     assert len(products) == 3958 - report.skipped["non_product_code"] == 3931
     assert all(is_product_code(p.id) and p.category for p in products)
+
+
+DERIVED_ROWS = [
+    "1,85123A,CREAM HEART HOLDER,2,2011-01-01 10:00:00,2.0,17850,UK",
+    "2,85123A,WHITE HEART HOLDER,1,2011-01-02 10:00:00,3.0,17850,UK",
+    "3,85123A,WHITE HEART HOLDER,1,2011-01-03 10:00:00,4.0,12583,UK",
+    "4,85123A,WHITE HEART HOLDER,1,2011-01-04 10:00:00,5.0,,UK",  # no customer: title only
+    "5,85123A,,1,2011-01-05 10:00:00,9.0,12583,UK",  # no description: price only
+    "6,71053,WHITE METAL LANTERN,1,2011-01-01 10:00:00,3.0,17850,UK",
+    "7,71053,METAL LANTERN,1,2011-01-02 10:00:00,1.0,17850,UK",  # tie: alphabetical first
+    "C8,22633,HAND WARMER UNION JACK,-1,2011-01-01 10:00:00,1.85,14527,UK",  # never bought
+    "9,22634,,1,2011-01-01 10:00:00,1.0,,UK",  # names no product
+    "10,POST,POSTAGE,1,2011-01-01 10:00:00,18.0,12583,UK",
+    "11,22635,MINI CAKE STAND,1,2011-01-01 10:00:00,1.0,12583",  # missing field
+]
+
+
+def test_products_derived_from_transactions(tmp_path):
+    products, report = products_from_transactions(write(tmp_path / "t.csv", DERIVED_ROWS))
+    assert [(p.id, p.title, p.category, p.price) for p in products] == [
+        ("22633", "HAND WARMER UNION JACK", "JACK", None),
+        ("71053", "METAL LANTERN", "LANTERN", 2.0),
+        ("85123A", "WHITE HEART HOLDER", "HOLDER", 3.5),  # 3 rows to 1; median of 2, 3, 4, 9
+    ]
+    assert report.rows_read == 11 and report.rows_kept == 3
+    assert report.skipped == Counter(non_product_code=1, missing_title=1, wrong_field_count=1)
+    reordered, _ = products_from_transactions(write(tmp_path / "r.csv", DERIVED_ROWS[::-1]))
+    assert reordered == products  # nothing depends on the row order
+
+
+def as_products_csv(products) -> list[str]:
+    """``products`` as rows of the shipped ``products.csv`` (counts left at 0)."""
+    return [f"{p.id},{p.title},1,0,0,{'' if p.price is None else p.price}" for p in products]
+
+
+def test_catalog_without_products_csv_is_derived_and_logged(tmp_path, caplog):
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    transactions = write(alone / "transactions.csv.gz", DERIVED_ROWS)
+    with caplog.at_level(logging.INFO, logger="common.data.retail"):
+        derived, report = load_retail_catalog(transactions)
+    assert "derived 3 products from the transactions" in caplog.text
+    assert "derived from the transactions" in report.source
+    header = "StockCode,Description,n_descriptions,n_purchase_rows,n_customers,median_unit_price"
+    write(alone / "products.csv", as_products_csv(derived), header)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="common.data.retail"):
+        from_file, file_report = load_retail_catalog(transactions)
+    assert file_report.source.endswith("products.csv") and "derived" not in caplog.text
+    assert from_file == derived
+
+
+def test_catalog_missing_files_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"products\.csv.*transactions\.csv\.gz"):
+        load_retail_catalog(tmp_path / "transactions.csv.gz")
+    transactions = write(tmp_path / "transactions.csv.gz", DERIVED_ROWS)
+    with pytest.raises(FileNotFoundError, match="elsewhere.csv"):
+        load_retail_catalog(transactions, tmp_path / "elsewhere.csv")
