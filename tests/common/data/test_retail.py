@@ -1,4 +1,5 @@
 import gzip
+import hashlib
 import logging
 from collections import Counter
 from datetime import datetime
@@ -150,16 +151,25 @@ def test_split_history():
         split_history(list("abc"), holdout_fraction=1.0)
 
 
-@pytest.fixture(scope="module")
-def retail_dir() -> Path:
-    folder = default_data_dir() / "online_retail_uci"
-    if not folder.is_dir():
-        pytest.skip(f"no shared data at {folder}")
-    return folder
+SHIPPED_SHA256 = {  # the figures below are these files' (the data folder's README)
+    "transactions.csv.gz": "f3eb9476b78cf2e24fbdb152ce6898c5e8e6c94d985d1f4936e3f53f756e2cdd",
+    "products.csv": "ddbb08b0b0817da869bc19a5d8bcbd8fd8d5cbe864a9104b5a63b669bf34e169",
+    "sample_50_customers.csv": "6c095c700eb65f5b3ac076ba331333018c86ee234d7b19e2fd1f64fbe101e710",
+}
 
 
-def test_real_sample_50_customers(retail_dir):
-    purchases, report = load_retail_transactions(retail_dir / "sample_50_customers.csv")
+def shipped(name: str) -> Path:
+    """A file of the shipped data folder; skip when it is absent or another file."""
+    path = default_data_dir() / "online_retail_uci" / name
+    if not path.is_file():
+        pytest.skip(f"no shared data at {path}")
+    if hashlib.sha256(path.read_bytes()).hexdigest() != SHIPPED_SHA256[name]:
+        pytest.skip(f"{path} is not the shipped file: its figures are not known here")
+    return path
+
+
+def test_real_sample_50_customers():
+    purchases, report = load_retail_transactions(shipped("sample_50_customers.csv"))
     # the README: 5,159 clean rows of 50 customers, 1,479 distinct items
     assert report.rows_read == 5159 and report.n_skipped == 0
     assert len({p.customer_id for p in purchases}) == 50
@@ -167,8 +177,8 @@ def test_real_sample_50_customers(retail_dir):
     assert len(customer_histories(purchases, min_items=10)) == 50
 
 
-def test_real_transactions(retail_dir):
-    purchases, report = load_retail_transactions(retail_dir / "transactions.csv.gz")
+def test_real_transactions():
+    purchases, report = load_retail_transactions(shipped("transactions.csv.gz"))
     assert report.rows_read == 439_391
     assert report.skipped["missing_customer_id"] == 135_080
     # README-clean rows here (kept + non-product codes): about 3/4 of the full 397,884
@@ -179,10 +189,14 @@ def test_real_transactions(retail_dir):
     assert len({p.customer_id for p in purchases}) == 3209
     assert len(histories) == 3024
     assert len({p.item_id for p in purchases}) == 3593
+    # without products.csv: every code described in the file, the 3,593 bought ones priced
+    derived, _ = products_from_transactions(shipped("transactions.csv.gz"))
+    assert len(derived) == 3897 and sum(p.price is not None for p in derived) == 3593
+    assert {p.item_id for p in purchases} <= {p.id for p in derived}  # the same customers
 
 
-def test_real_products(retail_dir):
-    products, report = load_retail_products(retail_dir / "products.csv")
+def test_real_products():
+    products, report = load_retail_products(shipped("products.csv"))
     assert report.rows_read == 3958
     assert len(products) == 3958 - report.skipped["non_product_code"] == 3931
     assert all(is_product_code(p.id) and p.category for p in products)
