@@ -4,8 +4,10 @@ One device per customer with >= ``population.min_items`` distinct items, one sea
 distinct item in order of first purchase: query = the item's product-type word (last word of
 its description), clicked = the item, shown = the base ranking's top ``impression_size``
 items for that query plus the clicked one. The last ``holdout_fraction`` (at least 1) of each
-history is the test set. Items are ranked against the whole product catalog; item vectors are
-text embeddings of the descriptions.
+history is the test set. Items are ranked against the whole product catalog (``products.csv``
+next to the transactions, or the table derived from a transactions file alone: see
+``common.data.retail.load_retail_catalog``); item vectors are text embeddings of the
+descriptions.
 """
 
 from __future__ import annotations
