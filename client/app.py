@@ -1,16 +1,24 @@
 """The Flower ClientApp: one shopper's device (flwr 1.41 legacy client + mods).
 
 Each round a sampled device trains its copy of the global query adapter on its own search
-log (``client.local_training``), evaluates the newest published version it has verified on
-its held-out searches, and replies with ONE vector: its update clipped to the plan's norm
-followed by a few bounded statistics (``common.federation.payload``), with aggregation
-weight 1 and no metrics. Under SecAgg+ that vector leaves the device quantized, masked and
-noised (``client.privacy``); its user vector, accountant and search log never leave it.
+log (``client.local_training``), evaluates the adapter the server sends for evaluation (the
+candidate version, ``common.federation.candidate``) on its held-out searches, and replies
+with ONE vector: its update clipped to the plan's norm followed by a few bounded statistics
+(``common.federation.payload``), with aggregation weight 1 and no metrics. Under SecAgg+
+that vector leaves the device quantized, masked and noised (``client.privacy``); its user
+vector, accountant and search log never leave it.
 
 Where the device's data comes from is injected (``source``): on a real device, the
 encrypted store of its device folder (``stored_device``, node config ``device-dir``), with
 the device's own policy and OS randomness; in a simulation, the simulated population
 (``simulation.devices``). The ClientApp itself never depends on the simulator.
+
+A real device reads its own config only: its data, privacy policy and budget come from its
+device folder (node config ``device-dir``, set by the device's own ``device join``, and its
+``device.toml``), and of the server's run config it ignores every key that names a file or
+folder (``SERVER_PATH_KEYS``: ``config-file``, ``run-dir``, ``paths.*``) and ``device.*``,
+so a hostile run config cannot make it read another file of its disk or change its policy.
+The settings devices must agree on with the server travel in the run config itself.
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ from common.evaluation.protocol import (
     ranks_by_mode,
     stack_searches,
 )
+from common.federation.candidate import decode_candidate
 from common.federation.payload import PayloadCodec
 from common.federation.privacy_plan import PrivacyPlan
 from common.federation.run_spec import RunSpec
@@ -48,6 +57,11 @@ from common.model.personalization import user_vector
 install_secure_masks()  # SecAgg+ masks keyed by the whole shared secret (server does too)
 
 DeviceSource = Callable[[RunSpec, Mapping[str, Any]], LocalDevice]
+SERVER_PATH_KEYS = ("config-file", "run-dir")
+DEVICE_IGNORED_SECTIONS = ("paths.", "device.")
+# the encoder the server names is not looked up on a device: it checks published versions
+# against the encoder its own vectors come from (``client.device.Device.base_model``)
+UNUSED_BASE_MODEL = "(not used on a device)"
 
 
 class AdapterClient(NumPyClient):
@@ -89,18 +103,21 @@ class AdapterClient(NumPyClient):
         stats = {"trained": float(not result.declined), "declined": float(result.declined)}
         codec = PayloadCodec.for_weights(parameters, plan.clipping_norm, plan.stats_share)
         if codec.stats_size:
-            stats |= self._evaluation()
+            stats |= self._evaluation(decode_candidate(config))
         # weight 1: under user-level DP every device counts once
         return [codec.encode(update, stats)], 1, {}
 
-    def _evaluation(self) -> dict[str, float]:
+    def _evaluation(self, candidate: list[np.ndarray] | None) -> dict[str, float]:
         """Per-device means of HR, nDCG and reciprocal rank on the held-out searches, for the
-        base encoder, the newest verified published adapter, and its personal rerank."""
+        base encoder, the ``candidate`` adapter sent for evaluation (None: the base encoder
+        again), and its personal rerank. Bounded figures inside the noised sum, whatever
+        the weights: evaluating unsigned weights reveals no more than the round's DP
+        allows, and a candidate never serves searches."""
         test, vectors = self.device.data.test, self.device.item_vectors
         if not test:
             return {"evaluated": 0.0}
         settings = self.config.evaluation
-        adapter = self.device.published_adapter()
+        adapter = None if candidate is None else QueryAdapter.from_weights(candidate)
         queries, relevant = stack_searches(test)
         ranks = ranks_by_mode(
             queries,
@@ -141,8 +158,11 @@ def build_client_app(
     source: DeviceSource = stored_device,
     outer_mods: Sequence[Mod] = (),
     inner_mods: Sequence[Mod] = (),
+    run_paths: bool = False,
 ) -> ClientApp:
-    """The ClientApp; ``spec`` None reads it from the Flower run config (``flwr run``).
+    """The ClientApp; ``spec`` None reads it from the Flower run config (``flwr run``),
+    without its paths unless ``run_paths`` (a simulation's devices live in its ``run-dir``;
+    a real device reads its own config only: see the module doc).
 
     ``source(spec, node_config)`` gives the device (see the module doc). ``outer_mods`` wrap
     everything (they see what leaves the device); ``inner_mods`` sit inside the privacy mods
@@ -150,7 +170,8 @@ def build_client_app(
     """
 
     def spec_of(context: Context) -> RunSpec:
-        return spec or _spec_from_run_config(tuple(sorted(context.run_config.items())))
+        run_config = context.run_config if run_paths else device_run_config(context.run_config)
+        return spec or _spec_from_run_config(tuple(sorted(run_config.items())))
 
     def device_of(context: Context) -> LocalDevice:
         run = spec_of(context)
@@ -166,6 +187,16 @@ def build_client_app(
         noise_source=lambda ctxt, r: device_of(ctxt).random("noise", r),
     )
     return ClientApp(client_fn=client_fn, mods=[*outer_mods, privacy, *inner_mods])
+
+
+def device_run_config(run_config: Mapping[str, Any]) -> dict[str, Any]:
+    """The server's run config as a real device takes it (see the module doc)."""
+    kept = {
+        key: value
+        for key, value in run_config.items()
+        if key not in SERVER_PATH_KEYS and not key.startswith(DEVICE_IGNORED_SECTIONS)
+    }
+    return kept | {"base-model": UNUSED_BASE_MODEL}
 
 
 @functools.cache

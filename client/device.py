@@ -17,7 +17,8 @@
 
 ``supernode_command`` is the exact ``flower-supernode`` command that joins the federation
 as this device (``--isolation process``); ``superexec_command`` runs the SuperExec that
-starts its ClientApp processes (``client.superexec``, which reaps them). The ClientApp finds
+starts its ClientApp processes (``client.superexec``: only apps signed with the key in
+``signing.pub``, ``client.app_guard``; it reaps them). The ClientApp finds
 the folder in its node config under ``device-dir``.
 """
 
@@ -192,6 +193,8 @@ def superexec_command(device: Device) -> list[str]:
         f"127.0.0.1:{device.info.runtime_port}",
         "--root-certificates",
         str(device.runtime_dir / "runtime-ca.crt"),
+        "--trusted-app-key",
+        str(device.signing_pub),
     ]
 
 

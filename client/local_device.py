@@ -2,7 +2,7 @@
 
 ``LocalDevice``: the device's training and held-out examples, the public item table they
 index, its encrypted store (user vector, accountant), its own settings and privacy policy,
-its verified copy of the published model versions, the public items' attributes (for its
+the public items' attributes (for its
 personal preferences), and where its randomness comes from:
 the operating system on a real device (noise that protects an update must be unpredictable
 to the server), a private seed in a simulation (runs must be reproducible).
@@ -22,16 +22,12 @@ import numpy as np
 
 from client.device import Device, load_public_items, training_data
 from client.privacy import DevicePolicy
-from client.sdk import ADAPTER_MARK_FILE, verified_adapters
 from client.store import DeviceStore
 from common.config import ConfigError, DeviceConfig
 from common.data.searches import DeviceData
 from common.federation.run_spec import RunSpec
-from common.model.adapter import QueryAdapter
 from common.model.personalization import AttributeTable
 from common.privacy.keystream import KeystreamRandom
-from common.security.signing import load_public_key
-from common.security.trust import TrustedVersions
 
 
 @dataclass
@@ -42,7 +38,6 @@ class LocalDevice:
     item_vectors: np.ndarray
     store: DeviceStore
     config: DeviceConfig
-    published: TrustedVersions[QueryAdapter] | None = None
     seed_parts: tuple[object, ...] | None = None  # None: randomness from the OS
     attributes: AttributeTable | None = None  # the public items' categorical attributes
     public_items: int | None = None  # rows of item_vectors from the public catalog (None: all)
@@ -61,13 +56,6 @@ class LocalDevice:
         """A 63-bit seed for libraries that take one (torch, numpy), from ``random``."""
         return int(self.random(purpose, round_number).uint64(1)[0] >> np.uint64(1))
 
-    def published_adapter(self) -> QueryAdapter | None:
-        """The newest published adapter version the device verified (None: none yet)."""
-        if self.published is None:
-            return None
-        self.published.refresh()
-        return self.published.value
-
 
 def stored_device(spec: RunSpec, node_config: Mapping[str, Any]) -> LocalDevice:
     """A real device: the device folder named by node config ``device-dir``."""
@@ -76,14 +64,6 @@ def stored_device(spec: RunSpec, node_config: Mapping[str, Any]) -> LocalDevice:
     device = Device(Path(str(node_config["device-dir"])))
     data, _, vectors = training_data(device, spec.config.population.holdout_fraction)
     public = len(load_public_items(device)[0])
-    published = None
-    if device.signing_pub.is_file():
-        published = verified_adapters(
-            device.registry_dir,
-            load_public_key(device.signing_pub),
-            state_file=device.folder / ADAPTER_MARK_FILE,
-            base_model=device.base_model(),
-        )
     return LocalDevice(
-        data, vectors, device.open_store(), device.device_config(), published, public_items=public
+        data, vectors, device.open_store(), device.device_config(), public_items=public
     )

@@ -17,16 +17,20 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 GRACE_S = 5.0
 
 
 def run_passing_through(
-    command: list[str], env: dict[str, str], *, keep_lines: int = 400
+    command: list[str],
+    env: dict[str, str],
+    *,
+    keep_lines: int = 400,
+    on_line: Callable[[str], None] | None = None,
 ) -> tuple[int, str]:
-    """Run ``command``, writing its stdout and stderr to our stdout as they come. Returns
-    (exit status, its last ``keep_lines`` lines)."""
+    """Run ``command``, writing its stdout and stderr to our stdout as they come (and to
+    ``on_line``, line by line). Returns (exit status, its last ``keep_lines`` lines)."""
     proc = subprocess.Popen(
         command,
         env=env,
@@ -36,7 +40,7 @@ def run_passing_through(
         start_new_session=True,
     )
     tail: collections.deque[str] = collections.deque(maxlen=keep_lines)
-    reader = threading.Thread(target=_pump, args=(proc, tail), daemon=True)
+    reader = threading.Thread(target=_pump, args=(proc, tail, on_line), daemon=True)
     reader.start()
     handed_on = (signal.SIGINT, signal.SIGTERM)
     previous = {sig: signal.signal(sig, lambda sig, _: proc.send_signal(sig)) for sig in handed_on}
@@ -68,12 +72,18 @@ def started_beside(command: list[str], env: dict[str, str]) -> Iterator[subproce
         _stop_group(proc.pid)
 
 
-def _pump(proc: subprocess.Popen[str], tail: collections.deque[str]) -> None:
+def _pump(
+    proc: subprocess.Popen[str],
+    tail: collections.deque[str],
+    on_line: Callable[[str], None] | None,
+) -> None:
     assert proc.stdout is not None  # started with stdout=PIPE
     for line in proc.stdout:
         sys.stdout.write(line)
         sys.stdout.flush()
         tail.append(line)
+        if on_line is not None:
+            on_line(line)
 
 
 def _stop_group(pgid: int) -> None:

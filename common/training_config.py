@@ -94,10 +94,15 @@ class FederationConfig(Section):
     of the identity. The registry publishes a moving average of the global adapter
     with ``average_decay`` per round (0: the aggregate); training continues from the
     aggregate, moved by ``server_lr`` times the noised average update (with
-    ``server_momentum``). ``sum_bound``: refuse a round whose noised payload sum is
-    heavier than any honest cohort's could be (a poisoning check on the sum alone,
-    ``server.federation.sum_bound``). ``seed`` makes simulations reproducible (cohorts
-    and noise); it is never published and a deployed server ignores it.
+    ``server_momentum``). ``promote``: ``"if-not-worse"`` publishes a round's adapter only
+    once the next round's devices evaluated it and it is not worse than the served version
+    by more than ``promote_margin_sd`` noise deviations (``server.federation.promotion``);
+    ``"always"`` publishes every round's adapter unevaluated; ``"auto"``: the first on a
+    deployed server, the second in simulations. ``sum_bound``: refuse a
+    round whose noised payload sum is heavier than any honest cohort's could be (a
+    poisoning check on the sum alone, ``server.federation.sum_bound``). ``seed`` makes
+    simulations reproducible (cohorts and noise); it is never published and a deployed
+    server ignores it.
     """
 
     rounds: int = Field(default=30, ge=1)
@@ -124,6 +129,8 @@ class FederationConfig(Section):
     client_cpus: int = Field(default=1, ge=1, description="CPUs per simulated device")
     publish: bool = True
     average_decay: float = Field(default=0.8, ge=0, lt=1)
+    promote: Literal["auto", "if-not-worse", "always"] = "auto"
+    promote_margin_sd: float = Field(default=2.0, ge=0)
     sum_bound: bool = False
 
     @model_validator(mode="after")
@@ -134,6 +141,30 @@ class FederationConfig(Section):
                 'server would see each noised update); use noise = "server" without it'
             )
         return self
+
+    @model_validator(mode="after")
+    def _promotion_needs_evaluation(self) -> FederationConfig:
+        if self.publish and self.promote == "if-not-worse" and self.stats_share == 0:
+            raise ConfigError(
+                'federation.promote: "if-not-worse" needs federated evaluation '
+                '(federation.stats_share > 0); set promote = "always" to publish unevaluated'
+            )
+        return self
+
+    def promotion_rule(self, *, simulated: bool) -> Literal["if-not-worse", "always"]:
+        """``promote`` resolved: ``"auto"`` is ``"always"`` in a simulation (its report
+        evaluates every version on the whole population) and ``"if-not-worse"`` elsewhere."""
+        if self.promote != "auto":
+            return self.promote
+        if simulated:
+            return "always"
+        if self.publish and self.stats_share == 0:
+            raise ConfigError(
+                'federation.promote: "auto" on a deployed server judges each version by the '
+                "federated evaluation, which federation.stats_share = 0 turns off; set "
+                'promote = "always" to publish every round unevaluated'
+            )
+        return "if-not-worse"
 
 
 class DeviceConfig(Section):

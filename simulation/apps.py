@@ -33,6 +33,7 @@ client_app = build_client_app(
     source=simulated_device,
     outer_mods=[seeded_rounding_mod, fault_mod, run_tap("wire"), silent_noise_mod],
     inner_mods=[run_tap("plain"), canary_mod, attack_mod],
+    run_paths=True,  # the simulated devices live in the run folder (one user's experiment)
 )
 
 __all__ = ["client_app", "server_app"]

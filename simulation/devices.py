@@ -4,11 +4,9 @@ The simulation injects ``simulated_device`` into ``client.app.build_client_app``
 config ``partition-id`` picks the device of the run's population (loaded once per process
 from the run folder), whose private state lives in ``<run_dir>/devices/<device_id>/`` (an
 encrypted store, one key per run, as a real device keeps its own). Every simulated device
-has the simulation config's ``device`` settings and policy, verifies published versions
-with the run's public key (``<run_dir>/signing/signing.pub``) as a provisioned device would,
-and draws its randomness (training, noise share, SecAgg+'s rounding) from
-``federation.seed`` and its partition, so that two runs of one command give identical
-figures (``tests/simulation/test_repeat.py``).
+has the simulation config's ``device`` settings and policy, and draws its randomness
+(training, noise share, SecAgg+'s rounding) from ``federation.seed`` and its partition, so
+that two runs of one command give identical figures (``tests/simulation/test_repeat.py``).
 """
 
 from __future__ import annotations
@@ -22,14 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from client.local_device import LocalDevice
-from client.sdk import verified_adapters
 from client.store import DeviceStore, load_key, write_key_file
 from common.config import ConfigError
 from common.federation.run_spec import RunSpec
 from common.files import atomic_write
-from common.model.adapter import QueryAdapter
-from common.security.signing import load_public_key
-from common.security.trust import TrustedVersions
 from simulation.loader import load_population
 from simulation.population import Population
 
@@ -55,18 +49,12 @@ def simulated_device(spec: RunSpec, node_config: Mapping[str, Any]) -> LocalDevi
         population.item_vectors,
         store,
         spec.config.device,
-        published=published_versions(spec),
         seed_parts=(spec.config.federation.seed, index),
         attributes=population.attributes,
     )
 
 
 @functools.cache
-def published_versions(spec: RunSpec) -> TrustedVersions[QueryAdapter]:
-    """The run's registry as the simulated devices see it: versions signed by the run."""
-    return verified_adapters(spec.config.paths.registry, load_public_key(run_public_key(spec)))
-
-
 def run_public_key(spec: RunSpec) -> Path:
     return spec.run_dir / "signing" / "signing.pub"
 

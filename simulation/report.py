@@ -121,6 +121,17 @@ def summarize(
         "share_of_centralized_gain": _gain_share(base, personal, central),
         "models": rows,
         "attack": attack,
+        "publication": publication(result.rounds, federation.promotion_rule(simulated=True)),
+    }
+
+
+def publication(rounds: list[dict[str, Any]], promote: str) -> dict[str, Any]:
+    """What the rounds published under the promotion rule (``server.federation.promotion``)."""
+    return {
+        "promote": promote,
+        "published": [Path(r["published"]).name for r in rounds if r.get("published")],
+        "not_promoted": [r["not_promoted"] for r in rounds if "not_promoted" in r],
+        "awaiting_evaluation": rounds[-1].get("candidate") if rounds else None,
     }
 
 
@@ -153,6 +164,7 @@ def table(summary: dict[str, Any]) -> str:
             f"{attack['target_item']} for {attack['target_query']!r}: rank "
             f"{attack['target_rank_base']} (base) -> {attack['target_rank']} (published adapter)"
         )
+    lines += _publication_lines(summary.get("publication"))
     ratio = summary["personal_vs_base_ndcg"]
     if ratio is not None:
         lines += ["", f"personalized nDCG@10 / base nDCG@10 = {ratio:.3f}"]
@@ -162,6 +174,24 @@ def table(summary: dict[str, Any]) -> str:
             f"federated nDCG@10 gain over base = {share:.1%} of the centralized (+ personal) gain"
         )
     return "\n".join(lines)
+
+
+def _publication_lines(publication: dict[str, Any] | None) -> list[str]:
+    if not publication:
+        return []
+    published = publication["published"]
+    lines = [
+        f"published {len(published)} version(s)"
+        + (f" ({published[0]}..{published[-1]})" if published else "")
+        + f", promote = {publication['promote']}"
+    ]
+    lines += [f"not promoted: {reason}" for reason in publication["not_promoted"]]
+    if publication["awaiting_evaluation"] is not None:
+        lines.append(
+            f"round {publication['awaiting_evaluation']}'s adapter awaits its evaluation by "
+            "a next round (--resume RUN_DIR with more federation.rounds)"
+        )
+    return lines
 
 
 def _gain_share(base: float | None, federated: float | None, central: float | None) -> float | None:

@@ -7,8 +7,8 @@ device, then the device's statistics for the round, each in [0, 1]:
 
 - ``trained`` / ``declined``: whether it trained (a declining device sends a zero update);
 - ``evaluated``: whether it has held-out searches, and for each ranking model (``base``
-  encoder, published ``adapter``, ``personal`` rerank) the mean ``hr``, ``ndcg`` and ``rr``
-  (reciprocal rank) over them, computed on the newest published version it verified.
+  encoder, the ``adapter`` the server sent for evaluation, ``common.federation.candidate``,
+  and its ``personal`` rerank) the mean ``hr``, ``ndcg`` and ``rr`` (reciprocal rank).
 
 ``gamma = C * sqrt(stats_share / len(STATS))`` bounds the statistics' norm by
 ``C * sqrt(stats_share)``, so the payload's norm stays within ``C * sqrt(1 + stats_share)``

@@ -26,6 +26,7 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
+from common.files import atomic_write
 from common.security.keyfiles import read_owner_only, write_owner_only
 from common.security.versions import MANIFEST, IntegrityError, verify_files
 
@@ -38,13 +39,23 @@ class SignatureError(IntegrityError):
     """A version is unsigned, signed by another key, or its manifest was altered."""
 
 
-def generate_signing_key(private_path: Path, public_path: Path) -> Ed25519PublicKey:
-    """Create an Ed25519 key pair: private key PEM (mode 0600) and public key PEM."""
+class UnsignedVersionError(SignatureError):
+    """A version has no signature (yet: a deployment's operator signs it after publishing)."""
+
+
+def generate_signing_key(
+    private_path: Path, public_path: Path, *, passphrase: bytes | None = None
+) -> Ed25519PublicKey:
+    """Create an Ed25519 key pair: private key PEM (mode 0600; encrypted with
+    ``passphrase`` if given, by ``cryptography``'s best available scheme) and public key PEM."""
     private_key = Ed25519PrivateKey.generate()
+    encryption: serialization.KeySerializationEncryption = (
+        serialization.BestAvailableEncryption(passphrase)
+        if passphrase
+        else serialization.NoEncryption()
+    )
     pem = private_key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8, encryption
     )
     write_owner_only(Path(private_path), pem)
     public_key = private_key.public_key()
@@ -56,9 +67,22 @@ def generate_signing_key(private_path: Path, public_path: Path) -> Ed25519Public
     return public_key
 
 
-def load_private_key(path: Path) -> Ed25519PrivateKey:
-    """Load the signing key; the file must be readable by its owner only."""
-    key = serialization.load_pem_private_key(read_owner_only(Path(path)), password=None)
+def is_encrypted_key(path: Path) -> bool:
+    """Whether the private key file at ``path`` needs a passphrase."""
+    return b"ENCRYPTED" in read_owner_only(Path(path)).split(b"\n", 1)[0]
+
+
+def load_private_key(path: Path, passphrase: bytes | None = None) -> Ed25519PrivateKey:
+    """Load the signing key (``passphrase`` if it is encrypted); the file must be readable
+    by its owner only."""
+    try:
+        key = serialization.load_pem_private_key(
+            read_owner_only(Path(path)), password=passphrase or None
+        )
+    except TypeError as exc:  # encrypted without a passphrase, or the other way round
+        raise SignatureError(f"{path}: {exc}") from exc
+    except ValueError as exc:
+        raise SignatureError(f"{path}: cannot load the key (wrong passphrase?)") from exc
     if not isinstance(key, Ed25519PrivateKey):
         raise SignatureError(f"{path}: not an Ed25519 private key")
     return key
@@ -88,7 +112,7 @@ def sign_version(folder: Path, private_key: Ed25519PrivateKey) -> None:
         "key_id": key_id(private_key.public_key()),
         "signature": base64.b64encode(private_key.sign(manifest_bytes)).decode("ascii"),
     }
-    (Path(folder) / SIGNATURE_FILE).write_text(json.dumps(record, indent=2), "utf-8")
+    atomic_write(Path(folder) / SIGNATURE_FILE, json.dumps(record, indent=2))
 
 
 def signer(private_key: Ed25519PrivateKey) -> Callable[[Path], None]:
@@ -102,7 +126,8 @@ def signer(private_key: Ed25519PrivateKey) -> Callable[[Path], None]:
 
 def publisher(private_key_path: str | Path = "") -> Callable[[Path], None] | None:
     """The ``finalize=`` hook signing with the key at ``private_key_path``, else the key named
-    by ``$FEDSEARCH_SIGNING_KEY`` (set by ``fedsearch deploy superlink``); None if neither."""
+    by ``$FEDSEARCH_SIGNING_KEY`` (set by a simulation's own SuperLink, never by a
+    deployment's: there the operator's ``fedsearch deploy run`` signs); None if neither."""
     path = str(private_key_path) or os.environ.get(SIGNING_KEY_ENV, "")
     return signer(load_private_key(Path(path))) if path else None
 
@@ -137,7 +162,7 @@ def verify_version(folder: Path, public_key: Ed25519PublicKey) -> dict[str, Any]
 def _check_signature(folder: Path, manifest_bytes: bytes, public_key: Ed25519PublicKey) -> None:
     path = folder / SIGNATURE_FILE
     if not path.is_file():
-        raise SignatureError(f"{folder}: version is not signed (no {SIGNATURE_FILE})")
+        raise UnsignedVersionError(f"{folder}: version is not signed (no {SIGNATURE_FILE})")
     try:
         record = json.loads(path.read_text(encoding="utf-8"))
         signature = base64.b64decode(record["signature"], validate=True)

@@ -23,7 +23,9 @@ that verifies and pins it (persisted) until a version above the mark is publishe
 
 The value is built aside and swapped in by one assignment, so a reader sees the old
 version or the new one, never a mix. A refused folder is remembered by name and not tried
-again. Each ``refresh`` also re-verifies the served folder: if it was altered on disk,
+again, except an unsigned one (``UnsignedVersionError``): a deployment's operator signs
+versions after the ServerApp publishes them (``server.deploy.signer``). Each ``refresh``
+also re-verifies the served folder: if it was altered on disk,
 ``last_error`` says so (the loaded, verified copy keeps being served, and after a restart
 the altered folder is refused). ``refresh`` runs under a lock, so a polling thread and an
 on-demand reload can share one instance; ``on_swap`` is called with each new value under
@@ -42,7 +44,7 @@ from typing import Any, Generic, TypeVar
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from common.security.high_water import VersionMark, load_mark, manifest_digest, save_mark
-from common.security.signing import verify_version
+from common.security.signing import UnsignedVersionError, verify_version
 from common.security.versions import IntegrityError, list_versions, verify_files, version_number
 
 log = logging.getLogger(__name__)
@@ -147,7 +149,8 @@ class TrustedVersions(Generic[_T]):
         try:
             candidate = self._verify_and_load(folder, self._expected_digest(folder.name))
         except (IntegrityError, ValueError, OSError) as exc:
-            self._refused.add(folder.name)
+            if not isinstance(exc, UnsignedVersionError):  # may be signed later: try again
+                self._refused.add(folder.name)
             self.last_error = f"refused {folder.name}: {exc}"
             if folder.name == self._mark.serving and self._held is None:
                 self.last_error += (

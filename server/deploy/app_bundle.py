@@ -5,6 +5,10 @@ given. The project folder also holds run data (``deploy/``, device folders, ``ru
 ``stage_app`` copies an allow-list into a folder of its own: ``pyproject.toml`` (the app's
 components and run config) and the modules and package data of the project's packages.
 
+``stage_app`` writes ``pyproject.toml`` as Flower's builder rewrites it into the FAB (parsed
+and dumped again, ``[tool.flwr.federations]`` dropped), so the app signature the operator
+adds (``sign_staged_app``, ``common.security.app_signing``) covers the FAB's bytes exactly.
+
 ``check_run_config`` names the keys of a ``--run-config`` string that the app's
 ``[tool.flwr.app.config]`` table does not list (flwr itself only answers "Invalid run
 configuration").
@@ -13,13 +17,21 @@ configuration").
 from __future__ import annotations
 
 import shutil
+import tomllib
 from pathlib import Path
+from typing import Any
 
+import tomli_w
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.common.config import get_project_config, parse_config_args
 
 from common.config import Config
+from common.security.app_signing import sign_app
 
 APP_PACKAGES = ("common", "client", "server", "simulation")
+# what a deployment's config-file may set: devices never read it (client.app), so settings
+# they must agree on (federation, adapter, evaluation, population) go in --run-config
+SERVER_ONLY_SECTIONS = ("paths", "encoder", "pretrain", "centralized", "search", "speech")
 APP_FILE_PATTERNS = ("*.py", "*.json", "*.toml")
 PROJECT_FILE = "pyproject.toml"
 
@@ -50,13 +62,22 @@ def stage_app(source: Path, target: Path) -> Path:
     for relative in files:
         (target / relative).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(source / relative, target / relative)
+    project = target / PROJECT_FILE
+    config = tomllib.loads(project.read_text(encoding="utf-8"))
+    config.get("tool", {}).get("flwr", {}).pop("federations", None)
+    project.write_text(tomli_w.dumps(config), encoding="utf-8")
     return target
+
+
+def sign_staged_app(app_dir: Path, private_key: Ed25519PrivateKey) -> int:
+    """Sign the staged app for devices (``client.app_guard``); returns how many files."""
+    return len(sign_app(app_dir, private_key))
 
 
 def run_config_keys(app_dir: Path) -> list[str]:
     """The keys ``--run-config`` may set: the app's ``[tool.flwr.app.config]`` table."""
     table = get_project_config(app_dir)["tool"]["flwr"]["app"].get("config", {})
-    return sorted(_flat_keys(table))
+    return sorted(flat_config(table))
 
 
 def check_run_config(app_dir: Path, run_config: str) -> None:
@@ -71,11 +92,30 @@ def check_run_config(app_dir: Path, run_config: str) -> None:
         raise ValueError(
             f"--run-config: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(valid)}"
         )
+    if given.get("config-file"):
+        check_config_file(Path(str(given["config-file"])))
     stale = [key for key in given if "." in key and not is_config_key(key)]
     if stale:
         raise ValueError(
             f"--run-config: {', '.join(stale)} listed in [tool.flwr.app.config] but not a "
             "fedsearch setting (common/config.py)"
+        )
+
+
+def check_config_file(path: Path) -> None:
+    """ValueError if the run's ``config-file`` sets what devices must agree on."""
+    if not path.is_file():
+        raise ValueError(f"config-file: {path} not found (give an absolute path)")
+    try:
+        sections = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"config-file: {path}: {exc}") from exc
+    shared = sorted(set(sections) - set(SERVER_ONLY_SECTIONS))
+    if shared:
+        raise ValueError(
+            f"config-file: {path} sets [{'], ['.join(shared)}], which devices never read "
+            f"(they read their own config only): set them with --run-config; a config-file "
+            f"may set [{'], ['.join(SERVER_ONLY_SECTIONS)}]"
         )
 
 
@@ -87,9 +127,10 @@ def is_config_key(key: str) -> bool:
     return isinstance(model, type) and name.replace("-", "_") in getattr(model, "model_fields", {})
 
 
-def _flat_keys(table: dict, prefix: str = "") -> list[str]:
-    keys: list[str] = []
+def flat_config(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested TOML table as flat ``section.key`` entries (what a run config holds)."""
+    out: dict[str, Any] = {}
     for key, value in table.items():
         name = f"{prefix}{key}"
-        keys += _flat_keys(value, f"{name}.") if isinstance(value, dict) else [name]
-    return keys
+        out |= flat_config(value, f"{name}.") if isinstance(value, dict) else {name: value}
+    return out

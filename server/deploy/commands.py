@@ -12,7 +12,9 @@ import os
 import re
 import shlex
 import subprocess
+import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from common.cli import UsageError
 from common.config import REPO_ROOT
@@ -23,6 +25,7 @@ from server.deploy.layout import (
     DEVICES_FILE,
     Deployment,
     DeploymentInfo,
+    active_runs,
     init_deployment,
     record_device,
     register_command,
@@ -32,8 +35,12 @@ from server.deploy.layout import (
 )
 from server.federation.recorder import METRICS_FILE
 
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
 ENV_NO_DEPS = "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"
 APP_DIR = "app"
+STARTED_RUN = re.compile(r"Successfully started run (\d+)")
 
 
 def register_deploy_commands(subparsers: argparse._SubParsersAction) -> None:
@@ -106,6 +113,16 @@ def register_deploy_commands(subparsers: argparse._SubParsersAction) -> None:
     run.add_argument("--no-stream", action="store_true", help="return once the run started")
     run.set_defaults(handler=_run)
 
+    sign = _add(
+        sub,
+        "sign",
+        "sign the versions a run published (runs started with --no-stream)",
+        runs=False,
+    )
+    sign.add_argument("--run-id", type=int, required=True, help="the run (flwr ls)")
+    sign.add_argument("--run-config", help="the --run-config the run was started with")
+    sign.set_defaults(handler=_sign)
+
     env = _add(
         sub, "env", "print the shell exports for using `flwr` on this deployment", runs=False
     )
@@ -133,10 +150,13 @@ def _init(args: argparse.Namespace) -> int:
             raise UsageError(f"{flag}: {port} is not in 1..65535")
     if args.port == args.superlink_port:
         raise UsageError("--port and --superlink-port must differ")
+    from server.deploy.signer import PASSPHRASE_ENV, passphrase_from_env
+
     hosts = args.cert_host or ["127.0.0.1"]
     info = DeploymentInfo(args.host, args.port, hosts, args.superlink_port)
+    passphrase = passphrase_from_env()
     try:
-        dep = init_deployment(args.dir, info)
+        dep = init_deployment(args.dir, info, passphrase=passphrase)
     except FileExistsError as exc:
         raise UsageError(str(exc)) from exc
     print(f"deployment folder: {dep.root}")
@@ -144,6 +164,8 @@ def _init(args: argparse.Namespace) -> int:
     print(f"  SuperLink (operator only): {dep.info.superlink_address}")
     print(f"  give devices: {dep.ca_cert} and {dep.signing_pub}")
     print(f"  keep private: {dep.ca_key}, {dep.server_key}, {dep.signing_key}")
+    at_rest = f"encrypted (${PASSPHRASE_ENV})" if passphrase else "not encrypted"
+    print(f"  signing key {at_rest}; only `fedsearch deploy run` uses it, never the SuperLink")
     return 0
 
 
@@ -196,7 +218,8 @@ def resumed_run_config(run_config: str | None, resume: Path | None) -> str | Non
 
 
 def _run(args: argparse.Namespace) -> int:
-    from server.deploy.app_bundle import check_run_config, stage_app
+    from server.deploy.app_bundle import check_run_config, sign_staged_app, stage_app
+    from server.deploy.signer import operator_key
 
     dep = Deployment(args.dir)
     dep.info  # noqa: B018 - fails clearly if the folder is not a deployment
@@ -212,13 +235,98 @@ def _run(args: argparse.Namespace) -> int:
     print(f"$ FLWR_HOME={shlex.quote(env['FLWR_HOME'])} {shlex.join(command)}", flush=True)
     if args.print_only:
         return 0
-    status, output = run_passing_through(command, env)
-    started = re.search(r"Successfully started run (\d+)", output)
+    key = operator_key(dep.signing_key)
+    print(f"signed the app for devices: {sign_staged_app(app, key)} files", flush=True)
+    signing = _VersionSigning(dep, key, app, run_config)
+    status, output = run_passing_through(command, env, on_line=signing.hear)
+    signing.stop()
+    started = STARTED_RUN.search(output)
+    if args.no_stream and started:
+        print(
+            f"run {started.group(1)}: its versions are published unsigned; sign them with "
+            f"`fedsearch deploy sign --dir {args.dir} --run-id {started.group(1)}"
+            + (f" --run-config {shlex.quote(run_config)}`" if run_config else "`"),
+            flush=True,
+        )
     if status != 0 or args.no_stream or started is None:
         return status or (0 if started else 1)
     final = run_status(dep, int(started.group(1)))
     print(f"run {started.group(1)}: {final}", flush=True)
     return 0 if final == "finished:completed" else 1
+
+
+class _VersionSigning:
+    """Signs the versions of the run ``flwr run`` starts, from the moment its id is printed
+    until ``stop()`` (``server.deploy.signer``)."""
+
+    def __init__(
+        self, dep: Deployment, key: Ed25519PrivateKey, app: Path, run_config: str | None
+    ) -> None:
+        self.dep, self.key, self.app, self.run_config = dep, key, app, run_config
+        self.done = threading.Event()
+        self.thread: threading.Thread | None = None
+
+    def hear(self, line: str) -> None:
+        started = STARTED_RUN.search(line)
+        if started and self.thread is None:
+            self.thread = threading.Thread(
+                target=_sign_run,
+                args=(self.dep, self.key, self.app, self.run_config, int(started.group(1))),
+                kwargs={"done": self.done},
+                daemon=True,
+            )
+            self.thread.start()
+
+    def stop(self) -> None:
+        self.done.set()
+        if self.thread is not None:
+            self.thread.join()
+
+
+def _sign_run(
+    dep: Deployment,
+    key: Ed25519PrivateKey,
+    app: Path,
+    run_config: str | None,
+    run_id: int,
+    *,
+    done: threading.Event,
+) -> list[str]:
+    """Sign run ``run_id``'s versions until ``done`` is set (at once if it is)."""
+    from server.deploy.signer import RunSigner, run_target, sign_while
+
+    registry, run_name = run_target(app, run_config, run_id)
+
+    def others() -> list[str]:
+        active = active_runs(dep)
+        if active is None:
+            return ["(unknown: `flwr ls` failed)"]
+        return [str(r) for r in active if r != run_id]
+
+    signer = RunSigner(key, registry, run_name, others)
+    sign_while(signer, done, lambda text: print(f"fedsearch deploy: {text}", flush=True))
+    return signer.signed
+
+
+def _sign(args: argparse.Namespace) -> int:
+    from server.deploy.app_bundle import check_run_config
+    from server.deploy.signer import operator_key
+
+    dep = Deployment(args.dir)
+    dep.info  # noqa: B018 - fails clearly if the folder is not a deployment
+    app = dep.root / APP_DIR  # what `deploy run` staged and sent
+    try:
+        if args.run_config:
+            check_run_config(app, args.run_config)
+    except (ValueError, FileNotFoundError) as exc:
+        raise UsageError(str(exc)) from exc
+    done = threading.Event()
+    done.set()
+    signed = _sign_run(
+        dep, operator_key(dep.signing_key), app, args.run_config, args.run_id, done=done
+    )
+    print(f"run {args.run_id}: signed {', '.join(signed) or 'nothing (none pending)'}")
+    return 0
 
 
 def _env(args: argparse.Namespace) -> int:

@@ -8,7 +8,7 @@ One folder holds what the operator needs::
       superlink/server.crt     TLS certificate for the SuperLink (SANs = hosts)
       superlink/server.key
       superlink/state.db       the SuperLink's state (registered SuperNodes, runs)
-      signing/signing.key      Ed25519 key that signs published model versions
+      signing/signing.key      Ed25519 key the operator signs the app and model versions with
       signing/signing.pub      give this to devices and the search service
       flwr/config.toml         FLWR_HOME for the ``flwr`` CLI: connection "fedsearch"
       devices.json             registered devices: name and public key
@@ -37,7 +37,7 @@ from pathlib import Path
 from common.config import ENCODER_DIR_ENV, default_encoder_dir
 from common.federation.flower_env import flower_env
 from common.security.pki import LOCAL_HOSTS, create_ca, issue_server_cert
-from common.security.signing import SIGNING_KEY_ENV, generate_signing_key
+from common.security.signing import generate_signing_key
 
 DEPLOYMENT_FILE = "deployment.json"
 DEVICES_FILE = "devices.json"
@@ -94,21 +94,22 @@ class Deployment:
     flwr_home = property(lambda self: self.root / "flwr")
 
     def env(self) -> dict[str, str]:
-        """Environment for the SuperLink and the ``flwr`` CLI of this deployment; the
-        ServerApp inherits ``$FEDSEARCH_SIGNING_KEY`` and signs what it publishes, and
+        """Environment for the SuperLink and the ``flwr`` CLI of this deployment. It names
+        no signing key: the ServerApp publishes unsigned versions and the operator's
+        ``deploy run`` signs them (``server.deploy.signer``). The ServerApp inherits
         ``$FEDSEARCH_ENCODER_DIR`` (absolute), so it names the base encoder that the
         operator's ``fedsearch serve`` and ``device import-history`` find."""
         return flower_env(
             FLWR_HOME=str(self.flwr_home),
-            **{
-                SIGNING_KEY_ENV: str(self.signing_key),
-                ENCODER_DIR_ENV: str(default_encoder_dir().resolve()),
-            },
+            **{ENCODER_DIR_ENV: str(default_encoder_dir().resolve())},
         )
 
 
-def init_deployment(root: Path, info: DeploymentInfo) -> Deployment:
-    """Create the CA, the SuperLink's certificate, the signing key and the flwr config."""
+def init_deployment(
+    root: Path, info: DeploymentInfo, *, passphrase: bytes | None = None
+) -> Deployment:
+    """Create the CA, the SuperLink's certificate, the signing key (encrypted with
+    ``passphrase`` if given) and the flwr config."""
     dep = Deployment(root)
     if (dep.root / DEPLOYMENT_FILE).exists():
         raise FileExistsError(f"{dep.root} is already a deployment folder")
@@ -119,7 +120,7 @@ def init_deployment(root: Path, info: DeploymentInfo) -> Deployment:
     create_ca(dep.ca_cert, dep.ca_key, "fedsearch federation CA")
     hosts = list(dict.fromkeys([*info.hosts, *LOCAL_HOSTS]))
     issue_server_cert(dep.ca_cert, dep.ca_key, dep.server_cert, dep.server_key, hosts)
-    generate_signing_key(dep.signing_key, dep.signing_pub)
+    generate_signing_key(dep.signing_key, dep.signing_pub, passphrase=passphrase)
     write_flwr_config(dep, info)
     (dep.root / DEPLOYMENT_FILE).write_text(json.dumps(asdict(info), indent=2), "utf-8")
     return dep
@@ -197,15 +198,27 @@ def run_command(app_dir: Path, run_config: str | None = None, stream: bool = Tru
 
 def run_status(dep: Deployment, run_id: int) -> str:
     """A run's status as ``flwr ls`` reports it (e.g. ``finished:completed``), "" if unknown."""
+    runs = _listed_runs(dep, ["--run-id", str(run_id)])
+    return str(runs[0]["status"]) if runs else ""
+
+
+def active_runs(dep: Deployment) -> list[int] | None:
+    """Ids of the runs not finished on the SuperLink; None if ``flwr ls`` cannot tell."""
+    runs = _listed_runs(dep, [])
+    if runs is None:
+        return None
+    return [int(r["run-id"]) for r in runs if not str(r["status"]).startswith("finished")]
+
+
+def _listed_runs(dep: Deployment, extra: list[str]) -> list[dict] | None:
     out = subprocess.run(
-        ["flwr", "ls", DEPLOY_CONNECTION, "--run-id", str(run_id), "--format", "json"],
+        ["flwr", "ls", DEPLOY_CONNECTION, *extra, "--format", "json"],
         env=dep.env(),
         capture_output=True,
         text=True,
         check=False,
     )
     try:
-        runs = json.loads(out.stdout[out.stdout.index("{") :])["runs"]
-    except (ValueError, KeyError):
-        return ""
-    return str(runs[0]["status"]) if runs else ""
+        return list(json.loads(out.stdout[out.stdout.index("{") :])["runs"])
+    except (ValueError, KeyError, TypeError):
+        return None

@@ -26,7 +26,7 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Literal, cast
 
 import flwr.compat.common.recorddict_compat as compat
 import numpy as np
@@ -123,9 +123,11 @@ def run_federation(
     *,
     on_cohort: RunCohortObserver | None = None,
     resume: bool = False,
+    promote: Literal["if-not-worse", "always"] = "if-not-worse",
 ) -> FederatedAdapterStrategy:
     """Run ``federation.rounds`` rounds (``resume``: those after the last one recorded in
-    ``spec.run_dir``); refuse to start if the ledger's budget is short."""
+    ``spec.run_dir``) under the ``promote`` rule (``server.federation.promotion``); refuse
+    to start if the ledger's budget is short."""
     plan = PrivacyPlan.from_spec(spec)
     ledger = open_ledger(spec, plan)
     state = resume_point(spec.run_dir, spec.run_dir.name, ledger) if resume else None
@@ -152,7 +154,11 @@ def run_federation(
         average=stack.average,
         finalize=finalize,
         resume=resume,
+        promote=promote,
     )
+    if state is not None:
+        recorder.pending, recorder.standing = state.pending, state.standing
+        recorder.evaluating = stack.fedavg.to_evaluate = state.evaluating
     if isinstance(fit, SurvivorCheckedSecAgg):
         fit.before_unmask, fit.unmask_failed = recorder.charge, recorder.refund
     workflow = DefaultWorkflow(
@@ -209,6 +215,7 @@ def _recorded(fit: Workflow, recorder: RunRecorder, stack: StrategyStack, done: 
         fit(grid, context)
         weights = _global_weights(context)
         recorder.record(server_round, weights)
+        stack.fedavg.to_evaluate = recorder.evaluating
         velocity = stack.fedavg.optimizer.state_dict()["velocity"]
         state = ServerState(
             round=server_round,
@@ -216,6 +223,9 @@ def _recorded(fit: Workflow, recorder: RunRecorder, stack: StrategyStack, done: 
             velocity=list(velocity) if isinstance(velocity, list) and velocity else None,
             average=stack.average.average if stack.average is not None else None,
             rng_position=stack.fedavg.rng.position,
+            evaluating=recorder.evaluating,
+            pending=recorder.pending,
+            standing=recorder.standing,
         )
         save_server_state(recorder.spec.run_dir, state)
 
@@ -244,7 +254,8 @@ def build_server_app(
 
     Published versions are signed with ``finalize``, else with the key named by
     ``$FEDSEARCH_SIGNING_KEY`` (``common.security.signing.publisher``); unsigned if neither.
-    ``seeded``: draw randomness from ``federation.seed`` (simulations only); ``on_sum``
+    ``seeded``: a simulation: draw randomness from ``federation.seed``, and publish every
+    round under ``federation.promote = "auto"``; ``on_sum``
     sees each round's noised payload sum (``server.federation.strategy.SumObserver``);
     ``on_cohort`` each round's sampled node ids (simulated faults).
     """
@@ -261,9 +272,10 @@ def build_server_app(
             else KeystreamRandom.from_os()
         )
         resume = str(context.run_config.get("resume", "")).lower() in ("true", "1")
+        promote = run.config.federation.promotion_rule(simulated=seeded)
         run_federation(
             grid, context, run, rng, finalize or publisher(), on_sum,
-            on_cohort=on_cohort, resume=resume,
+            on_cohort=on_cohort, resume=resume, promote=promote,
         )  # fmt: skip
 
     return app

@@ -3,11 +3,13 @@ one line of ``metrics.jsonl``, in that order.
 
 A round is charged to the population's ledger once, before anything computed from it is
 published: under SecAgg+ already just before the server asks for the shares that unmask
-its sum (``charge``), and taken back (``refund``) if too few came back to unmask it. It is
-then published as the registry's next version (signed with ``finalize``) if its noised
-count of devices that trained reaches the plan's ``min_devices`` (a round of declines
-publishes nothing); what is published is the moving average when the run keeps one, else
-the new global adapter. A round dropped unseen is recorded as dropped, neither charged nor
+its sum (``charge``), and taken back (``refund``) if too few came back to unmask it. A
+round whose noised count of devices that trained reaches the plan's ``min_devices`` yields
+an adapter (the moving average when the run keeps one, else the new global adapter); a
+round of declines yields none. That adapter is published as the registry's next version
+(signed with ``finalize``) at once under the ``promote`` rule ``"always"``, or after the
+next round's devices evaluated it and ``server.federation.promotion`` found it not worse
+than the served version. A round dropped unseen is recorded as dropped, neither charged nor
 published. A ``resume``d run appends to the rounds already recorded.
 """
 
@@ -19,7 +21,7 @@ import math
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -27,6 +29,7 @@ from common.federation.privacy_plan import PrivacyPlan
 from common.federation.run_spec import RunSpec
 from server.federation.averaging import MovingAverage
 from server.federation.ledger import PopulationLedger
+from server.federation.promotion import Candidate, Standing, judge, pooled_gain
 from server.federation.publish import publish_adapter
 from server.federation.strategy import RoundLog
 
@@ -48,6 +51,7 @@ class RunRecorder:
         average: MovingAverage | None = None,
         finalize: Callable[[Path], None] | None = None,
         resume: bool = False,
+        promote: Literal["if-not-worse", "always"] = "if-not-worse",
     ) -> None:
         self.spec = spec
         self.plan = plan
@@ -56,8 +60,12 @@ class RunRecorder:
         self.payload_size = payload_size
         self.average = average
         self.finalize = finalize
+        self.promote = promote
         self.start = time.perf_counter()
         self.charged: dict[int, float | None] = {}
+        self.pending: Candidate | None = None  # the adapter the next round evaluates
+        self.standing = Standing()  # the served version's pooled evaluation
+        self.evaluating: list[np.ndarray] | None = None  # what the next round evaluates
         spec.run_dir.mkdir(parents=True, exist_ok=True)
         if not resume:  # a resumed run appends to the rounds it recorded
             (spec.run_dir / METRICS_FILE).write_text("", encoding="utf-8")
@@ -73,13 +81,7 @@ class RunRecorder:
         else:
             entry["fit"] = figures
             entry["epsilon_user"] = self.charge(server_round)
-            if self._enough_trained(figures):
-                entry["published"] = str(self._publish(server_round, global_weights, figures))
-            else:
-                entry["not_published"] = (
-                    f"too few devices trained: {figures.get('trained', 0):.1f} (noised) < "
-                    f"{self.plan.min_devices}"
-                )
+            entry |= self._release(server_round, global_weights, figures)
         with (self.spec.run_dir / METRICS_FILE).open("a", encoding="utf-8") as fh:
             fh.write(json.dumps(finite(entry)) + "\n")
         log.info("round %d recorded: %s", server_round, _short(entry))
@@ -110,15 +112,60 @@ class RunRecorder:
         trained = figures.get("trained")
         return trained is None or trained >= self.plan.min_devices
 
-    def _publish(self, server_round: int, weights: list[np.ndarray], figures: dict) -> Path | None:
-        if not self.spec.config.federation.publish:
-            return None
+    def _release(
+        self, server_round: int, weights: list[np.ndarray], figures: dict[str, float]
+    ) -> dict[str, Any]:
+        """Judge the candidate this round evaluated, then make this round's adapter the
+        next candidate (or publish it at once); the record's keys."""
+        entry: dict[str, Any] = {}
+        federation = self.spec.config.federation
+        if not federation.publish:
+            return entry
+        if self.pending is not None:
+            entry |= self._judge_pending(figures)
         averaged = self.average.average if self.average is not None else None
+        adapter = averaged if averaged is not None else weights
+        if not self._enough_trained(figures):
+            entry["not_published"] = (
+                f"too few devices trained: {figures.get('trained', 0):.1f} (noised) < "
+                f"{self.plan.min_devices}"
+            )
+        elif self.promote == "always":
+            entry["published"] = str(self._publish(Candidate(server_round, adapter, figures)))
+            self.evaluating = adapter
+        else:
+            if self.pending is not None:
+                entry["superseded"] = f"round {self.pending.round}'s adapter, never evaluated"
+            self.pending = Candidate(server_round, adapter, figures)
+            self.evaluating = adapter
+            entry["candidate"] = server_round
+        return entry
+
+    def _judge_pending(self, figures: dict[str, float]) -> dict[str, Any]:
+        """Publish the pending candidate if this round's evaluation finds it not worse."""
+        pending = self.pending
+        assert pending is not None
+        measured = pooled_gain(figures, self.spec.config.evaluation.k)
+        if measured is None:
+            return {}
+        verdict = judge(
+            *measured, self.standing, margin_sd=self.spec.config.federation.promote_margin_sd
+        )
+        self.pending = None
+        evaluation = {"round": pending.round, "gain": verdict.gain, "std": verdict.std}
+        if not verdict.promote:
+            self.evaluating = None
+            return {"not_promoted": f"round {pending.round}'s adapter: {verdict.reason}"}
+        folder = self._publish(pending, evaluation | {"verdict": verdict.reason})
+        self.standing = Standing(folder.name, verdict.gain, verdict.std)
+        return {"published": str(folder), "promoted": verdict.reason}
+
+    def _publish(self, candidate: Candidate, evaluation: dict | None = None) -> Path:
+        manifest = self._manifest(candidate.round, candidate.figures)
+        if evaluation is not None:
+            manifest["evaluation"] = finite(evaluation)
         return publish_adapter(
-            self.spec.config.paths.registry,
-            averaged if averaged is not None else weights,
-            self._manifest(server_round, figures),
-            finalize=self.finalize,
+            self.spec.config.paths.registry, candidate.weights, manifest, finalize=self.finalize
         )
 
     def _manifest(self, server_round: int, figures: dict[str, Any]) -> dict[str, Any]:
@@ -175,8 +222,11 @@ def _short(entry: dict[str, Any]) -> str:
         parts.append(f"personal nDCG@10 {personal:.3f} (noised)")
     if entry.get("epsilon_user") is not None:
         parts.append(f"epsilon_user {entry['epsilon_user']:.2f}")
-    if "not_published" in entry:
-        parts.append(f"NOT published: {entry['not_published']}")
-    elif entry.get("published"):
+    if entry.get("published"):
         parts.append(f"published {Path(entry['published']).name}")
+    for key, label in (("not_promoted", "NOT promoted"), ("not_published", "NOT published")):
+        if key in entry:
+            parts.append(f"{label}: {entry[key]}")
+    if "candidate" in entry:
+        parts.append(f"candidate for the next round's evaluation: round {entry['candidate']}")
     return ", ".join(parts)

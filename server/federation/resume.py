@@ -3,7 +3,8 @@
 After each round is charged, published and recorded, the server writes what the next
 round starts from to ``<run_dir>/server_state.npz`` (atomically): the round, the global
 adapter, the server optimizer's momentum, the moving average and how far its random
-stream has been read. A server restarted on the same run folder with ``resume``
+stream has been read, and the promotion rule's state (the candidate awaiting evaluation, the
+served version's evaluation). A server restarted on the same run folder with ``resume``
 (``fedsearch simulate --resume RUN_DIR``, ``fedsearch deploy run --resume RUN_DIR``)
 continues from that round: ``metrics.jsonl`` is cut back to it, the registry keeps its
 versions and the population's ledger keeps every round it charged. A round that was
@@ -18,7 +19,7 @@ from __future__ import annotations
 import io
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +28,12 @@ import numpy as np
 from common.config import ConfigError
 from common.files import atomic_write
 from server.federation.ledger import PopulationLedger
+from server.federation.promotion import Candidate, Standing
 from server.federation.recorder import METRICS_FILE
 
 log = logging.getLogger(__name__)
 SERVER_STATE_FILE = "server_state.npz"
+LISTS = ("weights", "velocity", "average", "evaluating")
 
 
 @dataclass(frozen=True)
@@ -42,15 +45,23 @@ class ServerState:
     velocity: list[np.ndarray] | None
     average: list[np.ndarray] | None
     rng_position: int
+    evaluating: list[np.ndarray] | None = None
+    pending: Candidate | None = None
+    standing: Standing = Standing()
 
 
 def save_server_state(run_dir: Path, state: ServerState) -> None:
     arrays: dict[str, Any] = {}
-    for name in ("weights", "velocity", "average"):
+    for name in LISTS:
         for n, array in enumerate(getattr(state, name) or []):
             arrays[f"{name}.{n}"] = np.asarray(array)
-    meta = {"round": state.round, "rng_position": state.rng_position}
-    meta |= {name: getattr(state, name) is not None for name in ("velocity", "average")}
+    pending = state.pending
+    meta: dict[str, Any] = {"round": state.round, "rng_position": state.rng_position}
+    meta |= {name: getattr(state, name) is not None for name in LISTS[1:]}
+    meta["standing"] = asdict(state.standing)
+    meta["pending"] = (
+        None if pending is None else {"round": pending.round, "figures": pending.figures}
+    )
     buffer = io.BytesIO()
     arrays["meta"] = np.frombuffer(json.dumps(meta).encode(), dtype=np.uint8)
     np.savez(buffer, **arrays)
@@ -63,13 +74,18 @@ def load_server_state(run_dir: Path) -> ServerState | None:
         return None
     with np.load(path) as data:
         meta = json.loads(data["meta"].tobytes().decode())
-        lists = {name: _arrays(data, name) for name in ("weights", "velocity", "average")}
+        lists = {name: _arrays(data, name) for name in LISTS}
+    optional = {name: lists[name] if meta.get(name) else None for name in LISTS[1:]}
+    pending = meta.get("pending")
     return ServerState(
         round=int(meta["round"]),
         weights=lists["weights"],
-        velocity=lists["velocity"] if meta["velocity"] else None,
-        average=lists["average"] if meta["average"] else None,
         rng_position=int(meta["rng_position"]),
+        pending=None
+        if pending is None or optional["evaluating"] is None
+        else Candidate(int(pending["round"]), optional["evaluating"], pending["figures"]),
+        standing=Standing(**meta.get("standing", {})),
+        **optional,
     )
 
 

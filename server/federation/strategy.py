@@ -18,6 +18,8 @@
 - Statistics: counts of devices that trained and declined, and the mean over evaluated
   devices of each ranking metric of the published version they verified, all carrying the
   round's noise (their standard deviation is recorded). No evaluation messages are sent.
+- Evaluation: the weights in ``to_evaluate`` (set after each round: the candidate version,
+  ``server.federation.promotion``) travel in the fit config; devices rank with them.
 - Poisoning check (``federation.sum_bound``): a sum heavier than any honest cohort's
   (``server.federation.sum_bound``) refuses the round: no update, recorded as refused.
 
@@ -48,6 +50,7 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg
 
 from common.evaluation.protocol import MODES
+from common.federation.candidate import CANDIDATE_KEY, encode_candidate
 from common.federation.payload import PayloadCodec
 from common.federation.privacy_plan import PrivacyPlan
 from common.federation.run_spec import RunSpec
@@ -102,8 +105,10 @@ class FederatedAdapterStrategy(FedAvg):
             spec.config.federation.server_lr, spec.config.federation.server_momentum
         )
         self.current: list[np.ndarray] = list(initial)
+        self.to_evaluate: list[np.ndarray] | None = None
         self.log = RoundLog()
         self._waited = False
+        self._enrolled: dict[int, str] = {}
         bounded = spec.config.federation.sum_bound
         self.sum_bound = SumBound(plan, self.codec.size) if bounded else None
 
@@ -120,8 +125,10 @@ class FederatedAdapterStrategy(FedAvg):
                     self.spec.num_devices,
                     REGISTRATION_TIMEOUT_S,
                 )
-        keys = self.enrolment() if self.enrolment is not None else {}
         devices = {int(cid): proxy for cid, proxy in client_manager.all().items()}
+        if self.enrolment is not None and not devices.keys() <= self._enrolled.keys():
+            self._enrolled = dict(self.enrolment())  # asked again only when a node is new
+        keys = self._enrolled
         order = sorted(devices, key=lambda node: (keys.get(node, ""), node))
         return [devices[node] for node in order]
 
@@ -134,7 +141,10 @@ class FederatedAdapterStrategy(FedAvg):
         cohort = [proxy for proxy, ok in zip(devices, joined, strict=True) if ok]
         if self.on_sample is not None:
             self.on_sample(server_round, [proxy.node_id for proxy in cohort])
-        fit_ins = FitIns(parameters, {"round": server_round})
+        config: dict[str, Scalar] = {"round": server_round}
+        if self.to_evaluate is not None:
+            config[CANDIDATE_KEY] = encode_candidate(self.to_evaluate)
+        fit_ins = FitIns(parameters, config)
         return [(proxy, fit_ins) for proxy in cohort]
 
     def aggregate_fit(

@@ -1,4 +1,4 @@
-"""The device's Flower client: one payload out, private state kept, published version read."""
+"""The device's Flower client: one payload out, private state kept, candidate evaluated."""
 
 from __future__ import annotations
 
@@ -8,14 +8,12 @@ import torch
 
 from client.app import AdapterClient
 from client.local_device import LocalDevice
-from client.sdk import verified_adapters
 from client.store import DeviceStore
 from common.config import config_from_dict
+from common.federation.candidate import CANDIDATE_KEY, encode_candidate
 from common.federation.payload import STATS, PayloadCodec
 from common.federation.run_spec import RunSpec
-from common.model.adapter import ADAPTER_FILE, QueryAdapter
-from common.security.signing import generate_signing_key, load_private_key, load_public_key, signer
-from common.security.versions import write_version
+from common.model.adapter import QueryAdapter
 from simulation.synthetic import synthetic_population
 
 DIM, RANK, CLIP = 16, 4, 0.5
@@ -37,7 +35,7 @@ def _config(**device):
     )
 
 
-def _client(tmp_path, population, config, published=None):
+def _client(tmp_path, population, config):
     spec = RunSpec(config, "marketplace", len(population.devices), tmp_path)
     store = DeviceStore(tmp_path / "store", b"k" * 32)
     device = LocalDevice(
@@ -45,7 +43,6 @@ def _client(tmp_path, population, config, published=None):
         population.item_vectors,
         store,
         config.device,
-        published=published,
         seed_parts=(0, 0),
     )
     return AdapterClient(device, spec), store
@@ -67,7 +64,7 @@ def test_fit_sends_one_clipped_payload_weight_one_and_no_metrics(tmp_path, popul
     assert np.linalg.norm(np.concatenate([u.ravel() for u in update])) <= CLIP * (1 + 1e-5)
     assert stats["trained"] == pytest.approx(1.0) and stats["declined"] == pytest.approx(0.0)
     assert stats["evaluated"] == pytest.approx(1.0) and set(stats) == set(STATS)
-    # no version published yet: the "adapter" is the base encoder
+    # no candidate sent: the "adapter" is the base encoder
     assert stats["adapter.rr"] == pytest.approx(stats["base.rr"], abs=1e-6)
     state = store.load_state()
     assert state.info["rounds_trained"] == 1 and state.user_vector is not None
@@ -88,34 +85,23 @@ def test_a_declining_device_sends_a_zero_update_counted_as_declined(tmp_path, po
     assert store.load_state().accountant == spent
 
 
-def test_the_device_evaluates_the_newest_version_it_verified(tmp_path, population):
-    private, public = tmp_path / "signing.key", tmp_path / "signing.pub"
-    generate_signing_key(private, public)
+def test_the_device_evaluates_the_candidate_the_server_sends(tmp_path, population):
     adapter = QueryAdapter(DIM, RANK)
-    adapter.up.weight.data.normal_(0, 0.5)  # a version that ranks differently from base
-    registry = tmp_path / "registry"
-    write_version(
-        registry,
-        lambda folder: adapter.save(folder / ADAPTER_FILE),
-        {"kind": "query-adapter"},
-        finalize=signer(load_private_key(private)),
-    )
-    published = verified_adapters(registry, load_public_key(public))
-    client, _ = _client(tmp_path, population, _config(), published)
-    sent, _, _ = client.fit(QueryAdapter(DIM, RANK).get_weights(), {"round": 2})
+    adapter.up.weight.data.normal_(0, 0.5)  # a candidate that ranks differently from base
+    client, _ = _client(tmp_path, population, _config())
+    config = {"round": 2, CANDIDATE_KEY: encode_candidate(adapter.get_weights())}
+    sent, _, _ = client.fit(QueryAdapter(DIM, RANK).get_weights(), config)
     _, stats = _codec(_config()).decode(sent[0])
-    assert published.version == "v0001"
     assert stats["adapter.rr"] != pytest.approx(stats["base.rr"], abs=1e-6)
 
 
-def test_parameters_the_server_crafts_never_reach_the_evaluation(tmp_path, population):
-    """The evaluation attack: a server sends an adapter that maps every query to one item's
+def test_a_crafted_candidate_moves_no_more_than_the_payload_bound(tmp_path, population):
+    """The evaluation attack: a server sends a candidate that maps every query to one item's
     vector, hoping that a device's reciprocal rank tells whether it clicked that item. The
-    device evaluates only the newest version it verified (none here: the base encoder),
-    so the statistics it sends are the same whatever the server sends; only the update
-    differs."""
+    statistics do change (the device evaluates what it is sent), but they stay inside the
+    clipped payload, so what the noised sum reveals about any one device is bounded by the
+    round's DP like its update (under SecAgg+, against the server)."""
     config = _config()
-    honest = QueryAdapter(DIM, RANK).get_weights()
     crafted = QueryAdapter(DIM, RANK)
     target = population.item_vectors[0]
     crafted.down.weight.data.zero_()
@@ -123,12 +109,15 @@ def test_parameters_the_server_crafts_never_reach_the_evaluation(tmp_path, popul
     crafted.down.bias.data[0] = 1.0  # every query gets the same hidden unit...
     crafted.up.weight.data.zero_()
     crafted.up.weight.data[:, 0] = 100.0 * torch.as_tensor(target)  # ...sent to the target
+    codec = _codec(config)
+    bound = CLIP * np.sqrt(1.0 + config.federation.stats_share)
+    honest = QueryAdapter(DIM, RANK).get_weights()
     sent = {}
-    for name, weights in (("honest", honest), ("crafted", crafted.get_weights())):
+    for name, candidate in (("honest", honest), ("crafted", crafted.get_weights())):
         client, _ = _client(tmp_path / name, population, config)
-        sent[name] = _codec(config).decode(client.fit(weights, {"round": 1})[0][0])
-    evaluation = [key for key in STATS if key not in ("trained", "declined")]
-    for key in evaluation:
-        assert sent["crafted"][1][key] == pytest.approx(sent["honest"][1][key], abs=1e-6), key
-    updates = [np.concatenate([u.ravel() for u in sent[name][0]]) for name in sent]
-    assert not np.allclose(updates[0], updates[1])  # the crafted parameters were used to train
+        fit_config = {"round": 1, CANDIDATE_KEY: encode_candidate(candidate)}
+        payload = client.fit(honest, fit_config)[0][0]
+        assert np.linalg.norm(payload) <= bound * (1 + 1e-5)
+        sent[name] = codec.decode(payload)[1]
+    assert sent["crafted"]["adapter.rr"] != pytest.approx(sent["honest"]["adapter.rr"])
+    assert all(0.0 <= value <= 1.0 + 1e-6 for value in sent["crafted"].values())

@@ -152,3 +152,15 @@ def test_register_records_the_name(tmp_path: Path, capsys) -> None:
     assert "--name x" in capsys.readouterr().out
     with pytest.raises(SystemExit):  # init runs no command: nothing to print
         main(["deploy", "init", "--dir", str(tmp_path / "e"), "--print-only"])
+
+
+def test_a_config_file_may_not_set_what_devices_must_agree_on(tmp_path):
+    server_only = tmp_path / "ok.toml"
+    server_only.write_text(f'[paths]\nwork_dir = "{tmp_path}"\n')
+    check_run_config(REPO, f'config-file="{server_only}"')
+    shared = tmp_path / "shared.toml"
+    shared.write_text("[federation]\nnoise_multiplier = 0.1\n[device]\ndp = false\n")
+    with pytest.raises(ValueError, match=r"sets \[device\], \[federation\], which devices never"):
+        check_run_config(REPO, f'config-file="{shared}"')
+    with pytest.raises(ValueError, match="not found"):
+        check_run_config(REPO, f'config-file="{tmp_path / "missing.toml"}"')

@@ -17,6 +17,7 @@ from flwr.superlink.cli.flower_superlink import _parse_args_run_superlink
 from flwr.supernode.cli.flower_supernode import _parse_args_run_supernode
 
 from client.device import Device, DeviceInfo, init_device, superexec_command, supernode_command
+from client.superexec import pop_trusted_key
 from common.cli import main
 from common.security.pki import create_node_auth_keys
 from server.deploy.layout import (
@@ -126,7 +127,9 @@ def test_device_keys_and_supernode_command(dep: Deployment, tmp_path: Path) -> N
     assert args.isolation == "process"  # the ClientApps run under client.superexec
     executor = superexec_command(device)
     assert executor[1:3] == ["-m", "client.superexec"]
-    exec_args = _parse_superexec_args().parse_args(executor[3:])
+    trusted, flower_args = pop_trusted_key(executor[2:])
+    assert trusted == device.signing_pub  # only apps signed with this key run
+    exec_args = _parse_superexec_args().parse_args(flower_args[1:])
     assert exec_args.runtime_api_address == "127.0.0.1:9101"
     assert exec_args.root_certificates == args.ssl_ca_certfile and not exec_args.insecure
     node_config = parse_config_args([args.node_config])

@@ -236,7 +236,9 @@ def test_readme_walkthrough_runs_as_written(
         *prepare, run, listing = commands(blocks[5])
         for command in prepare:
             shell.run(command)
-        shell.run(run, timeout_s=RUN_TIMEOUT_S)
+        ran = shell.run(run, timeout_s=RUN_TIMEOUT_S).stdout
+        assert "signed the app for devices" in ran and "fedsearch deploy: signed v0002" in ran
+        assert shell.log("devices").count("fedsearch: app verified") >= 3  # before its import
         assert "completed" in shell.run(listing).stdout
         assert shell.background["devices"].poll() is not None  # bash itself; nodes run on
         _wait_for(lambda: not _device_processes(project, alive=True), 60, "the ClientApps to end")

@@ -27,7 +27,8 @@ def _spec(tmp_path, **federation):
 
 def _recorder(spec, log):
     plan = PrivacyPlan.from_spec(spec)
-    return RunRecorder(spec, plan, log, open_ledger(spec, plan), payload_size=1000)
+    ledger = open_ledger(spec, plan)
+    return RunRecorder(spec, plan, log, ledger, payload_size=1000, promote="always")
 
 
 def _lines(spec):

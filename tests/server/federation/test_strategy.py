@@ -187,3 +187,27 @@ def test_rounds_sample_the_connected_devices_once_the_first_wait_is_over(tmp_pat
     assert all({p.node_id for p, _ in cohort} <= set(range(1, 13)) for cohort in picked)
     assert sum(len(cohort) for cohort in picked) / 20 == pytest.approx(12 * 0.75, rel=0.2)
     assert not strategy.configure_fit(21, params, SimpleClientManager())  # nobody: no round
+
+
+def test_registration_times_are_asked_again_only_when_a_device_is_new(tmp_path):
+    spec = _spec(tmp_path)
+    params = ndarrays_to_parameters(_initial())
+    asked = []
+
+    def enrolment():  # like grid.get_nodes(): the nodes registered so far
+        asked.append(1)
+        return {int(node): f"t{int(node):03d}" for node in manager.all()}
+
+    strategy = FederatedAdapterStrategy(
+        spec, PrivacyPlan.from_spec(spec), _initial(), KeystreamRandom.from_seed("s"),
+        enrolment=enrolment,
+    )  # fmt: skip
+    manager = SimpleClientManager()
+    for node in range(1, spec.num_devices + 1):
+        manager.register(FakeProxy(node))
+    for server_round in (1, 2, 3):
+        strategy.configure_fit(server_round, params, manager)
+    assert len(asked) == 1
+    manager.register(FakeProxy(spec.num_devices + 1))
+    strategy.configure_fit(4, params, manager)
+    assert len(asked) == 2
