@@ -150,7 +150,8 @@ class PopulationConfig(Section):
     """The simulated device populations (``simulation.population``).
 
     Retail: a device per customer with >= ``min_items`` distinct items (files "":
-    ``transactions.csv.gz`` and ``products.csv`` under ``paths.retail``). Marketplace:
+    ``transactions.csv.gz`` under ``paths.retail`` and the ``products.csv`` next to it, or,
+    without one, a product table derived from the transactions). Marketplace:
     ``shoppers`` with ``train_searches`` + ``test_searches`` searches each, who click
     position p with weight ``(p+1)**-position_bias * exp(utility / click_temperature)``.
     A search shows ``impression_size`` items; the last ``holdout_fraction`` is for testing.

@@ -4,8 +4,10 @@ One device per customer with >= ``population.min_items`` distinct items, one sea
 distinct item in order of first purchase: query = the item's product-type word (last word of
 its description), clicked = the item, shown = the base ranking's top ``impression_size``
 items for that query plus the clicked one. The last ``holdout_fraction`` (at least 1) of each
-history is the test set. Items are ranked against the whole product catalog; item vectors are
-text embeddings of the descriptions.
+history is the test set. Items are ranked against the whole product catalog (``products.csv``
+next to the transactions, or the table derived from a transactions file alone: see
+``common.data.retail.load_retail_catalog``); item vectors are text embeddings of the
+descriptions.
 """
 
 from __future__ import annotations
@@ -14,10 +16,10 @@ from pathlib import Path
 
 from common.config import Config, ConfigError
 from common.data.retail import (
+    TRANSACTIONS_FILE,
     customer_histories,
-    load_retail_products,
+    load_retail_catalog,
     load_retail_transactions,
-    products_from_transactions,
     split_history,
 )
 from common.data.searches import DeviceData, SearchExample
@@ -34,12 +36,14 @@ from simulation.population import (
 )
 
 
-def retail_paths(config: Config) -> tuple[Path, Path]:
-    """(transactions, products) files: ``population.retail_*`` or the retail data folder."""
-    folder = config.paths.retail
-    transactions = config.population.retail_transactions or folder / "transactions.csv.gz"
-    products = config.population.retail_products or folder / "products.csv"
-    return Path(transactions), Path(products)
+def retail_paths(config: Config) -> tuple[Path, Path | None]:
+    """(transactions, products) files: ``population.retail_*``, else ``transactions.csv.gz``
+    in the retail data folder and no fixed product table (``products.csv`` next to the
+    transactions when present, else derived from them: ``load_retail_catalog``)."""
+    settings = config.population
+    transactions = Path(settings.retail_transactions or config.paths.retail / TRANSACTIONS_FILE)
+    products = Path(settings.retail_products) if settings.retail_products else None
+    return transactions, products
 
 
 def load_retail(
@@ -52,12 +56,11 @@ def load_retail(
     """The Online Retail population (see the module doc)."""
     settings = config.population
     transactions_path, products_path = retail_paths(config)
-    if products_path.is_file():
-        products, product_report = load_retail_products(products_path)
-    else:  # a transactions file alone: its own product table
-        products, product_report = products_from_transactions(transactions_path)
+    if products_path is not None and not products_path.is_file():
+        raise ConfigError(f"population.retail_products: no file {products_path}")
+    products, product_report = load_retail_catalog(transactions_path, products_path)
     if not products:
-        raise ConfigError(f"population.retail_products: no products in {products_path}")
+        raise ConfigError(f"population.retail_products: no products in {product_report.source}")
     purchases, purchase_report = load_retail_transactions(transactions_path)
     index = {p.id: i for i, p in enumerate(products)}
     known = [p for p in purchases if p.item_id in index]

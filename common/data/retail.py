@@ -8,6 +8,7 @@ dropped. Every skipped row is counted once, under the first reason it meets.
 
 from __future__ import annotations
 
+import logging
 import math
 import string
 from collections import Counter, defaultdict
@@ -34,9 +35,13 @@ TRANSACTION_COLUMNS = (
     "UnitPrice",
     "CustomerID",
 )
+TRANSACTIONS_FILE = "transactions.csv.gz"
+PRODUCTS_FILE = "products.csv"
 PRODUCT_COLUMNS = ("StockCode", "Description", "median_unit_price")
 _Entry = TypeVar("_Entry")
 _MISSING = frozenset({"", "na", "nan"})
+
+log = logging.getLogger(__name__)
 
 
 def is_product_code(code: str) -> bool:
@@ -151,33 +156,78 @@ def _parse_product(record: dict[str, str], seen: set[str]) -> Product | str:
 
 
 def products_from_transactions(path: str | Path) -> tuple[list[Product], LoadReport]:
-    """The product table of a transactions file that comes without one: per product code of
-    the clean purchases, its most frequent description (ties: the first seen) and the
-    median unit price. Rows are read and skipped by the same rules as the purchases."""
+    """The product table of a transactions file that comes without ``products.csv``, built
+    as the shipped one was: one ``Product`` per product code described in any row (bought,
+    cancelled or without a customer), sorted by code. ``title``: its most frequent
+    description (ties: the alphabetically first); ``category``: the title's product-type word;
+    ``price``: the median unit price of its clean purchases (None if it has none).
+
+    Skip reasons (rows that name no product): ``wrong_field_count``, ``non_product_code``,
+    ``missing_title`` (no description and not a clean purchase). A code that is never
+    described gets no product, as a catalogue row without a description is skipped.
+    """
     path = Path(path)
     report = LoadReport(source=f"{path} (products derived from the transactions)")
     descriptions: dict[str, Counter[str]] = defaultdict(Counter)
     prices: dict[str, list[float]] = defaultdict(list)
     for record in read_csv_records(path, (*TRANSACTION_COLUMNS, "Description"), report):
-        purchase = _parse_purchase(record)
-        if isinstance(purchase, str):
-            report.skip(purchase)
+        code, description = record["StockCode"], record["Description"]
+        if not is_product_code(code):
+            report.skip("non_product_code")
             continue
-        if record["Description"]:
-            descriptions[purchase.item_id][record["Description"]] += 1
-        prices[purchase.item_id].append(purchase.unit_price)
-    products = [
-        Product(
-            id=code,
-            title=(title := counts.most_common(1)[0][0]),
-            image_path=None,
-            category=product_type_word(title),
-            price=float(np.median(prices[code])),
+        if description:
+            descriptions[code][description] += 1
+        purchase = _parse_purchase(record)
+        if not isinstance(purchase, str):
+            prices[code].append(purchase.unit_price)
+        elif not description:
+            report.skip("missing_title")
+    products = []
+    for code, counts in sorted(descriptions.items()):
+        title = min(counts, key=lambda text: (-counts[text], text))
+        price = float(np.median(prices[code])) if prices[code] else None
+        products.append(
+            Product(
+                id=code,
+                title=title,
+                image_path=None,
+                category=product_type_word(title),
+                price=price,
+            )
         )
-        for code, counts in sorted(descriptions.items())
-    ]
     report.rows_kept = len(products)
     return products, report
+
+
+def load_retail_catalog(
+    transactions: str | Path, products: str | Path | None = None
+) -> tuple[list[Product], LoadReport]:
+    """The product catalogue of a transactions file: the ``products`` file (by default
+    ``products.csv`` next to the transactions, used when it exists), or else the table
+    derived from the transactions themselves (``products_from_transactions``), logged.
+
+    A ``products`` path given explicitly must exist.
+    """
+    transactions = Path(transactions)
+    table = transactions.parent / PRODUCTS_FILE if products is None else Path(products)
+    if table.is_file():
+        return load_retail_products(table)
+    if products is not None:
+        raise FileNotFoundError(f"product table not found: {table}")
+    if not transactions.is_file():
+        raise FileNotFoundError(
+            f"Online Retail data not found: neither {table} nor the transactions file "
+            f"{transactions} (to derive the products from) exists"
+        )
+    derived, report = products_from_transactions(transactions)
+    log.info(
+        "Online Retail: no %s next to %s; derived %d products from the transactions "
+        "(most frequent description, median clean unit price per product code)",
+        PRODUCTS_FILE,
+        transactions.name,
+        len(derived),
+    )
+    return derived, report
 
 
 def customer_histories(purchases: Iterable[Purchase], min_items: int = 5) -> dict[str, list[str]]:

@@ -26,7 +26,7 @@ from torch.nn import functional as F
 
 from common.config import Config
 from common.data.fashion import load_fashion_catalog
-from common.data.retail import load_retail_products
+from common.data.retail import TRANSACTIONS_FILE, load_retail_catalog
 from common.model.encoder import Encoder
 from common.model.student import (
     QUERY_MODEL_DIR,
@@ -63,7 +63,7 @@ class DistillSettings:
 def distill_data(config: Config, teacher: Encoder, settings: DistillSettings) -> DistillData:
     """Phrases (train / held out), their teacher vectors, and the catalog item vectors."""
     fashion, _ = load_fashion_catalog(config.paths.fashion)
-    retail, _ = load_retail_products(config.paths.retail / "products.csv")
+    retail, retail_report = load_retail_catalog(config.paths.retail / TRANSACTIONS_FILE)
     phrases = sorted(fashion_phrases(fashion) | retail_phrases(retail))
     train, heldout = split_phrases(phrases, settings.heldout, settings.max_train, settings.seed)
     print(
@@ -87,6 +87,7 @@ def distill_data(config: Config, teacher: Encoder, settings: DistillSettings) ->
         fashion=fashion,
         fashion_items=fashion_items,
         retail_items=retail_items,
+        retail_source=retail_report.source,
     )
 
 
@@ -170,7 +171,7 @@ def run_distill(
         "settings": asdict(settings),
         "data": {
             "fashion": str(config.paths.fashion),
-            "retail_products": str(config.paths.retail / "products.csv"),
+            "retail_products": data.retail_source,
             "train_phrases": len(data.train),
             "heldout_phrases": len(data.heldout),
         },

@@ -41,6 +41,7 @@ class DistillData:
     fashion: list[Product]
     fashion_items: np.ndarray
     retail_items: np.ndarray
+    retail_source: str  # the retail product table, or the transactions it was derived from
 
 
 def top_k_overlap(teacher: np.ndarray, student: np.ndarray, items: np.ndarray, k: int) -> float:

@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 
 from common.config import ConfigError, default_data_dir
-from common.data.retail import product_type_word
+from common.data.retail import product_type_word, products_from_transactions
 from simulation import marketplace
 from simulation.loader import load_population
 from simulation.population import describe, top_items
-from tests.simulation.conftest import PRODUCTS, WordHashEncoder, make_config
+from tests.simulation.conftest import PRODUCTS, PRODUCTS_HEADER, WordHashEncoder, make_config
 
 
 def load(name, config, encoder, **kwargs):
@@ -79,7 +79,9 @@ def test_retail_runs_on_another_file_and_subsets(tmp_path, retail_files, encoder
     lines = retail_files["rows"]
     other.write_text("\n".join(line for line in lines if ",100," not in line) + "\n")
     config = make_config(tmp_path, population={"retail_transactions": str(other)})
-    assert [d.device_id for d in load("retail", config, encoder).devices] == ["customer-200"]
+    other_population = load("retail", config, encoder)  # no products.csv next to it
+    assert [d.device_id for d in other_population.devices] == ["customer-200"]
+    assert "derived from the transactions" in other_population.info["products"]
     small = load("retail", make_config(tmp_path), encoder, num_devices=1)
     assert len(small.devices) == 1
     strict = make_config(tmp_path, population={"min_items": 11})
@@ -92,14 +94,39 @@ def test_retail_runs_on_another_file_and_subsets(tmp_path, retail_files, encoder
 def test_retail_without_a_product_table_derives_it_from_the_transactions(
     tmp_path, retail_files, encoder
 ):
-    (retail_files["folder"] / "products.csv").unlink()
-    population = load("retail", make_config(tmp_path), encoder)
+    folder = retail_files["folder"]
+    (folder / "products.csv").unlink()
+    config = make_config(tmp_path)
+    population = load("retail", config, encoder)
     # the products the customers bought, with their descriptions
     assert set(population.item_ids) <= set(PRODUCTS) and len(population.item_ids) == 10
     titles = dict(zip(population.item_ids, population.item_titles, strict=True))
     assert all(titles[code] == PRODUCTS[code] for code in titles)
     assert {d.device_id for d in population.devices} == {"customer-100", "customer-200"}
     assert "derived from the transactions" in population.info["products"]
+    # the same population as with that table written out as products.csv
+    products, _ = products_from_transactions(retail_files["transactions"])
+    rows = [PRODUCTS_HEADER] + [f"{p.id},{p.title},1,0,0,{p.price}" for p in products]
+    (folder / "products.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
+    written = load("retail", config, WordHashEncoder())
+    assert "products.csv: read 10 rows" in written.info["products"]
+    assert written.item_ids == population.item_ids
+    assert written.item_titles == population.item_titles
+    for ours, theirs in zip(population.devices, written.devices, strict=True):
+        assert ours.device_id == theirs.device_id
+        for a, b in zip(ours.train + ours.test, theirs.train + theirs.test, strict=True):
+            assert a.clicked == b.clicked and a.query == b.query
+            np.testing.assert_array_equal(a.shown, b.shown)
+
+
+def test_retail_missing_files_are_named(tmp_path, retail_files, encoder):
+    missing = make_config(tmp_path, population={"retail_products": str(tmp_path / "p.csv")})
+    with pytest.raises(ConfigError, match=r"population.retail_products: no file .*p\.csv"):
+        load("retail", missing, encoder)
+    (retail_files["folder"] / "products.csv").unlink()
+    retail_files["transactions"].unlink()
+    with pytest.raises(FileNotFoundError, match=r"products\.csv.*transactions\.csv\.gz"):
+        load("retail", make_config(tmp_path), encoder)
 
 
 @pytest.mark.skipif(

@@ -1,4 +1,6 @@
 import gzip
+import hashlib
+import logging
 from collections import Counter
 from datetime import datetime
 from pathlib import Path
@@ -10,9 +12,11 @@ from common.data.records import DataFormatError, Purchase
 from common.data.retail import (
     customer_histories,
     is_product_code,
+    load_retail_catalog,
     load_retail_products,
     load_retail_transactions,
     product_type_word,
+    products_from_transactions,
     split_history,
 )
 
@@ -147,16 +151,25 @@ def test_split_history():
         split_history(list("abc"), holdout_fraction=1.0)
 
 
-@pytest.fixture(scope="module")
-def retail_dir() -> Path:
-    folder = default_data_dir() / "online_retail_uci"
-    if not folder.is_dir():
-        pytest.skip(f"no shared data at {folder}")
-    return folder
+SHIPPED_SHA256 = {  # the figures below are these files' (the data folder's README)
+    "transactions.csv.gz": "f3eb9476b78cf2e24fbdb152ce6898c5e8e6c94d985d1f4936e3f53f756e2cdd",
+    "products.csv": "ddbb08b0b0817da869bc19a5d8bcbd8fd8d5cbe864a9104b5a63b669bf34e169",
+    "sample_50_customers.csv": "6c095c700eb65f5b3ac076ba331333018c86ee234d7b19e2fd1f64fbe101e710",
+}
 
 
-def test_real_sample_50_customers(retail_dir):
-    purchases, report = load_retail_transactions(retail_dir / "sample_50_customers.csv")
+def shipped(name: str) -> Path:
+    """A file of the shipped data folder; skip when it is absent or another file."""
+    path = default_data_dir() / "online_retail_uci" / name
+    if not path.is_file():
+        pytest.skip(f"no shared data at {path}")
+    if hashlib.sha256(path.read_bytes()).hexdigest() != SHIPPED_SHA256[name]:
+        pytest.skip(f"{path} is not the shipped file: its figures are not known here")
+    return path
+
+
+def test_real_sample_50_customers():
+    purchases, report = load_retail_transactions(shipped("sample_50_customers.csv"))
     # the README: 5,159 clean rows of 50 customers, 1,479 distinct items
     assert report.rows_read == 5159 and report.n_skipped == 0
     assert len({p.customer_id for p in purchases}) == 50
@@ -164,8 +177,8 @@ def test_real_sample_50_customers(retail_dir):
     assert len(customer_histories(purchases, min_items=10)) == 50
 
 
-def test_real_transactions(retail_dir):
-    purchases, report = load_retail_transactions(retail_dir / "transactions.csv.gz")
+def test_real_transactions():
+    purchases, report = load_retail_transactions(shipped("transactions.csv.gz"))
     assert report.rows_read == 439_391
     assert report.skipped["missing_customer_id"] == 135_080
     # README-clean rows here (kept + non-product codes): about 3/4 of the full 397,884
@@ -176,10 +189,72 @@ def test_real_transactions(retail_dir):
     assert len({p.customer_id for p in purchases}) == 3209
     assert len(histories) == 3024
     assert len({p.item_id for p in purchases}) == 3593
+    # without products.csv: every code described in the file, the 3,593 bought ones priced
+    derived, _ = products_from_transactions(shipped("transactions.csv.gz"))
+    assert len(derived) == 3897 and sum(p.price is not None for p in derived) == 3593
+    assert {p.item_id for p in purchases} <= {p.id for p in derived}  # the same customers
 
 
-def test_real_products(retail_dir):
-    products, report = load_retail_products(retail_dir / "products.csv")
+def test_real_products():
+    products, report = load_retail_products(shipped("products.csv"))
     assert report.rows_read == 3958
     assert len(products) == 3958 - report.skipped["non_product_code"] == 3931
     assert all(is_product_code(p.id) and p.category for p in products)
+
+
+DERIVED_ROWS = [
+    "1,85123A,CREAM HEART HOLDER,2,2011-01-01 10:00:00,2.0,17850,UK",
+    "2,85123A,WHITE HEART HOLDER,1,2011-01-02 10:00:00,3.0,17850,UK",
+    "3,85123A,WHITE HEART HOLDER,1,2011-01-03 10:00:00,4.0,12583,UK",
+    "4,85123A,WHITE HEART HOLDER,1,2011-01-04 10:00:00,5.0,,UK",  # no customer: title only
+    "5,85123A,,1,2011-01-05 10:00:00,9.0,12583,UK",  # no description: price only
+    "6,71053,WHITE METAL LANTERN,1,2011-01-01 10:00:00,3.0,17850,UK",
+    "7,71053,METAL LANTERN,1,2011-01-02 10:00:00,1.0,17850,UK",  # tie: alphabetical first
+    "C8,22633,HAND WARMER UNION JACK,-1,2011-01-01 10:00:00,1.85,14527,UK",  # never bought
+    "9,22634,,1,2011-01-01 10:00:00,1.0,,UK",  # names no product
+    "10,POST,POSTAGE,1,2011-01-01 10:00:00,18.0,12583,UK",
+    "11,22635,MINI CAKE STAND,1,2011-01-01 10:00:00,1.0,12583",  # missing field
+]
+
+
+def test_products_derived_from_transactions(tmp_path):
+    products, report = products_from_transactions(write(tmp_path / "t.csv", DERIVED_ROWS))
+    assert [(p.id, p.title, p.category, p.price) for p in products] == [
+        ("22633", "HAND WARMER UNION JACK", "JACK", None),
+        ("71053", "METAL LANTERN", "LANTERN", 2.0),
+        ("85123A", "WHITE HEART HOLDER", "HOLDER", 3.5),  # 3 rows to 1; median of 2, 3, 4, 9
+    ]
+    assert report.rows_read == 11 and report.rows_kept == 3
+    assert report.skipped == Counter(non_product_code=1, missing_title=1, wrong_field_count=1)
+    reordered, _ = products_from_transactions(write(tmp_path / "r.csv", DERIVED_ROWS[::-1]))
+    assert reordered == products  # nothing depends on the row order
+
+
+def as_products_csv(products) -> list[str]:
+    """``products`` as rows of the shipped ``products.csv`` (counts left at 0)."""
+    return [f"{p.id},{p.title},1,0,0,{'' if p.price is None else p.price}" for p in products]
+
+
+def test_catalog_without_products_csv_is_derived_and_logged(tmp_path, caplog):
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    transactions = write(alone / "transactions.csv.gz", DERIVED_ROWS)
+    with caplog.at_level(logging.INFO, logger="common.data.retail"):
+        derived, report = load_retail_catalog(transactions)
+    assert "derived 3 products from the transactions" in caplog.text
+    assert "derived from the transactions" in report.source
+    header = "StockCode,Description,n_descriptions,n_purchase_rows,n_customers,median_unit_price"
+    write(alone / "products.csv", as_products_csv(derived), header)
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="common.data.retail"):
+        from_file, file_report = load_retail_catalog(transactions)
+    assert file_report.source.endswith("products.csv") and "derived" not in caplog.text
+    assert from_file == derived
+
+
+def test_catalog_missing_files_named(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"products\.csv.*transactions\.csv\.gz"):
+        load_retail_catalog(tmp_path / "transactions.csv.gz")
+    transactions = write(tmp_path / "transactions.csv.gz", DERIVED_ROWS)
+    with pytest.raises(FileNotFoundError, match="elsewhere.csv"):
+        load_retail_catalog(transactions, tmp_path / "elsewhere.csv")

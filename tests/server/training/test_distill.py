@@ -1,3 +1,4 @@
+import gzip
 import json
 
 import pytest
@@ -30,8 +31,10 @@ def data_dir(tmp_path, small_catalog, retail_dir):
     data = tmp_path / "data"
     (data / "online_retail_uci").mkdir(parents=True)
     (data / "fashion_product_images_small_subset").symlink_to(small_catalog)
-    lines = (retail_dir / "products.csv").read_text(encoding="utf-8").splitlines()[:61]
-    (data / "online_retail_uci" / "products.csv").write_text("\n".join(lines) + "\n")
+    # transactions alone (no products.csv): distillation derives the retail product table
+    lines = (retail_dir / "sample_50_customers.csv").read_text(encoding="utf-8").splitlines()
+    text = "\n".join(lines[:81]) + "\n"
+    (data / "online_retail_uci" / "transactions.csv.gz").write_bytes(gzip.compress(text.encode()))
     return data
 
 
@@ -56,6 +59,7 @@ def test_distill_command_trains_evaluates_and_saves_a_verified_student(
     folder = latest_version(work / QUERY_MODEL_DIR)
     manifest = read_manifest(folder)
     assert manifest["teacher"] == untrained_encoder.version
+    assert "derived from the transactions" in manifest["data"]["retail_products"]
     assert manifest["settings"]["layers"] == [0] and manifest["settings"]["ffn"] == 64
     metrics = manifest["metrics"]
     assert 0 <= metrics["top10_overlap_fashion"] <= 1 and metrics["heldout_queries"] == 20
