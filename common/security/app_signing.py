@@ -19,10 +19,9 @@ import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey, Ed25519PublicKey
 
-from common.security.signing import ALGORITHM, SignatureError, key_id
+from common.security.signing import ALGORITHM, ALTERED, SignatureError, key_id, signature_problem
 
 APP_SIGNATURE_FILE = "fedsearch-app-signature.json"
 APP_DOMAIN = b"fedsearch-app-signature/v1\n"
@@ -71,18 +70,13 @@ def verify_app_files(files: Mapping[str, bytes], public_key: Ed25519PublicKey) -
         raise AppSignatureError(f"malformed {APP_SIGNATURE_FILE} ({exc})") from exc
     if record.get("algorithm") != ALGORITHM:
         raise AppSignatureError(f"algorithm {record.get('algorithm')!r}, expected {ALGORITHM}")
-    try:
-        public_key.verify(signature, _signed_bytes(signed))
-    except InvalidSignature:
-        expected = key_id(public_key)
-        if record.get("key_id") != expected:
-            raise AppSignatureError(
-                f"the app is signed by another key (key id {record.get('key_id')}, "
-                f"trusted key id {expected})"
-            ) from None
+    problem = signature_problem(public_key, signature, _signed_bytes(signed), record.get("key_id"))
+    if problem == ALTERED:
         raise AppSignatureError(
             f"the app's signature does not match its file list ({APP_SIGNATURE_FILE} altered)"
-        ) from None
+        )
+    if problem:
+        raise AppSignatureError(f"the app is {problem}")
     present = {name for name in files if name != APP_SIGNATURE_FILE}
     if extra := sorted(present - signed.keys()):
         raise AppSignatureError(f"files not covered by the app's signature: {extra}")

@@ -170,15 +170,28 @@ def _check_signature(folder: Path, manifest_bytes: bytes, public_key: Ed25519Pub
         raise SignatureError(f"{path}: malformed signature file ({exc})") from exc
     if record.get("algorithm") != ALGORITHM:
         raise SignatureError(f"{path}: algorithm {record.get('algorithm')!r}, expected ed25519")
-    try:
-        public_key.verify(signature, manifest_bytes)
-    except InvalidSignature:
-        expected = key_id(public_key)
-        if record.get("key_id") != expected:
-            raise SignatureError(
-                f"{folder}: signed by another key (key id {record.get('key_id')}, "
-                f"trusted key id {expected})"
-            ) from None
+    problem = signature_problem(public_key, signature, manifest_bytes, record.get("key_id"))
+    if problem == ALTERED:
         raise SignatureError(
             f"{folder}: signature does not match {MANIFEST} (the manifest was altered)"
-        ) from None
+        )
+    if problem:
+        raise SignatureError(f"{folder}: {problem}")
+
+
+ALTERED = "altered"
+
+
+def signature_problem(
+    public_key: Ed25519PublicKey, signature: bytes, message: bytes, signer_key_id: Any
+) -> str | None:
+    """None if ``signature`` over ``message`` verifies with ``public_key``; else
+    "signed by another key (...)" when ``signer_key_id`` names another key, or ``ALTERED``."""
+    try:
+        public_key.verify(signature, message)
+    except InvalidSignature:
+        expected = key_id(public_key)
+        if signer_key_id != expected:
+            return f"signed by another key (key id {signer_key_id}, trusted key id {expected})"
+        return ALTERED
+    return None
