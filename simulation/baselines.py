@@ -15,6 +15,9 @@
   each device's last TRAIN search, held out from training (``validation_split``).
 - ``*+personal``: the ranking above with the device's user vector reranking the top
   ``evaluation.candidates`` (``common.model.personalization.rerank``, ``evaluation.beta``).
+- oracles (populations with ground-truth preferences only, ``simulation.oracle``): match +
+  true utility, the same within the base top ``evaluation.candidates``, and exact match
+  without personalization: the headroom.
 
 ``run_baselines(population, config)`` returns a ``BaselineReport``; ``baseline_table`` prints it.
 """
@@ -46,6 +49,7 @@ from common.model.ranking_loss import ranking_loss, search_tensors
 from common.progress import progress_bar
 from server.training.warm_start import train_warm_start
 from simulation.evaluation import evaluate_population
+from simulation.oracle import oracle_metrics
 from simulation.population import Population
 
 POPULARITY_WEIGHTS = (0.0, 0.02, 0.05, 0.1, 0.15, 0.2, 0.3, 0.4, 0.6, 0.8, 1.0)
@@ -324,16 +328,20 @@ def run_baselines(
     metrics["centralized"] = central.overall["adapter"]
     metrics["centralized+personal"] = central.overall["personal"]
     details["beta"] = beta
+    oracles = oracle_metrics(population, k=k, candidates=candidates)
+    metrics.update(oracles)
+    if not oracles:
+        details["oracle"] = "no ground-truth preferences: no oracle rows"
     return BaselineReport(metrics, details, adapter)
 
 
 def baseline_table(metrics: dict[str, dict[str, float]], k: int = 10) -> str:
     """A plain-text table: one row per baseline, HR@k, nDCG@k, MRR and the search count."""
-    header = f"{'method':<24}{f'HR@{k}':>9}{f'nDCG@{k}':>10}{'MRR':>9}{'searches':>10}"
+    header = f"{'method':<34}{f'HR@{k}':>9}{f'nDCG@{k}':>10}{'MRR':>9}{'searches':>10}"
     lines = [header, "-" * len(header)]
     for name, m in metrics.items():
         lines.append(
-            f"{name:<24}{m[f'HR@{k}']:>9.4f}{m[f'nDCG@{k}']:>10.4f}{m['MRR']:>9.4f}"
+            f"{name:<34}{m[f'HR@{k}']:>9.4f}{m[f'nDCG@{k}']:>10.4f}{m['MRR']:>9.4f}"
             f"{int(m['count']):>10,}"
         )
     return "\n".join(lines)

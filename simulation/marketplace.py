@@ -26,6 +26,10 @@ embedding of the query.
 
 Where a query leaves hundreds of matching items ("tshirts"), only the shopper's tastes
 single out the relevant one: that is where personalization pays off.
+
+Each device's ``HeldOutTruth`` (the matching items the shopper prefers to each test
+search's relevant item, and that item's base rank among the matching items) is kept in the
+population for the oracle baselines (``simulation.oracle``); the utilities are not kept.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ from common.data.searches import DeviceData, SearchExample
 from common.model.encoder import Encoder
 from common.progress import progress_bar
 from simulation.population import (
+    HeldOutTruth,
     Population,
     attribute_table,
     encode_texts,
@@ -225,8 +230,10 @@ def simulate_device(
     base: Callable[[str], tuple[np.ndarray, np.ndarray]],
     config: Config,
     rngs: tuple[np.random.Generator, np.random.Generator],
-) -> DeviceData:
-    """``test_searches`` held-out searches, then ``train_searches`` clicked searches.
+    item_vectors: np.ndarray,
+) -> tuple[DeviceData, HeldOutTruth]:
+    """``test_searches`` held-out searches, then ``train_searches`` clicked searches, and
+    the ground truth of the held-out ones (for the oracle baselines).
 
     Test targets are drawn first from the shopper's tastes alone (``rngs[0]``), so they do
     not depend on the base ranking; they are the shopper's future purchases, so train
@@ -261,11 +268,30 @@ def simulate_device(
         )
         if clicked is not None:
             train.append(SearchExample(vector, top, clicked, query.text))
-    test = []
+    test, preferred, match_ranks = [], [], []
     for query, target in targets:
         vector, top = base(query.text)
         test.append(SearchExample(vector, impression(top, target), target, query.text))
-    return DeviceData(device_id, train, test)
+        preferred.append(preferred_items(query, shopper, target))
+        match_ranks.append(match_rank(query, target, vector, item_vectors))
+    truth = HeldOutTruth(tuple(preferred), np.array(match_ranks, dtype=np.int64))
+    return DeviceData(device_id, train, test), truth
+
+
+def preferred_items(query: ShopperQuery, shopper: Shopper, target: int) -> np.ndarray:
+    """The items matching ``query`` that the shopper prefers to ``target``."""
+    utility = shopper.utility[query.matches]
+    return query.matches[utility > shopper.utility[target]].astype(np.int64)
+
+
+def match_rank(
+    query: ShopperQuery, target: int, vector: np.ndarray, item_vectors: np.ndarray
+) -> int:
+    """The rank of ``target`` among the items matching ``query`` by base score (ties
+    against it)."""
+    scores = item_vectors[query.matches] @ vector
+    own = scores[np.flatnonzero(query.matches == target)[0]]
+    return int(np.sum(scores >= own)) - 1
 
 
 def item_vectors(
@@ -323,11 +349,14 @@ def load_marketplace(
 
     quality = np.random.default_rng([seed, 0]).normal(0.0, QUALITY_SD, size=len(products))
     count = num_devices or config.population.shoppers
-    devices = []
+    devices, truth = [], {}
     for i in progress_bar(range(count), show=progress, desc="marketplace shoppers", leave=False):
         shopper = make_shopper(catalog, quality, np.random.default_rng([seed, 1, i]))
         rngs = (np.random.default_rng([seed, 2, i]), np.random.default_rng([seed, 3, i]))
-        devices.append(simulate_device(f"shopper-{i:05d}", catalog, shopper, base, config, rngs))
+        device, truth[f"shopper-{i:05d}"] = simulate_device(
+            f"shopper-{i:05d}", catalog, shopper, base, config, rngs, vectors
+        )
+        devices.append(device)
     info = {"catalog": report.summary(), "query_texts": len(texts)}
     return Population(
         "marketplace",
@@ -340,4 +369,5 @@ def load_marketplace(
         public_phrases(products, encoder, config.paths.work / "cache", "marketplace", progress),
         attribute_table(products),
         [p.category for p in products],
+        truth,
     )

@@ -3,8 +3,10 @@
 ``Population`` holds the item ids, their normalized vectors (n_items, d) float32, each
 device's ``DeviceData`` (train and held-out test ``SearchExample``s), the click counts of
 every item over all devices' TRAIN searches (``popularity``, never test), the item titles and
-a free-form ``info`` dict (what was loaded, skipped, how long it took). The helpers below are
-shared by the population loaders (``simulation.loader``).
+a free-form ``info`` dict (what was loaded, skipped, how long it took). A population with
+ground-truth preferences (the marketplace) also keeps each device's ``HeldOutTruth``, for
+the oracle baselines (``simulation.oracle``) only. The helpers below are shared by the
+population loaders (``simulation.loader``).
 """
 
 from __future__ import annotations
@@ -34,6 +36,27 @@ class PublicPhrases:
     items: list[np.ndarray]
 
 
+@dataclass(frozen=True)
+class HeldOutTruth:
+    """What the simulator knows of one device's held-out searches, in ``device.test`` order.
+
+    ``preferred[j]``: the items matching search j's query that the shopper truly prefers to
+    its relevant item (the relevant items of its other test searches: a few at most).
+    ``match_ranks[j]``: how many matching items the base ranking puts at or above the
+    relevant item (ties against it), i.e. its rank when matching items come first in base
+    order. The experimenter's view: never sent to devices or the server.
+    """
+
+    preferred: tuple[np.ndarray, ...]
+    match_ranks: np.ndarray
+
+    def __post_init__(self) -> None:
+        if len(self.preferred) != len(self.match_ranks):
+            raise ValueError(
+                f"truth: {len(self.preferred)} preferred lists for {len(self.match_ranks)} ranks"
+            )
+
+
 @dataclass
 class Population:
     """Devices, items and their vectors (see the module doc)."""
@@ -48,6 +71,7 @@ class Population:
     phrases: PublicPhrases | None = None
     attributes: AttributeTable | None = None
     item_categories: list[str] = field(default_factory=list)  # e.g. the fashion articleType
+    truth: dict[str, HeldOutTruth] | None = None  # by device id; None without ground truth
 
     @property
     def n_items(self) -> int:

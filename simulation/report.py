@@ -42,6 +42,7 @@ from simulation.engine import SimulationResult, resume_simulation, simulate  # n
 from simulation.evaluation import evaluate_population  # noqa: E402
 from simulation.loader import load_population  # noqa: E402
 from simulation.memory import PeakMemory  # noqa: E402
+from simulation.oracle import ORACLE, ORACLE_RERANK  # noqa: E402
 from simulation.poisoning import AttackPlan, attack_summary, read_attack_settings  # noqa: E402
 from simulation.population import Population, describe  # noqa: E402
 
@@ -211,7 +212,8 @@ def plot_metrics(
     baselines: dict[str, dict[str, float]] | None,
     path: Path,
 ) -> None:
-    """nDCG@10 per round: exact evaluations (solid), the server's noised view (dotted)."""
+    """nDCG@10 per round: exact evaluations (solid), the server's noised view (dotted), the
+    baselines (dashed; not the oracles, near 1, which would flatten the curves)."""
     fig, ax = plt.subplots(figsize=(7, 4.5), constrained_layout=True)
     rounds = sorted(evaluations)
     for mode, label in FEDERATED.items():
@@ -222,7 +224,7 @@ def plot_metrics(
         if seen:
             ax.plot(*zip(*seen, strict=True), linestyle=":", color=line[0].get_color())
     for name, values in (baselines or {}).items():
-        if values.get("nDCG@10") is not None:
+        if name not in (ORACLE, ORACLE_RERANK) and values.get("nDCG@10") is not None:
             ax.axhline(values["nDCG@10"], linestyle="--", linewidth=1, color="grey", label=name)
     ax.set_xlabel("round (dotted: as the server saw it, noised)")
     ax.set_ylabel("nDCG@10")
