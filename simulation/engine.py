@@ -29,6 +29,7 @@ from typing import Any
 
 import tomli_w
 
+from client.privacy import DevicePolicy, PolicyRefusal
 from common.config import Config, ConfigError, config_from_dict
 from common.federation.payload import PayloadCodec
 from common.federation.privacy_plan import PrivacyPlan
@@ -198,6 +199,7 @@ def simulate(
         embedding_dim=int(population.item_vectors.shape[1]),
         initial_adapter=str(folder / WARM_START_FILE) if warm else "",
     )
+    check_device_policy(spec)
     prepare_run(spec, population, reset_ledger=reset_ledger)
     if wiretap is not None:
         write_tap_settings(
@@ -219,6 +221,19 @@ def simulate(
         seed = config.federation.seed
         write_attack_settings(spec.run_dir, attack.settings(population, seed=seed))
     return launch(spec, ray_address=ray_address, verbose=verbose)
+
+
+def check_device_policy(spec: RunSpec) -> None:
+    """``ConfigError`` if the simulated devices' own policy (``[device]``) would refuse
+    every round of the run, instead of a run whose rounds are all dropped."""
+    try:
+        DevicePolicy.from_config(spec.config.device).check(PrivacyPlan.from_spec(spec))
+    except PolicyRefusal as exc:
+        raise ConfigError(
+            f"the simulated devices would refuse every round: {exc}; a simulation's devices "
+            "follow its [device] settings (device.require_secagg, device.require_noise, "
+            "device.min_noise_multiplier, device.max_clipping_norm, device.max_epsilon_user)"
+        ) from None
 
 
 def launch(

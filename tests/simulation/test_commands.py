@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 
 from common.cli import main
-from common.config import config_from_dict
+from common.config import ConfigError, config_from_dict
 from server.federation.ledger import PrivacyBudgetError
 from simulation.bench import bytes_per_device_round, local_update_seconds
 from simulation.engine import simulate
@@ -41,6 +41,18 @@ def test_refuses_to_start_when_the_rounds_would_overspend(tmp_path):
         }
     )
     with pytest.raises(PrivacyBudgetError, match="federation.rounds: 500 more rounds"):
+        simulate(config, "marketplace", population=synthetic_population(4), run_dir=tmp_path / "r")
+    assert not (tmp_path / "r").exists()
+
+
+def test_refuses_a_run_its_simulated_devices_would_refuse(tmp_path):
+    """Without SecAgg+ the devices' default policy refuses every round: say so up front
+    instead of running rounds that are all dropped."""
+    settings = {"secagg": False, "noise": "server"}
+    config = config_from_dict(
+        {"paths": {"work_dir": str(tmp_path / "work")}, "federation": settings}
+    )
+    with pytest.raises(ConfigError, match="refuse every round: .*SecAgg.*device.require_secagg"):
         simulate(config, "marketplace", population=synthetic_population(4), run_dir=tmp_path / "r")
     assert not (tmp_path / "r").exists()
 
