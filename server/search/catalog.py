@@ -133,6 +133,7 @@ class Catalog:
             lock_file.close()
             raise
         catalog = cls(db, index, exact_max_items=options.exact_max_items)
+        catalog._rows.reserve(len(items))
         for key, (item, vector) in enumerate(zip(items, vectors, strict=True)):
             catalog._put(item, vector, key)
         catalog._next_key = len(items)
@@ -155,6 +156,7 @@ class Catalog:
     def _load_rows(self) -> None:
         """Items into memory, then their vectors into the index in chunks (a list and a
         stacked copy of a million vectors would stay in the process's heap)."""
+        self._rows.reserve(self.db.count())
         for row in self.db.rows():
             record, key, vector = row_record(row)
             if vector.shape != (self.dim,):

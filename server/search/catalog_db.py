@@ -29,6 +29,7 @@ import fcntl
 import json
 import os
 import sqlite3
+import sys
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -78,18 +79,24 @@ def item_row(record: dict[str, Any], key: int, vector: np.ndarray) -> Row:
 
 
 def row_record(row: Row) -> tuple[dict[str, Any], int, np.ndarray]:
-    """(item fields, key, vector) of a table row; the inverse of ``item_row``."""
+    """(item fields, key, vector) of a table row; the inverse of ``item_row``. The category
+    and the attributes' names and values are interned: they repeat over the items, and a
+    fresh copy of each for each item took 1.2 KB of memory per item."""
     item_id, key, title, category, price, synthetic, photo, attributes, blob = row
     record = {
         "id": item_id,
         "title": title,
-        "category": category,
+        "category": sys.intern(category),
         "price": price,
         "price_synthetic": bool(synthetic),
         "photo": photo,
-        "attributes": json.loads(attributes),
+        "attributes": json.loads(attributes, object_pairs_hook=_interned),
     }
     return record, int(key), np.frombuffer(blob, dtype="<f4")
+
+
+def _interned(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    return {sys.intern(k): sys.intern(v) if isinstance(v, str) else v for k, v in pairs}
 
 
 class CatalogDB:
@@ -130,6 +137,9 @@ class CatalogDB:
         os.replace(staging, folder / DB_FILE)
         _fsync(folder)
         return cls(folder, _connect(folder / DB_FILE), lock_file)
+
+    def count(self) -> int:
+        return int(self._db.execute("SELECT count(*) FROM items").fetchone()[0])
 
     def rows(self) -> Iterator[Row]:
         return self._db.execute(f"SELECT {_COLUMNS} FROM items ORDER BY key")

@@ -53,3 +53,17 @@ def test_vocabulary_follows_puts_replacements_and_removals():
     vocab.remove(["1", "unknown"])
     assert vocab.words == {"green", "poncho", "ponchos"} and len(vocab) == 1
     assert all(count > 0 for count in vocab.phrase_counts().values())
+
+
+def test_items_are_kept_not_their_phrases_and_taking_them_back_is_exact():
+    """A million items must not each hold a set of fresh phrase tuples (2.8 GB)."""
+    things = [Thing(str(i), f"Red Kimono {'x' * (i % 2)}", "Kimonos") for i in range(4)]
+    vocab = CatalogVocabulary.from_items(things)
+    assert all(vocab._items[t.id] is t for t in things)
+    vocab.put([Thing("1", "Red Kimono", "Kimonos")])
+    vocab.remove(["0", "2"])
+    assert vocab.phrase_counts() == {
+        ("red", "kimono"): 1,
+        ("red", "kimono", "x"): 1,
+        ("kimonos",): 2,
+    }

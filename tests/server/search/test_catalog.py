@@ -181,3 +181,35 @@ def test_a_store_in_use_cannot_be_opened_or_rebuilt_by_another(store, tmp_path):
         Catalog.create(tmp_path / "s", items, vectors, encoder_version="enc")
     catalog.close()
     Catalog.open(tmp_path / "s").close()
+
+
+def hits(catalog, queries):
+    return [
+        [(it.id, float(s)) for it, s in zip(*catalog.search(q, 10)[:2], strict=True)]
+        for q in queries
+    ]
+
+
+def test_a_reopened_catalog_searches_alike_and_holds_no_slack(tmp_path):
+    """Opening reads the rows into arrays sized exactly, with repeated strings shared."""
+    rng = np.random.default_rng(1)
+    items = [
+        Item(id=f"i{i}", title=f"item {i}", category="Shirts", attributes={"usage": "Casual"})
+        for i in range(600)
+    ]
+    vectors, queries = unit(rng, 600), unit(rng, 5)
+    options = IndexOptions(kind="ivf-pq", exact_max_items=0, nlist=4, pq_bytes=4)
+    created = Catalog.create(tmp_path / "s", items, vectors, encoder_version="e", options=options)
+    before = hits(created, queries)
+    created.close()
+
+    reopened = Catalog.open(tmp_path / "s", exact_max_items=0)
+    assert reopened.index.info.kind == "ivf-pq"
+    assert hits(reopened, queries) == before
+    rows = reopened._rows
+    assert rows.n == len(rows.keys) == len(rows.vectors) == 600
+    one, two = reopened.get("i1"), reopened.get("i2")
+    assert one.category is two.category and one.attributes["usage"] is two.attributes["usage"]
+    reopened.upsert([Item(id="new", title="new")], unit(rng, 1))
+    assert len(rows.keys) == 600 + 600 // 8  # grown by an eighth, not doubled
+    reopened.close()
