@@ -62,8 +62,8 @@ class Candidate:
 
 
 def pooled_gain(figures: Mapping[str, float], k: int) -> tuple[float, float] | None:
-    """The round's pooled personal nDCG@k minus the base encoder's, and the std of that
-    difference from the round's noise; None when no device evaluated."""
+    """The round's pooled personal nDCG@k minus the base encoder's (each clamped to [0, 1]),
+    and the std of that difference from the round's noise; None when no device evaluated."""
     personal, base = figures.get(f"personal.nDCG@{k}"), figures.get(f"base.nDCG@{k}")
     evaluated = figures.get("evaluated", 0.0)
     if personal is None or base is None or not evaluated >= 1:
@@ -71,7 +71,13 @@ def pooled_gain(figures: Mapping[str, float], k: int) -> tuple[float, float] | N
     if not (math.isfinite(personal) and math.isfinite(base)):
         return None
     std = math.sqrt(2.0) * figures.get("stats_noise_std", 0.0) / evaluated
-    return personal - base, std
+    return _unit(personal) - _unit(base), std
+
+
+def _unit(mean: float) -> float:
+    """A noised mean of per-device values in [0, 1], clamped back into [0, 1] (noise can
+    push it out; a lucky estimate above 1 would otherwise block every later candidate)."""
+    return min(1.0, max(0.0, mean))
 
 
 def judge(gain: float, std: float, standing: Standing, *, margin_sd: float) -> Verdict:

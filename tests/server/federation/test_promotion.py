@@ -51,6 +51,8 @@ def test_pooled_gain_and_its_noise():
     gain, std = pooled_gain(_figures(0.40, noise=2.0, evaluated=10.0), 10)
     assert gain == pytest.approx(0.10) and std == pytest.approx(np.sqrt(2) * 0.2)
     assert pooled_gain(_figures(0.40, evaluated=0.4), 10) is None  # nobody evaluated
+    gain, _ = pooled_gain(_figures(1.9, base=-0.2, noise=9.0, evaluated=3.0), 10)
+    assert gain == pytest.approx(1.0)  # noised means outside [0, 1] are clamped back
     assert pooled_gain({"trained": 3.0}, 10) is None
 
 
