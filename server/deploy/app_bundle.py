@@ -25,7 +25,8 @@ import tomli_w
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from flwr.common.config import get_project_config, parse_config_args
 
-from common.config import Config, config_from_dict
+from common.config import Config
+from common.federation.run_spec import RunSpec
 from common.security.app_signing import sign_app
 
 APP_PACKAGES = ("common", "client", "server", "simulation")
@@ -81,7 +82,8 @@ def run_config_keys(app_dir: Path) -> list[str]:
 
 
 def check_run_config(app_dir: Path, run_config: str) -> None:
-    """ValueError naming each unknown key of ``run_config`` and the valid ones."""
+    """ValueError naming each unknown key of ``run_config`` and the valid ones, or a
+    setting the ServerApp would refuse (e.g. promotion without federated evaluation)."""
     try:
         given = parse_config_args([run_config])
     except Exception as exc:  # flwr raises click/TOML errors for malformed strings
@@ -100,20 +102,17 @@ def check_run_config(app_dir: Path, run_config: str) -> None:
             f"--run-config: {', '.join(stale)} listed in [tool.flwr.app.config] but not a "
             "fedsearch setting (common/config.py)"
         )
+    server_run_spec(app_dir, given, 0).config.federation.promotion_rule(simulated=False)
+
+
+def server_run_spec(app_dir: Path, given: dict[str, Any], run_id: int) -> RunSpec:
+    """The ``RunSpec`` the ServerApp of run ``run_id`` will build from the app's
+    ``[tool.flwr.app.config]`` and the ``given`` run-config values (its encoder not looked
+    up); raises ``ConfigError`` (a ``ValueError``) for settings it would refuse."""
     table = flat_config(get_project_config(app_dir)["tool"]["flwr"]["app"].get("config", {}))
-    check_federation({**table, **given})
-
-
-def check_federation(run_config: dict[str, Any]) -> None:
-    """ValueError (``ConfigError``) if the ``federation.*`` settings the ServerApp will run
-    with are invalid, e.g. the promotion rule without federated evaluation."""
-    settings = {
-        key.removeprefix("federation.").replace("-", "_"): value
-        for key, value in run_config.items()
-        if key.startswith("federation.") and value != ""
-    }
-    config = config_from_dict({"federation": settings})
-    config.federation.promotion_rule(simulated=False)
+    flat = {**table, **given}
+    flat["base-model"] = flat.get("base-model") or "-"  # not needed here: skip the lookup
+    return RunSpec.from_run_config(flat, run_id)
 
 
 def check_config_file(path: Path) -> None:

@@ -27,9 +27,8 @@ from pathlib import Path
 from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from flwr.common.config import get_project_config, parse_config_args
+from flwr.common.config import parse_config_args
 
-from common.federation.run_spec import RunSpec
 from common.security.signing import (
     SIGNATURE_FILE,
     SignatureError,
@@ -38,7 +37,7 @@ from common.security.signing import (
     sign_version,
 )
 from common.security.versions import IntegrityError, list_versions, read_manifest, verify_files
-from server.deploy.app_bundle import flat_config
+from server.deploy.app_bundle import server_run_spec
 
 PASSPHRASE_ENV = "FEDSEARCH_SIGNING_PASSPHRASE"
 POLL_S = 2.0
@@ -69,10 +68,8 @@ def operator_key(path: Path) -> Ed25519PrivateKey:
 def run_target(app_dir: Path, run_config: str | None, run_id: int) -> tuple[Path, str]:
     """Where the ServerApp of run ``run_id`` publishes (registry) and the run name its
     manifests carry, worked out as the ServerApp does (``RunSpec.from_run_config``)."""
-    table = get_project_config(app_dir)["tool"]["flwr"]["app"].get("config", {})
-    flat = {**flat_config(table), **(parse_config_args([run_config]) if run_config else {})}
-    flat["base-model"] = flat.get("base-model") or "-"  # not needed here: skip the lookup
-    spec = RunSpec.from_run_config(flat, run_id)
+    given = parse_config_args([run_config]) if run_config else {}
+    spec = server_run_spec(app_dir, given, run_id)
     return spec.config.paths.registry, spec.run_dir.name
 
 

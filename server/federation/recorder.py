@@ -122,7 +122,7 @@ class RunRecorder:
         if not federation.publish:
             return entry
         if self.pending is not None:
-            entry |= self._judge_pending(figures)
+            entry |= self._judge(self.pending, figures)
         averaged = self.average.average if self.average is not None else None
         adapter = averaged if averaged is not None else weights
         if not self._enough_trained(figures):
@@ -141,10 +141,8 @@ class RunRecorder:
             entry["candidate"] = server_round
         return entry
 
-    def _judge_pending(self, figures: dict[str, float]) -> dict[str, Any]:
+    def _judge(self, pending: Candidate, figures: dict[str, float]) -> dict[str, Any]:
         """Publish the pending candidate if this round's evaluation finds it not worse."""
-        pending = self.pending
-        assert pending is not None
         measured = pooled_gain(figures, self.spec.config.evaluation.k)
         if measured is None:
             return {}
