@@ -61,7 +61,8 @@ def print_results(results: dict[str, Any]) -> None:
             f"{r['recall_at_10_vs_float32']:.4f} on {r['recall_queries']} queries; "
             f"{idx['bytes_per_item']:.0f} B/item, built in {idx['build_seconds']:.1f} s; "
             f"service RSS {mem['rss_mb']:.0f} MiB (peak {mem['peak_rss_mb']:.0f}, "
-            f"heap {mem['anon_mb']:.0f}); in-process p50 {r['in_process_p50_ms']:.2f} ms, "
+            f"heap {mem['anon_mb']:.0f}, file-backed {mem['file_mb']:.0f}); "
+            f"in-process p50 {r['in_process_p50_ms']:.2f} ms, "
             f"e2e/in-process {r['e2e_over_in_process_p50']:.2f}"
         )
     print(f"command: {results['command']}")

@@ -1,10 +1,14 @@
 """The catalog the search service serves: items, their vectors and the FAISS index.
 
-Items (id, title, category, price, photo) and their vectors live in memory beside the
-``VectorIndex``; every upsert or delete changes both under one write lock, after it is
-committed to the store's SQLite database (``server.search.catalog_db``), so an
-acknowledged change survives a crash at any moment. Opening a store reads the items back
-and adds their vectors to the stored, trained index. Each upsert gets fresh int64 keys.
+The store's SQLite database (``server.search.catalog_db``) holds the items and is the
+source of truth: every upsert or delete is committed there first, under the catalog's write
+lock, so an acknowledged change survives a crash at any moment. In memory: the
+``VectorIndex``, per-item columns (category codes, prices: the filters) and the item
+vectors, memory-mapped from a file derived from the database (``catalog_vectors``) plus an
+in-memory overlay of those upserted since it was written, folded in by ``compact`` or
+when it grows past an eighth of the items. Item records are read from the database by key
+for a query's hits. Opening a store adds the vectors to the stored, trained index. Each
+upsert gets fresh int64 keys, so a key's vector never changes.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,15 +29,16 @@ from server.search.catalog_db import (
     CatalogStoreError,
     acquire_store_lock,
     item_row,
-    row_record,
 )
+from server.search.catalog_load import fold_vectors, load_columns, load_vectors, write_vectors
 from server.search.catalog_rows import CatalogRows, RWLock
+from server.search.catalog_vectors import CatalogVectors, vector_file
 from server.search.index_kinds import DEFAULT_INDEX_OPTIONS, IndexOptions
 from server.search.vector_index import VectorIndex
 
 __all__ = ["Catalog", "CatalogStoreError", "Filters", "Item", "PhotoUpload"]
 
-LOAD_CHUNK = 65536
+OVERLAY_MIN_ROWS = 65536  # upserted vectors held in memory before a fold, at least
 
 
 @dataclass(frozen=True)
@@ -82,19 +87,26 @@ class Filters:
 
 
 class Catalog:
-    """Items, their vectors and the FAISS index, persisted in the database of ``db``."""
+    """Items, their vectors and the FAISS index, persisted in the database of ``db``;
+    ``rows``: the per-item columns, ``vectors``: the mapped vector file and its overlay."""
 
-    def __init__(self, db: CatalogDB, index: VectorIndex, *, exact_max_items: int = 20000):
+    def __init__(
+        self,
+        db: CatalogDB,
+        index: VectorIndex,
+        vectors: CatalogVectors,
+        rows: CatalogRows,
+        *,
+        exact_max_items: int = 20000,
+    ) -> None:
         self.db = db
         self.index = index
+        self.vectors = vectors
         self.exact_max_items = exact_max_items
         self.lock = RWLock()
-        self._items: dict[str, Item] = {}
-        self._key_of: dict[str, int] = {}
-        self._rows = CatalogRows(index.dim)
-        self._category_codes: dict[str, int] = {}
+        self._rows = rows
         self._photo_refs: Counter[str] = Counter()
-        self._next_key = 0
+        self._next_key = max(int(rows.keys[rows.n - 1]) if rows.n else -1, vectors.last_key) + 1
 
     # -- building and opening -------------------------------------------------------------
 
@@ -115,58 +127,50 @@ class Catalog:
         if len(items) != len(vectors):
             raise ValueError(f"{len(items)} items but {len(vectors)} vectors")
         _check_unique([it.id for it in items])
+        keys = np.arange(len(items), dtype=np.int64)
         lock_file = acquire_store_lock(Path(folder))
         try:
             index = VectorIndex.build(
-                vectors,
-                np.arange(len(items), dtype=np.int64),
-                encoder_version=encoder_version,
-                options=options,
+                vectors, keys, encoder_version=encoder_version, options=options,
                 queries=query_vectors,
-            )
-            rows = [
-                item_row(it.to_json(), key, v)
-                for key, (it, v) in enumerate(zip(items, vectors, strict=True))
+            )  # fmt: skip
+            table = [
+                item_row(it.to_json(), int(key), v)
+                for key, it, v in zip(keys, items, vectors, strict=True)
             ]
-            db = CatalogDB.write_new(Path(folder), rows, index, lock_file)
+            db = CatalogDB.write_new(Path(folder), table, index, lock_file)
         except BaseException:
             lock_file.close()
             raise
-        catalog = cls(db, index, exact_max_items=options.exact_max_items)
-        catalog._rows.reserve(len(items))
-        for key, (item, vector) in enumerate(zip(items, vectors, strict=True)):
-            catalog._put(item, vector, key)
-        catalog._next_key = len(items)
+        try:
+            stored = write_vectors(vector_file(db.folder, db.store_id()), keys, vectors)
+        except BaseException:
+            db.close()
+            raise
+        rows = CatalogRows()
+        rows.reserve(len(items))
+        rows.append(keys, [it.category for it in items], [it.price for it in items], keys)
+        catalog = cls(db, index, stored, rows, exact_max_items=options.exact_max_items)
+        catalog._count_photos([it.photo for it in items], 1)
         catalog._remove_unused_photos(catalog._stored_photos())
         return catalog
 
     @classmethod
     def open(cls, folder: Path, *, exact_max_items: int = 20000) -> Catalog:
-        """Load the store's items and index (holding the store's lock)."""
+        """Load the store's columns, vectors and index (holding the store's lock)."""
         db = CatalogDB.open(Path(folder))
         try:
-            catalog = cls(db, db.empty_index(), exact_max_items=exact_max_items)
-            catalog._load_rows()
+            index, rows = db.empty_index(), CatalogRows()
+            photos = load_columns(db, rows, db.folder / PHOTOS_DIR)
+            stored = load_vectors(db, index, rows)
         except BaseException:
             db.close()
             raise
+        catalog = cls(db, index, stored, rows, exact_max_items=exact_max_items)
+        catalog._photo_refs = photos
         catalog._remove_unused_photos(catalog._stored_photos())
+        catalog._fold_large_overlay()
         return catalog
-
-    def _load_rows(self) -> None:
-        """Items into memory, then their vectors into the index in chunks (a list and a
-        stacked copy of a million vectors would stay in the process's heap)."""
-        self._rows.reserve(self.db.count())
-        for row in self.db.rows():
-            record, key, vector = row_record(row)
-            if vector.shape != (self.dim,):
-                raise CatalogStoreError(f"{self.folder}: item {record['id']!r} has a bad vector")
-            self._put(Item(**record), vector, key)
-        n, rows = self._rows.n, self._rows
-        for start in range(0, n, LOAD_CHUNK):
-            chunk = slice(start, min(n, start + LOAD_CHUNK))
-            self.index.add(rows.vectors[chunk], rows.keys[chunk])
-        self._next_key = int(rows.keys[:n].max()) + 1 if n else 0
 
     # -- reading --------------------------------------------------------------------------
 
@@ -183,24 +187,35 @@ class Catalog:
         return self.index.dim
 
     def __len__(self) -> int:
-        return len(self._items)
+        return self._rows.live
 
     def get(self, item_id: str) -> Item | None:
-        return self._items.get(item_id)
+        with self.lock.read():
+            found = self.db.records_by_id([item_id]).get(item_id)
+        return None if found is None else Item(**found[1])
 
     def items(self) -> list[Item]:
-        with self.lock.read():
-            return list(self._items.values())
+        return list(self.iter_items())
+
+    def iter_items(self) -> Iterator[Item]:
+        """Every item, by key, read from one snapshot of the database in chunks."""
+        return (Item(**record) for record in self.db.iter_records())
 
     def vectors_of(self, item_ids: Sequence[str]) -> np.ndarray:
+        """The items' vectors; ``KeyError`` naming the first unknown id."""
         with self.lock.read():
-            rows = [self._rows.row_of[self._key_of[i]] for i in item_ids]
-            return self._rows.vectors[rows].copy()
+            found = self.db.records_by_id(item_ids)
+            missing = [i for i in item_ids if i not in found]
+            if missing:
+                raise KeyError(missing[0])
+            rows = self._rows.rows_of(np.array([found[i][0] for i in item_ids], dtype=np.int64))
+            return self.vectors.gather(self._rows.refs[rows])
 
     def all_vectors(self) -> tuple[list[str], np.ndarray]:
+        """(ids, vectors) of every item, by key."""
         with self.lock.read():
-            n = self._rows.n
-            return list(self._rows.ids), self._rows.vectors[:n].copy()
+            ids = [record["id"] for record in self.db.iter_records()]
+            return ids, self.vectors.read(self._rows.refs[self._rows.live_rows()])
 
     def search(
         self, query: np.ndarray, n: int, filters: Filters | None = None
@@ -208,40 +223,37 @@ class Catalog:
         """Top-``n`` items for one query vector: (items, scores, item vectors), best first.
 
         A filter that leaves at most ``exact_max_items`` items is searched exactly over
-        those rows; a wider one restricts the FAISS search to the allowed keys.
+        those rows; a wider one restricts the FAISS search to the allowed keys. Only the
+        hits' records are read from the database.
         """
         with self.lock.read():
-            rows = self._candidate_rows(np.asarray(query, dtype=np.float32), n, filters)
-            found = [(r, s) for r, s in rows if r >= 0]
-            idx = np.array([r for r, _ in found], dtype=np.int64)
-            items = [self._items[self._rows.ids[r]] for r in idx]
-            scores = np.array([s for _, s in found], dtype=np.float32)
-            return items, scores, self._rows.vectors[idx].copy()
+            rows, scores = self._candidate_rows(np.asarray(query, dtype=np.float32), n, filters)
+            keys = self._rows.keys[rows].tolist()
+            records = self.db.records(keys)
+            items = [Item(**records[k]) for k in keys]
+            return items, scores, self.vectors.gather(self._rows.refs[rows])
 
     def _candidate_rows(
         self, query: np.ndarray, n: int, filters: Filters | None
-    ) -> list[tuple[int, float]]:
+    ) -> tuple[np.ndarray, np.ndarray]:
         allowed = None if filters is None or not filters.active else self._filter_rows(filters)
         if allowed is not None and len(allowed) <= self.exact_max_items:
-            scores = self._rows.vectors[allowed] @ query
+            scores = self.vectors.gather(self._rows.refs[allowed]) @ query
             top = np.argsort(-scores, kind="stable")[:n]
-            return [(int(allowed[i]), float(scores[i])) for i in top]
+            return allowed[top], scores[top].astype(np.float32)
         allowed_keys = None if allowed is None else self._rows.keys[allowed]
         scores, keys = self.index.search(query, n, allowed_keys, self._vectors_of_keys)
-        return [
-            (self._rows.row_of[int(k)] if k >= 0 else -1, float(s))
-            for s, k in zip(scores[0], keys[0], strict=True)
-        ]
+        found = keys[0] >= 0
+        return self._rows.rows_of(keys[0][found]), scores[0][found].astype(np.float32)
 
     def _vectors_of_keys(self, keys: np.ndarray) -> np.ndarray:
-        return self._rows.vectors[[self._rows.row_of[int(k)] for k in keys]]
+        return self.vectors.gather(self._rows.refs[self._rows.rows_of(keys)])
 
     def _filter_rows(self, filters: Filters) -> np.ndarray:
         n = self._rows.n
-        mask = np.ones(n, dtype=bool)
+        mask = self._rows.alive[:n].copy()
         if filters.categories:
-            codes = [self._category_codes.get(c.casefold(), -1) for c in filters.categories]
-            mask &= np.isin(self._rows.codes[:n], codes)
+            mask &= np.isin(self._rows.codes[:n], self._rows.codes_of(filters.categories))
         prices = self._rows.prices[:n]
         if filters.price_min is not None:
             mask &= prices >= filters.price_min
@@ -256,8 +268,9 @@ class Catalog:
         items: Sequence[Item],
         vectors: np.ndarray,
         photos: Sequence[PhotoUpload | None] | None = None,
-    ) -> None:
-        """Add or replace items: committed to the database first, then index and catalog.
+    ) -> list[Item]:
+        """Add or replace items: committed to the database first, then index and catalog;
+        returns the items replaced.
 
         ``photos[i]``, when given, is stored and becomes item ``i``'s photo. A photo of the
         store that no item names any more (replaced or deleted) is removed.
@@ -269,30 +282,44 @@ class Catalog:
                 it if upload is None else _with_photo(it, self._save_photo(upload))
                 for it, upload in zip(items, photos or [None] * len(items), strict=True)
             ]
-            keys = list(range(self._next_key, self._next_key + len(items)))
-            rows = [
-                item_row(it.to_json(), k, v) for it, k, v in zip(items, keys, vectors, strict=True)
-            ]
-            self.db.replace_items(rows)
-            old = [self._items[it.id].photo for it in items if it.id in self._items]
-            self._apply_upsert(items, vectors, keys)
-            self._remove_unused_photos(old)
+            old = self.db.records_by_id([it.id for it in items])
+            keys = np.arange(self._next_key, self._next_key + len(items), dtype=np.int64)
+            self.db.replace_items(
+                [
+                    item_row(it.to_json(), int(k), v)
+                    for it, k, v in zip(items, keys, vectors, strict=True)
+                ]
+            )
+            replaced = self._forget([old[it.id] for it in items if it.id in old])
+            refs = self.vectors.add(vectors)
+            self._rows.append(keys, [it.category for it in items], [it.price for it in items], refs)
+            self.index.add(vectors, keys)
+            self._next_key += len(items)
+            self._count_photos([it.photo for it in items], 1)
+            self._remove_unused_photos([it.photo for it in replaced])
+            self._fold_large_overlay()
+            return replaced
 
-    def delete(self, item_ids: Sequence[str]) -> None:
-        """Remove items; ``KeyError`` naming the first unknown id (nothing is removed then)."""
+    def delete(self, item_ids: Sequence[str]) -> list[Item]:
+        """Remove items and return them; ``KeyError`` naming the first unknown id (nothing
+        is removed then)."""
         with self.lock.write():
+            found = self.db.records_by_id(item_ids)
             for item_id in item_ids:
-                if item_id not in self._items:
+                if item_id not in found:
                     raise KeyError(item_id)
             self.db.delete_items(item_ids)
-            old = [self._items[i].photo for i in item_ids]
-            self.index.remove(np.array([self._drop(i) for i in item_ids]))
-            self._remove_unused_photos(old)
+            deleted = self._forget(list(found.values()))
+            self._remove_unused_photos([it.photo for it in deleted])
+            return deleted
 
     def compact(self) -> None:
-        """Fold the database's write-ahead log into its file."""
+        """Fold the database's write-ahead log into its file, and the overlay and the dead
+        rows into a new vector file."""
         with self.lock.write():
             self.db.checkpoint()
+            if self.vectors.overlay_rows or self._rows.live < self._rows.n:
+                self.vectors = fold_vectors(self.vectors, self._rows)
 
     def close(self) -> None:
         """Close the database and release the store for another process."""
@@ -300,33 +327,29 @@ class Catalog:
 
     # -- internals ------------------------------------------------------------------------
 
-    def _put(self, item: Item, vector: np.ndarray, key: int) -> None:
-        code = self._category_codes.setdefault(item.category.casefold(), len(self._category_codes))
-        price = np.nan if item.price is None else item.price
-        self._rows.append(key, item.id, vector, code, price)
-        self._items[item.id] = item
-        self._key_of[item.id] = key
-        if item.photo is not None:
-            self._photo_refs[item.photo] += 1
+    def _forget(self, found: Sequence[tuple[int, dict[str, Any]]]) -> list[Item]:
+        """Take items (key, fields) out of the index and the columns; the items."""
+        if not found:
+            return []
+        keys = np.array([key for key, _ in found], dtype=np.int64)
+        self._rows.kill(self._rows.rows_of(keys))
+        self.index.remove(keys)
+        gone = [Item(**record) for _, record in found]
+        self._count_photos([it.photo for it in gone], -1)
+        return gone
 
-    def _drop(self, item_id: str) -> int:
-        key = self._key_of.pop(item_id)
-        item = self._items.pop(item_id)
-        self._rows.remove(key)
-        if item.photo is not None:
-            self._photo_refs[item.photo] -= 1
-            if self._photo_refs[item.photo] <= 0:
-                del self._photo_refs[item.photo]
-        return key
+    def _fold_large_overlay(self) -> None:
+        if self.vectors.overlay_rows > max(OVERLAY_MIN_ROWS, self._rows.live // 8):
+            self.vectors = fold_vectors(self.vectors, self._rows)
 
-    def _apply_upsert(self, items: Sequence[Item], vectors: np.ndarray, keys: list[int]) -> None:
-        old = [self._drop(it.id) for it in items if it.id in self._items]
-        if old:
-            self.index.remove(np.array(old))
-        for item, vector, key in zip(items, vectors, keys, strict=True):
-            self._put(item, vector, key)
-        self.index.add(vectors, np.array(keys))
-        self._next_key = max(self._next_key, max(keys) + 1)
+    def _count_photos(self, photos: Sequence[str | None], step: int) -> None:
+        """Count (``step`` 1) or uncount (-1) the items naming each photo of the store."""
+        folder = str(self._photo_folder)
+        for photo in photos:
+            if photo is not None and os.path.dirname(photo) == folder:
+                self._photo_refs[photo] += step
+                if self._photo_refs[photo] <= 0:
+                    del self._photo_refs[photo]
 
     @property
     def _photo_folder(self) -> Path:

@@ -30,6 +30,8 @@ import json
 import os
 import sqlite3
 import sys
+import threading
+import uuid
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
@@ -53,7 +55,8 @@ CREATE TABLE items (
 );
 CREATE TABLE meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
-_COLUMNS = "id, key, title, category, price, price_synthetic, photo, attributes, vector"
+_RECORD_COLUMNS = "id, key, title, category, price, price_synthetic, photo, attributes"
+_COLUMNS = f"{_RECORD_COLUMNS}, vector"
 
 
 class CatalogStoreError(RuntimeError):
@@ -78,11 +81,10 @@ def item_row(record: dict[str, Any], key: int, vector: np.ndarray) -> Row:
     )
 
 
-def row_record(row: Row) -> tuple[dict[str, Any], int, np.ndarray]:
-    """(item fields, key, vector) of a table row; the inverse of ``item_row``. The category
-    and the attributes' names and values are interned: they repeat over the items, and a
-    fresh copy of each for each item took 1.2 KB of memory per item."""
-    item_id, key, title, category, price, synthetic, photo, attributes, blob = row
+def row_record(row: Row) -> tuple[int, dict[str, Any]]:
+    """(key, item fields) of a row of the ``_RECORD_COLUMNS``. The category and the
+    attributes' names and values are interned: they repeat over the items."""
+    item_id, key, title, category, price, synthetic, photo, attributes = row
     record = {
         "id": item_id,
         "title": title,
@@ -92,7 +94,7 @@ def row_record(row: Row) -> tuple[dict[str, Any], int, np.ndarray]:
         "photo": photo,
         "attributes": json.loads(attributes, object_pairs_hook=_interned),
     }
-    return record, int(key), np.frombuffer(blob, dtype="<f4")
+    return int(key), record
 
 
 def _interned(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -106,6 +108,7 @@ class CatalogDB:
         self.folder = folder
         self._db = connection
         self._lock_file = lock_file
+        self._read_lock = threading.Lock()
 
     @classmethod
     def open(cls, folder: Path) -> CatalogDB:
@@ -131,7 +134,8 @@ class CatalogDB:
             db.executescript(_SCHEMA)
             with db:
                 db.executemany(f"INSERT INTO items ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", rows)
-                db.executemany("INSERT INTO meta VALUES (?, ?)", _index_meta(index).items())
+                meta = {**_index_meta(index), "store_id": uuid.uuid4().hex}
+                db.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
         _fsync(staging)
         _retire_live_database(folder)
         os.replace(staging, folder / DB_FILE)
@@ -141,8 +145,53 @@ class CatalogDB:
     def count(self) -> int:
         return int(self._db.execute("SELECT count(*) FROM items").fetchone()[0])
 
-    def rows(self) -> Iterator[Row]:
-        return self._db.execute(f"SELECT {_COLUMNS} FROM items ORDER BY key")
+    def store_id(self) -> str:
+        """A random id of this database, new with each rebuild (names its vector file);
+        given to a store written before there was one."""
+        found = self._db.execute("SELECT value FROM meta WHERE name = 'store_id'").fetchone()
+        if found is not None:
+            return str(found[0])
+        with self._db:
+            self._db.execute("INSERT INTO meta VALUES ('store_id', ?)", (uuid.uuid4().hex,))
+        return self.store_id()
+
+    def columns(self) -> Iterator[tuple[int, str, float | None, str | None]]:
+        """(key, category, price, photo) of every item, by key."""
+        return self._db.execute("SELECT key, category, price, photo FROM items ORDER BY key")
+
+    def vectors(self, *, after_key: int = -1) -> Iterator[tuple[int, bytes]]:
+        """(key, float32 vector bytes) of the items with keys above ``after_key``, by key."""
+        return self._db.execute(
+            "SELECT key, vector FROM items WHERE key > ? ORDER BY key", (after_key,)
+        )
+
+    def records(self, keys: Sequence[int]) -> dict[int, dict[str, Any]]:
+        """Item fields by key, for those of ``keys`` held."""
+        marks = ",".join("?" * len(keys))
+        with self._read_lock:
+            rows = self._db.execute(
+                f"SELECT {_RECORD_COLUMNS} FROM items WHERE key IN ({marks})", list(keys)
+            ).fetchall()
+        return dict(map(row_record, rows))
+
+    def records_by_id(self, item_ids: Sequence[str]) -> dict[str, tuple[int, dict[str, Any]]]:
+        """(key, item fields) by id, for those of ``item_ids`` held."""
+        found: dict[str, tuple[int, dict[str, Any]]] = {}
+        for start in range(0, len(item_ids), 500):  # SQLite's limit on bound parameters
+            chunk = list(item_ids[start : start + 500])
+            marks = ",".join("?" * len(chunk))
+            with self._read_lock:
+                rows = self._db.execute(
+                    f"SELECT {_RECORD_COLUMNS} FROM items WHERE id IN ({marks})", chunk
+                ).fetchall()
+            found.update((r[0], row_record(r)) for r in rows)
+        return found
+
+    def iter_records(self) -> Iterator[dict[str, Any]]:
+        """Every item's fields by key, read on a connection of its own (one snapshot)."""
+        with _closing(sqlite3.connect(self.folder / DB_FILE)) as db:
+            for row in db.execute(f"SELECT {_RECORD_COLUMNS} FROM items ORDER BY key"):
+                yield row_record(row)[1]
 
     def empty_index(self) -> VectorIndex:
         """The stored index: trained (IVF centroids), holding no vectors yet."""

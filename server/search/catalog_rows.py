@@ -1,9 +1,9 @@
-"""In-memory parts of the catalog: a readers-writer lock and row-aligned arrays."""
+"""In-memory parts of the catalog: a readers-writer lock and its per-item columns."""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import numpy as np
@@ -48,50 +48,91 @@ class RWLock:
 
 
 class CatalogRows:
-    """Row-aligned arrays (vectors, keys, category codes, prices) with O(1) append/remove.
+    """Per-item columns in key order (keys, category codes, prices, vector references and
+    a live flag): what filters and the key lookups need, 25 bytes an item.
 
-    They grow by an eighth (``reserve`` sizes them exactly for a known count): doubling
-    gave a million-item catalog room for 2,097,152 rows at its first upsert past 1,048,576
-    (1.5 GB more of vectors, copied while the old array is still held).
+    Keys only grow (every upsert gets fresh ones), so appending keeps the rows sorted and a
+    key's row is found by binary search. A deleted or replaced item's row is marked dead
+    and stays until ``compacted``. The columns grow by an eighth (``reserve`` sizes them
+    exactly for a known count): doubling gave a million-item catalog room for 2,097,152
+    rows at its first upsert past 1,048,576.
     """
 
-    def __init__(self, dim: int) -> None:
+    def __init__(self) -> None:
+        self.category_codes: dict[str, int] = {}
         self.n = 0
-        self.vectors = np.zeros((0, dim), dtype=np.float32)
+        self.live = 0
         self.keys = np.zeros(0, dtype=np.int64)
         self.codes = np.zeros(0, dtype=np.int32)
         self.prices = np.zeros(0, dtype=np.float32)
-        self.ids: list[str] = []
-        self.row_of: dict[int, int] = {}
+        self.refs = np.zeros(0, dtype=np.int64)
+        self.alive = np.zeros(0, dtype=bool)
 
-    def append(self, key: int, item_id: str, vector: np.ndarray, code: int, price: float) -> None:
-        if self.n == len(self.keys):
-            self.reserve(self.n + max(16, self.n // 8))
-        i = self.n
-        self.vectors[i], self.keys[i], self.codes[i], self.prices[i] = vector, key, code, price
-        self.ids.append(item_id)
-        self.row_of[key] = i
-        self.n += 1
+    def _columns(self) -> tuple[np.ndarray, ...]:
+        return self.keys, self.codes, self.prices, self.refs, self.alive
 
-    def remove(self, key: int) -> None:
-        """Swap the last row into the removed one."""
-        i, last = self.row_of.pop(key), self.n - 1
-        if i != last:
-            for arr in (self.vectors, self.keys, self.codes, self.prices):
-                arr[i] = arr[last]
-            self.ids[i] = self.ids[last]
-            self.row_of[int(self.keys[i])] = i
-        self.ids.pop()
-        self.n -= 1
+    def append(
+        self,
+        keys: np.ndarray,
+        categories: Sequence[str],
+        prices: Sequence[float | None],
+        refs: np.ndarray,
+    ) -> None:
+        """Add rows for ``keys``, ascending and above every key held (a missing price is
+        NaN: no price bound holds for it)."""
+        m = len(keys)
+        codes = [
+            self.category_codes.setdefault(c.casefold(), len(self.category_codes))
+            for c in categories
+        ]
+        if m and (self.n and keys[0] <= self.keys[self.n - 1] or np.any(np.diff(keys) <= 0)):
+            raise ValueError("catalog keys must be appended in ascending order")
+        if self.n + m > len(self.keys):
+            self.reserve(self.n + m + max(16, (self.n + m) // 8))
+        new = slice(self.n, self.n + m)
+        self.keys[new], self.codes[new], self.refs[new] = keys, codes, refs
+        self.prices[new] = [np.nan if p is None else p for p in prices]
+        self.alive[new] = True
+        self.n += m
+        self.live += m
+
+    def codes_of(self, categories: Sequence[str]) -> list[int]:
+        """Category codes (case-insensitive; -1 for a category no item has had)."""
+        return [self.category_codes.get(c.casefold(), -1) for c in categories]
+
+    def rows_of(self, keys: np.ndarray) -> np.ndarray:
+        """The rows of live ``keys``; ``KeyError`` naming the first key not held."""
+        keys = np.asarray(keys, dtype=np.int64).reshape(-1)
+        rows = np.searchsorted(self.keys[: self.n], keys)
+        held = rows < self.n
+        held[held] &= self.keys[rows[held]] == keys[held]
+        held[held] &= self.alive[rows[held]]
+        if not held.all():
+            raise KeyError(int(keys[~held][0]))
+        return rows
+
+    def kill(self, rows: np.ndarray) -> None:
+        self.alive[rows] = False
+        self.live = int(self.alive[: self.n].sum())
+
+    def live_rows(self) -> np.ndarray:
+        return np.flatnonzero(self.alive[: self.n])
+
+    def compacted(self, refs: np.ndarray) -> None:
+        """Drop the dead rows; ``refs``: the live rows' new vector references."""
+        keep = self.live_rows()
+        for arr in self._columns():
+            arr[: len(keep)] = arr[keep]
+        self.n = self.live = len(keep)
+        self.refs[: self.n] = refs
 
     def reserve(self, capacity: int) -> None:
         """Room for ``capacity`` rows (at least the ``n`` held)."""
         capacity = max(capacity, self.n)
 
         def grown(arr: np.ndarray) -> np.ndarray:
-            out = np.zeros((capacity, *arr.shape[1:]), dtype=arr.dtype)
+            out = np.zeros(capacity, dtype=arr.dtype)
             out[: self.n] = arr[: self.n]
             return out
 
-        self.vectors, self.keys = grown(self.vectors), grown(self.keys)
-        self.codes, self.prices = grown(self.codes), grown(self.prices)
+        self.keys, self.codes, self.prices, self.refs, self.alive = map(grown, self._columns())

@@ -277,7 +277,7 @@ def _heard_with(config: Config, catalog: Catalog, audio: bytes, text: str) -> st
     from server.search.spoken import SpokenQueries
 
     try:
-        heard = SpokenQueries(config.speech, catalog.items()).transcribe(audio)
+        heard = SpokenQueries(config.speech, catalog.iter_items()).transcribe(audio)
     except ApiError as exc:
         raise UsageError(f"--audio: {exc.message}") from exc
     confidence = "" if heard.confidence is None else f" (confidence {heard.confidence:.2f})"

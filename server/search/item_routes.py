@@ -116,10 +116,10 @@ def add_item_routes(app: FastAPI, service: _Service) -> None:
         """Removes the item, and its photo if it was uploaded and no other item has it.
         Needs the admin token."""
         try:
-            service.catalog.delete([item_id])
+            deleted = service.catalog.delete([item_id])
         except KeyError:
             raise ApiError(404, "id", f"no item {item_id!r}") from None
-        service.speech.items_changed(deleted=[item_id])
+        service.speech.items_changed(removed=deleted)
         return {"deleted": item_id, "items": len(service.catalog)}
 
 
@@ -163,6 +163,6 @@ def _upsert(service: _Service, body: UpsertBody) -> dict[str, Any]:
         for i, it in enumerate(body.items)
     ]
     uploads = [None if data is None else PhotoUpload(data, image_suffix(data)) for data in raw]
-    service.catalog.upsert(items, vectors, uploads)
-    service.speech.items_changed(upserted=items)
+    replaced = service.catalog.upsert(items, vectors, uploads)
+    service.speech.items_changed(upserted=items, removed=replaced)
     return {"upserted": ids, "items": len(service.catalog)}

@@ -108,7 +108,7 @@ class SearchService:
         weights = config.encoder.text_weight + config.encoder.image_weight
         self.limits = Limits(encoder.dim, config.search, config.encoder.text_weight / weights)
         self.metrics = ServiceMetrics(self.engine, encoder.version)
-        self.speech = SpokenQueries(config.speech, catalog.items())
+        self.speech = SpokenQueries(config.speech, catalog.iter_items())
         self.started_at = time.time()
 
     def close(self) -> None:

@@ -48,11 +48,13 @@ class SpokenQueries:
             )
 
     def items_changed(
-        self, upserted: Sequence[DescribedItem] = (), deleted: Sequence[str] = ()
+        self, upserted: Sequence[DescribedItem] = (), removed: Sequence[DescribedItem] = ()
     ) -> None:
-        """Follow a catalog change (blocking: the new language model is built here)."""
+        """Follow a catalog change: items put, and the items replaced or deleted (as the
+        catalog's ``upsert`` and ``delete`` return them). Blocking: the new language model
+        is built here."""
         with self._lock:
-            self.vocabulary.remove(deleted)
+            self.vocabulary.remove(removed)
             self.vocabulary.put(upserted)
             if self.transcriber is not None:
                 self.transcriber.use_vocabulary(self.vocabulary)

@@ -1,3 +1,4 @@
+import mmap
 from pathlib import Path
 
 import numpy as np
@@ -190,8 +191,9 @@ def hits(catalog, queries):
     ]
 
 
-def test_a_reopened_catalog_searches_alike_and_holds_no_slack(tmp_path):
-    """Opening reads the rows into arrays sized exactly, with repeated strings shared."""
+def test_a_reopened_catalog_searches_alike_and_holds_no_records(tmp_path):
+    """Opening fills sized columns and maps the vector file: no item record, no vector in
+    the heap; ids and scores are those of the catalog that was built."""
     rng = np.random.default_rng(1)
     items = [
         Item(id=f"i{i}", title=f"item {i}", category="Shirts", attributes={"usage": "Casual"})
@@ -206,10 +208,20 @@ def test_a_reopened_catalog_searches_alike_and_holds_no_slack(tmp_path):
     reopened = Catalog.open(tmp_path / "s", exact_max_items=0)
     assert reopened.index.info.kind == "ivf-pq"
     assert hits(reopened, queries) == before
+    assert mapped(reopened.vectors.file) and reopened.vectors.overlay_rows == 0
+    np.testing.assert_array_equal(reopened.vectors.file, vectors)
+    held = [v for v in vars(reopened).values() if isinstance(v, dict | list)]
+    assert all(len(v) < 600 for v in held)  # no per-item Python objects
     rows = reopened._rows
-    assert rows.n == len(rows.keys) == len(rows.vectors) == 600
-    one, two = reopened.get("i1"), reopened.get("i2")
-    assert one.category is two.category and one.attributes["usage"] is two.attributes["usage"]
+    assert rows.n == len(rows.keys) == 600
+    assert reopened.get("i7") == items[7]
     reopened.upsert([Item(id="new", title="new")], unit(rng, 1))
     assert len(rows.keys) == 600 + 600 // 8  # grown by an eighth, not doubled
     reopened.close()
+
+
+def mapped(array: np.ndarray) -> bool:
+    base = array
+    while isinstance(base, np.ndarray):
+        base = base.base
+    return isinstance(base, memoryview) and isinstance(base.obj, mmap.mmap)

@@ -1,0 +1,149 @@
+"""The catalog's item vectors: a memory-mapped file beside the database, and an overlay.
+
+``<store>/vectors-<store id>.f32`` holds the float32 vectors of the items that were live
+when it was written, in key order::
+
+    header   64 bytes: b"FSVECS01", row count n and dim (little-endian int64), zeros
+    keys     int64[n]
+    vectors  float32[n, dim]
+
+The database stays the source of truth and the file is derived from it. A key's vector
+never changes (every upsert gets fresh keys), so a file row is right for as long as its key
+is live; items upserted after the file was written (keys above its last) live in an
+in-memory overlay until the next compaction. A file is written beside its final name,
+fsynced and renamed into place: a crash leaves the old file or the new one, and a store
+without a readable file for its id gets a new one when it is opened.
+
+Queries read the mapping (random access advised) for the rows they need only, so the
+vectors are page cache, not heap. Whole-file passes (opening, compaction) use plain reads,
+which do not map pages into the process.
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import struct
+from pathlib import Path
+
+import numpy as np
+
+MAGIC = b"FSVECS01"
+HEADER_BYTES = 64
+
+
+def vector_file(folder: Path, store_id: str) -> Path:
+    return folder / f"vectors-{store_id}.f32"
+
+
+def remove_other_vector_files(folder: Path, keep: Path | None) -> None:
+    """Delete vector files of earlier stores and temporary files left by a crash."""
+    for path in [*folder.glob("vectors-*.f32"), *folder.glob(".vectors-*.tmp")]:
+        if path != keep:
+            path.unlink(missing_ok=True)
+
+
+class VectorFileWriter:
+    """Writes a vector file of ``n`` rows chunk by chunk; ``commit`` renames it into place."""
+
+    def __init__(self, path: Path, n: int, dim: int) -> None:
+        self.path, self.n, self.dim, self.done = path, n, dim, 0
+        self._tmp = path.with_name(f".{path.name}.tmp")
+        self._fh = self._tmp.open("wb")
+        self._fh.write(MAGIC + struct.pack("<qq", n, dim).ljust(HEADER_BYTES - len(MAGIC), b"\0"))
+        self._fh.truncate(HEADER_BYTES + n * (8 + 4 * dim))
+
+    def append(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        if self.done + len(keys) > self.n or vectors.shape != (len(keys), self.dim):
+            raise ValueError(f"{self.path}: rows beyond the {self.n} x {self.dim} declared")
+        fd = self._fh.fileno()
+        os.pwrite(fd, np.asarray(keys, dtype="<i8").tobytes(), HEADER_BYTES + 8 * self.done)
+        offset = HEADER_BYTES + 8 * self.n + 4 * self.dim * self.done
+        os.pwrite(fd, np.asarray(vectors, dtype="<f4").tobytes(), offset)
+        self.done += len(keys)
+
+    def commit(self) -> Path:
+        if self.done != self.n:
+            raise ValueError(f"{self.path}: {self.done} rows written of {self.n}")
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+        self._fh.close()
+        os.replace(self._tmp, self.path)
+        _fsync_dir(self.path.parent)
+        return self.path
+
+    def abort(self) -> None:
+        self._fh.close()
+        self._tmp.unlink(missing_ok=True)
+
+
+class CatalogVectors:
+    """A mapped vector file plus the in-memory overlay of vectors added since it was written.
+
+    A reference (``refs``) is a file row (>= 0) or an overlay row ``i`` (as ``-1 - i``).
+    """
+
+    def __init__(self, path: Path) -> None:
+        with path.open("rb") as fh:
+            self._map = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        if self._map[: len(MAGIC)] != MAGIC or len(self._map) < HEADER_BYTES:
+            raise ValueError(f"{path}: not a vector file")
+        n, dim = struct.unpack_from("<qq", self._map, len(MAGIC))
+        if n < 0 or dim <= 0 or len(self._map) != HEADER_BYTES + n * (8 + 4 * dim):
+            raise ValueError(f"{path}: truncated or damaged vector file")
+        self._map.madvise(mmap.MADV_RANDOM)
+        self.path, self.dim = path, int(dim)
+        self.keys = np.frombuffer(self._map, dtype="<i8", count=n, offset=HEADER_BYTES)
+        self.file = np.frombuffer(
+            self._map, dtype="<f4", count=n * dim, offset=HEADER_BYTES + 8 * n
+        ).reshape(n, dim)
+        self.overlay = np.zeros((0, dim), dtype=np.float32)
+        self.overlay_rows = 0
+
+    @property
+    def last_key(self) -> int:
+        return int(self.keys[-1]) if len(self.keys) else -1
+
+    def add(self, vectors: np.ndarray) -> np.ndarray:
+        """Vectors into the overlay; their references."""
+        m, start = len(vectors), self.overlay_rows
+        if start + m > len(self.overlay):
+            grown = np.zeros((start + m + max(16, (start + m) // 8), self.dim), dtype=np.float32)
+            grown[:start] = self.overlay[:start]
+            self.overlay = grown
+        self.overlay[start : start + m] = vectors
+        self.overlay_rows += m
+        return -1 - np.arange(start, start + m, dtype=np.int64)
+
+    def gather(self, refs: np.ndarray) -> np.ndarray:
+        """The vectors of ``refs`` (a copy), file rows read through the mapping."""
+        refs = np.asarray(refs, dtype=np.int64)
+        in_file = refs >= 0
+        if in_file.all():
+            return self.file[refs]
+        out = np.empty((len(refs), self.dim), dtype=np.float32)
+        out[in_file] = self.file[refs[in_file]]
+        out[~in_file] = self.overlay[-1 - refs[~in_file]]
+        return out
+
+    def read(self, refs: np.ndarray) -> np.ndarray:
+        """As ``gather`` for ascending file rows, by plain reads (nothing is mapped in)."""
+        refs = np.asarray(refs, dtype=np.int64)
+        in_file = refs >= 0
+        out = np.empty((len(refs), self.dim), dtype=np.float32)
+        rows = refs[in_file]
+        if len(rows):
+            first, count = int(rows[0]), int(rows[-1] - rows[0]) + 1
+            offset = HEADER_BYTES + 8 * len(self.keys) + 4 * self.dim * first
+            span = np.fromfile(self.path, dtype="<f4", count=count * self.dim, offset=offset)
+            out[in_file] = span.reshape(count, self.dim)[rows - first]
+        out[~in_file] = self.overlay[-1 - refs[~in_file]]
+        return out
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
