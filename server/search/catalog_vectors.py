@@ -28,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-MAGIC = b"FSVECS01"
+VECTOR_FILE_MAGIC = b"FSVECS01"
 HEADER_BYTES = 64
 
 
@@ -50,7 +50,10 @@ class VectorFileWriter:
         self.path, self.n, self.dim, self.done = path, n, dim, 0
         self._tmp = path.with_name(f".{path.name}.tmp")
         self._fh = self._tmp.open("wb")
-        self._fh.write(MAGIC + struct.pack("<qq", n, dim).ljust(HEADER_BYTES - len(MAGIC), b"\0"))
+        self._fh.write(
+            VECTOR_FILE_MAGIC
+            + struct.pack("<qq", n, dim).ljust(HEADER_BYTES - len(VECTOR_FILE_MAGIC), b"\0")
+        )
         self._fh.truncate(HEADER_BYTES + n * (8 + 4 * dim))
 
     def append(self, keys: np.ndarray, vectors: np.ndarray) -> None:
@@ -86,9 +89,12 @@ class CatalogVectors:
     def __init__(self, path: Path) -> None:
         with path.open("rb") as fh:
             self._map = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
-        if self._map[: len(MAGIC)] != MAGIC or len(self._map) < HEADER_BYTES:
+        if (
+            self._map[: len(VECTOR_FILE_MAGIC)] != VECTOR_FILE_MAGIC
+            or len(self._map) < HEADER_BYTES
+        ):
             raise ValueError(f"{path}: not a vector file")
-        n, dim = struct.unpack_from("<qq", self._map, len(MAGIC))
+        n, dim = struct.unpack_from("<qq", self._map, len(VECTOR_FILE_MAGIC))
         if n < 0 or dim <= 0 or len(self._map) != HEADER_BYTES + n * (8 + 4 * dim):
             raise ValueError(f"{path}: truncated or damaged vector file")
         self._map.madvise(mmap.MADV_RANDOM)
