@@ -144,8 +144,9 @@ def test_kill_9_while_folding_the_overlay_loses_no_acknowledged_upsert(tmp_path)
     rng = np.random.default_rng(4)
     Catalog.create(tmp_path / "s", items(30), unit(rng, 30), encoder_version="e").close()
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    with subprocess.Popen([sys.executable, "-c", KILLED, str(tmp_path / "s")], env=env,
-                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True) as proc:  # fmt: skip
+    command = [sys.executable, "-c", KILLED, str(tmp_path / "s")]
+    pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "text": True}
+    with subprocess.Popen(command, env=env, **pipes) as proc:
         assert proc.stdout is not None and proc.stdout.readline().strip() == "acked"
         proc.send_signal(signal.SIGKILL)
     assert list((tmp_path / "s").glob(".vectors-*.tmp"))  # the half-written file
