@@ -4,14 +4,16 @@ Layout of ``<store>/catalog.sqlite3``::
 
     items(id TEXT PRIMARY KEY, key INTEGER UNIQUE, title, category, price, price_synthetic,
           photo, attributes JSON, vector BLOB)   -- vector: float32 little-endian
-    meta(name TEXT PRIMARY KEY, value TEXT)      -- encoder version, dim, index info and
-                                                 -- the trained, emptied FAISS index (base64)
+    meta(name TEXT PRIMARY KEY, value TEXT)      -- index info, the trained, emptied FAISS
+                                                 -- index (base64), a random store id
 
 Every upsert or delete batch is one transaction, committed with ``synchronous=FULL``
 before the caller acknowledges it, so a crash at any moment leaves the last committed
 state: SQLite's write-ahead log gives what the old journal + snapshot folders + pointer
 re-implemented by hand. The FAISS index is not stored with its vectors: opening a store
-loads the trained (empty) index and adds the vectors from the ``items`` table.
+loads the trained (empty) index and adds the items' vectors. The database is the source of
+truth; the memory-mapped vector file the catalog serves from (``catalog_vectors``, named by
+the store id) is derived from it and written again whenever it does not match.
 
 A rebuild (``write_new``) writes a complete database beside the live one and renames it
 into place after the live one's write-ahead log has been checkpointed and removed, so a
