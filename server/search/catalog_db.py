@@ -31,7 +31,6 @@ import fcntl
 import json
 import os
 import sqlite3
-import sys
 import threading
 import uuid
 from collections.abc import Iterator, Sequence
@@ -84,23 +83,18 @@ def item_row(record: dict[str, Any], key: int, vector: np.ndarray) -> Row:
 
 
 def row_record(row: Row) -> tuple[int, dict[str, Any]]:
-    """(key, item fields) of a row of the ``_RECORD_COLUMNS``. The category and the
-    attributes' names and values are interned: they repeat over the items."""
+    """(key, item fields) of a row of the ``_RECORD_COLUMNS``."""
     item_id, key, title, category, price, synthetic, photo, attributes = row
     record = {
         "id": item_id,
         "title": title,
-        "category": sys.intern(category),
+        "category": category,
         "price": price,
         "price_synthetic": bool(synthetic),
         "photo": photo,
-        "attributes": json.loads(attributes, object_pairs_hook=_interned),
+        "attributes": json.loads(attributes),
     }
     return int(key), record
-
-
-def _interned(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    return {sys.intern(k): sys.intern(v) if isinstance(v, str) else v for k, v in pairs}
 
 
 class CatalogDB:
