@@ -126,9 +126,9 @@ class CatalogVectors:
         refs = np.asarray(refs, dtype=np.int64)
         in_file = refs >= 0
         if in_file.all():
-            return self.file[refs]
+            return self.file.take(refs, axis=0)
         out = np.empty((len(refs), self.dim), dtype=np.float32)
-        out[in_file] = self.file[refs[in_file]]
+        out[in_file] = self.file.take(refs[in_file], axis=0)
         out[~in_file] = self.overlay[-1 - refs[~in_file]]
         return out
 
