@@ -19,6 +19,7 @@ Only public catalog data is used: no history, no user data.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
@@ -43,6 +44,7 @@ class Described(Protocol):
     def attributes(self) -> Mapping[str, str]: ...
 
 
+@functools.lru_cache(maxsize=1 << 16)  # catalog values repeat across every query's candidates
 def phrase_tokens(text: str) -> tuple[str, ...]:
     """Lower-cased word tokens, each reduced to its singular form by dropping one final s."""
     return tuple(_singular(t) for t in _WORD.findall(text.lower()))
