@@ -41,6 +41,7 @@ from client.store import PersonalState
 from common.evaluation.protocol import (
     MODES,
     device_bonus,
+    gate_for_queries,
     metrics_from_sums,
     rank_sums,
     ranks_by_mode,
@@ -128,6 +129,7 @@ class AdapterClient(NumPyClient):
             beta=settings.beta,
             candidates=settings.candidates,
             bonus=device_bonus(self.device.data, self.device.attributes, settings.attribute_beta),
+            gate=gate_for_queries(self.device.facets if settings.facet_gate else None, test),
         )
         out = {"evaluated": 1.0}
         for mode in MODES:

@@ -27,6 +27,7 @@ from common.config import ConfigError, DeviceConfig
 from common.data.searches import DeviceData
 from common.federation.run_spec import RunSpec
 from common.model.personalization import AttributeTable
+from common.model.query_facets import QueryFacets
 from common.privacy.keystream import KeystreamRandom
 
 
@@ -40,6 +41,7 @@ class LocalDevice:
     config: DeviceConfig
     seed_parts: tuple[object, ...] | None = None  # None: randomness from the OS
     attributes: AttributeTable | None = None  # the public items' categorical attributes
+    facets: QueryFacets | None = None  # the public items' facets a query can name
     public_items: int | None = None  # rows of item_vectors from the public catalog (None: all)
 
     @property

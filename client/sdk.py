@@ -37,6 +37,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from client.store import DeviceStore, LoggedSearch, PersonalState
 from common.model.adapter import ADAPTER_FILE, QueryAdapter
 from common.model.personalization import rerank, user_vector
+from common.model.query_facets import candidate_matches
 from common.security.trust import TrustedVersions, check_base_model
 
 ADAPTER_MARK_FILE = "adapter-version.json"  # the usual name of ``verified_adapters``'s state
@@ -144,7 +145,13 @@ class DeviceClient:
         dim = len(data["query_vector"])
         vectors = np.array([r["vector"] for r in rows], dtype=np.float32).reshape(len(rows), dim)
         base, scored_by, model_error = self._base_scores(data, vectors)
-        order, scores = rerank(base, vectors, self.store.load_state().user_vector, self.beta)
+        matches = candidate_matches(
+            text,
+            [str(r.get("category", "")) for r in rows],
+            [dict(r.get("attributes") or {}) for r in rows],
+        )
+        user = self.store.load_state().user_vector
+        order, scores = rerank(base, vectors, user, self.beta, None, matches)
         top, top_scores = order[:k], scores[:k]
         heard = data.get("transcript")
         entry = self.store.log_search(

@@ -52,12 +52,14 @@ class EvaluationConfig(Section):
     """Evaluation on held-out searches: metrics at ``k`` over the whole catalog. The personal
     rerank adds ``beta * cos(user, item)`` and ``attribute_beta`` times the device's
     attribute preferences (``common.model.personalization``) to the scores of the top
-    ``candidates``."""
+    ``candidates``; with ``facet_gate``, the candidates that have the catalog facets the
+    query names stay above the rest (``common.model.query_facets``)."""
 
     k: int = Field(default=10, ge=1)
     candidates: int = 100
     beta: float = Field(default=0.2, ge=0)
     attribute_beta: float = Field(default=0.02, ge=0)
+    facet_gate: bool = True
 
     @model_validator(mode="after")
     def _enough_candidates(self) -> EvaluationConfig:

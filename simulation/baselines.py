@@ -14,7 +14,10 @@
   negatives). The upper reference for federated training. Early stopping looks only at
   each device's last TRAIN search, held out from training (``validation_split``).
 - ``*+personal``: the ranking above with the device's user vector reranking the top
-  ``evaluation.candidates`` (``common.model.personalization.rerank``, ``evaluation.beta``).
+  ``evaluation.candidates`` (``common.model.personalization.rerank``, ``evaluation.beta``),
+  gated by the facets the query names when ``evaluation.facet_gate`` is on.
+- ``base+facet gate``: that gate alone, without personal weights (catalogs with facets):
+  what the personal rerank gains from keeping what the query names on top.
 - oracles (populations with ground-truth preferences only, ``simulation.oracle``): match +
   true utility, the same within the base top ``evaluation.candidates``, and exact match
   without personalization: the headroom.
@@ -307,6 +310,7 @@ def run_baselines(
         "beta": beta,
         "candidates": candidates,
         "attribute_beta": evaluation.attribute_beta,
+        "facet_gate": evaluation.facet_gate,
     }
     base = evaluate_population(population, k=k, **personal)
     metrics["base"] = base.overall["base"]
@@ -314,6 +318,11 @@ def run_baselines(
         evaluate_searches(tests, population.item_vectors, k=k, item_prior=prior), k
     )
     metrics["base+personal"] = base.overall["personal"]
+    if population.facets is not None and evaluation.facet_gate:
+        gated = evaluate_population(
+            population, k=k, beta=0.0, candidates=candidates, facet_gate=True
+        )
+        metrics["base+facet gate"] = gated.overall["personal"]
     public = warm_start(population, config)
     if public is not None:
         warm = evaluate_population(population, adapter=public, k=k, **personal)

@@ -51,6 +51,7 @@ def simulated_device(spec: RunSpec, node_config: Mapping[str, Any]) -> LocalDevi
         spec.config.device,
         seed_parts=(spec.config.federation.seed, index),
         attributes=population.attributes,
+        facets=population.facets,
     )
 
 

@@ -14,6 +14,7 @@ import numpy as np
 from common.data.searches import DeviceData
 from common.evaluation.protocol import (
     device_user_vector,
+    gate_for_queries,
     metrics_from_sums,
     rank_sums,
     ranks_by_mode,
@@ -40,6 +41,7 @@ def evaluate_population(
     candidates: int,
     k: int = 10,
     attribute_beta: float = 0.0,
+    facet_gate: bool = False,
 ) -> PopulationEval:
     """Evaluate every device's test searches in the three modes (scored in large batches,
     the same ranks as ``evaluate_device`` per device) and pool them."""
@@ -60,6 +62,7 @@ def evaluate_population(
         beta=beta,
         candidates=candidates,
         bonus=_bonus_rows(population, devices, attribute_beta),
+        gate=gate_for_queries(population.facets if facet_gate else None, searches),
     )
     bounds = np.cumsum([0] + [len(d.test) for d in devices])
     per_device = {

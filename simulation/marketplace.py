@@ -45,6 +45,7 @@ from common.data.fashion import load_fashion_catalog
 from common.data.records import Product
 from common.data.searches import DeviceData, SearchExample
 from common.model.encoder import Encoder
+from common.model.query_facets import QueryFacets
 from common.progress import progress_bar
 from simulation.population import (
     HeldOutTruth,
@@ -370,4 +371,5 @@ def load_marketplace(
         attribute_table(products),
         [p.category for p in products],
         truth,
+        QueryFacets.from_records(products),
     )

@@ -22,6 +22,7 @@ from common.data.records import Product, categorical_attributes
 from common.data.searches import DeviceData
 from common.model.encoder import Encoder
 from common.model.personalization import AttributeTable
+from common.model.query_facets import QueryFacets
 from server.training.warm_start import catalog_phrases
 from simulation.vector_cache import cache_key, cached_vectors
 
@@ -72,6 +73,7 @@ class Population:
     attributes: AttributeTable | None = None
     item_categories: list[str] = field(default_factory=list)  # e.g. the fashion articleType
     truth: dict[str, HeldOutTruth] | None = None  # by device id; None without ground truth
+    facets: QueryFacets | None = None  # the public catalog's facets a query can name
 
     @property
     def n_items(self) -> int:

@@ -76,6 +76,7 @@ def evaluate_versions(result: SimulationResult, population: Population) -> dict[
             beta=settings.beta,
             candidates=settings.candidates,
             attribute_beta=settings.attribute_beta,
+            facet_gate=settings.facet_gate,
         )
         out[round_number] = evaluation.overall
     return out

@@ -24,6 +24,7 @@ from common.data.retail import (
 )
 from common.data.searches import DeviceData, SearchExample
 from common.model.encoder import Encoder
+from common.model.query_facets import QueryFacets
 from common.progress import progress_bar
 from simulation.population import (
     Population,
@@ -112,4 +113,5 @@ def load_retail(
         titles,
         info,
         public_phrases(products, encoder, cache_dir, "retail", progress),
+        facets=QueryFacets.from_records(products),
     )

@@ -8,13 +8,14 @@ it, the server pools the sums, simulations evaluate whole populations with it::
         sums over the searches: {"count", "hr_sum", "ndcg_sum", "rr_sum"} (floats), so
         sums from many devices add up; ``metrics_from_sums`` turns them into means.
     evaluate_device(device, item_vectors, *, adapter=None, beta, candidates, k,
-                    attributes=None, attribute_beta=0.0)
+                    attributes=None, attribute_beta=0.0, facets=None)
         -> {mode: sums} for MODES = ("base", "adapter", "personal")
 
 Ranking: score = (adapted) query . item (+ ``item_prior``, a per-item bonus) over every
 catalog item. With a user vector and beta > 0, the top ``candidates`` items are reordered by
 ``common.model.personalization.rerank`` (score + beta * cos(user, item) + the device's
-attribute-preference bonus) and the rest keep the base order below them. Ranks are 0-based
+attribute-preference bonus), the items that have the facets the query names first
+(``common.model.query_facets``), and the rest keep the base order below them. Ranks are 0-based
 with ties counted against the relevant item.
 """
 
@@ -33,6 +34,7 @@ from common.model.personalization import (
     rerank,
     user_vector,
 )
+from common.model.query_facets import QueryFacets
 
 MODES = ("base", "adapter", "personal")
 SUM_KEYS = ("count", "hr_sum", "ndcg_sum", "rr_sum")
@@ -40,6 +42,9 @@ _CHUNK = 1024
 # The personal rerank's per-item bonus: none, one (n_items,) row for every query, or
 # rows(start, stop) -> (stop - start, n_items) for a batch of queries.
 Bonus = np.ndarray | Callable[[int, int], np.ndarray] | None
+# The facet gate of the personal rerank: rows(start, stop) -> (stop - start, n_items) bool,
+# the items that have each query's facets (None: no query in the batch names any).
+Gate = Callable[[int, int], np.ndarray | None] | None
 
 
 def search_ranks(
@@ -52,13 +57,14 @@ def search_ranks(
     candidates: int = 100,
     item_prior: np.ndarray | None = None,
     bonus: Bonus = None,
+    gate: Gate = None,
 ) -> np.ndarray:
     """0-based full-catalog rank of each relevant item (see the module doc).
 
     ``users``: None, one user vector (d,) for all queries, or one per query (n, d).
     """
     plain, personal = _ranks(
-        queries, relevant, item_vectors, users, beta, candidates, item_prior, bonus
+        queries, relevant, item_vectors, users, beta, candidates, item_prior, bonus, gate
     )
     return plain if personal is None else personal
 
@@ -73,6 +79,7 @@ def ranks_by_mode(
     beta: float,
     candidates: int,
     bonus: Bonus = None,
+    gate: Gate = None,
 ) -> dict[str, np.ndarray]:
     """Ranks for MODES from one scoring pass per query set; without adapted queries,
     "adapter" is "base" and "personal" reranks the base ranking."""
@@ -86,11 +93,12 @@ def ranks_by_mode(
         candidates,
         None,
         bonus,
+        gate,
     )
     if adapted_queries is None:
         return {"base": base, "adapter": base, "personal": _or(base_personal, base)}
     plain, personal = _ranks(
-        adapted_queries, relevant, item_vectors, users, beta, candidates, None, bonus
+        adapted_queries, relevant, item_vectors, users, beta, candidates, None, bonus, gate
     )
     return {"base": base, "adapter": plain, "personal": _or(personal, plain)}
 
@@ -108,13 +116,14 @@ def _ranks(
     candidates: int,
     item_prior: np.ndarray | None,
     bonus: Bonus = None,
+    gate: Gate = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
     """(plain ranks, personal ranks or None when there is no user or beta is 0)."""
     queries = np.asarray(queries, dtype=np.float32)
     relevant = np.asarray(relevant, dtype=np.int64)
     item_t = np.asarray(item_vectors, dtype=np.float32).T  # a view: BLAS reads it transposed
     plain = np.empty(len(relevant), dtype=np.int64)
-    personal = plain.copy() if users is not None and beta != 0.0 else None
+    personal = plain.copy() if users is not None and (beta != 0.0 or gate is not None) else None
     if personal is not None:
         users = np.broadcast_to(np.asarray(users, dtype=np.float32), queries.shape)
     for start in range(0, len(relevant), _CHUNK):
@@ -126,12 +135,21 @@ def _ranks(
         if personal is None or users is None:
             continue
         top = _top_candidates(scores, candidates)
-        extra = _bonus_rows(bonus, start, min(stop, len(relevant)), scores.shape[1])
+        end = min(stop, len(relevant))
+        extra = _bonus_rows(bonus, start, end, scores.shape[1])
+        gates = None if gate is None else gate(start, end)
         for row, score in enumerate(scores):
             i = start + row
             personal[i] = (
                 _personal_rank(
-                    score, top[row], int(relevant[i]), item_vectors, users[i], beta, extra[row]
+                    score,
+                    top[row],
+                    int(relevant[i]),
+                    item_vectors,
+                    users[i],
+                    beta,
+                    extra[row],
+                    None if gates is None else gates[row],
                 )
                 if np.any(users[i])
                 else plain[i]
@@ -166,14 +184,23 @@ def _personal_rank(
     user: np.ndarray,
     beta: float,
     bonus: np.ndarray,
+    gate: np.ndarray | None,
 ) -> int:
-    """Rank after ``rerank`` of the candidates ``top``; items outside them rank below all."""
+    """Rank after ``rerank`` of the candidates ``top``; items outside them rank below all.
+    ``gate``: (n_items,) bool, the items that have the query's facets (None: no gate)."""
     hit = np.flatnonzero(top == relevant)
     if len(hit) == 0:
         return max(len(top), int((scores >= scores[relevant]).sum()) - 1)
-    order, final = rerank(scores[top], item_vectors[top], user, beta, bonus[top])
-    target = final[int(np.flatnonzero(order == hit[0])[0])]
-    return int((final >= target).sum()) - 1
+    matches = None if gate is None else gate[top]
+    order, ordered = rerank(scores[top], item_vectors[top], user, beta, bonus[top], matches)
+    final = np.empty_like(ordered)
+    final[order] = ordered
+    target = hit[0]
+    if matches is None:
+        return int((final >= final[target]).sum()) - 1
+    tier = matches == matches[target]
+    above = int(matches.sum()) if not matches[target] else 0
+    return above + int((final[tier] >= final[target]).sum()) - 1
 
 
 def rank_sums(ranks: np.ndarray, k: int) -> dict[str, float]:
@@ -198,6 +225,7 @@ def evaluate_searches(
     k: int = 10,
     item_prior: np.ndarray | None = None,
     bonus: Bonus = None,
+    facets: QueryFacets | None = None,
 ) -> dict[str, float]:
     """Metric sums of ``searches`` ranked over the full catalog (see the module doc)."""
     if not searches:
@@ -214,6 +242,7 @@ def evaluate_searches(
         candidates=candidates,
         item_prior=item_prior,
         bonus=bonus,
+        gate=gate_for_queries(facets, searches),
     )
     return rank_sums(ranks, k)
 
@@ -240,6 +269,7 @@ def evaluate_device(
     k: int = 10,
     attributes: AttributeTable | None = None,
     attribute_beta: float = 0.0,
+    facets: QueryFacets | None = None,
 ) -> dict[str, dict[str, float]]:
     """Sums for the device's test searches: base, base + adapter, + personal rerank.
 
@@ -257,8 +287,18 @@ def evaluate_device(
         beta=beta,
         candidates=candidates,
         bonus=device_bonus(device, attributes, attribute_beta),
+        gate=gate_for_queries(facets, device.test),
     )
     return {mode: rank_sums(r, k) for mode, r in ranks.items()}
+
+
+def gate_for_queries(facets: QueryFacets | None, searches: Sequence[SearchExample]) -> Gate:
+    """The personal rerank's gate for ``searches``: the items that have the facets each
+    query text names (None without facets)."""
+    if facets is None:
+        return None
+    texts = [s.query for s in searches]
+    return lambda start, stop: facets.match_rows(texts[start:stop])
 
 
 def device_bonus(

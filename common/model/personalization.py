@@ -11,8 +11,10 @@ candidates the index returned, where
   what it clicked with what it was shown (``attribute_preferences``): how much more often
   than shown a value was clicked, as a log ratio, centred per attribute.
 
-Small weights keep the rerank to the near-ties among candidates that match the query
-about equally well: relevance comes from the query, preference breaks its ties.
+Where the query names catalog facets ("black casual shoes": ``common.model.query_facets``),
+the candidates that have them stay above the rest and the rerank reorders within each
+group: relevance comes from the query, preference breaks its ties, and a liked colour never
+lifts items of another kind above what was asked for.
 """
 
 from __future__ import annotations
@@ -89,9 +91,11 @@ def rerank(
     user: np.ndarray | None,
     beta: float,
     bonus: np.ndarray | None = None,
+    matches: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Order candidates by ``base_scores + beta * cos(user, item) + bonus`` (``bonus``: the
-    candidates' attribute-preference bonus, already weighted).
+    candidates' attribute-preference bonus, already weighted), the candidates that
+    ``matches`` (bool, the query's facets: ``common.model.query_facets``) above the rest.
 
     Returns (order, scores): indices into the candidates, best first, and their final
     scores. Ties keep the base order (stable sort), so client and server agree exactly.
@@ -108,5 +112,11 @@ def rerank(
         scores = scores + np.float32(beta) * (candidate_vectors @ l2_normalize(user))
     if bonus is not None:
         scores = scores + np.asarray(bonus, dtype=np.float32)
-    order = np.argsort(-scores, kind="stable")
+    if matches is None:
+        order = np.argsort(-scores, kind="stable")
+    else:
+        matches = np.asarray(matches, dtype=bool)
+        if matches.shape != scores.shape:
+            raise ValueError(f"matches has shape {matches.shape}, expected {scores.shape}")
+        order = np.lexsort((-scores, ~matches))  # stable: ties keep the base order
     return order, scores[order]

@@ -306,6 +306,7 @@ def result_json(result: SearchResult, query: Query, encoder_version: str) -> dic
         entry = {**item_json(hit.item), "score": hit.score, "base_score": hit.base_score}
         if query.return_vectors:
             entry["vector"] = hit.vector.tolist()
+            entry["attributes"] = dict(hit.item.attributes)
         results.append(entry)
     out: dict[str, Any] = {
         "results": results,

@@ -19,6 +19,7 @@ import numpy as np
 from PIL import Image
 
 from common.model.personalization import rerank
+from common.model.query_facets import candidate_matches
 from server.search.catalog import Catalog, Filters, Item
 from server.search.model_state import ModelState
 from server.search.query_encoder import QueryEncoder
@@ -125,7 +126,14 @@ class SearchEngine:
         items, scores, vectors = state.catalog.search(adapted, n, query.filters)
         searched = time.thread_time()
         user = query.user_vector if personal else None
-        order, final = rerank(scores, vectors, user, query.personalization_weight)
+        matches = (
+            candidate_matches(
+                query.text, [i.category for i in items], [i.attributes for i in items]
+            )
+            if personal
+            else None
+        )
+        order, final = rerank(scores, vectors, user, query.personalization_weight, None, matches)
         with self._stage_lock:
             self.stage_cpu_s["search"] += searched - cpu
             self.stage_cpu_s["rerank"] += time.thread_time() - searched

@@ -12,6 +12,7 @@ from client.sdk import DeviceClient, SearchError
 from client.store import DeviceStore, PersonalState, generate_key
 from common.config import config_from_dict
 from common.model.fusion import l2_normalize
+from common.model.query_facets import candidate_matches
 
 CANDIDATES = 20
 BETA = 1.0
@@ -90,6 +91,27 @@ def test_local_rerank_matches_server_rerank(service_url: str, tmp_path: Path) ->
     assert entry.search_id == results.search_id and list(entry.shown) == local_ids
     assert entry.query == text and entry.query_vector.shape == (len(rows[0]["vector"]),)
     assert entry.clicked is None
+
+
+def test_device_and_service_gate_the_rerank_alike(service_url: str, tmp_path: Path) -> None:
+    text = "women"  # names a gender: the candidates for women stay above the others
+    rows = httpx.post(
+        f"{service_url}/search", json={"text": text, "k": CANDIDATES, "return_vectors": True}
+    ).json()["results"]
+    named = candidate_matches(text, [r["category"] for r in rows], [r["attributes"] for r in rows])
+    assert named is not None and 0 < named.sum() < len(rows)
+    # a user who likes the candidates the query does not name
+    user = l2_normalize(
+        np.mean([r["vector"] for r, m in zip(rows, named, strict=True) if not m], axis=0)
+    )
+    store = DeviceStore(tmp_path, generate_key())
+    store.save_state(PersonalState(user_vector=user))
+    with DeviceClient(service_url, store, beta=BETA, candidates=CANDIDATES) as client:
+        local = [h.id for h in client.search(text=text, k=CANDIDATES).hits]
+    assert local == _server_ids(service_url, text, CANDIDATES, user)
+    position = {r["id"]: i for i, r in enumerate(rows)}
+    gated = [bool(named[position[i]]) for i in local]
+    assert gated == sorted(gated, reverse=True)
 
 
 def test_click_is_logged_and_updates_user_vector(service_url: str, tmp_path: Path) -> None:

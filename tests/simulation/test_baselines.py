@@ -1,8 +1,11 @@
+import dataclasses
+
 import numpy as np
 import pytest
 
 from common.data.searches import DeviceData, SearchExample
 from common.evaluation.protocol import evaluate_searches
+from common.model.query_facets import QueryFacets
 from simulation.baselines import (
     baseline_table,
     popularity_prior,
@@ -101,3 +104,20 @@ def test_run_baselines_reports_every_method(tmp_path, toy_population):
     assert report.details["popularity_weight"] in report.details["popularity_weight_curve"]
     table = baseline_table(report.metrics)
     assert all(name in table for name in names) and "nDCG@10" in table
+
+
+def test_the_facet_gate_row_shows_what_the_gate_alone_gives(tmp_path, toy_population):
+    population = toy_population(devices=20)
+    kinds = [("alpha", "beta", "gamma")[i % 3] for i in range(population.n_items)]
+    population.facets = QueryFacets.build(kinds, [{}] * population.n_items)
+    for device in population.devices:  # each held-out query names its item's kind
+        device.test = [dataclasses.replace(s, query=kinds[s.clicked]) for s in device.test]
+    gated = make_config(tmp_path, centralized=TRAINING, adapter=LOSS)
+    report = run_baselines(population, gated, progress=False)
+    gate, base = report.metrics["base+facet gate"]["nDCG@10"], report.metrics["base"]["nDCG@10"]
+    assert gate > base
+    free = make_config(tmp_path, adapter=LOSS, evaluation={"facet_gate": False})
+    off = run_baselines(population, free, adapter=report.adapter, progress=False)
+    assert "base+facet gate" not in off.metrics
+    for row in ("base+personal", "centralized+personal"):
+        assert report.metrics[row]["nDCG@10"] > off.metrics[row]["nDCG@10"]

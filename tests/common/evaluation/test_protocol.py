@@ -15,6 +15,7 @@ from common.evaluation.protocol import (
 )
 from common.model.adapter import QueryAdapter
 from common.model.personalization import AttributeTable
+from common.model.query_facets import QueryFacets
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -90,3 +91,30 @@ def test_attribute_preferences_rerank_among_the_candidates():
         device, ITEMS, beta=1e-9, candidates=5, k=5, attributes=table, attribute_beta=1.0
     )
     assert boosted["personal"]["rr_sum"] < plain["personal"]["rr_sum"]  # item 4 (colour 0) sinks
+
+
+def test_the_facet_gate_keeps_what_the_query_names_above_a_liked_item():
+    # items 0, 1, 4 are the top 3; the query "red" names colour red: items 0 and 4
+    facets = QueryFacets.build(
+        ["a"] * 5, [{"colour": c} for c in ("red", "blue", "red", "x", "red")]
+    )
+    user = np.array([0, 1], dtype=np.float32)  # likes item 1 (blue) best among the top 3
+    tests = [SearchExample(QUERY, np.array([0, 1]), clicked, "red") for clicked in (1, 4, 0)]
+    device = DeviceData("d", train=[search(1)], test=tests)
+    free = evaluate_searches(tests, ITEMS, user=user, beta=0.6, candidates=3, k=5)
+    gated = evaluate_searches(tests, ITEMS, user=user, beta=0.6, candidates=3, k=5, facets=facets)
+    # free: 1.16 (item 1), 1.08 (4), 1.0 (0): ranks 0, 1, 2
+    # gated: red first, 4 then 0, then blue item 1: ranks 2, 0, 1
+    ranks_free = [0, 1, 2]
+    ranks_gated = [2, 0, 1]
+    assert free["rr_sum"] == pytest.approx(sum(1 / (r + 1) for r in ranks_free))
+    assert gated["rr_sum"] == pytest.approx(sum(1 / (r + 1) for r in ranks_gated))
+    # the gate alone, without personal weights, still applies; a device without facets not
+    alone = evaluate_searches(tests, ITEMS, user=user, beta=0.0, candidates=3, k=5, facets=facets)
+    assert alone["rr_sum"] == pytest.approx(1 / 3 + 1 + 1 / 2)  # red 0, red 4, then 1
+    by_device = evaluate_device(device, ITEMS, beta=0.6, candidates=3, k=5, facets=facets)
+    assert by_device["personal"]["rr_sum"] == pytest.approx(gated["rr_sum"])
+    assert (
+        by_device["base"]["rr_sum"]
+        == evaluate_device(device, ITEMS, beta=0.6, candidates=3)["base"]["rr_sum"]
+    )

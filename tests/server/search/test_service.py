@@ -114,6 +114,22 @@ def test_user_vector_reranks_toward_the_shopper_and_is_not_logged(
     assert f"{user[0]:.6f}"[:8] not in caplog.text and "user_vector" not in caplog.text
 
 
+def test_a_personal_rerank_keeps_what_the_query_names_above_a_liked_item(
+    client, search_items, search_vectors
+):
+    colour = {it.id: it.attributes.get("baseColour") for it in search_items}
+    liked = [i for i, it in enumerate(search_items) if colour[it.id] != "Black"]
+    user = search_vectors[liked].mean(axis=0)
+    user = (user / np.linalg.norm(user)).tolist()
+    body = {"text": "black", "k": 5, "user_vector": user, "personalization_weight": 5}
+    personal = client.post("/search", json=body).json()
+    assert [colour[r["id"]] for r in personal["results"]] == ["Black"] * 5
+    assert all(r["score"] != pytest.approx(r["base_score"]) for r in personal["results"])
+    # a query that names no facet: the same taste now lifts items of other colours
+    free = client.post("/search", json={**body, "text": "something to wear"}).json()
+    assert any(colour[r["id"]] != "Black" for r in free["results"])
+
+
 def test_return_vectors_gives_base_query_and_item_vectors(client, search_items, search_vectors):
     body = client.post("/search", json={"text": "watch", "k": 2, "return_vectors": True}).json()
     assert len(body["query_vector"]) == 384
