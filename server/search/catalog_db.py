@@ -151,12 +151,13 @@ class CatalogDB:
             self._db.execute("INSERT INTO meta VALUES ('store_id', ?)", (uuid.uuid4().hex,))
         return self.store_id()
 
-    def columns(self) -> Iterator[tuple[int, str, float | None, str | None]]:
-        """(key, category, price, photo) of every item, by key."""
+    def columns(self) -> sqlite3.Cursor:
+        """Rows (key, category, price, photo) of every item, by key."""
         return self._db.execute("SELECT key, category, price, photo FROM items ORDER BY key")
 
-    def vectors(self, *, after_key: int = -1) -> Iterator[tuple[int, bytes]]:
-        """(key, float32 vector bytes) of the items with keys above ``after_key``, by key."""
+    def vectors(self, *, after_key: int = -1) -> sqlite3.Cursor:
+        """Rows (key, float32 vector bytes) of the items with keys above ``after_key``, by
+        key."""
         return self._db.execute(
             "SELECT key, vector FROM items WHERE key > ? ORDER BY key", (after_key,)
         )
