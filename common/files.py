@@ -36,10 +36,14 @@ def atomic_write(
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    if not durable:
-        return
-    folder = os.open(path.parent, os.O_RDONLY)
+    if durable:
+        fsync_path(path.parent)
+
+
+def fsync_path(path: str | Path) -> None:
+    """Flush a file's or a folder's entry to disk (a folder: the renames made in it)."""
+    fd = os.open(path, os.O_RDONLY)
     try:
-        os.fsync(folder)
+        os.fsync(fd)
     finally:
-        os.close(folder)
+        os.close(fd)

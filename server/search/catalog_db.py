@@ -42,6 +42,7 @@ from typing import Any
 import faiss
 import numpy as np
 
+from common.files import fsync_path
 from server.search.vector_index import IndexInfo, VectorIndex
 
 DB_FILE = "catalog.sqlite3"
@@ -132,10 +133,10 @@ class CatalogDB:
                 db.executemany(f"INSERT INTO items ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)", rows)
                 meta = {**_index_meta(index), "store_id": uuid.uuid4().hex}
                 db.executemany("INSERT INTO meta VALUES (?, ?)", meta.items())
-        _fsync(staging)
+        fsync_path(staging)
         _retire_live_database(folder)
         os.replace(staging, folder / DB_FILE)
-        _fsync(folder)
+        fsync_path(folder)
         return cls(folder, _connect(folder / DB_FILE), lock_file)
 
     def count(self) -> int:
@@ -278,11 +279,3 @@ def _closing(db: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
         yield db
     finally:
         db.close()
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

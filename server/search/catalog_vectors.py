@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from common.files import fsync_path
+
 VECTOR_FILE_MAGIC = b"FSVECS01"
 HEADER_BYTES = 64
 
@@ -72,7 +74,7 @@ class VectorFileWriter:
         os.fsync(self._fh.fileno())
         self._fh.close()
         os.replace(self._tmp, self.path)
-        _fsync_dir(self.path.parent)
+        fsync_path(self.path.parent)
         return self.path
 
     def abort(self) -> None:
@@ -145,11 +147,3 @@ class CatalogVectors:
             out[in_file] = span.reshape(count, self.dim)[rows - first]
         out[~in_file] = self.overlay[-1 - refs[~in_file]]
         return out
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
