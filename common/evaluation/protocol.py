@@ -12,11 +12,11 @@ it, the server pools the sums, simulations evaluate whole populations with it::
         -> {mode: sums} for MODES = ("base", "adapter", "personal")
 
 Ranking: score = (adapted) query . item (+ ``item_prior``, a per-item bonus) over every
-catalog item. With a user vector and beta > 0, the top ``candidates`` items are reordered by
-``common.model.personalization.rerank`` (score + beta * cos(user, item) + the device's
-attribute-preference bonus), the items that have the facets the query names first
-(``common.model.query_facets``), and the rest keep the base order below them. Ranks are 0-based
-with ties counted against the relevant item.
+catalog item. With a user vector and beta > 0 (or a facet gate), the top ``candidates``
+items are reordered by ``common.model.personalization.rerank`` (score + beta * cos(user,
+item) + the device's attribute-preference bonus; the items that have the facets the query
+names first: ``common.model.query_facets``), and the rest keep the base order below them.
+Ranks are 0-based with ties counted against the relevant item.
 """
 
 from __future__ import annotations
@@ -118,7 +118,8 @@ def _ranks(
     bonus: Bonus = None,
     gate: Gate = None,
 ) -> tuple[np.ndarray, np.ndarray | None]:
-    """(plain ranks, personal ranks or None when there is no user or beta is 0)."""
+    """(plain ranks, personal ranks or None when there is no user, or beta is 0 and there
+    is no gate)."""
     queries = np.asarray(queries, dtype=np.float32)
     relevant = np.asarray(relevant, dtype=np.int64)
     item_t = np.asarray(item_vectors, dtype=np.float32).T  # a view: BLAS reads it transposed
