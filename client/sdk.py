@@ -145,17 +145,18 @@ class DeviceClient:
         dim = len(data["query_vector"])
         vectors = np.array([r["vector"] for r in rows], dtype=np.float32).reshape(len(rows), dim)
         base, scored_by, model_error = self._base_scores(data, vectors)
+        heard = data.get("transcript")
+        query = " ".join(part for part in (text, heard) if part)  # the text the service ranked
         matches = candidate_matches(
-            text,
+            query,
             [str(r.get("category", "")) for r in rows],
             [dict(r.get("attributes") or {}) for r in rows],
         )
         user = self.store.load_state().user_vector
         order, scores = rerank(base, vectors, user, self.beta, None, matches)
         top, top_scores = order[:k], scores[:k]
-        heard = data.get("transcript")
         entry = self.store.log_search(
-            " ".join(part for part in (text, heard) if part),
+            query,
             np.asarray(data["query_vector"], dtype=np.float32),
             [rows[i]["id"] for i in top],
             vectors[top],

@@ -23,7 +23,7 @@ import functools
 import re
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -61,6 +61,10 @@ class QueryFacets:
 
     codes: dict[str, np.ndarray]  # facet -> (n_items,) int32 value code
     phrases: dict[tuple[str, ...], tuple[tuple[str, int], ...]]  # phrase -> (facet, code)s
+    # query text -> its (read-only) matches: evaluations ask the same texts again and again
+    _matched: dict[str, np.ndarray | None] = field(
+        default_factory=dict, init=False, repr=False, compare=False
+    )
 
     @classmethod
     def from_records(cls, records: Sequence[Described]) -> QueryFacets | None:
@@ -98,10 +102,14 @@ class QueryFacets:
     def n_items(self) -> int:
         return len(next(iter(self.codes.values())))
 
+    @functools.cached_property
+    def _longest(self) -> int:
+        return max((len(p) for p in self.phrases), default=0)
+
     def named(self, query: str) -> list[tuple[tuple[str, int], ...]]:
         """The facet values ``query`` names: one tuple of (facet, code) per phrase found."""
         tokens = list(phrase_tokens(query))
-        longest = max((len(p) for p in self.phrases), default=0)
+        longest = self._longest
         used = [False] * len(tokens)
         found = []
         for size in range(min(longest, len(tokens)), 0, -1):
@@ -115,7 +123,13 @@ class QueryFacets:
         return found
 
     def match(self, query: str) -> np.ndarray | None:
-        """(n_items,) bool: the items that have every facet ``query`` names (None: no gate)."""
+        """(n_items,) bool, read-only: the items that have every facet ``query`` names
+        (None: no gate)."""
+        if query not in self._matched:
+            self._matched[query] = self._match(query)
+        return self._matched[query]
+
+    def _match(self, query: str) -> np.ndarray | None:
         named = self.named(query)
         if not named:
             return None
@@ -127,6 +141,7 @@ class QueryFacets:
                 mask |= self.codes[facet] == code
             by_facet[facets] = by_facet[facets] | mask if facets in by_facet else mask
         matches = np.logical_and.reduce(list(by_facet.values()))
+        matches.flags.writeable = False
         return matches if matches.any() else None
 
     def match_rows(self, queries: Sequence[str]) -> np.ndarray | None:

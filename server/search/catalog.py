@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from common.files import atomic_write
 from server.search.catalog_db import (
     PHOTOS_DIR,
     CatalogDB,
@@ -360,7 +361,7 @@ class Catalog:
         self._photo_folder.mkdir(parents=True, exist_ok=True)
         path = self._photo_folder / f"{hashlib.sha256(upload.data).hexdigest()}{upload.suffix}"
         if not path.is_file():
-            _write_atomic(path, upload.data)
+            atomic_write(path, upload.data)
         return str(path)
 
     def _stored_photos(self) -> list[str]:
@@ -388,12 +389,3 @@ def _check_unique(ids: Sequence[str]) -> None:
         if item_id in seen:
             raise ValueError(f"item id {item_id!r} appears twice")
         seen.add(item_id)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with tmp.open("wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)

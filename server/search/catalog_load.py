@@ -18,9 +18,9 @@ from server.search.catalog_db import CatalogDB, CatalogStoreError
 from server.search.catalog_rows import CatalogRows
 from server.search.catalog_vectors import (
     CatalogVectors,
-    VectorFileWriter,
     remove_other_vector_files,
     vector_file,
+    write_vector_file,
 )
 from server.search.vector_index import VectorIndex
 
@@ -58,24 +58,16 @@ def load_vectors(db: CatalogDB, index: VectorIndex, rows: CatalogRows) -> Catalo
             refs = np.concatenate([refs, stored.add(vectors)])
         _check_keys(db, newer, newer[:0])
         rows.refs[: rows.n] = refs
-        for start in range(0, rows.n, LOAD_CHUNK):
-            chunk = slice(start, min(rows.n, start + LOAD_CHUNK))
-            index.add(stored.read(rows.refs[chunk]), keys[chunk])
+        for part in _parts(rows.n):
+            index.add(stored.read(rows.refs[part]), keys[part])
     remove_other_vector_files(db.folder, keep=path)
     return stored
 
 
 def write_vectors(path: Path, keys: np.ndarray, vectors: np.ndarray) -> CatalogVectors:
     """A vector file of ``keys`` (ascending) and their ``vectors``, mapped."""
-    writer = VectorFileWriter(path, len(keys), vectors.shape[1])
-    try:
-        for start in range(0, len(keys), LOAD_CHUNK):
-            chunk = slice(start, start + LOAD_CHUNK)
-            writer.append(keys[chunk], vectors[chunk])
-        writer.commit()
-    except BaseException:
-        writer.abort()
-        raise
+    chunks = ((keys[part], vectors[part]) for part in _parts(len(keys)))
+    write_vector_file(path, len(keys), vectors.shape[1], chunks)
     remove_other_vector_files(path.parent, keep=path)
     return CatalogVectors(path)
 
@@ -85,17 +77,15 @@ def fold_vectors(stored: CatalogVectors, rows: CatalogRows) -> CatalogVectors:
     ``stored``'s, drop the dead rows; the new file, mapped."""
     live = rows.live_rows()
     keys, refs = rows.keys[live], rows.refs[live]
-    writer = VectorFileWriter(stored.path, len(live), stored.dim)
-    try:
-        for start in range(0, len(live), LOAD_CHUNK):
-            chunk = slice(start, start + LOAD_CHUNK)
-            writer.append(keys[chunk], stored.read(refs[chunk]))
-        folded = CatalogVectors(writer.commit())
-    except BaseException:
-        writer.abort()
-        raise
+    chunks = ((keys[part], stored.read(refs[part])) for part in _parts(len(live)))
+    folded = CatalogVectors(write_vector_file(stored.path, len(live), stored.dim, chunks))
     rows.compacted(np.arange(len(live), dtype=np.int64))
     return folded
+
+
+def _parts(n: int) -> Iterator[slice]:
+    """Slices of ``LOAD_CHUNK`` rows covering ``n``."""
+    return (slice(start, min(n, start + LOAD_CHUNK)) for start in range(0, n, LOAD_CHUNK))
 
 
 def _matching(path: Path, dim: int, keys: np.ndarray) -> tuple[CatalogVectors, np.ndarray] | None:
@@ -115,16 +105,15 @@ def _matching(path: Path, dim: int, keys: np.ndarray) -> tuple[CatalogVectors, n
 def _write_from_db(
     db: CatalogDB, index: VectorIndex, rows: CatalogRows, path: Path
 ) -> CatalogVectors:
-    writer = VectorFileWriter(path, rows.n, index.dim)
-    try:
+    def checked() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        done = 0
         for keys, vectors in _vector_chunks(db, index.dim):
-            _check_keys(db, keys, rows.keys[writer.done : writer.done + len(keys)])
-            writer.append(keys, vectors)
+            _check_keys(db, keys, rows.keys[done : done + len(keys)])
             index.add(vectors, keys)
-        writer.commit()
-    except BaseException:
-        writer.abort()
-        raise
+            done += len(keys)
+            yield keys, vectors
+
+    write_vector_file(path, rows.n, index.dim, checked())
     rows.refs[: rows.n] = np.arange(rows.n)
     return CatalogVectors(path)
 

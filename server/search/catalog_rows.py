@@ -47,6 +47,18 @@ class RWLock:
                 self._cond.notify_all()
 
 
+def room_for(rows: int) -> int:
+    """A capacity for ``rows`` with an eighth (at least 16) to spare."""
+    return rows + max(16, rows // 8)
+
+
+def grown(arr: np.ndarray, used: int, capacity: int) -> np.ndarray:
+    """A copy of ``arr``'s first ``used`` rows in an array of ``capacity`` rows."""
+    out = np.zeros((capacity, *arr.shape[1:]), dtype=arr.dtype)
+    out[:used] = arr[:used]
+    return out
+
+
 class CatalogRows:
     """Per-item columns in key order (keys, category codes, prices, vector references and
     a live flag): what filters and the key lookups need, 25 bytes an item.
@@ -88,7 +100,7 @@ class CatalogRows:
         if m and (self.n and keys[0] <= self.keys[self.n - 1] or np.any(np.diff(keys) <= 0)):
             raise ValueError("catalog keys must be appended in ascending order")
         if self.n + m > len(self.keys):
-            self.reserve(self.n + m + max(16, (self.n + m) // 8))
+            self.reserve(room_for(self.n + m))
         new = slice(self.n, self.n + m)
         self.keys[new], self.codes[new], self.refs[new] = keys, codes, refs
         self.prices[new] = [np.nan if p is None else p for p in prices]
@@ -129,10 +141,6 @@ class CatalogRows:
     def reserve(self, capacity: int) -> None:
         """Room for ``capacity`` rows (at least the ``n`` held)."""
         capacity = max(capacity, self.n)
-
-        def grown(arr: np.ndarray) -> np.ndarray:
-            out = np.zeros(capacity, dtype=arr.dtype)
-            out[: self.n] = arr[: self.n]
-            return out
-
-        self.keys, self.codes, self.prices, self.refs, self.alive = map(grown, self._columns())
+        self.keys, self.codes, self.prices, self.refs, self.alive = (
+            grown(arr, self.n, capacity) for arr in self._columns()
+        )

@@ -24,11 +24,13 @@ from __future__ import annotations
 import mmap
 import os
 import struct
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 
 from common.files import fsync_path
+from server.search.catalog_rows import grown, room_for
 
 VECTOR_FILE_MAGIC = b"FSVECS01"
 HEADER_BYTES = 64
@@ -82,6 +84,21 @@ class VectorFileWriter:
         self._tmp.unlink(missing_ok=True)
 
 
+def write_vector_file(
+    path: Path, n: int, dim: int, chunks: Iterable[tuple[np.ndarray, np.ndarray]]
+) -> Path:
+    """Write the ``n`` rows of ``chunks`` ((keys, vectors), ascending keys) as the vector
+    file ``path``, renamed into place only once complete."""
+    writer = VectorFileWriter(path, n, dim)
+    try:
+        for keys, vectors in chunks:
+            writer.append(keys, vectors)
+        return writer.commit()
+    except BaseException:
+        writer.abort()
+        raise
+
+
 class CatalogVectors:
     """A mapped vector file plus the in-memory overlay of vectors added since it was written.
 
@@ -116,9 +133,7 @@ class CatalogVectors:
         """Vectors into the overlay; their references."""
         m, start = len(vectors), self.overlay_rows
         if start + m > len(self.overlay):
-            grown = np.zeros((start + m + max(16, (start + m) // 8), self.dim), dtype=np.float32)
-            grown[:start] = self.overlay[:start]
-            self.overlay = grown
+            self.overlay = grown(self.overlay, start, room_for(start + m))
         self.overlay[start : start + m] = vectors
         self.overlay_rows += m
         return -1 - np.arange(start, start + m, dtype=np.int64)
