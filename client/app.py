@@ -36,7 +36,7 @@ from flwr.clientapp.typing import Mod
 
 from client.local_device import LocalDevice, stored_device
 from client.local_training import train_local
-from client.privacy import privacy_mod
+from client.privacy import privacy_mod, round_plan
 from client.store import PersonalState
 from common.evaluation.protocol import (
     MODES,
@@ -75,7 +75,7 @@ class AdapterClient(NumPyClient):
 
     def fit(self, parameters: list[np.ndarray], config: dict) -> tuple[list, int, dict]:
         round_number = int(config.get("round", 0))
-        plan = PrivacyPlan.from_spec(self.spec)
+        plan = round_plan(PrivacyPlan.from_spec(self.spec), config)
         adapter = QueryAdapter.from_weights(parameters)
         result = train_local(
             adapter,
@@ -101,8 +101,12 @@ class AdapterClient(NumPyClient):
             if result.weights is None
             else [new - old for new, old in zip(result.weights, parameters, strict=True)]
         )
-        stats = {"trained": float(not result.declined), "declined": float(result.declined)}
         codec = PayloadCodec.for_weights(parameters, plan.clipping_norm, plan.stats_share)
+        stats = {
+            "trained": float(not result.declined),
+            "declined": float(result.declined),
+            "unclipped": float(not result.declined and codec.unclipped(update)),
+        }
         if codec.stats_size:
             stats |= self._evaluation(decode_candidate(config))
         # weight 1: under user-level DP every device counts once

@@ -13,14 +13,17 @@ discrete Gaussian share to the masked vector SecAgg+ returns: integer noise adde
 SecAgg+'s modulus survives unmasking exactly, so the server unmasks a noised sum) and
 Flower's ``secaggplus_mod``. Without SecAgg+ (allowed only by a device whose policy does
 not require it) the payload leaves as computed, and only server-side noise can apply.
+Under adaptive clipping the plan is taken at the norm the round's fit config names
+(``round_plan``), which the device refuses outside the run's bounds; its noise share
+scales with that norm.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import cast
+from typing import Any, cast
 
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message
@@ -35,6 +38,7 @@ from common.privacy.discrete_gaussian import discrete_gaussian
 from common.privacy.keystream import KeystreamRandom
 
 NoiseSource = Callable[[Context, int], KeystreamRandom]
+FIT_CONFIG_RECORD = "fitins.config"  # where Flower puts a training message's config
 
 
 class PolicyRefusal(RuntimeError):
@@ -74,9 +78,9 @@ class DevicePolicy:
                 f"device policy: noise multiplier {plan.noise_multiplier:g} is below the "
                 f"device's minimum {self.min_noise_multiplier:g}"
             )
-        if plan.clipping_norm > self.max_clipping_norm:
+        if plan.ceiling > self.max_clipping_norm:
             raise PolicyRefusal(
-                f"device policy: clipping norm {plan.clipping_norm:g} is above the device's "
+                f"device policy: clipping norm {plan.ceiling:g} is above the device's "
                 f"maximum {self.max_clipping_norm:g}"
             )
         unbounded = not plan.dp and math.isinf(self.max_epsilon_user)  # explicitly accepted
@@ -96,7 +100,8 @@ def privacy_mod(
     """The device's privacy chain for one message (see the module doc)."""
 
     def mod(msg: Message, ctxt: Context, call_next: ClientAppCallable) -> Message:
-        plan = plan_of(ctxt)
+        fit_config = msg.content.config_records.get(FIT_CONFIG_RECORD)
+        plan = round_plan(plan_of(ctxt), fit_config or {})
         policy_of(ctxt).check(plan)
         if not plan.secagg:
             return call_next(msg, ctxt)
@@ -104,6 +109,14 @@ def privacy_mod(
         return noise_mod(plan, noise_source)(msg, ctxt, masked)
 
     return mod
+
+
+def round_plan(plan: PrivacyPlan, fit_config: Mapping[str, Any]) -> PrivacyPlan:
+    """``plan`` at the round's clipping norm; ``PolicyRefusal`` if the run forbids it."""
+    try:
+        return plan.for_round(fit_config)
+    except ValueError as exc:
+        raise PolicyRefusal(f"device policy: {exc}") from None
 
 
 def noise_mod(plan: PrivacyPlan, noise_source: NoiseSource) -> Mod:

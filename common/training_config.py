@@ -74,8 +74,12 @@ class FederationConfig(Section):
     A device joins a round with probability ``clients_per_round / population`` (Poisson
     sampling). User-level DP (``dp``): each device clips its update to ``clipping_norm``;
     the sum of the updates carries Gaussian-like noise of ``noise_multiplier`` times the
-    sensitivity. ``noise = "devices"``: each device adds its share of discrete Gaussian
-    noise to its quantized update before SecAgg+ masks it, calibrated so that the
+    sensitivity. ``adaptive_clipping``: the norm starts at ``clipping_norm`` and follows,
+    within [``clipping_ceiling`` / 64, ``clipping_ceiling``], the norm under which a
+    ``clipping_quantile`` share of the devices' updates fit, learnt at ``clipping_lr``
+    from the noised count of unclipped updates (``server.federation.adaptive_clipping``).
+    ``noise = "devices"``: each device adds its share of discrete Gaussian noise to its
+    quantized update before SecAgg+ masks it, calibrated so that the
     ``min_devices_fraction`` of the expected cohort that must survive a round already carry
     the whole noise (the server only ever unmasks a noised sum; fewer survivors and the
     round is dropped unseen). Rounds are built to survive ``dropout_tolerance`` of the sampled
@@ -114,6 +118,10 @@ class FederationConfig(Section):
     noise: Literal["devices", "server"] = "devices"
     noise_multiplier: float = Field(default=1.2, ge=0)
     clipping_norm: float = Field(default=1.0, gt=0)
+    adaptive_clipping: bool = False
+    clipping_quantile: float = Field(default=0.5, gt=0, lt=1)
+    clipping_lr: float = Field(default=0.2, gt=0)
+    clipping_ceiling: float = Field(default=10.0, gt=0)
     epsilon_user: float = Field(default=4.0, gt=0)
     delta_user: float = Field(default=0.0, ge=0, lt=1)
     min_devices_fraction: float = Field(default=0.6, gt=0, le=1)
@@ -141,6 +149,22 @@ class FederationConfig(Section):
             raise ConfigError(
                 'federation.noise: "devices" needs federation.secagg (without SecAgg+ the '
                 'server would see each noised update); use noise = "server" without it'
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _adaptive_clipping_bounds(self) -> FederationConfig:
+        if not self.adaptive_clipping:
+            return self
+        if not self.clipping_ceiling / 64 <= self.clipping_norm <= self.clipping_ceiling:
+            raise ConfigError(
+                "federation.clipping_norm: with adaptive clipping it is the starting norm "
+                "and must lie in [clipping_ceiling / 64, clipping_ceiling]"
+            )
+        if self.stats_share == 0:
+            raise ConfigError(
+                "federation.adaptive_clipping: it counts unclipped updates through the "
+                "devices' noised statistics, which federation.stats_share = 0 turns off"
             )
         return self
 

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from common.config import Config
+from common.config import Config, ConfigError
 from common.federation.payload import PayloadCodec
 from common.federation.privacy_plan import PrivacyPlan
 from common.federation.run_spec import RunSpec
@@ -69,6 +69,11 @@ def audit_simulation(
 ) -> Path:
     """Run a simulation with canaries and taps for ``audit_run`` (see the module doc);
     ``break_noise`` removes the devices' noise unannounced (``simulation.broken_noise``)."""
+    if config.federation.adaptive_clipping:
+        raise ConfigError(
+            "federation.adaptive_clipping: canaries are sized to a fixed clipping norm; "
+            "audit with it set to false"
+        )
     if population is None:
         population = load_population(
             population_name, config, num_devices=num_devices, seed=config.federation.seed

@@ -6,6 +6,8 @@ global ones) in the adapter's wire order, clipped to L2 norm ``clipping_norm`` (
 device, then the device's statistics for the round, each in [0, 1]:
 
 - ``trained`` / ``declined``: whether it trained (a declining device sends a zero update);
+- ``unclipped``: whether it trained and its update fit within C unclipped (``unclipped``;
+  adaptive clipping moves C towards a quantile of the devices' update norms with it);
 - ``evaluated``: whether it has held-out searches, and for each ranking model (``base``
   encoder, the ``adapter`` the server sent for evaluation, ``common.federation.candidate``,
   and its ``personal`` rerank) the mean ``hr``, ``ndcg`` and ``rr`` (reciprocal rank).
@@ -27,7 +29,7 @@ import numpy as np
 
 from common.evaluation.protocol import MODES
 
-COUNTS = ("trained", "declined", "evaluated")
+COUNTS = ("trained", "declined", "unclipped", "evaluated")
 RANK_STATS = ("hr", "ndcg", "rr")
 STATS: tuple[str, ...] = (*COUNTS, *(f"{m}.{s}" for m in MODES for s in RANK_STATS))
 
@@ -61,6 +63,11 @@ class PayloadCodec:
     @property
     def gamma(self) -> float:
         return self.clipping_norm * math.sqrt(self.stats_share / len(STATS))
+
+    def unclipped(self, update: Sequence[np.ndarray]) -> bool:
+        """Whether ``update`` fits within the clipping norm as it is."""
+        squares = sum(float(np.sum(np.square(u, dtype=np.float64))) for u in update)
+        return math.sqrt(squares) <= self.clipping_norm
 
     def encode(self, update: Sequence[np.ndarray], stats: Mapping[str, float]) -> np.ndarray:
         """The payload of one device: its clipped update, then its scaled statistics."""

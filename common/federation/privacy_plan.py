@@ -17,6 +17,13 @@ Noise of standard deviation ``noise_multiplier`` x ``payload_norm`` on the sum i
 - or by the server (``noise = "server"``): Gaussian noise on the sum it unmasked or
   received; the guarantee then holds against readers of published versions only.
 
+With adaptive clipping (``federation.adaptive_clipping``) the norm C changes from round to
+round (``for_round``: the value the server sends in the round's config, which a device
+accepts only within [``clip_ceiling`` / 64, ``clip_ceiling``]); SecAgg+'s range stays sized
+for the ceiling, so its setup is the same every round. The noise scales with C, so the
+round's RDP does not depend on it: the sensitivity in integer units, C x sqrt(1 +
+stats_share) x ``scale`` + sqrt(dim), and the noise keep their ratio 1 / noise_multiplier.
+
 SecAgg+ works modulo ``modulus`` (2**48): a round sums at most modulus / (2 x
 quantization_range) = 2**23 payloads without wrapping, and the quantization grid keeps 2**17
 steps per ``payload_norm``, so rounding moves a 50k-value payload by under 0.2% of it.
@@ -25,8 +32,9 @@ steps per ``payload_norm``, so rounding moves a 50k-value payload by under 0.2% 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Literal
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+from typing import Any, Literal
 
 import numpy as np
 
@@ -36,6 +44,8 @@ from common.privacy.accounting import ORDERS, distributed_discrete_gaussian_rdp,
 QUANTIZATION_RANGE = 2**24
 MODULUS = 2**48
 RANGE_FACTOR = 64  # SecAgg+'s clipping range in payload norms: room for noise, no wrap
+CLIPPING_KEY = "clipping_norm"  # the round's norm in the fit config (adaptive clipping)
+CEILING_RATIO = 64  # an adaptive norm stays within [ceiling / this, ceiling]
 
 Placement = Literal["devices", "server"]
 
@@ -55,6 +65,8 @@ class PrivacyPlan:
     min_devices: int
     delta: float
     epsilon_budget: float
+    adaptive: bool = False
+    clip_ceiling: float = 0.0  # 0: the clipping norm
 
     @classmethod
     def from_spec(cls, spec: RunSpec) -> PrivacyPlan:
@@ -72,7 +84,39 @@ class PrivacyPlan:
             min_devices=max(1, math.floor(federation.min_devices_fraction * expected)),
             delta=spec.delta_user,
             epsilon_budget=federation.epsilon_user,
+            adaptive=federation.adaptive_clipping,
+            clip_ceiling=federation.clipping_ceiling if federation.adaptive_clipping else 0.0,
         )
+
+    @property
+    def ceiling(self) -> float:
+        """The largest clipping norm a round of this run may use."""
+        return self.clip_ceiling or self.clipping_norm
+
+    def at_clipping(self, norm: float) -> PrivacyPlan:
+        """This plan for a round clipped at ``norm``; ValueError unless the run clips
+        adaptively and ``norm`` lies in [ceiling / 64, ceiling] (else it must be the run's)."""
+        if not self.adaptive:
+            if norm != self.clipping_norm:
+                raise ValueError(
+                    f"the round's clipping norm {norm:g} is not the run's {self.clipping_norm:g}"
+                )
+            return self
+        if not math.isfinite(norm) or not self.ceiling / CEILING_RATIO <= norm <= self.ceiling:
+            raise ValueError(
+                f"the round's clipping norm {norm:g} is outside "
+                f"[{self.ceiling / CEILING_RATIO:g}, {self.ceiling:g}]"
+            )
+        return replace(self, clipping_norm=float(norm))
+
+    def for_round(self, fit_config: Mapping[str, Any]) -> PrivacyPlan:
+        """This plan at the clipping norm the round's config names (the run's if none)."""
+        norm = fit_config.get(CLIPPING_KEY)
+        if norm is None:
+            return self
+        if isinstance(norm, bool) or not isinstance(norm, int | float):
+            raise ValueError(f"the round's clipping norm is not a number: {norm!r}")
+        return self.at_clipping(float(norm))
 
     @property
     def payload_norm(self) -> float:
@@ -81,8 +125,9 @@ class PrivacyPlan:
 
     @property
     def clip_range(self) -> float:
-        """SecAgg+'s per-value range: every payload value lies well inside it."""
-        return RANGE_FACTOR * self.payload_norm
+        """SecAgg+'s per-value range: every payload value lies well inside it (at every
+        norm up to the ceiling)."""
+        return RANGE_FACTOR * (self.ceiling * math.sqrt(1.0 + self.stats_share))
 
     @property
     def scale(self) -> float:

@@ -155,6 +155,7 @@ def run_federation(
         finalize=finalize,
         resume=resume,
         promote=promote,
+        round_plan=stack.fedavg.plan_of_round,
     )
     if state is not None:
         recorder.pending, recorder.standing = state.pending, state.standing
@@ -197,6 +198,9 @@ def _restore(stack: StrategyStack, state: ServerState) -> None:
         )
     if stack.average is not None:
         stack.average.average = state.average
+    clipping = stack.fedavg.clipping
+    if clipping is not None and state.clipping_norm is not None:
+        clipping.load_state_dict({"norm": state.clipping_norm})
 
 
 def _enrolment(grid: Grid) -> Enrolment:
@@ -226,6 +230,7 @@ def _recorded(fit: Workflow, recorder: RunRecorder, stack: StrategyStack, done: 
             evaluating=recorder.evaluating,
             pending=recorder.pending,
             standing=recorder.standing,
+            clipping_norm=clipping.norm if (clipping := stack.fedavg.clipping) else None,
         )
         save_server_state(recorder.spec.run_dir, state)
 

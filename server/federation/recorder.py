@@ -52,9 +52,11 @@ class RunRecorder:
         finalize: Callable[[Path], None] | None = None,
         resume: bool = False,
         promote: Literal["if-not-worse", "always"] = "if-not-worse",
+        round_plan: Callable[[int], PrivacyPlan] | None = None,
     ) -> None:
         self.spec = spec
         self.plan = plan
+        self.round_plan = round_plan or (lambda _: plan)  # a round's plan, at its norm
         self.round_log = round_log
         self.ledger = ledger
         self.payload_size = payload_size
@@ -101,11 +103,12 @@ class RunRecorder:
     def _charge(self, server_round: int) -> float | None:
         if self.ledger is None:
             return None
+        plan = self.round_plan(server_round)
         return self.ledger.charge(
             run=self.spec.run_dir.name,
             round_number=server_round,
-            mechanism=mechanism(self.plan),
-            rdp=self.plan.round_rdp(self.payload_size),
+            mechanism=mechanism(plan),
+            rdp=plan.round_rdp(self.payload_size),
         )
 
     def _enough_trained(self, figures: dict[str, float]) -> bool:

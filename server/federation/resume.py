@@ -2,9 +2,10 @@
 
 After each round is charged, published and recorded, the server writes what the next
 round starts from to ``<run_dir>/server_state.npz`` (atomically): the round, the global
-adapter, the server optimizer's momentum, the moving average and how far its random
-stream has been read, and the promotion rule's state (the candidate awaiting evaluation, the
-served version's evaluation). A server restarted on the same run folder with ``resume``
+adapter, the server optimizer's momentum, the moving average, the adaptive clipping
+norm, how far its random stream has been read, and the promotion rule's state (the
+candidate awaiting evaluation, the served version's evaluation). A server restarted on
+the same run folder with ``resume``
 (``fedsearch simulate --resume RUN_DIR``, ``fedsearch deploy run --resume RUN_DIR``)
 continues from that round: ``metrics.jsonl`` is cut back to it, the registry keeps its
 versions and the population's ledger keeps every round it charged. A round that was
@@ -48,6 +49,7 @@ class ServerState:
     evaluating: list[np.ndarray] | None = None
     pending: Candidate | None = None
     standing: Standing = Standing()
+    clipping_norm: float | None = None
 
 
 def save_server_state(run_dir: Path, state: ServerState) -> None:
@@ -57,6 +59,7 @@ def save_server_state(run_dir: Path, state: ServerState) -> None:
             arrays[f"{name}.{n}"] = np.asarray(array)
     pending = state.pending
     meta: dict[str, Any] = {"round": state.round, "rng_position": state.rng_position}
+    meta["clipping_norm"] = state.clipping_norm
     meta |= {name: getattr(state, name) is not None for name in LISTS[1:]}
     meta["standing"] = asdict(state.standing)
     meta["pending"] = (
@@ -85,6 +88,7 @@ def load_server_state(run_dir: Path) -> ServerState | None:
         if pending is None or optional["evaluating"] is None
         else Candidate(int(pending["round"]), optional["evaluating"], pending["figures"]),
         standing=Standing(**meta.get("standing", {})),
+        clipping_norm=meta.get("clipping_norm"),
         **optional,
     )
 

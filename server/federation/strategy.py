@@ -20,6 +20,9 @@
   round's noise (their standard deviation is recorded). No evaluation messages are sent.
 - Evaluation: the weights in ``to_evaluate`` (set after each round: the candidate version,
   ``server.federation.promotion``) travel in the fit config; devices rank with them.
+- Clipping: under ``federation.adaptive_clipping`` each round's norm travels in the fit
+  config and moves after the round (``server.federation.adaptive_clipping``); the round's
+  noise, statistics and checks use the plan at that norm.
 - Poisoning check (``federation.sum_bound``): a sum heavier than any honest cohort's
   (``server.federation.sum_bound``) refuses the round: no update, recorded as refused.
 
@@ -51,10 +54,11 @@ from flwr.server.strategy import FedAvg
 
 from common.evaluation.protocol import MODES
 from common.federation.candidate import CANDIDATE_KEY, encode_candidate
-from common.federation.payload import PayloadCodec
-from common.federation.privacy_plan import PrivacyPlan
+from common.federation.payload import COUNTS, PayloadCodec
+from common.federation.privacy_plan import CEILING_RATIO, CLIPPING_KEY, PrivacyPlan
 from common.federation.run_spec import RunSpec
 from common.privacy.keystream import KeystreamRandom
+from server.federation.adaptive_clipping import AdaptiveClipping
 from server.federation.server_update import ServerOptimizer
 from server.federation.sum_bound import SumBound
 
@@ -96,21 +100,34 @@ class FederatedAdapterStrategy(FedAvg):
         )
         self.spec = spec
         self.plan = plan
-        self.codec = PayloadCodec.for_weights(initial, plan.clipping_norm, plan.stats_share)
         self.rng = rng
+        self.initial_shapes = [np.shape(w) for w in initial]
         self.on_sample = on_sample
         self.on_sum = on_sum
         self.enrolment = enrolment
         self.optimizer = ServerOptimizer(
             spec.config.federation.server_lr, spec.config.federation.server_momentum
         )
+        self.clipping = _adaptive_clipping(plan, spec)
+        self._norms: dict[int, float] = {}  # each round's clipping norm, as sent
         self.current: list[np.ndarray] = list(initial)
         self.to_evaluate: list[np.ndarray] | None = None
         self.log = RoundLog()
         self._waited = False
         self._enrolled: dict[int, str] = {}
-        bounded = spec.config.federation.sum_bound
-        self.sum_bound = SumBound(plan, self.codec.size) if bounded else None
+        self.bounded = spec.config.federation.sum_bound
+
+    @property
+    def round_plan(self) -> PrivacyPlan:
+        """The plan at the norm the current round clips to."""
+        if self.clipping is None:
+            return self.plan
+        return self.plan.at_clipping(self.clipping.norm)
+
+    def plan_of_round(self, server_round: int) -> PrivacyPlan:
+        """The plan at the norm round ``server_round`` was sent."""
+        norm = self._norms.get(server_round)
+        return self.plan if norm is None else self.plan.at_clipping(norm)
 
     def __repr__(self) -> str:
         return f"FederatedAdapterStrategy(q={self.plan.sample_rate:.4g})"
@@ -142,6 +159,8 @@ class FederatedAdapterStrategy(FedAvg):
         if self.on_sample is not None:
             self.on_sample(server_round, [proxy.node_id for proxy in cohort])
         config: dict[str, Scalar] = {"round": server_round}
+        if self.clipping is not None:
+            config[CLIPPING_KEY] = self._norms[server_round] = self.clipping.norm
         if self.to_evaluate is not None:
             config[CANDIDATE_KEY] = encode_candidate(self.to_evaluate)
         fit_ins = FitIns(parameters, config)
@@ -156,23 +175,29 @@ class FederatedAdapterStrategy(FedAvg):
         if not results:
             log.warning("round %d: no device replied (%d failures)", server_round, len(failures))
             return None, {}
+        plan, codec = self.round_plan, self.codec
         total = self._payload_sum(results)
-        if self.plan.server_adds_noise:
-            total = total + self.plan.sigma_server * self.rng.normal(total.size)
+        if plan.server_adds_noise:
+            total = total + plan.sigma_server * self.rng.normal(total.size)
         if self.on_sum is not None:
             self.on_sum(self.spec, server_round, total)
-        if self.sum_bound is not None and not self.sum_bound.admits(total, len(results)):
+        bound = SumBound(plan, codec.size) if self.bounded else None
+        if bound is not None and not bound.admits(total, len(results)):
             log.warning(
                 "round %d refused: the sum is heavier than honest devices send", server_round
             )
             figures = {"devices": float(len(results)), "failures": float(len(failures))}
             self.log.fit[server_round] = figures | {"refused": 1.0}
             return None, dict(self.log.fit[server_round])
-        update_sum, stats = self.codec.decode(total)
-        denominator = self.plan.expected_devices if self.plan.dp else len(results)
+        update_sum, stats = codec.decode(total)
+        denominator = plan.expected_devices if plan.dp else len(results)
         average = [u / denominator for u in update_sum]
         weights = self.optimizer.step(self.current, average)
         figures = self._round_figures(len(results), len(failures), stats)
+        if self.clipping is not None:
+            figures["clipping_norm"] = self.clipping.norm
+            share = self.clipping.step(stats["unclipped"], plan.expected_devices)
+            figures["unclipped_share"] = share
         self.log.fit[server_round] = figures
         return ndarrays_to_parameters(weights), dict(figures)
 
@@ -188,7 +213,7 @@ class FederatedAdapterStrategy(FedAvg):
             return figures
         k = self.spec.config.evaluation.k
         evaluated = stats["evaluated"]
-        figures |= {name: stats[name] for name in ("trained", "declined", "evaluated")}
+        figures |= {name: stats[name] for name in COUNTS}
         figures["stats_noise_std"] = self.stats_noise_std
         for mode in MODES:
             for stat, name in (("hr", f"HR@{k}"), ("ndcg", f"nDCG@{k}"), ("rr", "MRR")):
@@ -197,19 +222,22 @@ class FederatedAdapterStrategy(FedAvg):
         return figures
 
     @property
+    def codec(self) -> PayloadCodec:
+        """The payload's layout at the current round's clipping norm."""
+        plan = self.round_plan
+        return PayloadCodec(plan.clipping_norm, plan.stats_share, tuple(self.initial_shapes))
+
+    @property
     def stats_noise_std(self) -> float:
         """Standard deviation of the noise on each summed statistic (in counts)."""
-        if not self.plan.dp or not self.codec.stats_size:
+        plan, codec = self.round_plan, self.codec
+        if not plan.dp or not codec.stats_size:
             return 0.0
-        if self.plan.server_adds_noise:
-            noise = self.plan.sigma_server
+        if plan.server_adds_noise:
+            noise = plan.sigma_server
         else:  # the devices' shares, at the fewest survivors, in payload units
-            noise = (
-                self.plan.noise_multiplier
-                * self.plan.l2_sensitivity_units(self.codec.size)
-                / self.plan.scale
-            )
-        return noise / self.codec.gamma
+            noise = plan.noise_multiplier * plan.l2_sensitivity_units(codec.size) / plan.scale
+        return noise / codec.gamma
 
     def configure_evaluate(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
@@ -225,4 +253,22 @@ class FederatedAdapterStrategy(FedAvg):
         return None, {}
 
     def state_dict(self) -> dict[str, Any]:
-        return {"current": self.current, "optimizer": self.optimizer.state_dict()}
+        clipping = self.clipping.state_dict() if self.clipping is not None else None
+        return {
+            "current": self.current,
+            "optimizer": self.optimizer.state_dict(),
+            "clipping": clipping,
+        }
+
+
+def _adaptive_clipping(plan: PrivacyPlan, spec: RunSpec) -> AdaptiveClipping | None:
+    if not plan.adaptive:
+        return None
+    federation = spec.config.federation
+    return AdaptiveClipping(
+        plan.clipping_norm,
+        quantile=federation.clipping_quantile,
+        lr=federation.clipping_lr,
+        floor=plan.ceiling / CEILING_RATIO,
+        ceiling=plan.ceiling,
+    )

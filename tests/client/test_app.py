@@ -8,6 +8,7 @@ import torch
 
 from client.app import AdapterClient
 from client.local_device import LocalDevice
+from client.privacy import PolicyRefusal
 from client.store import DeviceStore
 from common.config import config_from_dict
 from common.federation.candidate import CANDIDATE_KEY, encode_candidate
@@ -121,3 +122,22 @@ def test_a_crafted_candidate_moves_no_more_than_the_payload_bound(tmp_path, popu
         sent[name] = codec.decode(payload)[1]
     assert sent["crafted"]["adapter.rr"] != pytest.approx(sent["honest"]["adapter.rr"])
     assert all(0.0 <= value <= 1.0 + 1e-6 for value in sent["crafted"].values())
+
+
+def test_an_adaptive_round_clips_to_the_norm_it_names_and_reports_whether_it_fit(
+    tmp_path, population
+):
+    config = config_from_dict(
+        {"federation": {"adaptive_clipping": True, "clipping_ceiling": 64 * 0.01}}, _config()
+    )
+    client, _ = _client(tmp_path, population, config)
+    weights = QueryAdapter(DIM, RANK).get_weights()
+    for norm, fits in ((0.01, 0.0), (0.64, 1.0)):
+        sent, _, _ = client.fit(weights, {"round": 1, "clipping_norm": norm})
+        codec = PayloadCodec.for_weights(weights, norm, config.federation.stats_share)
+        update, stats = codec.decode(sent[0])
+        flat = np.concatenate([u.ravel() for u in update])
+        assert np.linalg.norm(flat) <= norm * (1 + 1e-5)
+        assert stats["unclipped"] == pytest.approx(fits)
+    with pytest.raises(PolicyRefusal, match="outside"):
+        client.fit(weights, {"round": 2, "clipping_norm": 1.0})

@@ -10,7 +10,7 @@ from flwr.common import bytes_to_ndarray, ndarray_to_bytes
 from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS, Key, Stage
 from flwr.supercore.task_identity import TaskIdentity
 
-from client.privacy import DevicePolicy, PolicyRefusal, noise_mod, privacy_mod
+from client.privacy import DevicePolicy, PolicyRefusal, noise_mod, privacy_mod, round_plan
 from common.config import DeviceConfig, config_from_dict
 from common.federation.privacy_plan import MODULUS, QUANTIZATION_RANGE, PrivacyPlan
 from common.federation.run_spec import RunSpec
@@ -134,3 +134,27 @@ def test_privacy_mod_checks_the_policy_before_anything_runs(tmp_path):
     with pytest.raises(PolicyRefusal):
         mod(_message(Stage.SETUP, _setup(weak)), _context(), call_next)
     assert not ran
+
+
+def test_a_round_norm_outside_the_runs_bounds_is_refused_before_anything_runs(tmp_path):
+    adaptive = _plan(tmp_path, adaptive_clipping=True, clipping_ceiling=4.0)
+    ran = []
+
+    def call_next(msg, ctxt):
+        ran.append(msg)
+        return _echo(msg, ctxt)
+
+    mod = privacy_mod(lambda c: adaptive, lambda c: POLICY, lambda c, r: KeystreamRandom.from_os())
+    message = _message(Stage.COLLECT_MASKED_VECTORS, {})
+    message.content.config_records["fitins.config"] = ConfigRecord({"clipping_norm": 6.0})
+    with pytest.raises(PolicyRefusal, match="clipping norm 6 is outside"):
+        mod(message, _context(), call_next)
+    assert not ran
+    assert round_plan(adaptive, {"clipping_norm": 0.5}).sigma_device(100) == pytest.approx(
+        adaptive.sigma_device(100) * 0.5, rel=0.01
+    )  # the noise share follows the round's norm
+
+
+def test_the_policy_caps_the_ceiling_of_an_adaptive_run(tmp_path):
+    with pytest.raises(PolicyRefusal, match="clipping norm 50 is above"):
+        POLICY.check(_plan(tmp_path, adaptive_clipping=True, clipping_ceiling=50.0))

@@ -1,7 +1,8 @@
 """Federated simulations through ``flwr run`` with a small synthetic population.
 
 One run with SecAgg+ and noise added by the devices (wiretaps on), and one with a fifth of
-the devices dropping after they masked their vectors, are shared by the tests below.
+the devices dropping after they masked their vectors (clipping adaptively), are shared by
+the tests below.
 """
 
 from __future__ import annotations
@@ -53,7 +54,7 @@ def runs(tmp_path_factory):
     out["noisy"] = {"result": result, "tap": tmp / "tap", "registry": tmp / "work" / "registry"}
     tmp = tmp_path_factory.mktemp("dropout")
     result = simulate(
-        _config(tmp),
+        _config(tmp, adaptive_clipping=True, clipping_ceiling=8 * CLIP, clipping_lr=2.0),
         "marketplace",
         population=population,
         run_dir=tmp / "run",
@@ -151,6 +152,39 @@ def test_rounds_complete_when_a_fifth_drop_after_masking(runs):
     # the noise was sized for the fewest survivors the plan accepts: epsilon as planned
     assert result.rounds[-1]["epsilon_user"] == pytest.approx(_epsilon(plan, size, ROUNDS))
     assert all(r["fit"]["devices"] >= plan.min_devices for r in result.rounds)
+
+
+def test_adaptive_clipping_moves_the_norm_through_secagg_at_the_same_epsilon(runs):
+    """The dropout run clips adaptively: each round's norm reaches the devices (their
+    payloads are decoded and noised at it) and moves with the noised unclipped count; the
+    ledger charges what a fixed norm would (the noise scales with the norm)."""
+    result = runs["dropout"]["result"]
+    norms = [r["fit"]["clipping_norm"] for r in result.rounds]
+    shares = [r["fit"]["unclipped_share"] for r in result.rounds]
+    assert norms[0] == CLIP and norms[1] == pytest.approx(CLIP * math.exp(-2.0 * (shares[0] - 0.5)))
+    assert all(0 <= share <= 1 for share in shares)
+    assert abs(norms[1] / norms[0] - 1) > 0.07  # far enough apart for the checks below
+    run, plan = runs["dropout"], _plan(result)
+    plain = [e for e in read_tap(run["tap"] / "plain") if e["records"].get("fitres.parameters")]
+    for round_number, total in _true_sums(plain).items():
+        at = plan.at_clipping(norms[round_number - 1])
+        codec = PayloadCodec.for_weights(
+            QueryAdapter(DIM, RANK).get_weights(), at.clipping_norm, at.stats_share
+        )
+        payloads = [
+            next(iter(e["records"]["fitres.parameters"]["items"].values()))
+            for e in plain
+            if int(e["round"]) == round_number
+        ]
+        update_norms = [np.linalg.norm(p[: codec.update_size]) for p in payloads]
+        assert max(update_norms) == pytest.approx(at.clipping_norm, rel=1e-4)  # clipped to it
+        residual = np.load(run["tap"] / "server" / f"round-{round_number}.npy") - total
+        sigma = at.sigma_device(codec.size) * math.sqrt(len(payloads)) / at.scale
+        assert np.std(residual) / sigma == pytest.approx(1.0, rel=0.05)  # noised at it
+    fixed = runs["noisy"]["result"].rounds
+    assert [r["epsilon_user"] for r in result.rounds] == pytest.approx(
+        [r["epsilon_user"] for r in fixed], rel=1e-9
+    )
 
 
 def test_report_files(runs):

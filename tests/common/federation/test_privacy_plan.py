@@ -48,3 +48,33 @@ def test_quantization_leaves_room_for_noise_and_large_cohorts(tmp_path):
 def test_devices_noise_needs_secagg(tmp_path):
     with pytest.raises(ConfigError, match="federation.noise"):
         _plan(tmp_path, secagg=False)
+
+
+def test_a_fixed_norm_run_accepts_only_its_own_norm(tmp_path):
+    plan = _plan(tmp_path, clipping_norm=2.0)
+    assert plan.for_round({"round": 3}) is plan
+    assert plan.for_round({"clipping_norm": 2.0}) is plan
+    with pytest.raises(ValueError, match="not the run's 2"):
+        plan.for_round({"clipping_norm": 5.0})
+
+
+def test_adaptive_rounds_keep_the_secagg_range_and_the_round_rdp(tmp_path):
+    plan = _plan(tmp_path, adaptive_clipping=True, clipping_norm=1.0, clipping_ceiling=8.0)
+    low, high = plan.for_round({"clipping_norm": 0.125}), plan.at_clipping(8.0)
+    assert (low.clipping_norm, high.clipping_norm, plan.ceiling) == (0.125, 8.0, 8.0)
+    assert low.clip_range == high.clip_range == plan.clip_range  # one SecAgg+ setup
+    size = 5000
+    np.testing.assert_allclose(low.round_rdp(size), plan.round_rdp(size), rtol=1e-12)
+    np.testing.assert_allclose(high.round_rdp(size), plan.round_rdp(size), rtol=1e-12)
+    # the noise scales with the round's norm
+    assert low.sigma_device(size) < plan.sigma_device(size) < high.sigma_device(size)
+    for bad in (8.5, 0.1, math.nan, True, "1.0"):
+        with pytest.raises(ValueError, match="clipping norm"):
+            plan.for_round({"clipping_norm": bad})
+
+
+def test_adaptive_settings_are_checked(tmp_path):
+    with pytest.raises(ConfigError, match="federation.clipping_norm"):
+        _plan(tmp_path, adaptive_clipping=True, clipping_norm=20.0, clipping_ceiling=8.0)
+    with pytest.raises(ConfigError, match="stats_share"):
+        _plan(tmp_path, adaptive_clipping=True, stats_share=0.0)

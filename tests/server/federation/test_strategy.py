@@ -211,3 +211,32 @@ def test_registration_times_are_asked_again_only_when_a_device_is_new(tmp_path):
     manager.register(FakeProxy(spec.num_devices + 1))
     strategy.configure_fit(4, params, manager)
     assert len(asked) == 2
+
+
+def test_adaptive_clipping_sends_each_rounds_norm_and_moves_it_by_the_unclipped_count(tmp_path):
+    spec = _spec(
+        tmp_path, noise="server", secagg=False, noise_multiplier=0.0, adaptive_clipping=True,
+        clipping_norm=1.0, clipping_ceiling=8.0,
+    )  # fmt: skip
+    strategy, params = _strategy(spec), ndarrays_to_parameters(_initial())
+    for server_round, scale, unclipped in ((1, 1.0, 0.0), (2, 1e-3, 1.0)):
+        picked = strategy.configure_fit(server_round, params, _manager(40))
+        norm = strategy.plan_of_round(server_round).clipping_norm
+        assert {ins.config["clipping_norm"] for _, ins in picked} == {norm}
+        codec = PayloadCodec.for_weights(_initial(), norm, spec.config.federation.stats_share)
+        rng = np.random.default_rng(server_round)
+        updates = [[scale * rng.normal(size=w.shape) for w in _initial()] for _ in range(6)]
+        assert all(codec.unclipped(u) == bool(unclipped) for u in updates)
+        stats = {"trained": 1.0, "unclipped": unclipped}
+        _, figures = strategy.aggregate_fit(
+            server_round, _results([codec.encode(u, stats) for u in updates]), []
+        )
+        share = 6 * unclipped / spec.expected_devices  # out of the expected cohort
+        assert figures["clipping_norm"] == norm
+        assert figures["unclipped_share"] == pytest.approx(share)
+        step = np.exp(-0.2 * (share - 0.5))
+        assert strategy.clipping.norm == pytest.approx(norm * step)
+    assert strategy.plan_of_round(1).clipping_norm == 1.0
+    assert strategy.plan_of_round(2).clipping_norm == pytest.approx(np.exp(0.1))
+    assert strategy.clipping.norm == pytest.approx(np.exp(0.1) * np.exp(-0.2 * 0.1))
+    assert strategy.state_dict()["clipping"] == {"norm": strategy.clipping.norm}
