@@ -177,14 +177,14 @@ def simulate(
     keeps sizes only; ``wiretap_positions`` picks the device taps). ``ray_address``: run on that
     Ray cluster. ``verbose``: show Flower's log as it runs.
     """
-    if population is None:
-        population = load_population(
-            population_name, config, num_devices=num_devices, seed=config.federation.seed
-        )
     if attack is not None and config.federation.adaptive_clipping:
         raise ConfigError(
             "federation.adaptive_clipping: attacks are simulated at a fixed clipping norm "
             "(an attacker could also skew the unclipped count it reports); set it to false"
+        )
+    if population is None:
+        population = load_population(
+            population_name, config, num_devices=num_devices, seed=config.federation.seed
         )
     if attack is not None and attack.defence == "sum-bound":
         config = with_overrides(config, sum_bound=True)  # that defence is the server's check

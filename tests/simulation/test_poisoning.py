@@ -14,8 +14,10 @@ import numpy as np
 import pytest
 
 from common.cli import main
+from common.config import ConfigError
 from common.federation.privacy_plan import PrivacyPlan
 from common.model.adapter import QueryAdapter
+from simulation.audit import audit_simulation
 from simulation.engine import simulate
 from simulation.poisoning import (
     AttackPlan,
@@ -154,3 +156,14 @@ def test_the_sum_bound_defence_switches_the_servers_check_on(tmp_path, monkeypat
                 attack=AttackPlan("boost", 0.25, defence=defence),
             )
     assert seen == [False, True]
+
+
+def test_attacks_and_audits_refuse_adaptive_clipping(tmp_path):
+    """Both are sized to a fixed clipping norm: they say so before anything runs."""
+    config = small_federation_config(
+        tmp_path, rank=4, rounds=1, per_round=2, adaptive_clipping=True
+    )
+    with pytest.raises(ConfigError, match="federation.adaptive_clipping: attacks"):
+        simulate(config, "marketplace", attack=AttackPlan("boost", 0.1, 20.0))
+    with pytest.raises(ConfigError, match="federation.adaptive_clipping: canaries"):
+        audit_simulation(config, "marketplace", canaries=2)

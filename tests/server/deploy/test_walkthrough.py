@@ -14,6 +14,7 @@ import gzip
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -27,8 +28,11 @@ from client.commands import EXIT_NOT_REGISTERED
 from client.device import Device
 from client.store import KEY_ENV
 from common.config import ENCODER_DIR_ENV
+from common.security.app_signing import APP_SIGNATURE_FILE
 from common.security.signing import load_public_key, verify_version
 from common.security.versions import list_versions
+from server.deploy.commands import APP_DIR
+from server.deploy.layout import Deployment, run_command
 
 REPO = Path(__file__).resolve().parents[3]
 README = REPO / "README.md"
@@ -254,6 +258,13 @@ def test_readme_walkthrough_runs_as_written(
             state = Device(project / f"dev{i}").open_store().load_state()
             assert state.info.get("rounds_trained") == 2  # the device's own count
 
+        # 6b. an app nobody signed, sent straight to the SuperLink: every device refuses it
+        _unsigned_app_refused(shell, project)
+        assert [v.name for v in list_versions(work / "registry")] == ["v0001", "v0002"]
+        for i in (1, 2, 3):
+            state = Device(project / f"dev{i}").open_store().load_state()
+            assert state.info.get("rounds_trained") == 2  # nothing ran on the device
+
         # 7. the service serves v0002, signatures checked, with no extra flag
         serve, curl = commands(blocks[6])
         serve = substitute(serve, {"fedsearch serve ": f"fedsearch serve --port {serve_port} "})
@@ -302,6 +313,26 @@ def _device_processes(project: Path, *, alive: bool) -> list[psutil.Process]:
                     if zombie != alive and (zombie or "clientapp" in child.name()):
                         found.append(child)
     return found
+
+
+def _unsigned_app_refused(shell: Shell, project: Path) -> None:
+    """``flwr run`` of the staged app without its signature (what anyone with access to
+    the SuperLink's Control API could send): each device logs its refusal before importing
+    any of the app's code, and the run ends without a trained round."""
+    unsigned = project / "unsigned-app"
+    shutil.copytree(project / "deploy" / APP_DIR, unsigned)
+    (unsigned / APP_SIGNATURE_FILE).unlink()
+    refusal = "fedsearch: refusing the app sent to this device"
+    before = shell.log("devices").count(refusal)
+    settings = "federation.rounds=1 federation.stage_timeout_s=20"
+    command = run_command(unsigned, settings, stream=True)
+    env = {**shell.env, **Deployment(project / "deploy").env()}
+    done = subprocess.run(
+        command, cwd=project, env=env, capture_output=True, text=True, timeout=RUN_TIMEOUT_S
+    )
+    _wait_for(lambda: shell.log("devices").count(refusal) >= before + 3, 60, "three refusals")
+    assert "the app is not signed" in shell.log("devices").split(refusal)[-1][:300], done.stdout
+    assert "round 1 recorded" not in done.stdout + done.stderr
 
 
 def _refused_device(shell: Shell, port: int, runtime_base: int) -> None:

@@ -24,6 +24,7 @@ def _state(round_number: int, *, average: bool) -> ServerState:
         velocity=None,
         average=[w * 0.5 for w in weights] if average else None,
         rng_position=123 * round_number,
+        clipping_norm=1.5 if average else None,  # adaptive clipping's norm, when it runs
     )
 
 
@@ -39,6 +40,7 @@ def test_the_server_state_round_trips(tmp_path, average):
         np.testing.assert_array_equal(a, b)
         assert a.dtype == b.dtype
     assert (loaded.average is None) == (not average)
+    assert loaded.clipping_norm == state.clipping_norm
 
 
 def test_resume_cuts_the_metrics_back_and_names_rounds_charged_twice(tmp_path, caplog):

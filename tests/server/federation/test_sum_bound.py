@@ -41,7 +41,8 @@ def _round(tmp_path, *, sum_bound: bool, boost: float):
     strategy = _strategy(spec)
     strategy.configure_fit(1, ndarrays_to_parameters(_initial()), _manager(40))
     codec, _, payloads = _payloads(spec, 10, scale=1.0)  # clipped to the norm
-    payloads[0] = np.concatenate([boost * payloads[0][: codec.update_size], payloads[0][codec.update_size :]])
+    update, stats = payloads[0][: codec.update_size], payloads[0][codec.update_size :]
+    payloads[0] = np.concatenate([boost * update, stats])
     return strategy.aggregate_fit(1, _results(payloads), [])
 
 
