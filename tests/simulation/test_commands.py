@@ -7,9 +7,15 @@ import pytest
 
 from common.cli import main
 from common.config import ConfigError, config_from_dict
+from common.federation.run_spec import RunSpec
 from server.federation.ledger import PrivacyBudgetError
-from simulation.bench import bytes_per_device_round, local_update_seconds
-from simulation.engine import simulate
+from simulation.bench import (
+    bench_config,
+    bytes_per_device_round,
+    local_update_seconds,
+    traffic_config,
+)
+from simulation.engine import check_device_policy, simulate
 from simulation.synthetic import synthetic_population
 
 
@@ -80,3 +86,12 @@ def test_resume_keeps_the_runs_own_settings(tmp_path, capsys):
     assert "not a simulation run folder" in capsys.readouterr().err
     assert main(["simulate"]) == 2
     assert "--population: required" in capsys.readouterr().err
+
+
+def test_the_benchmarks_traffic_runs_pass_the_simulated_devices_policy(tmp_path):
+    """Both runs of ``bench-federation``'s traffic figures start (the plain one once failed
+    at the end of the benchmark: the devices' default policy requires SecAgg+)."""
+    config = bench_config(config_from_dict({}), tmp_path, rounds=3)
+    for secagg in (True, False):
+        spec = RunSpec(traffic_config(config, secagg=secagg), "marketplace", 100, tmp_path)
+        check_device_policy(spec)
