@@ -48,7 +48,7 @@ from common.evaluation.protocol import (
     stack_searches,
 )
 from common.federation.candidate import decode_candidate
-from common.federation.payload import PayloadCodec
+from common.federation.payload import UNCLIPPED, PayloadCodec
 from common.federation.privacy_plan import PrivacyPlan
 from common.federation.run_spec import RunSpec
 from common.federation.secure_masks import install_secure_masks
@@ -101,12 +101,10 @@ class AdapterClient(NumPyClient):
             if result.weights is None
             else [new - old for new, old in zip(result.weights, parameters, strict=True)]
         )
-        codec = PayloadCodec.for_weights(parameters, plan.clipping_norm, plan.stats_share)
-        stats = {
-            "trained": float(not result.declined),
-            "declined": float(result.declined),
-            "unclipped": float(not result.declined and codec.unclipped(update)),
-        }
+        codec = PayloadCodec.for_plan(parameters, plan)
+        stats = {"trained": float(not result.declined), "declined": float(result.declined)}
+        if plan.adaptive:
+            stats[UNCLIPPED] = float(not result.declined and codec.unclipped(update))
         if codec.stats_size:
             stats |= self._evaluation(decode_candidate(config))
         # weight 1: under user-level DP every device counts once

@@ -108,7 +108,7 @@ def prepare_run(spec: RunSpec, population: Population, *, reset_ledger: bool = F
         ledger = open_ledger(spec, plan)
     if ledger is not None:
         weights = QueryAdapter(spec.embedding_dim, spec.config.adapter.rank).get_weights()
-        size = PayloadCodec.for_weights(weights, plan.clipping_norm, plan.stats_share).size
+        size = PayloadCodec.for_plan(weights, plan).size
         ledger.check_plan(plan.round_rdp(size), spec.config.federation.rounds)
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     if spec.initial_adapter:

@@ -6,17 +6,18 @@ global ones) in the adapter's wire order, clipped to L2 norm ``clipping_norm`` (
 device, then the device's statistics for the round, each in [0, 1]:
 
 - ``trained`` / ``declined``: whether it trained (a declining device sends a zero update);
-- ``unclipped``: whether it trained and its update fit within C unclipped (``unclipped``;
-  adaptive clipping moves C towards a quantile of the devices' update norms with it);
 - ``evaluated``: whether it has held-out searches, and for each ranking model (``base``
   encoder, the ``adapter`` the server sent for evaluation, ``common.federation.candidate``,
   and its ``personal`` rerank) the mean ``hr``, ``ndcg`` and ``rr`` (reciprocal rank).
 
-``gamma = C * sqrt(stats_share / len(STATS))`` bounds the statistics' norm by
+``gamma = C * sqrt(stats_share / len(names))`` bounds the statistics' norm by
 ``C * sqrt(stats_share)``, so the payload's norm stays within ``C * sqrt(1 + stats_share)``
 and the round's noise covers both. Summed over devices, the statistics give counts and the
 mean of the per-device means (each device counts once, whatever its number of searches).
-With ``stats_share`` 0 the payload is the update alone.
+With ``stats_share`` 0 the payload is the update alone. Under adaptive clipping
+(``for_plan`` of an adaptive plan) one more statistic follows: ``unclipped``, whether the
+device trained and its update fit within C as it was (adaptive clipping moves C towards a
+quantile of the devices' update norms with it); other runs never send it.
 """
 
 from __future__ import annotations
@@ -28,10 +29,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from common.evaluation.protocol import MODES
+from common.federation.privacy_plan import PrivacyPlan
 
-COUNTS = ("trained", "declined", "unclipped", "evaluated")
+COUNTS = ("trained", "declined", "evaluated")
 RANK_STATS = ("hr", "ndcg", "rr")
 STATS: tuple[str, ...] = (*COUNTS, *(f"{m}.{s}" for m in MODES for s in RANK_STATS))
+UNCLIPPED = "unclipped"  # sent only under adaptive clipping
 
 
 @dataclass(frozen=True)
@@ -41,6 +44,7 @@ class PayloadCodec:
     clipping_norm: float
     stats_share: float
     shapes: tuple[tuple[int, ...], ...]
+    names: tuple[str, ...] = STATS
 
     @classmethod
     def for_weights(
@@ -48,13 +52,20 @@ class PayloadCodec:
     ) -> PayloadCodec:
         return cls(clipping_norm, stats_share, tuple(np.shape(w) for w in weights))
 
+    @classmethod
+    def for_plan(cls, weights: Sequence[np.ndarray], plan: PrivacyPlan) -> PayloadCodec:
+        """The payload of a round run under ``plan`` (at its clipping norm)."""
+        names = (*STATS, UNCLIPPED) if plan.adaptive else STATS
+        shapes = tuple(np.shape(w) for w in weights)
+        return cls(plan.clipping_norm, plan.stats_share, shapes, names)
+
     @property
     def update_size(self) -> int:
         return sum(math.prod(s) for s in self.shapes)
 
     @property
     def stats_size(self) -> int:
-        return len(STATS) if self.stats_share > 0 else 0
+        return len(self.names) if self.stats_share > 0 else 0
 
     @property
     def size(self) -> int:
@@ -62,7 +73,7 @@ class PayloadCodec:
 
     @property
     def gamma(self) -> float:
-        return self.clipping_norm * math.sqrt(self.stats_share / len(STATS))
+        return self.clipping_norm * math.sqrt(self.stats_share / len(self.names))
 
     def unclipped(self, update: Sequence[np.ndarray]) -> bool:
         """Whether ``update`` fits within the clipping norm as it is."""
@@ -79,10 +90,10 @@ class PayloadCodec:
             flat *= self.clipping_norm / norm
         if not self.stats_size:
             return flat.astype(np.float32)
-        unknown = set(stats) - set(STATS)
+        unknown = set(stats) - set(self.names)
         if unknown:
             raise ValueError(f"unknown statistics: {sorted(unknown)}")
-        values = np.clip([float(stats.get(name, 0.0)) for name in STATS], 0.0, 1.0)
+        values = np.clip([float(stats.get(name, 0.0)) for name in self.names], 0.0, 1.0)
         return np.concatenate([flat, self.gamma * values]).astype(np.float32)
 
     def decode(self, total: np.ndarray) -> tuple[list[np.ndarray], dict[str, float]]:
@@ -97,5 +108,5 @@ class PayloadCodec:
             start += count
         stats = {}
         if self.stats_size:
-            stats = dict(zip(STATS, (total[start:] / self.gamma).tolist(), strict=True))
+            stats = dict(zip(self.names, (total[start:] / self.gamma).tolist(), strict=True))
         return arrays, stats

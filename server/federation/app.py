@@ -135,7 +135,7 @@ def run_federation(
         rng.seek(state.rng_position)
     initial = state.weights if state is not None else initial_adapter(spec, rng)
     done = state.round if state is not None else 0
-    codec = PayloadCodec.for_weights(initial, plan.clipping_norm, plan.stats_share)
+    codec = PayloadCodec.for_plan(initial, plan)
     rounds = max(0, spec.config.federation.rounds - done)
     if ledger is not None:
         ledger.check_plan(plan.round_rdp(codec.size), rounds)

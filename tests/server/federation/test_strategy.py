@@ -223,7 +223,7 @@ def test_adaptive_clipping_sends_each_rounds_norm_and_moves_it_by_the_unclipped_
         picked = strategy.configure_fit(server_round, params, _manager(40))
         norm = strategy.plan_of_round(server_round).clipping_norm
         assert {ins.config["clipping_norm"] for _, ins in picked} == {norm}
-        codec = PayloadCodec.for_weights(_initial(), norm, spec.config.federation.stats_share)
+        codec = PayloadCodec.for_plan(_initial(), strategy.plan_of_round(server_round))
         rng = np.random.default_rng(server_round)
         updates = [[scale * rng.normal(size=w.shape) for w in _initial()] for _ in range(6)]
         assert all(codec.unclipped(u) == bool(unclipped) for u in updates)
