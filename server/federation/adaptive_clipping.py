@@ -1,21 +1,21 @@
 """Adaptive clipping: the clipping norm follows a quantile of the devices' update norms.
 
 Andrew, Thakkar, McMahan and Ramaswamy (NeurIPS 2021), geometric update: after a round in
-which a share ``b`` of the devices that trained sent an update that fit within the norm C
+which a share ``b`` of the expected cohort sent an update that fit within the norm C
 unclipped, ``C <- C * exp(-lr * (b - quantile))``. C grows while fewer than ``quantile``
 of the updates fit, and shrinks while more do.
 
-Here ``b`` comes from the round's noised payload sum: each device reports whether its
-update fit (``common.federation.payload``: the ``unclipped`` count) inside the vector the
-round's noise already covers, and the count is divided by the round's expected number of
-devices, a public constant (as in the paper: a noised cohort size in the denominator would
-swing wildly in small cohorts). The noised share is used as it is, even outside [0, 1]:
-clamping it would bias it towards the middle and drive a small quantile's norm below that
-quantile (measured: the 10% quantile's norm settled at 0.7, below the 10th percentile of
-the update norms, 1.36). Following the quantile so costs no
-privacy beyond the round's: C is computed from released, noised figures (post-processing),
-and the noise of the next round scales with it. The norm stays within the bounds the
-devices accept (``common.federation.privacy_plan``: [ceiling / 64, ceiling]).
+``b`` comes from the round's noised payload sum: each device reports whether its update
+fit (``common.federation.payload``: the ``unclipped`` statistic) inside the vector the
+round's noise already covers, and the noised count is divided by the round's expected
+number of devices, a public constant (as in the paper: a noised cohort size in the
+denominator would swing wildly in small cohorts). The noised share is used as it is, even
+outside [0, 1]: clamping it would bias it towards the middle and drive a small quantile's
+norm below that quantile (measured: the 10% quantile's norm settled at 0.7, below the 10th
+percentile of the update norms, 1.36). Following the quantile so costs no privacy beyond
+the round's: C is computed from released, noised figures (post-processing), and the noise
+of the next round scales with it. The norm stays within the bounds the devices accept
+(``common.federation.privacy_plan``: [ceiling / 64, ceiling]).
 """
 
 from __future__ import annotations
