@@ -19,7 +19,7 @@ Noise of standard deviation ``noise_multiplier`` x ``payload_norm`` on the sum i
 
 With adaptive clipping (``federation.adaptive_clipping``) the norm C changes from round to
 round (``for_round``: the value the server sends in the round's config, which a device
-accepts only within [``clip_ceiling`` / 64, ``clip_ceiling``]); SecAgg+'s range stays sized
+accepts only within [``ceiling`` / 64, ``ceiling``]); SecAgg+'s range stays sized
 for the ceiling, so its setup is the same every round. The noise scales with C, so the
 round's RDP does not depend on it: the sensitivity in integer units, C x sqrt(1 +
 stats_share) x ``scale`` + sqrt(dim), and the noise keep their ratio 1 / noise_multiplier.
@@ -65,8 +65,8 @@ class PrivacyPlan:
     min_devices: int
     delta: float
     epsilon_budget: float
-    adaptive: bool = False
-    clip_ceiling: float = 0.0  # 0: the clipping norm
+    adaptive: bool
+    ceiling: float  # the largest norm a round of the run may use (the norm, unless adaptive)
 
     @classmethod
     def from_spec(cls, spec: RunSpec) -> PrivacyPlan:
@@ -85,13 +85,10 @@ class PrivacyPlan:
             delta=spec.delta_user,
             epsilon_budget=federation.epsilon_user,
             adaptive=federation.adaptive_clipping,
-            clip_ceiling=federation.clipping_ceiling if federation.adaptive_clipping else 0.0,
+            ceiling=federation.clipping_ceiling
+            if federation.adaptive_clipping
+            else federation.clipping_norm,
         )
-
-    @property
-    def ceiling(self) -> float:
-        """The largest clipping norm a round of this run may use."""
-        return self.clip_ceiling or self.clipping_norm
 
     def at_clipping(self, norm: float) -> PrivacyPlan:
         """This plan for a round clipped at ``norm``; ValueError unless the run clips

@@ -12,10 +12,11 @@ number of devices, a public constant (as in the paper: a noised cohort size in t
 denominator would swing wildly in small cohorts). The noised share is used as it is, even
 outside [0, 1]: clamping it would bias it towards the middle and drive a small quantile's
 norm below that quantile (measured: the 10% quantile's norm settled at 0.7, below the 10th
-percentile of the update norms, 1.36). Following the quantile so costs no privacy beyond
-the round's: C is computed from released, noised figures (post-processing), and the noise
-of the next round scales with it. The norm stays within the bounds the devices accept
-(``common.federation.privacy_plan``: [ceiling / 64, ceiling]).
+percentile of the update norms, 1.36 to 1.45 on 80 Online Retail customers). Following
+the quantile so costs no privacy beyond the round's: C is computed from released, noised
+figures (post-processing), and the noise of the next round scales with it. The norm stays
+within the bounds the devices accept (``common.federation.privacy_plan``: [ceiling / 64,
+ceiling]).
 """
 
 from __future__ import annotations

@@ -116,13 +116,6 @@ class FederatedAdapterStrategy(FedAvg):
         self._enrolled: dict[int, str] = {}
         self.bounded = spec.config.federation.sum_bound
 
-    @property
-    def round_plan(self) -> PrivacyPlan:
-        """The plan at the norm the current round clips to."""
-        if self.clipping is None:
-            return self.plan
-        return self.plan.at_clipping(self.clipping.norm)
-
     def plan_of_round(self, server_round: int) -> PrivacyPlan:
         """The plan at the norm round ``server_round`` was sent."""
         norm = self._norms.get(server_round)
@@ -174,7 +167,8 @@ class FederatedAdapterStrategy(FedAvg):
         if not results:
             log.warning("round %d: no device replied (%d failures)", server_round, len(failures))
             return None, {}
-        plan, codec = self.round_plan, self.codec
+        plan = self.plan_of_round(server_round)
+        codec = PayloadCodec.for_plan(self.current, plan)
         total = self._payload_sum(results)
         if plan.server_adds_noise:
             total = total + plan.sigma_server * self.rng.normal(total.size)
@@ -193,8 +187,10 @@ class FederatedAdapterStrategy(FedAvg):
         average = [u / denominator for u in update_sum]
         weights = self.optimizer.step(self.current, average)
         figures = self._round_figures(len(results), len(failures), stats)
+        if stats:
+            figures["stats_noise_std"] = stats_noise_std(plan, codec)
         if self.clipping is not None:
-            figures["clipping_norm"] = self.clipping.norm
+            figures["clipping_norm"] = plan.clipping_norm
             share = self.clipping.step(stats[UNCLIPPED], plan.expected_devices)
             figures["unclipped_share"] = share
         self.log.fit[server_round] = figures
@@ -213,29 +209,11 @@ class FederatedAdapterStrategy(FedAvg):
         k = self.spec.config.evaluation.k
         evaluated = stats["evaluated"]
         figures |= {name: stats[name] for name in COUNTS}
-        figures["stats_noise_std"] = self.stats_noise_std
         for mode in MODES:
             for stat, name in (("hr", f"HR@{k}"), ("ndcg", f"nDCG@{k}"), ("rr", "MRR")):
                 mean = stats[f"{mode}.{stat}"] / evaluated if evaluated >= 1 else math.nan
                 figures[f"{mode}.{name}"] = mean
         return figures
-
-    @property
-    def codec(self) -> PayloadCodec:
-        """The payload's layout at the current round's clipping norm."""
-        return PayloadCodec.for_plan(self.current, self.round_plan)
-
-    @property
-    def stats_noise_std(self) -> float:
-        """Standard deviation of the noise on each summed statistic (in counts)."""
-        plan, codec = self.round_plan, self.codec
-        if not plan.dp or not codec.stats_size:
-            return 0.0
-        if plan.server_adds_noise:
-            noise = plan.sigma_server
-        else:  # the devices' shares, at the fewest survivors, in payload units
-            noise = plan.noise_multiplier * plan.l2_sensitivity_units(codec.size) / plan.scale
-        return noise / codec.gamma
 
     def configure_evaluate(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
@@ -257,6 +235,17 @@ class FederatedAdapterStrategy(FedAvg):
             "optimizer": self.optimizer.state_dict(),
             "clipping": clipping,
         }
+
+
+def stats_noise_std(plan: PrivacyPlan, codec: PayloadCodec) -> float:
+    """Standard deviation of the round's noise on each summed statistic (in counts)."""
+    if not plan.dp or not codec.stats_size:
+        return 0.0
+    if plan.server_adds_noise:
+        noise = plan.sigma_server
+    else:  # the devices' shares, at the fewest survivors, in payload units
+        noise = plan.noise_multiplier * plan.l2_sensitivity_units(codec.size) / plan.scale
+    return noise / codec.gamma
 
 
 def _adaptive_clipping(plan: PrivacyPlan, spec: RunSpec) -> AdaptiveClipping | None:
