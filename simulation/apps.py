@@ -7,7 +7,8 @@ injected as the devices' data (``simulation.devices``) and the wiretaps
 (``simulation.canaries``), poisoning devices (``simulation.poisoning``) and deliberately
 broken noise (``simulation.broken_noise``),
 which act only when a run switches them on, and SecAgg+'s rounding seeded from the run's
-seed (``simulation.seeded_rounding``).
+seed (``simulation.seeded_rounding``). Importing it also indexes the simulation runtime's
+message delivery (``simulation.message_index``), which changes its cost, not its messages.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from simulation.broken_noise import silent_noise_mod
 from simulation.canaries import canary_mod
 from simulation.devices import simulated_device
 from simulation.faults import fault_cohort, fault_mod
+from simulation.message_index import install_message_index
 from simulation.poisoning import attack_mod
 from simulation.seeded_rounding import seeded_rounding_mod
 from simulation.wiretap import run_tap, server_tap
@@ -28,6 +30,7 @@ from simulation.wiretap import run_tap, server_tap
 # Opacus' reminder that its secure RNG is off belongs on real devices only.
 warnings.filterwarnings("ignore", message="Secure RNG turned off", module="opacus")
 
+install_message_index()  # Flower's runtime polls every node for its messages
 server_app = build_server_app(seeded=True, on_sum=server_tap, on_cohort=fault_cohort)
 client_app = build_client_app(
     source=simulated_device,
