@@ -49,6 +49,7 @@ from common.evaluation.protocol import (
 )
 from common.federation.candidate import decode_candidate
 from common.federation.payload import UNCLIPPED, PayloadCodec
+from common.federation.prime_shamir import install_prime_shamir
 from common.federation.privacy_plan import PrivacyPlan
 from common.federation.run_spec import RunSpec
 from common.federation.secure_masks import install_secure_masks
@@ -56,6 +57,7 @@ from common.model.adapter import QueryAdapter
 from common.model.personalization import user_vector
 
 install_secure_masks()  # SecAgg+ masks keyed by the whole shared secret (server does too)
+install_prime_shamir()  # SecAgg+ secret shares over GF(2**521 - 1), fast (server does too)
 
 DeviceSource = Callable[[RunSpec, Mapping[str, Any]], LocalDevice]
 SERVER_PATH_KEYS = ("config-file", "run-dir")

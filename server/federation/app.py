@@ -40,6 +40,7 @@ from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, MAIN_PARAMS_RECOR
 from flwr.serverapp import Grid, ServerApp
 
 from common.federation.payload import PayloadCodec
+from common.federation.prime_shamir import install_prime_shamir
 from common.federation.privacy_plan import PrivacyPlan
 from common.federation.run_spec import RunSpec
 from common.federation.secure_masks import install_secure_masks
@@ -60,6 +61,7 @@ from server.federation.strategy import (
 )
 
 install_secure_masks()  # SecAgg+ masks keyed by the whole shared secret (devices do too)
+install_prime_shamir()  # SecAgg+ secret shares over GF(2**521 - 1), fast (devices do too)
 
 log = logging.getLogger(__name__)
 # Hears each round's sampled node ids before its first message (simulated faults).

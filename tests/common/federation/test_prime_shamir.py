@@ -1,0 +1,101 @@
+"""Shamir's sharing over GF(2**521 - 1): any threshold of shares rebuilds the secret, fewer
+do not, bad shares are refused, and both SecAgg+ sides use it once installed."""
+
+from __future__ import annotations
+
+import importlib
+import itertools
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from flwr.common.secure_aggregation.crypto import shamir as flwr_shamir
+
+from common.federation.prime_shamir import (
+    ELEMENT_BYTES,
+    PRIME,
+    combine_shares,
+    create_shares,
+    install_prime_shamir,
+    prime_shamir_installed,
+)
+
+ROOT = Path(__file__).resolve().parents[3]
+CLIENT_MOD = "flwr.client.mod.secure_aggregation.secaggplus_mod"
+SERVER_WORKFLOW = "flwr.server.workflow.secure_aggregation.secaggplus_workflow"
+FLWR_CREATE, FLWR_COMBINE = flwr_shamir.create_shares, flwr_shamir.combine_shares
+
+
+@pytest.mark.parametrize("length", [0, 1, 32, 63, 64, 65, 306])
+def test_every_threshold_subset_rebuilds_the_secret(length: int) -> None:
+    secret = random.Random(length).randbytes(length)
+    shares = create_shares(secret, 3, 5)
+    assert len(shares) == 5
+    for subset in itertools.combinations(shares, 3):
+        assert combine_shares(list(subset)) == secret
+    assert combine_shares(shares[::-1]) == secret  # more than the threshold, any order
+
+
+def test_fewer_than_the_threshold_shares_do_not_rebuild_it() -> None:
+    secret = bytes(range(32))
+    shares = create_shares(secret, 4, 6)
+    for subset in itertools.combinations(shares, 3):
+        with pytest.raises(ValueError, match="do not rebuild"):
+            combine_shares(list(subset))
+
+
+def test_a_share_below_the_threshold_is_uniform_whatever_the_secret() -> None:
+    """With threshold 2 a single share is secret + a·x for a uniform a: its values for two
+    different secrets are spread alike over the field (coarse check of the top byte)."""
+    tops = {
+        secret: [create_shares(secret, 2, 2)[0][-1] for _ in range(400)]
+        for secret in (bytes(32), b"\xff" * 32)
+    }
+    top_byte_max = (PRIME >> (8 * (ELEMENT_BYTES - 1))) + 1  # 2: the top byte is 0 or 1
+    for values in tops.values():
+        assert set(values) == set(range(top_byte_max))
+
+
+def test_altered_or_mismatched_shares_are_refused() -> None:
+    shares = create_shares(b"k" * 40, 2, 3)
+    other = create_shares(b"k" * 80, 2, 3)
+    with pytest.raises(ValueError, match="different"):
+        combine_shares([shares[0], other[1]])
+    with pytest.raises(ValueError, match="distinct"):
+        combine_shares([shares[0], shares[0]])
+    with pytest.raises(ValueError, match="no shares"):
+        combine_shares([])
+    with pytest.raises(ValueError, match="threshold"):
+        create_shares(b"s", 4, 3)
+
+
+def test_install_rebinds_the_client_mod_and_the_server_workflow(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    client, server = (importlib.import_module(m) for m in (CLIENT_MOD, SERVER_WORKFLOW))
+    monkeypatch.setattr(client, "create_shares", FLWR_CREATE)
+    monkeypatch.setattr(server, "combine_shares", FLWR_COMBINE)
+    monkeypatch.setattr(flwr_shamir, "create_shares", FLWR_CREATE)
+    monkeypatch.setattr(flwr_shamir, "combine_shares", FLWR_COMBINE)
+    assert not prime_shamir_installed()
+    install_prime_shamir()
+    install_prime_shamir()  # idempotent
+    assert prime_shamir_installed()
+    assert client.create_shares is create_shares
+    assert server.combine_shares is combine_shares
+
+
+@pytest.mark.parametrize("app", ["client.app", "server.federation.app"])
+def test_each_app_module_installs_it_on_import(app: str) -> None:
+    """In a fresh interpreter, as a device or the server would import it, alone."""
+    code = (
+        f"import {app}\n"
+        "from common.federation.prime_shamir import prime_shamir_installed\n"
+        "assert prime_shamir_installed()\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
