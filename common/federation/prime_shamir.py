@@ -4,7 +4,8 @@ Each SecAgg+ device splits two secrets among its neighbours every round (its 306
 private key and a 32-byte seed), and the server rebuilds one of them per device. flwr 1.41
 does this with pycryptodome's Shamir over GF(2**128) in pure Python, 16 bytes at a time:
 about 14 ms of a device's round and 8 ms of the server's per device (51 ms per dropped
-device), measured on 2 cores, which at 1,000 devices a round is 8 s of the server's round.
+device) in neighbourhoods of 11, measured on 2 cores: at 1,000 devices a round, 8 s of
+the server's round, and far more in the larger neighbourhoods that dropouts need.
 
 Here a secret is cut into 64-byte blocks, each an element of GF(p), p = 2**521 − 1 (a
 Mersenne prime, larger than any 512-bit block), shared with a random polynomial of degree
@@ -20,6 +21,7 @@ way, so devices (the ClientApp) and the server (the ServerApp) must BOTH install
 
 from __future__ import annotations
 
+import functools
 import importlib
 import secrets
 import threading
@@ -58,6 +60,7 @@ def combine_shares(share_list: list[bytes]) -> bytes:
     """The secret the shares were split from (given at least the threshold of them)."""
     if not share_list:
         raise ValueError("no shares to combine")
+    share_list = sorted(share_list, key=lambda share: share[:4][::-1])  # by index
     length = int.from_bytes(share_list[0][4:_HEADER], "little")
     blocks = -(-length // BLOCK_BYTES)
     xs = [int.from_bytes(share[:4], "little") for share in share_list]
@@ -67,7 +70,7 @@ def combine_shares(share_list: list[bytes]) -> bytes:
         raise ValueError("shares of secrets of different lengths")
     if 0 in xs or len(set(xs)) != len(xs):
         raise ValueError("share indexes must be distinct and non-zero")
-    weights = _lagrange_at_zero(xs)
+    weights = _lagrange_at_zero(tuple(xs))
     secret = bytearray()
     for block in range(blocks):
         start = _HEADER + block * ELEMENT_BYTES
@@ -109,8 +112,10 @@ def _evaluate(coefficients: list[int], x: int) -> int:
     return value
 
 
-def _lagrange_at_zero(xs: list[int]) -> list[int]:
-    """Weights w_i with f(0) = Σ w_i f(x_i) for any polynomial of degree < len(xs)."""
+@functools.lru_cache(maxsize=256)
+def _lagrange_at_zero(xs: tuple[int, ...]) -> list[int]:
+    """Weights w_i with f(0) = Σ w_i f(x_i) for any polynomial of degree < len(xs) (cached:
+    the devices of a round often return shares at the same indexes)."""
     weights = []
     for i, xi in enumerate(xs):
         numerator, denominator = 1, 1
