@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -86,15 +87,17 @@ def local_update_seconds(config: Config, population: Population, devices: int = 
         for index, device in enumerate(population.devices[:devices]):
             adapter = QueryAdapter(dim, settings.adapter.rank)
             start = time.perf_counter()
-            train_local(
-                adapter,
-                device.train,
-                population.item_vectors,
-                settings.device,
-                settings.adapter,
-                {},
-                seed=index,
-            )
+            with warnings.catch_warnings():  # seeded noise, as in every simulated device
+                warnings.filterwarnings("ignore", message="Secure RNG turned off")
+                train_local(
+                    adapter,
+                    device.train,
+                    population.item_vectors,
+                    settings.device,
+                    settings.adapter,
+                    {},
+                    seed=index,
+                )
             times.append(time.perf_counter() - start)
         out["record_dp" if record_dp else "no_record_dp"] = round(float(np.mean(times)), 4)
     return out
