@@ -9,10 +9,13 @@ the machine's cores busy and the devices waiting.
 
 ``install_message_index`` keeps, beside the state's messages, the ids of undelivered ones
 by destination node (appended as they are stored), so one poll looks at that node's own
-messages only: the same checks (expiry, federation membership, by Flower's
-``_check_stored_messages``), the same order, the same delivery marks. It changes the cost
-of delivering messages, never which messages a node gets. The simulation's processes
-install it (``simulation.apps``); a deployed SuperLink is not touched.
+undelivered messages only, with the same checks on them (expiry, federation membership, by
+Flower's ``_check_stored_messages``), in the same order, with the same delivery marks. It
+changes the cost of delivering messages, never which messages a node gets. One difference:
+Flower's scan also deletes expired messages that were delivered and never answered; here
+they stay until the server pulls their replies or the run is cleaned up (a late reply is
+refused either way, by ``store_message_res``). The simulation's ServerApp module installs
+it (``simulation.apps``) before it sends any message; a deployed SuperLink is not touched.
 """
 
 from __future__ import annotations
@@ -65,7 +68,7 @@ def indexed_get_message_ins(
         index = _pending(self)
         found: list[Message] = []
         kept: list[str] = []
-        for msg_id in index.get(node_id, []):
+        for msg_id in dict.fromkeys(index.get(node_id, [])):  # an id stored, deleted, stored
             if limit and len(found) == limit:
                 kept.append(msg_id)
                 continue

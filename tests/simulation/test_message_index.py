@@ -113,6 +113,41 @@ def test_nodes_get_the_same_messages_in_the_same_order_as_flowers_scan() -> None
     assert indexed == [[(0, 1), (2, 3)], [(0, 2), (1, 6)], []]
 
 
+def edge_cases(cls: type[InMemoryLinkState]) -> list[list[int]]:
+    """Another run's message, a poll without limit, a message stored before the index was
+    built, and a message id stored, deleted and stored again."""
+    state, nodes = link_state(cls, 2)
+    other = Run.create_empty(run_id=RUN_ID + 1)
+    other.primary_task_id, other.federation_id = TASK_ID + 1, NOOP_FEDERATION_ID
+    state.run_ids[RUN_ID + 1] = RunRecord(run=other)
+    state.task_store[TASK_ID + 1] = Task(task_id=TASK_ID + 1, run_id=RUN_ID + 1)
+    early = Message(RecordDict({"c": ConfigRecord({"tag": 0})}), nodes[1], "train", ttl=600)
+    early.metadata.__dict__["_message_id"] = str(uuid.uuid4())
+    FLOWER_STORE_MESSAGE_INS(state, early)  # stored before any indexed call
+    push(state, nodes[0], 1)
+    TaskIdentity.run_id = RUN_ID + 1
+    push(state, nodes[0], 2)
+    TaskIdentity.run_id = RUN_ID
+    push(state, nodes[0], 3)
+    reused = Message(RecordDict({"c": ConfigRecord({"tag": 4})}), nodes[1], "train", ttl=600)
+    reused.metadata.__dict__["_message_id"] = str(uuid.uuid4())
+    state.store_message_ins(reused)
+    state.delete_messages({reused.metadata.message_id})
+    state.store_message_ins(reused)
+
+    def tags(node: int, run_id: int | None) -> list[int]:
+        found = state.get_message_ins(node_id=node, limit=None, run_id=run_id)
+        return [int(str(m.content.config_records["c"]["tag"])) for m in found]
+
+    return [tags(nodes[0], RUN_ID), tags(nodes[0], None), tags(nodes[1], None)]
+
+
+def test_run_filter_no_limit_early_and_reused_messages_as_flowers_scan() -> None:
+    indexed = edge_cases(Indexed)
+    assert indexed == edge_cases(FlowerScan)
+    assert indexed == [[1, 3], [2], [0, 4]]
+
+
 def test_a_sweep_checks_each_message_once_not_once_per_node() -> None:
     checks = {FlowerScan: 0, Indexed: 0}
     for cls in checks:

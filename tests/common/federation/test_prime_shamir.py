@@ -14,7 +14,9 @@ import pytest
 from flwr.common.secure_aggregation.crypto import shamir as flwr_shamir
 
 from common.federation.prime_shamir import (
+    BLOCK_BYTES,
     ELEMENT_BYTES,
+    MAX_COMBINED_SHARES,
     PRIME,
     combine_shares,
     create_shares,
@@ -58,11 +60,45 @@ def test_a_share_below_the_threshold_is_uniform_whatever_the_secret() -> None:
         assert set(values) == set(range(top_byte_max))
 
 
+@pytest.mark.parametrize(("threshold", "num"), [(1, 1), (1, 3), (11, 11), (7, 19)])
+def test_thresholds_from_one_to_a_whole_neighbourhood(threshold: int, num: int) -> None:
+    secret = random.Random(num).randbytes(306)
+    shares = create_shares(secret, threshold, num)
+    assert combine_shares(random.Random(0).sample(shares, threshold)) == secret
+
+
+def test_each_block_has_its_own_random_polynomial() -> None:
+    """Two equal blocks get different shares (a shared polynomial would reveal that they
+    are equal, or their difference), and shares differ from one split to the next."""
+    secret = bytes(BLOCK_BYTES) * 2
+    first, second = create_shares(secret, 2, 2)[0], create_shares(secret, 2, 2)[0]
+    blocks = [first[6 + i * ELEMENT_BYTES : 6 + (i + 1) * ELEMENT_BYTES] for i in range(2)]
+    assert blocks[0] != blocks[1]
+    assert first != second
+
+
+def test_a_forged_share_at_index_zero_is_refused() -> None:
+    """At x = 0 a share IS the secret: accepting one would let its sender set the result."""
+    shares = create_shares(b"s" * 32, 2, 3)
+    forged = (0).to_bytes(4, "little") + shares[0][4:]
+    with pytest.raises(ValueError, match="non-zero"):
+        combine_shares([forged, shares[1]])
+
+
+def test_too_many_shares_are_refused_before_any_arithmetic() -> None:
+    share = create_shares(b"s", 1, 1)[0]
+    with pytest.raises(ValueError, match="at most"):
+        combine_shares([share] * (MAX_COMBINED_SHARES + 1))
+
+
 def test_altered_or_mismatched_shares_are_refused() -> None:
     shares = create_shares(b"k" * 40, 2, 3)
     other = create_shares(b"k" * 80, 2, 3)
     with pytest.raises(ValueError, match="different"):
         combine_shares([shares[0], other[1]])
+    relabelled = shares[1][:4] + (41).to_bytes(2, "little") + shares[1][6:]  # same size
+    with pytest.raises(ValueError, match="different lengths"):
+        combine_shares([shares[0], relabelled])
     with pytest.raises(ValueError, match="distinct"):
         combine_shares([shares[0], shares[0]])
     with pytest.raises(ValueError, match="no shares"):
