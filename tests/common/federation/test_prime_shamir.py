@@ -6,9 +6,6 @@ from __future__ import annotations
 import importlib
 import itertools
 import random
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from flwr.common.secure_aggregation.crypto import shamir as flwr_shamir
@@ -24,7 +21,6 @@ from common.federation.prime_shamir import (
     prime_shamir_installed,
 )
 
-ROOT = Path(__file__).resolve().parents[3]
 CLIENT_MOD = "flwr.client.mod.secure_aggregation.secaggplus_mod"
 SERVER_WORKFLOW = "flwr.server.workflow.secure_aggregation.secaggplus_workflow"
 FLWR_CREATE, FLWR_COMBINE = flwr_shamir.create_shares, flwr_shamir.combine_shares
@@ -121,17 +117,3 @@ def test_install_rebinds_the_client_mod_and_the_server_workflow(
     assert prime_shamir_installed()
     assert client.create_shares is create_shares
     assert server.combine_shares is combine_shares
-
-
-@pytest.mark.parametrize("app", ["client.app", "server.federation.app"])
-def test_each_app_module_installs_it_on_import(app: str) -> None:
-    """In a fresh interpreter, as a device or the server would import it, alone."""
-    code = (
-        f"import {app}\n"
-        "from common.federation.prime_shamir import prime_shamir_installed\n"
-        "assert prime_shamir_installed()\n"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300
-    )
-    assert done.returncode == 0, done.stderr[-2000:]
