@@ -23,7 +23,6 @@ from common.federation.prime_shamir import (
 
 CLIENT_MOD = "flwr.client.mod.secure_aggregation.secaggplus_mod"
 SERVER_WORKFLOW = "flwr.server.workflow.secure_aggregation.secaggplus_workflow"
-FLWR_CREATE, FLWR_COMBINE = flwr_shamir.create_shares, flwr_shamir.combine_shares
 
 
 @pytest.mark.parametrize("length", [0, 1, 32, 63, 64, 65, 306])
@@ -106,11 +105,19 @@ def test_altered_or_mismatched_shares_are_refused() -> None:
 def test_install_rebinds_the_client_mod_and_the_server_workflow(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """From any other binding (flwr's own, or whatever an earlier import left) to ours."""
     client, server = (importlib.import_module(m) for m in (CLIENT_MOD, SERVER_WORKFLOW))
-    monkeypatch.setattr(client, "create_shares", FLWR_CREATE)
-    monkeypatch.setattr(server, "combine_shares", FLWR_COMBINE)
-    monkeypatch.setattr(flwr_shamir, "create_shares", FLWR_CREATE)
-    monkeypatch.setattr(flwr_shamir, "combine_shares", FLWR_COMBINE)
+
+    def other(*args: object) -> None:
+        raise AssertionError("not installed")
+
+    for module, name in (
+        (client, "create_shares"),
+        (server, "combine_shares"),
+        (flwr_shamir, "create_shares"),
+        (flwr_shamir, "combine_shares"),
+    ):
+        monkeypatch.setattr(module, name, other)
     assert not prime_shamir_installed()
     install_prime_shamir()
     install_prime_shamir()  # idempotent
