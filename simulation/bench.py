@@ -84,11 +84,11 @@ def local_update_seconds(config: Config, population: Population, devices: int = 
     for record_dp in (True, False):
         settings = config_from_dict({"device": {"dp": record_dp}}, config)
         times = []
-        for index, device in enumerate(population.devices[:devices]):
-            adapter = QueryAdapter(dim, settings.adapter.rank)
-            start = time.perf_counter()
-            with warnings.catch_warnings():  # seeded noise, as in every simulated device
-                warnings.filterwarnings("ignore", message="Secure RNG turned off")
+        with warnings.catch_warnings():  # seeded noise, as in every simulated device
+            warnings.filterwarnings("ignore", message="Secure RNG turned off")
+            for index, device in enumerate(population.devices[:devices]):
+                adapter = QueryAdapter(dim, settings.adapter.rank)
+                start = time.perf_counter()
                 train_local(
                     adapter,
                     device.train,
@@ -98,7 +98,7 @@ def local_update_seconds(config: Config, population: Population, devices: int = 
                     {},
                     seed=index,
                 )
-            times.append(time.perf_counter() - start)
+                times.append(time.perf_counter() - start)
         out["record_dp" if record_dp else "no_record_dp"] = round(float(np.mean(times)), 4)
     return out
 
