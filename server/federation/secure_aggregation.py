@@ -16,6 +16,14 @@ units and refuse a setup that differs) with these rules:
   missing shares and halt the round); each stage waits at most ``timeout`` seconds, and
   devices that stayed silent until then count as failures (those silent at the unmask
   stage excepted: Flower aggregates before the stage returns; their vectors are in the sum).
+- At the unmask stage the replies are checked before Flower combines their shares
+  (``checked_share_replies``; Flower 1.41 takes every share a reply lists, for any owner,
+  and a malformed reply halts the ServerApp): one share per owner from each of the owner's
+  neighbours, and ``SPARE_SHARES`` more than the threshold per owner, which must agree
+  (an altered share otherwise shifts the rebuilt secret unnoticed, and the sum unmasks to
+  noise the size of the modulus). One device whose shares disagree is dropped; a
+  disagreement that no single device explains fails the round like too few shares: the
+  sum stays masked and the ledger refunds it.
 - SecAgg+ takes the number of key shares as a fraction of the round's devices; the strategy
   reports each round's cohort and ``size_neighbourhoods`` picks the smallest odd
   neighbourhood of at least ``neighbours`` + 1 devices in which, when a ``tolerance``
@@ -35,6 +43,8 @@ from collections.abc import Callable, Iterable
 from typing import cast
 
 from flwr.app import Context, Message
+from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
+from flwr.common.secure_aggregation.secaggplus_constants import Key as SecAggKey
 from flwr.server import LegacyContext
 from flwr.server.workflow import SecAggPlusWorkflow
 from flwr.server.workflow.constant import MAIN_CONFIGS_RECORD, Key
@@ -43,6 +53,7 @@ from flwr.server.workflow.secure_aggregation.secaggplus_workflow import Workflow
 from flwr.serverapp import Grid
 
 from common.config import ConfigError
+from common.federation.prime_shamir import ShareError, shares_agree
 from common.federation.privacy_plan import MODULUS, QUANTIZATION_RANGE, PrivacyPlan
 from common.federation.run_spec import RunSpec
 
@@ -51,6 +62,7 @@ Workflow = Callable[[Grid, Context], None]
 RoundHook = Callable[[int], object]
 MAX_COHORT = MODULUS // (2 * QUANTIZATION_RANGE)  # payload sums that cannot wrap around
 NEIGHBOURHOOD_RISK = 1e-3  # chance that a round at the tolerated dropout cannot unmask
+SPARE_SHARES = 2  # shares kept per owner beyond the threshold: enough to single out one liar
 
 
 class SurvivorCheckedSecAgg(SecAggPlusWorkflow):
@@ -134,11 +146,136 @@ class SurvivorCheckedSecAgg(SecAggPlusWorkflow):
         return True
 
     def unmask_stage(self, grid: Grid, context: LegacyContext, state: WorkflowState) -> bool:
-        if super().unmask_stage(grid, context, state):
-            return True
-        log.warning("round %d: too few shares came back to unmask its sum", _round(context))
+        checked = cast(Grid, _ShareCheckedGrid(grid, state))
+        try:
+            if super().unmask_stage(checked, context, state):
+                return True
+            log.warning("round %d: too few shares came back to unmask its sum", _round(context))
+        except ShareError as error:
+            log.warning("round %d: the shares did not unmask its sum (%s)", _round(context), error)
         if self.unmask_failed is not None:
             self.unmask_failed(_round(context))
+        return False
+
+
+class _ShareCheckedGrid:
+    """A grid for the unmask stage that checks the shares before Flower combines them (see
+    ``checked_share_replies``)."""
+
+    def __init__(self, grid: Grid, state: WorkflowState) -> None:
+        self._grid = grid
+        self._state = state
+
+    def send_and_receive(
+        self, messages: Iterable[Message], *, timeout: float | None = None
+    ) -> list[Message]:
+        replies = self._grid.send_and_receive(messages, timeout=timeout)
+        return checked_share_replies(list(replies), self._state)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._grid, name)
+
+
+def checked_share_replies(replies: list[Message], state: WorkflowState) -> list[Message]:
+    """The unmask stage's replies, checked:
+
+    - each keeps one share per owner, for owners in its sender's neighbourhood; a reply of
+      the wrong shape is dropped and counted as a failure;
+    - each owner keeps the shares of its first ``threshold`` + ``SPARE_SHARES`` senders (by
+      node id), which must agree (``shares_agree``); when they do not and exactly one
+      sender's shares explain it, that sender's reply is dropped (a failure), otherwise
+      ``ShareError`` (the round is not unmasked).
+    """
+    kept: list[Message] = []
+    for reply in replies:
+        if reply.has_error() or _keep_neighbours_shares(reply, state):
+            kept.append(reply)
+        else:
+            node = reply.metadata.src_node_id
+            state.failures.append(ValueError(f"device {node}: malformed share reply"))
+    by_owner = _trim_to_spares(kept, state.threshold)
+    culprit = _disagreeing_sender(by_owner, state.threshold)
+    if culprit is None:
+        return kept
+    log.warning("device %d: its shares disagree with its neighbours'; reply dropped", culprit)
+    state.failures.append(ValueError(f"device {culprit}: shares that disagree"))
+    return [reply for reply in kept if reply.metadata.src_node_id != culprit]
+
+
+def _keep_neighbours_shares(reply: Message, state: WorkflowState) -> bool:
+    """Trim ``reply`` to one share per owner in its sender's neighbourhood (the first it
+    lists); False if it is not a reply of the unmask stage's shape."""
+    record = reply.content.config_records.get(RECORD_KEY_CONFIGS)
+    if record is None:
+        return False
+    owners, shares = record.get(SecAggKey.NODE_ID_LIST), record.get(SecAggKey.SHARE_LIST)
+    if not isinstance(owners, list) or not isinstance(shares, list) or len(owners) != len(shares):
+        return False
+    sender = reply.metadata.src_node_id
+    allowed = state.nid_to_neighbours.get(sender, set()) & state.sampled_node_ids
+    kept: dict[int, bytes] = {}
+    for owner, share in zip(owners, shares, strict=True):
+        if owner in allowed and isinstance(share, bytes):
+            kept.setdefault(owner, share)
+    if len(kept) < len(owners):
+        dropped = len(owners) - len(kept)
+        log.warning("device %d: %d shares repeated or for non-neighbours, dropped", sender, dropped)
+    record[SecAggKey.NODE_ID_LIST] = list(kept)
+    record[SecAggKey.SHARE_LIST] = list(kept.values())
+    return True
+
+
+def _trim_to_spares(replies: list[Message], threshold: int) -> dict[int, dict[int, bytes]]:
+    """Keep each owner's shares from its first ``threshold + SPARE_SHARES`` senders (by node
+    id) in the replies; return owner -> sender -> share."""
+    by_owner: dict[int, dict[int, bytes]] = {}
+    records = {}
+    for reply in sorted(replies, key=lambda r: r.metadata.src_node_id):
+        if reply.has_error():
+            continue
+        sender = reply.metadata.src_node_id
+        records[sender] = record = reply.content.config_records[RECORD_KEY_CONFIGS]
+        owners = cast(list[int], record[SecAggKey.NODE_ID_LIST])
+        shares = cast(list[bytes], record[SecAggKey.SHARE_LIST])
+        for owner, share in zip(owners, shares, strict=True):
+            senders = by_owner.setdefault(owner, {})
+            if len(senders) < threshold + SPARE_SHARES:
+                senders[sender] = share
+    for sender, record in records.items():
+        owners = cast(list[int], record[SecAggKey.NODE_ID_LIST])
+        shares = cast(list[bytes], record[SecAggKey.SHARE_LIST])
+        pairs = [(o, s) for o, s in zip(owners, shares, strict=True) if sender in by_owner[o]]
+        record[SecAggKey.NODE_ID_LIST] = [owner for owner, _ in pairs]
+        record[SecAggKey.SHARE_LIST] = [share for _, share in pairs]
+    return by_owner
+
+
+def _disagreeing_sender(by_owner: dict[int, dict[int, bytes]], threshold: int) -> int | None:
+    """None if every owner's shares agree; else the one sender without whose shares they
+    all do (ShareError if no single sender explains the disagreement)."""
+    disagreeing = [
+        senders for senders in by_owner.values() if not _agree(list(senders.values()), threshold)
+    ]
+    if not disagreeing:
+        return None
+    suspects = set.intersection(*(set(senders) for senders in disagreeing))
+    culprits = [
+        suspect
+        for suspect in sorted(suspects)
+        if all(
+            _agree([share for sender, share in senders.items() if sender != suspect], threshold)
+            for senders in disagreeing
+        )
+    ]
+    if len(culprits) != 1:
+        raise ShareError(f"the shares of {len(disagreeing)} devices disagree; no one sender's do")
+    return culprits[0]
+
+
+def _agree(shares: list[bytes], threshold: int) -> bool:
+    try:
+        return shares_agree(shares, threshold)
+    except ShareError:
         return False
 
 

@@ -15,10 +15,12 @@ from common.federation.prime_shamir import (
     ELEMENT_BYTES,
     MAX_COMBINED_SHARES,
     PRIME,
+    ShareError,
     combine_shares,
     create_shares,
     install_prime_shamir,
     prime_shamir_installed,
+    shares_agree,
 )
 
 CLIENT_MOD = "flwr.client.mod.secure_aggregation.secaggplus_mod"
@@ -86,10 +88,39 @@ def test_too_many_shares_are_refused_before_any_arithmetic() -> None:
         combine_shares([share] * (MAX_COMBINED_SHARES + 1))
 
 
+def altered(share: bytes, at: int) -> bytes:
+    flipped = bytearray(share)
+    flipped[at] ^= 0x01
+    return bytes(flipped)
+
+
+@pytest.mark.parametrize("at", [6, 6 + 20, 6 + ELEMENT_BYTES + 3])  # low bytes of a block
+def test_an_altered_share_rebuilds_a_wrong_secret_unnoticed_but_spares_disagree(at: int) -> None:
+    secret = b"s" * 100  # two blocks
+    shares = create_shares(secret, 3, 5)
+    tampered = [altered(shares[0], at), *shares[1:]]
+    assert combine_shares(tampered[:3]) != secret  # what combining alone cannot see
+    assert shares_agree(shares, 3)
+    assert not shares_agree(tampered, 3)
+    assert not shares_agree(tampered[:4], 3)  # one spare suffices
+    assert shares_agree(tampered[:3], 3)  # no spare: nothing to compare with
+    assert all(shares_agree(subset, 3) for subset in itertools.combinations(shares, 4))
+
+
+def test_shares_agree_checks_the_degree() -> None:
+    shares = create_shares(b"d" * 64, 4, 6)
+    assert shares_agree(shares, 4)
+    assert not shares_agree(shares, 3)  # a degree-3 polynomial is not one of degree < 3
+    with pytest.raises(ValueError, match="threshold"):
+        shares_agree(shares, 0)
+    with pytest.raises(ShareError, match="distinct"):
+        shares_agree([shares[0], shares[0], shares[1]], 1)
+
+
 def test_altered_or_mismatched_shares_are_refused() -> None:
     shares = create_shares(b"k" * 40, 2, 3)
     other = create_shares(b"k" * 80, 2, 3)
-    with pytest.raises(ValueError, match="different"):
+    with pytest.raises(ShareError, match="different"):
         combine_shares([shares[0], other[1]])
     relabelled = shares[1][:4] + (41).to_bytes(2, "little") + shares[1][6:]  # same size
     with pytest.raises(ValueError, match="different lengths"):

@@ -85,9 +85,18 @@ class LoopbackGrid(Grid):
         raise NotImplementedError
 
 
-def run_secaggplus(updates: dict[int, list[np.ndarray]]) -> list[np.ndarray]:
-    """One SecAgg+ round of flwr's workflow over the loopback grid; the aggregate."""
-    grid = LoopbackGrid(updates)
+def run_secaggplus(
+    updates: dict[int, list[np.ndarray]],
+    workflow: SecAggPlusWorkflow | None = None,
+    grid: LoopbackGrid | None = None,
+) -> list[np.ndarray]:
+    """One SecAgg+ round over the loopback grid; the aggregate (zeros if it halted). By
+    default flwr's workflow as the project configures it: every device has weight 1, default
+    2**32 modulus."""
+    grid = grid or LoopbackGrid(updates)
+    workflow = workflow or SecAggPlusWorkflow(
+        num_shares=5, reconstruction_threshold=3, max_weight=1.0
+    )
     strategy = FedAvg(
         fraction_fit=1.0, min_fit_clients=len(NODES), min_available_clients=len(NODES)
     )
@@ -101,23 +110,30 @@ def run_secaggplus(updates: dict[int, list[np.ndarray]]) -> list[np.ndarray]:
         start, keep_input=True
     )
     context.state.config_records[MAIN_CONFIGS_RECORD] = ConfigRecord({WorkflowKey.CURRENT_ROUND: 1})
-    # As the project configures it: every device has weight 1, default 2**32 modulus.
-    SecAggPlusWorkflow(num_shares=5, reconstruction_threshold=3, max_weight=1.0)(grid, context)
+    workflow(grid, context)
     record = context.state.array_records[MAIN_PARAMS_RECORD]
     return parameters_to_ndarrays(compat.arrayrecord_to_parameters(record, keep_input=True))
 
 
-@pytest.fixture(autouse=True)
-def server_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+def stamp_server_identity(monkeypatch: pytest.MonkeyPatch) -> None:
     """What flwr sets in a ServerApp process; its messages are stamped with it."""
     for name, value in (("_task_id", 1), ("_run_id", 1), ("_node_id", SUPERLINK_NODE_ID)):
         monkeypatch.setattr(TaskIdentity, name, value)
 
 
-@pytest.fixture
-def updates() -> dict[int, list[np.ndarray]]:
+def random_updates() -> dict[int, list[np.ndarray]]:
     rng = np.random.default_rng(7)
     return {nid: [rng.uniform(-1, 1, s).astype(np.float32) for s in SHAPES] for nid in NODES}
+
+
+@pytest.fixture(autouse=True)
+def server_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+    stamp_server_identity(monkeypatch)
+
+
+@pytest.fixture
+def updates() -> dict[int, list[np.ndarray]]:
+    return random_updates()
 
 
 def survivors_mean(updates: dict[int, list[np.ndarray]]) -> list[np.ndarray]:
