@@ -30,7 +30,7 @@ def register_training_commands(subparsers: argparse._SubParsersAction) -> None:
     add_config_arguments(distill)
     distill.add_argument("--layers", default="0,5", help="teacher layers to copy (default 0,5)")
     distill.add_argument("--ffn", type=int, default=768, help="feed-forward neurons kept")
-    distill.add_argument("--steps", type=int, default=600)
+    distill.add_argument("--steps", type=int, default=3000)
     distill.add_argument("--batch-size", type=int, default=256)
     distill.add_argument("--lr", type=float, default=3e-4)
     distill.add_argument("--max-train", type=int, default=30000, help="training phrases")

@@ -50,7 +50,7 @@ class DistillSettings:
 
     layers: tuple[int, ...] = (0, 5)
     ffn: int = 768
-    steps: int = 600
+    steps: int = 3000
     batch_size: int = 256
     lr: float = 3e-4
     temperature: float = 0.05
