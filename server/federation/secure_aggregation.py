@@ -146,7 +146,9 @@ class SurvivorCheckedSecAgg(SecAggPlusWorkflow):
         return True
 
     def unmask_stage(self, grid: Grid, context: LegacyContext, state: WorkflowState) -> bool:
-        checked = cast(Grid, _ShareCheckedGrid(grid, state))
+        checked = cast(
+            Grid, _WrappedGrid(grid, check=lambda replies: checked_share_replies(replies, state))
+        )
         try:
             if super().unmask_stage(checked, context, state):
                 return True
@@ -156,24 +158,6 @@ class SurvivorCheckedSecAgg(SecAggPlusWorkflow):
         if self.unmask_failed is not None:
             self.unmask_failed(_round(context))
         return False
-
-
-class _ShareCheckedGrid:
-    """A grid for the unmask stage that checks the shares before Flower combines them (see
-    ``checked_share_replies``)."""
-
-    def __init__(self, grid: Grid, state: WorkflowState) -> None:
-        self._grid = grid
-        self._state = state
-
-    def send_and_receive(
-        self, messages: Iterable[Message], *, timeout: float | None = None
-    ) -> list[Message]:
-        replies = self._grid.send_and_receive(messages, timeout=timeout)
-        return checked_share_replies(list(replies), self._state)
-
-    def __getattr__(self, name: str) -> object:
-        return getattr(self._grid, name)
 
 
 def checked_share_replies(replies: list[Message], state: WorkflowState) -> list[Message]:
@@ -308,20 +292,29 @@ def neighbourhood_size(sampled: int, *, least: int, threshold: float, tolerance:
 
 def timed(workflow: Workflow, timeout: float) -> Workflow:
     """``workflow`` with every wait for replies capped at ``timeout`` seconds."""
-    return lambda grid, context: workflow(cast(Grid, _TimedGrid(grid, timeout)), context)
+    return lambda grid, context: workflow(cast(Grid, _WrappedGrid(grid, timeout=timeout)), context)
 
 
-class _TimedGrid:
-    """A grid whose ``send_and_receive`` gives up after ``timeout`` seconds by default."""
+class _WrappedGrid:
+    """A grid whose ``send_and_receive`` waits at most ``timeout`` seconds unless told
+    otherwise, and hands the replies through ``check``."""
 
-    def __init__(self, grid: Grid, timeout: float) -> None:
+    def __init__(
+        self,
+        grid: Grid,
+        *,
+        timeout: float | None = None,
+        check: Callable[[list[Message]], list[Message]] | None = None,
+    ) -> None:
         self._grid = grid
         self._timeout = timeout
+        self._check = check
 
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
-    ) -> Iterable[Message]:
-        return self._grid.send_and_receive(messages, timeout=timeout or self._timeout)
+    ) -> list[Message]:
+        replies = list(self._grid.send_and_receive(messages, timeout=timeout or self._timeout))
+        return self._check(replies) if self._check is not None else replies
 
     def __getattr__(self, name: str) -> object:
         return getattr(self._grid, name)

@@ -22,7 +22,6 @@ from common.federation import prime_shamir
 from common.federation.privacy_plan import PrivacyPlan
 from server.federation.secure_aggregation import SurvivorCheckedSecAgg, checked_share_replies
 from tests.common.federation.test_secure_masks_secaggplus import (
-    DROPPED,
     SHAPES,
     LoopbackGrid,
     random_updates,
@@ -74,18 +73,10 @@ class TamperingGrid(LoopbackGrid):
 
 
 @pytest.fixture(autouse=True)
-def server_identity(monkeypatch: pytest.MonkeyPatch) -> None:
+def prime_shares_on_a_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Both sides split and rebuild with ``prime_shamir``, as the project's apps install it;
+    messages are stamped as in a ServerApp process."""
     stamp_server_identity(monkeypatch)
-
-
-@pytest.fixture
-def updates() -> dict[int, list[np.ndarray]]:
-    return random_updates()
-
-
-@pytest.fixture(autouse=True)
-def prime_shares(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Both sides split and rebuild with ``prime_shamir``, as the project's apps install it."""
     for module_name, names in prime_shamir._BINDINGS.items():
         module = importlib.import_module(module_name)
         for name in names:
@@ -123,13 +114,14 @@ def assert_survivors_mean(
         np.testing.assert_allclose(got, want, atol=1e-4)
 
 
-def test_honest_devices_unmask_the_sum(updates):
-    assert DROPPED not in (TAMPERER,)
+def test_honest_devices_unmask_the_sum():
+    updates = random_updates()
     assert_survivors_mean(run_secaggplus(updates, workflow()), updates)
 
 
 @pytest.mark.parametrize("tamper", [tamper_repeat, tamper_foreign, tamper_uneven])
-def test_repeated_foreign_or_uneven_shares_do_not_stop_the_honest_sum(updates, tamper):
+def test_repeated_foreign_or_uneven_shares_do_not_stop_the_honest_sum(tamper):
+    updates = random_updates()
     grid, checked = TamperingGrid(updates, tamper), workflow()
     aggregate = run_secaggplus(updates, checked, grid)
     assert grid.tampered == 1
@@ -137,12 +129,14 @@ def test_repeated_foreign_or_uneven_shares_do_not_stop_the_honest_sum(updates, t
     assert checked.failed_rounds == []
 
 
-def test_flowers_own_stage_halts_on_a_foreign_owner(updates):
+def test_flowers_own_stage_halts_on_a_foreign_owner():
+    updates = random_updates()
     with pytest.raises(KeyError):
         run_secaggplus(updates, grid=TamperingGrid(updates, tamper_foreign))
 
 
-def test_a_device_whose_shares_disagree_is_singled_out_and_the_sum_unmasked(updates):
+def test_a_device_whose_shares_disagree_is_singled_out_and_the_sum_unmasked():
+    updates = random_updates()
     # threshold 2 of 5: each owner gets 4 shares back, two spares, so one liar stands out
     grid, checked = TamperingGrid(updates, tamper_alter), workflow(threshold=0.4)
     aggregate = run_secaggplus(updates, checked, grid)
@@ -151,7 +145,8 @@ def test_a_device_whose_shares_disagree_is_singled_out_and_the_sum_unmasked(upda
     assert checked.failed_rounds == []
 
 
-def test_disagreeing_shares_no_one_device_explains_fail_the_round_unmasked_nothing(updates):
+def test_disagreeing_shares_no_one_device_explains_fail_the_round_unmasked_nothing():
+    updates = random_updates()
     # threshold 3 of 5: 4 shares, one spare: the disagreement is seen, not who caused it
     grid, checked = TamperingGrid(updates, tamper_alter), workflow(threshold=0.6)
     aggregate = run_secaggplus(updates, checked, grid)
