@@ -11,10 +11,13 @@ faiss) happen inside the command handlers, so ``fedsearch --help`` stays fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import os
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from importlib import metadata
 from typing import Any
 
@@ -26,6 +29,29 @@ LAYERS = ("common", "client", "server", "simulation")
 
 class UsageError(Exception):
     """Bad command-line input; printed as one line, exit status 2."""
+
+
+class Terminated(Exception):
+    """The process was sent SIGTERM (``kill``, ``timeout``): unwinds like Ctrl-C."""
+
+
+@contextlib.contextmanager
+def sigterm_unwinds() -> Iterator[None]:
+    """Within it, SIGTERM raises ``Terminated`` in the main thread, so context managers
+    run their exits (the SuperLink and Ray a simulation started are stopped) instead of the
+    process dying at once and leaving them behind."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminate(signum: int, frame: object) -> None:
+        raise Terminated
+
+    previous = signal.signal(signal.SIGTERM, terminate)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -112,13 +138,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     from common.model.errors import EncoderError
 
     try:
-        return int(args.handler(args) or 0)
+        with sigterm_unwinds():
+            return int(args.handler(args) or 0)
     except (ConfigError, UsageError, FileNotFoundError, EncoderError) as exc:
         print(f"fedsearch {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except Terminated:
+        print("terminated", file=sys.stderr)
+        return 143
 
 
 if __name__ == "__main__":
