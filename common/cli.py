@@ -31,8 +31,9 @@ class UsageError(Exception):
     """Bad command-line input; printed as one line, exit status 2."""
 
 
-class Terminated(Exception):
-    """The process was sent SIGTERM (``kill``, ``timeout``): unwinds like Ctrl-C."""
+class Terminated(BaseException):
+    """The process was sent SIGTERM (``kill``, ``timeout``): unwinds like Ctrl-C (and like
+    ``KeyboardInterrupt``, no ``except Exception`` stops it)."""
 
 
 @contextlib.contextmanager
