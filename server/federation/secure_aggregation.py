@@ -252,7 +252,10 @@ def _disagreeing_sender(by_owner: dict[int, dict[int, bytes]], threshold: int) -
         )
     ]
     if len(culprits) != 1:
-        raise ShareError(f"the shares of {len(disagreeing)} devices disagree; no one sender's do")
+        raise ShareError(
+            f"the shares of {len(disagreeing)} devices' secrets disagree, and no single "
+            "sender's shares explain it"
+        )
     return culprits[0]
 
 
