@@ -170,14 +170,27 @@ def checked_share_replies(replies: list[Message], state: WorkflowState) -> list[
       sender's shares explain it, that sender's reply is dropped (a failure), otherwise
       ``ShareError`` (the round is not unmasked).
     """
+    limit = state.threshold + SPARE_SHARES
+    by_owner: dict[int, dict[int, bytes]] = {}  # owner -> sender -> share
     kept: list[Message] = []
-    for reply in replies:
-        if reply.has_error() or _keep_neighbours_shares(reply, state):
+    for reply in sorted(replies, key=lambda r: r.metadata.src_node_id):
+        if reply.has_error():  # Flower counts it as a failure
             kept.append(reply)
-        else:
-            node = reply.metadata.src_node_id
-            state.failures.append(ValueError(f"device {node}: malformed share reply"))
-    by_owner = _trim_to_spares(kept, state.threshold)
+            continue
+        sender = reply.metadata.src_node_id
+        shares = _neighbours_shares(reply, state)
+        if shares is None:
+            state.failures.append(ValueError(f"device {sender}: malformed share reply"))
+            continue
+        for owner, share in shares.items():
+            senders = by_owner.setdefault(owner, {})
+            if len(senders) < limit:
+                senders[sender] = share
+        owners = [owner for owner in shares if sender in by_owner[owner]]
+        record = reply.content.config_records[RECORD_KEY_CONFIGS]
+        record[SecAggKey.NODE_ID_LIST] = owners
+        record[SecAggKey.SHARE_LIST] = [shares[owner] for owner in owners]
+        kept.append(reply)
     culprit = _disagreeing_sender(by_owner, state.threshold)
     if culprit is None:
         return kept
@@ -186,15 +199,15 @@ def checked_share_replies(replies: list[Message], state: WorkflowState) -> list[
     return [reply for reply in kept if reply.metadata.src_node_id != culprit]
 
 
-def _keep_neighbours_shares(reply: Message, state: WorkflowState) -> bool:
-    """Trim ``reply`` to one share per owner in its sender's neighbourhood (the first it
-    lists); False if it is not a reply of the unmask stage's shape."""
+def _neighbours_shares(reply: Message, state: WorkflowState) -> dict[int, bytes] | None:
+    """The reply's shares, owner -> share: one per owner in its sender's neighbourhood (the
+    first it lists); None if it is not a reply of the unmask stage's shape."""
     record = reply.content.config_records.get(RECORD_KEY_CONFIGS)
     if record is None:
-        return False
+        return None
     owners, shares = record.get(SecAggKey.NODE_ID_LIST), record.get(SecAggKey.SHARE_LIST)
     if not isinstance(owners, list) or not isinstance(shares, list) or len(owners) != len(shares):
-        return False
+        return None
     sender = reply.metadata.src_node_id
     allowed = state.nid_to_neighbours.get(sender, set()) & state.sampled_node_ids
     kept: dict[int, bytes] = {}
@@ -204,34 +217,7 @@ def _keep_neighbours_shares(reply: Message, state: WorkflowState) -> bool:
     if len(kept) < len(owners):
         dropped = len(owners) - len(kept)
         log.warning("device %d: %d shares repeated or for non-neighbours, dropped", sender, dropped)
-    record[SecAggKey.NODE_ID_LIST] = list(kept)
-    record[SecAggKey.SHARE_LIST] = list(kept.values())
-    return True
-
-
-def _trim_to_spares(replies: list[Message], threshold: int) -> dict[int, dict[int, bytes]]:
-    """Keep each owner's shares from its first ``threshold + SPARE_SHARES`` senders (by node
-    id) in the replies; return owner -> sender -> share."""
-    by_owner: dict[int, dict[int, bytes]] = {}
-    records = {}
-    for reply in sorted(replies, key=lambda r: r.metadata.src_node_id):
-        if reply.has_error():
-            continue
-        sender = reply.metadata.src_node_id
-        records[sender] = record = reply.content.config_records[RECORD_KEY_CONFIGS]
-        owners = cast(list[int], record[SecAggKey.NODE_ID_LIST])
-        shares = cast(list[bytes], record[SecAggKey.SHARE_LIST])
-        for owner, share in zip(owners, shares, strict=True):
-            senders = by_owner.setdefault(owner, {})
-            if len(senders) < threshold + SPARE_SHARES:
-                senders[sender] = share
-    for sender, record in records.items():
-        owners = cast(list[int], record[SecAggKey.NODE_ID_LIST])
-        shares = cast(list[bytes], record[SecAggKey.SHARE_LIST])
-        pairs = [(o, s) for o, s in zip(owners, shares, strict=True) if sender in by_owner[o]]
-        record[SecAggKey.NODE_ID_LIST] = [owner for owner, _ in pairs]
-        record[SecAggKey.SHARE_LIST] = [share for _, share in pairs]
-    return by_owner
+    return kept
 
 
 def _disagreeing_sender(by_owner: dict[int, dict[int, bytes]], threshold: int) -> int | None:
