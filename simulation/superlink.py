@@ -3,8 +3,8 @@
 ``flwr run`` submits an app to a SuperLink; in simulation mode the SuperLink runs the app's
 ServerApp and a virtual SuperNode per device on Flower's simulation runtime (Ray). This one
 listens on 127.0.0.1 at a free port, keeps its Flower files in ``home`` (``FLWR_HOME``, with
-its process id in ``superlink.pid``), and is stopped with its whole process group (the
-simulation runtime and Ray included) on exit.
+its process id in ``superlink.pid``), and is stopped on exit with its process group and every
+process it started (the simulation runtime and Ray included).
 
 With ``ray_address`` the simulation runtime joins that existing Ray cluster instead of
 starting a local one (Ray reads ``RAY_ADDRESS``); without it, the runtime starts its own Ray
@@ -15,6 +15,7 @@ the ServerApp signs the versions it publishes with that key
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -22,6 +23,8 @@ import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
+
+import psutil
 
 from common.federation.flower_env import flower_env
 from common.security.signing import SIGNING_KEY_ENV
@@ -93,20 +96,31 @@ class LocalSuperLink:
         raise SuperLinkError(f"flower-superlink did not listen within {START_TIMEOUT_S:.0f} s")
 
     def stop(self) -> None:
-        """Terminate the SuperLink's process group; kill what is left after 10 s."""
+        """Terminate the SuperLink's process group and every process it started (Flower's
+        SuperExec runs the simulation runtime, and with it Ray, in a session of its own);
+        kill what is left after 10 s."""
         if self._process is None or self._process.poll() is not None:
             return
+        try:
+            descendants = psutil.Process(self._process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            descendants = []
         group = os.getpgid(self._process.pid)
         os.killpg(group, signal.SIGTERM)
+        for process in descendants:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.terminate()
         try:
             self._process.wait(timeout=10)
         except subprocess.TimeoutExpired:
             os.killpg(group, signal.SIGKILL)
             self._process.wait()
-        try:  # children (simulation runtime, Ray) that outlived their parent
+        _, alive = psutil.wait_procs(descendants, timeout=10)
+        for process in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                process.kill()
+        with contextlib.suppress(ProcessLookupError):  # children that outlived their parent
             os.killpg(group, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
     def __exit__(
         self,

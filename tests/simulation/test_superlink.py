@@ -15,6 +15,8 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
+
 from simulation.superlink import PID_FILE
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -83,3 +85,45 @@ def test_without_it_the_superlink_outlives_the_command(tmp_path: Path) -> None:
         assert not gone_within(link, 3)
     finally:
         os.killpg(link, signal.SIGKILL)  # the SuperLink leads its own process group
+
+
+SIMULATION = """
+import sys
+from pathlib import Path
+from common.cli import sigterm_unwinds
+from simulation.engine import simulate
+from simulation.synthetic import synthetic_population
+from tests.simulation.conftest import small_federation_config
+home = Path(sys.argv[1])
+config = small_federation_config(home, rank=2, rounds=500, per_round=4)
+population = synthetic_population(8, n_items=60, dim=16, seed=2)
+with sigterm_unwinds():
+    simulate(config, "marketplace", population=population, run_dir=home / "run")
+"""
+
+
+def test_sigterm_mid_run_stops_the_simulation_runtime_and_ray(tmp_path: Path) -> None:
+    """Flower's SuperExec starts the simulation runtime (and Ray) in a session of its own:
+    stopping the SuperLink's process group alone left them running."""
+    process = subprocess.Popen(
+        [sys.executable, "-c", SIMULATION, str(tmp_path)],
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        metrics = tmp_path / "run" / "metrics.jsonl"
+        deadline = time.monotonic() + 120
+        while not (metrics.is_file() and metrics.read_text().count("\n") >= 1):
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.5)
+        started = psutil.Process(process.pid).children(recursive=True)
+        names = " ".join(" ".join(p.cmdline()) for p in started)
+        assert "flwr-simulation" in names and "raylet" in names
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert "Terminated" in stderr
+    assert [p.pid for p in started if not gone_within(p.pid, 20)] == []
