@@ -109,6 +109,14 @@ class FederationConfig(Section):
     poisoning check on the sum alone, ``server.federation.sum_bound``). ``seed`` makes
     simulations reproducible (cohorts and noise); it is never published and a deployed
     server ignores it.
+
+    ``mechanism``: ``"dp-fedavg"`` samples the rounds as above and draws fresh noise each
+    round (its epsilon relies on the sampling staying secret from whoever reads the
+    models). ``"dp-ftrl"`` needs no sampling assumption: each epoch splits the population
+    into population // ``clients_per_round`` fixed cohorts, one a round (a device joins at
+    most once an epoch), and the server adds tree-aggregated noise that is correlated
+    across the rounds of an epoch (DP-FTRL, as in Gboard's training; requires ``noise =
+    "server"``, a fixed clipping norm and no ``sum_bound``; ``server.federation.tree_noise``).
     """
 
     rounds: int = Field(default=30, ge=1)
@@ -116,6 +124,7 @@ class FederationConfig(Section):
     seed: int = 0
     dp: bool = True
     noise: Literal["devices", "server"] = "devices"
+    mechanism: Literal["dp-fedavg", "dp-ftrl"] = "dp-fedavg"
     noise_multiplier: float = Field(default=1.2, ge=0)
     clipping_norm: float = Field(default=1.0, gt=0)
     adaptive_clipping: bool = False
@@ -149,6 +158,23 @@ class FederationConfig(Section):
             raise ConfigError(
                 'federation.noise: "devices" needs federation.secagg (without SecAgg+ the '
                 'server would see each noised update); use noise = "server" without it'
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _ftrl_needs_server_noise(self) -> FederationConfig:
+        if not (self.dp and self.mechanism == "dp-ftrl"):
+            return self
+        if self.noise != "server":
+            raise ConfigError(
+                'federation.mechanism: "dp-ftrl" needs federation.noise = "server": the '
+                "tree's noise is correlated across rounds, which the devices of one round "
+                "cannot draw (the guarantee then holds against readers of published versions)"
+            )
+        if self.adaptive_clipping or self.sum_bound:
+            raise ConfigError(
+                'federation.mechanism: "dp-ftrl" needs a fixed clipping norm and no sum_bound '
+                "(set federation.adaptive_clipping and federation.sum_bound to false)"
             )
         return self
 

@@ -39,6 +39,7 @@ from common.progress import progress_bar
 from common.security.signing import generate_signing_key
 from server.federation.app import open_ledger
 from server.federation.recorder import METRICS_FILE
+from server.federation.resume import check_resumable
 from server.federation.secure_aggregation import fit_workflow
 from server.training.warm_start import train_warm_start
 from simulation.devices import run_public_key, save_population, simulation_key
@@ -109,7 +110,7 @@ def prepare_run(spec: RunSpec, population: Population, *, reset_ledger: bool = F
     if ledger is not None:
         weights = QueryAdapter(spec.embedding_dim, spec.config.adapter.rank).get_weights()
         size = PayloadCodec.for_plan(weights, plan).size
-        ledger.check_plan(plan.round_rdp(size), spec.config.federation.rounds)
+        ledger.check_plan(plan.planned_rdp(size, first=1), spec.config.federation.rounds)
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     if spec.initial_adapter:
         write_warm_start(spec, population)
@@ -267,6 +268,7 @@ def resume_simulation(
     spec = RunSpec.from_run_config(
         {k: v for k, v in settings["config"].items() if k != "resume"}, 0
     )
+    check_resumable(PrivacyPlan.from_spec(spec).tree)
     return launch(spec, ray_address=ray_address, verbose=verbose, resume=True)
 
 

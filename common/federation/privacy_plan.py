@@ -17,6 +17,11 @@ Noise of standard deviation ``noise_multiplier`` x ``payload_norm`` on the sum i
 - or by the server (``noise = "server"``): Gaussian noise on the sum it unmasked or
   received; the guarantee then holds against readers of published versions only.
 
+Under ``mechanism = "dp-ftrl"`` the rounds run in epochs of ``epoch_rounds`` fixed
+cohorts (a device joins at most once an epoch) and the server's noise is that of tree
+aggregation, restarted each epoch (``server.federation.tree_noise``); ``round_rdp`` then
+depends on the round's place in its epoch (``common.privacy.accounting.tree_round_rdp``).
+
 With adaptive clipping (``federation.adaptive_clipping``) the norm C changes from round to
 round (``for_round``: the value the server sends in the round's config, which a device
 accepts only within [``ceiling`` / 64, ``ceiling``]); SecAgg+'s range stays sized
@@ -32,14 +37,19 @@ steps per ``payload_norm``, so rounding moves a 50k-value payload by under 0.2% 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Literal
 
 import numpy as np
 
 from common.federation.run_spec import RunSpec
-from common.privacy.accounting import ORDERS, distributed_discrete_gaussian_rdp, gaussian_rdp
+from common.privacy.accounting import (
+    ORDERS,
+    distributed_discrete_gaussian_rdp,
+    gaussian_rdp,
+    tree_round_rdp,
+)
 
 QUANTIZATION_RANGE = 2**24
 MODULUS = 2**48
@@ -48,6 +58,7 @@ CLIPPING_KEY = "clipping_norm"  # the round's norm in the fit config (adaptive c
 CEILING_RATIO = 64  # an adaptive norm stays within [ceiling / this, ceiling]
 
 Placement = Literal["devices", "server"]
+Mechanism = Literal["dp-fedavg", "dp-ftrl"]
 
 
 @dataclass(frozen=True)
@@ -67,6 +78,8 @@ class PrivacyPlan:
     epsilon_budget: float
     adaptive: bool
     ceiling: float  # the largest norm a round of the run may use (the norm, unless adaptive)
+    mechanism: Mechanism = "dp-fedavg"
+    epoch_rounds: int = 1  # rounds per epoch of fixed cohorts (dp-ftrl)
 
     @classmethod
     def from_spec(cls, spec: RunSpec) -> PrivacyPlan:
@@ -88,6 +101,8 @@ class PrivacyPlan:
             ceiling=federation.clipping_ceiling
             if federation.adaptive_clipping
             else federation.clipping_norm,
+            mechanism=federation.mechanism,
+            epoch_rounds=max(1, spec.num_devices // federation.clients_per_round),
         )
 
     def at_clipping(self, norm: float) -> PrivacyPlan:
@@ -156,10 +171,18 @@ class PrivacyPlan:
         """The server's Gaussian noise on the sum, in payload units."""
         return self.noise_multiplier * self.payload_norm if self.server_adds_noise else 0.0
 
-    def round_rdp(self, dim: int) -> np.ndarray:
-        """RDP of one round at ``common.privacy.accounting.ORDERS``."""
+    @property
+    def tree(self) -> bool:
+        """Whether the rounds run DP-FTRL's fixed cohorts and tree noise."""
+        return self.dp and self.mechanism == "dp-ftrl"
+
+    def round_rdp(self, dim: int, server_round: int = 1) -> np.ndarray:
+        """RDP of round ``server_round`` at ``common.privacy.accounting.ORDERS`` (the same
+        for every round but under ``dp-ftrl``)."""
         if not self.dp:
             return np.full(len(ORDERS), math.inf)
+        if self.tree:
+            return tree_round_rdp(server_round, self.epoch_rounds, self.noise_multiplier)
         if self.noise == "server":
             return gaussian_rdp(self.sample_rate, self.noise_multiplier)
         l2 = self.l2_sensitivity_units(dim)
@@ -171,6 +194,18 @@ class PrivacyPlan:
             l1_sensitivity=l2 * min(math.sqrt(dim), l2),
             dim=dim,
         )
+
+    def planned_rdp(self, dim: int, first: int) -> Callable[[int], np.ndarray]:
+        """The total RDP of ``n`` rounds from round ``first`` on, as a function of ``n``."""
+
+        def total(rounds: int) -> np.ndarray:
+            if not self.tree:
+                return rounds * self.round_rdp(dim)
+            positions = (np.arange(first, first + rounds) - 1) % self.epoch_rounds + 1
+            nodes = int(np.count_nonzero(positions & (positions - 1) == 0))
+            return nodes * self.round_rdp(dim, 1) if nodes else np.zeros(len(ORDERS))
+
+        return total
 
     def against_whom(self) -> str:
         """One sentence: who the user-level guarantee protects against."""

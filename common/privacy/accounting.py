@@ -15,6 +15,15 @@ One round releases the noised sum of the sampled devices' clipped updates. Two n
   sensitivities in integer units. Subsampling is accounted with the general Poisson
   subsampling bound of Zhu and Wang (ICML 2019, Theorem 5), valid for any mechanism.
 
+- ``tree_round_rdp``: DP-FTRL's tree aggregation (Kairouz et al., ICML 2021), restarted
+  every epoch of ``epoch_rounds`` rounds in which each device joins at most once. Every
+  node of the tree (the sum of the rounds it spans) gets fresh Gaussian noise of
+  ``noise_multiplier`` times the L2 sensitivity, and one device's update lies in one leaf,
+  so in at most one node per level: a node is a Gaussian mechanism of RDP order / (2
+  sigma**2) for that device. By round j of an epoch the device of the first leaf lies in
+  floor(log2 j) + 1 completed nodes and no device in more, so round j is charged one node
+  when j is a power of two and nothing otherwise. No sampling amplification is assumed.
+
 Orders are integers (the subsampling bound needs them). RDP adds up over rounds;
 ``epsilon_at`` converts a total to epsilon at ``delta`` (the tighter conversion of Balle et
 al. 2020, through Opacus).
@@ -43,6 +52,23 @@ def gaussian_rdp(
         q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=list(orders)
     )
     return np.asarray(rdp, dtype=np.float64)
+
+
+def tree_round_rdp(
+    server_round: int, epoch_rounds: int, noise_multiplier: float, orders: Sequence[int] = ORDERS
+) -> np.ndarray:
+    """RDP charged for round ``server_round`` (1-based) of tree aggregation restarted every
+    ``epoch_rounds`` rounds, per order (see the module doc)."""
+    if server_round < 1 or epoch_rounds < 1:
+        raise ValueError(
+            f"server_round and epoch_rounds must be >= 1, got {server_round}, {epoch_rounds}"
+        )
+    position = (server_round - 1) % epoch_rounds + 1
+    if position & (position - 1):  # not a power of two: no node containing a new leaf ends
+        return np.zeros(len(orders))
+    if noise_multiplier <= 0:
+        return np.full(len(orders), math.inf)
+    return np.asarray(orders, dtype=np.float64) / (2.0 * noise_multiplier**2)
 
 
 def sum_tau(sigma_device: float, devices: int) -> float:

@@ -51,7 +51,12 @@ from common.security.signing import publisher
 from server.federation.averaging import MovingAverage
 from server.federation.ledger import PopulationLedger
 from server.federation.recorder import RunRecorder
-from server.federation.resume import ServerState, resume_point, save_server_state
+from server.federation.resume import (
+    ServerState,
+    check_resumable,
+    resume_point,
+    save_server_state,
+)
 from server.federation.secure_aggregation import SurvivorCheckedSecAgg, Workflow, fit_workflow
 from server.federation.strategy import (
     CohortObserver,
@@ -131,6 +136,8 @@ def run_federation(
     ``spec.run_dir``) under the ``promote`` rule (``server.federation.promotion``); refuse
     to start if the ledger's budget is short."""
     plan = PrivacyPlan.from_spec(spec)
+    if resume:
+        check_resumable(plan.tree)
     ledger = open_ledger(spec, plan)
     state = resume_point(spec.run_dir, spec.run_dir.name, ledger) if resume else None
     if state is not None:
@@ -140,7 +147,7 @@ def run_federation(
     codec = PayloadCodec.for_plan(initial, plan)
     rounds = max(0, spec.config.federation.rounds - done)
     if ledger is not None:
-        ledger.check_plan(plan.round_rdp(codec.size), rounds)
+        ledger.check_plan(plan.planned_rdp(codec.size, first=done + 1), rounds)
     fit = fit_workflow(spec, plan)
     stack = build_strategy(
         spec, plan, initial, rng, _on_sample(spec, fit, on_cohort), on_sum, _enrolment(grid)

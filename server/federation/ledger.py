@@ -8,7 +8,8 @@ the population's delta is read off the total. A run refuses to start when its pl
 rounds would take the total past the budget, and a round is charged before anything
 computed from it is published (under SecAgg+, before the server may unmask its sum). A
 round that was dropped unseen (too few survivors, or too few shares to unmask) released
-nothing and is not charged, or its charge is taken back (``refund``). The file is
+nothing and is not charged, or its charge is taken back (``refund``; not under DP-FTRL,
+whose tree noise of that round is still released later). The file is
 rewritten atomically after each change, so a server killed mid-run leaves the ledger of the
 rounds it charged.
 """
@@ -18,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,9 @@ import numpy as np
 from common.config import ConfigError
 from common.files import atomic_write
 from common.privacy.accounting import ORDERS, epsilon_at
+
+# One round's RDP curve, or the total curve of n rounds as a function of n.
+PlannedRdp = np.ndarray | Callable[[int], np.ndarray]
 
 
 class PrivacyBudgetError(ConfigError):
@@ -70,9 +75,11 @@ class PopulationLedger:
         total = self.total_rdp() if extra is None else self.total_rdp() + extra
         return epsilon_at(total, self.delta) if total.any() else 0.0
 
-    def check_plan(self, round_rdp: np.ndarray, rounds: int) -> float:
-        """Epsilon after ``rounds`` more rounds of ``round_rdp``; raise if over budget."""
-        planned = self.epsilon(rounds * np.asarray(round_rdp))
+    def check_plan(self, round_rdp: PlannedRdp, rounds: int) -> float:
+        """Epsilon after ``rounds`` more rounds of ``round_rdp`` (one round's RDP, or the
+        total of n rounds as a function of n); raise if over budget."""
+        total_of = _total_of(round_rdp)
+        planned = self.epsilon(total_of(rounds))
         if planned > self.epsilon_budget:
             raise PrivacyBudgetError(
                 f"federation.rounds: {rounds} more rounds would take the population "
@@ -83,12 +90,13 @@ class PopulationLedger:
             )
         return planned
 
-    def max_rounds(self, round_rdp: np.ndarray, limit: int = 100_000) -> int:
+    def max_rounds(self, round_rdp: PlannedRdp, limit: int = 100_000) -> int:
         """The most further rounds of ``round_rdp`` that stay within the budget."""
+        total_of = _total_of(round_rdp)
         low, high = 0, limit
         while low < high:
             mid = (low + high + 1) // 2
-            if self.epsilon(mid * np.asarray(round_rdp)) <= self.epsilon_budget:
+            if self.epsilon(total_of(mid)) <= self.epsilon_budget:
                 low = mid
             else:
                 high = mid - 1
@@ -129,3 +137,10 @@ class PopulationLedger:
     def _write(self) -> None:
         state = {"summary": self.summary(), "orders": list(ORDERS), "entries": self.entries}
         atomic_write(self.path, json.dumps(state, indent=1))
+
+
+def _total_of(round_rdp: PlannedRdp) -> Callable[[int], np.ndarray]:
+    if callable(round_rdp):
+        return round_rdp
+    rdp = np.asarray(round_rdp, dtype=np.float64)
+    return lambda rounds: rounds * rdp

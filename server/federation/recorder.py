@@ -80,6 +80,8 @@ class RunRecorder:
         }
         if figures is None:
             entry["dropped"] = True
+            if self.plan.tree:  # the tree's node for this round is released later
+                entry["epsilon_user"] = self.charge(server_round)
         else:
             entry["fit"] = figures
             entry["epsilon_user"] = self.charge(server_round)
@@ -96,7 +98,10 @@ class RunRecorder:
         return self.charged[server_round]
 
     def refund(self, server_round: int) -> None:
-        """Take back the charge of a round whose sum stayed masked (nothing was released)."""
+        """Take back the charge of a round whose sum stayed masked (nothing was released);
+        not under DP-FTRL, whose tree noise drawn for the round is still released later."""
+        if self.plan.tree:
+            return
         if self.charged.pop(server_round, None) is not None and self.ledger is not None:
             self.ledger.refund(run=self.spec.run_dir.name, round_number=server_round)
 
@@ -108,7 +113,7 @@ class RunRecorder:
             run=self.spec.run_dir.name,
             round_number=server_round,
             mechanism=mechanism(plan),
-            rdp=plan.round_rdp(self.payload_size),
+            rdp=plan.round_rdp(self.payload_size, server_round),
         )
 
     def _enough_trained(self, figures: dict[str, float]) -> bool:
@@ -190,6 +195,8 @@ def mechanism(plan: PrivacyPlan) -> dict[str, Any]:
     """The round's mechanism as the ledger records it."""
     return {
         "noise": plan.noise if plan.dp else "none",
+        "mechanism": plan.mechanism if plan.dp else "none",
+        "epoch_rounds": plan.epoch_rounds,
         "noise_multiplier": plan.noise_multiplier,
         "sample_rate": plan.sample_rate,
         "min_devices": plan.min_devices,

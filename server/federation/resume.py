@@ -12,7 +12,8 @@ versions and the population's ledger keeps every round it charged. A round that 
 charged (its sum may have been unmasked) but not recorded before the kill stays charged
 and is run again, so it costs its epsilon twice; ``resume_point`` names such rounds. A
 seeded simulation resumed after a kill that happened before any device trained in the
-interrupted round repeats the uninterrupted run exactly.
+interrupted round repeats the uninterrupted run exactly. A DP-FTRL run cannot be resumed
+(``check_resumable``): the tree's pending noise and the epoch's cohorts are not saved.
 """
 
 from __future__ import annotations
@@ -50,6 +51,15 @@ class ServerState:
     pending: Candidate | None = None
     standing: Standing = Standing()
     clipping_norm: float | None = None
+
+
+def check_resumable(tree: bool) -> None:
+    """Refuse to resume a DP-FTRL run (see the module doc)."""
+    if tree:
+        raise ConfigError(
+            '--resume: a run with federation.mechanism = "dp-ftrl" cannot be resumed (the '
+            "tree's pending noise and the epoch's cohorts are not saved); start a new run"
+        )
 
 
 def save_server_state(run_dir: Path, state: ServerState) -> None:

@@ -9,6 +9,8 @@
   ``REGISTRATION_TIMEOUT_S`` for the whole population to connect; after that (or once it
   passed) rounds sample the devices connected at the time: a device offline is never
   sampled, which only lowers its chance of joining below q.
+  Under DP-FTRL (``federation.mechanism``) each round takes its epoch's next fixed cohort
+  instead, and the server's noise is the tree's (``server.federation.tree_noise``).
 - Aggregation: the devices' payloads (``common.federation.payload``) arrive summed by
   SecAgg+ (Flower hands each result the average; the sum is that times the count) or one
   by one. Server-side noise, when the plan places it there, is added to the sum; then the
@@ -61,6 +63,7 @@ from common.privacy.keystream import KeystreamRandom
 from server.federation.adaptive_clipping import AdaptiveClipping
 from server.federation.server_update import ServerOptimizer
 from server.federation.sum_bound import SumBound
+from server.federation.tree_noise import EpochCohorts, TreeNoise
 
 log = logging.getLogger(__name__)
 REGISTRATION_TIMEOUT_S = 600
@@ -108,6 +111,8 @@ class FederatedAdapterStrategy(FedAvg):
             spec.config.federation.server_lr, spec.config.federation.server_momentum
         )
         self.clipping = _adaptive_clipping(plan, spec)
+        self.cohorts = EpochCohorts(plan.epoch_rounds, rng) if plan.tree else None
+        self.tree = TreeNoise(plan.epoch_rounds, plan.sigma_server, rng) if plan.tree else None
         self._norms: dict[int, float] = {}  # each round's clipping norm, as sent
         self.current: list[np.ndarray] = list(initial)
         self.to_evaluate: list[np.ndarray] | None = None
@@ -145,9 +150,7 @@ class FederatedAdapterStrategy(FedAvg):
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, FitIns]]:
         self.current = parameters_to_ndarrays(parameters)
-        devices = self._devices(client_manager)
-        joined = self.rng.bernoulli(self.plan.sample_rate, len(devices))
-        cohort = [proxy for proxy, ok in zip(devices, joined, strict=True) if ok]
+        cohort = self._cohort(server_round, self._devices(client_manager))
         if self.on_sample is not None:
             self.on_sample(server_round, [proxy.node_id for proxy in cohort])
         config: dict[str, Scalar] = {"round": server_round}
@@ -157,6 +160,13 @@ class FederatedAdapterStrategy(FedAvg):
             config[CANDIDATE_KEY] = encode_candidate(self.to_evaluate)
         fit_ins = FitIns(parameters, config)
         return [(proxy, fit_ins) for proxy in cohort]
+
+    def _cohort(self, server_round: int, devices: list[ClientProxy]) -> list[ClientProxy]:
+        if self.cohorts is not None:
+            members = set(self.cohorts.cohort(server_round, [p.node_id for p in devices]))
+            return [proxy for proxy in devices if proxy.node_id in members]
+        joined = self.rng.bernoulli(self.plan.sample_rate, len(devices))
+        return [proxy for proxy, ok in zip(devices, joined, strict=True) if ok]
 
     def aggregate_fit(
         self,
@@ -170,7 +180,11 @@ class FederatedAdapterStrategy(FedAvg):
         plan = self.plan_of_round(server_round)
         codec = PayloadCodec.for_plan(self.current, plan)
         total = self._payload_sum(results)
-        if plan.server_adds_noise:
+        noise_nodes = 1
+        if self.tree is not None:
+            noise, noise_nodes = self.tree.increment(server_round, total.size)
+            total = total + noise
+        elif plan.server_adds_noise:
             total = total + plan.sigma_server * self.rng.normal(total.size)
         if self.on_sum is not None:
             self.on_sum(self.spec, server_round, total)
@@ -188,7 +202,7 @@ class FederatedAdapterStrategy(FedAvg):
         weights = self.optimizer.step(self.current, average)
         figures = self._round_figures(len(results), len(failures), stats)
         if stats:
-            figures["stats_noise_std"] = stats_noise_std(plan, codec)
+            figures["stats_noise_std"] = stats_noise_std(plan, codec, noise_nodes)
         if self.clipping is not None:
             figures["clipping_norm"] = plan.clipping_norm
             share = self.clipping.step(stats[UNCLIPPED], plan.expected_devices)
@@ -237,12 +251,13 @@ class FederatedAdapterStrategy(FedAvg):
         }
 
 
-def stats_noise_std(plan: PrivacyPlan, codec: PayloadCodec) -> float:
-    """Standard deviation of the round's noise on each summed statistic (in counts)."""
+def stats_noise_std(plan: PrivacyPlan, codec: PayloadCodec, nodes: int = 1) -> float:
+    """Standard deviation of the round's noise on each summed statistic (in counts);
+    ``nodes``: how many independent node noises the round's increment sums (DP-FTRL)."""
     if not plan.dp or not codec.stats_size:
         return 0.0
     if plan.server_adds_noise:
-        noise = plan.sigma_server
+        noise = plan.sigma_server * math.sqrt(nodes)
     else:  # the devices' shares, at the fewest survivors, in payload units
         noise = plan.noise_multiplier * plan.l2_sensitivity_units(codec.size) / plan.scale
     return noise / codec.gamma

@@ -78,3 +78,28 @@ def test_adaptive_settings_are_checked(tmp_path):
         _plan(tmp_path, adaptive_clipping=True, clipping_norm=20.0, clipping_ceiling=8.0)
     with pytest.raises(ConfigError, match="stats_share"):
         _plan(tmp_path, adaptive_clipping=True, stats_share=0.0)
+
+
+def test_dp_ftrl_plans_epochs_of_fixed_cohorts_and_charges_tree_nodes(tmp_path):
+    ftrl = {"mechanism": "dp-ftrl", "noise": "server", "clients_per_round": 7}
+    plan = _plan(tmp_path, devices=100, **ftrl)
+    assert plan.tree and plan.epoch_rounds == 14  # 100 // 7
+    size = 5000
+    rounds = [plan.round_rdp(size, r) for r in range(1, 31)]
+    charged = [r for r, rdp in enumerate(rounds, start=1) if rdp.any()]
+    assert charged == [1, 2, 4, 8, 15, 16, 18, 22, 29, 30]  # powers of two in each epoch
+    for first, count in ((1, 30), (9, 13), (14, 1), (15, 0)):
+        want = sum(rounds[first - 1 : first - 1 + count], np.zeros(len(rounds[0])))
+        np.testing.assert_allclose(plan.planned_rdp(size, first)(count), want, rtol=1e-12)
+    fedavg = _plan(tmp_path, devices=100, noise="server", clients_per_round=7)
+    assert not fedavg.tree
+    np.testing.assert_allclose(fedavg.planned_rdp(size, 5)(30), 30 * fedavg.round_rdp(size))
+
+
+def test_dp_ftrl_settings_are_checked(tmp_path):
+    with pytest.raises(ConfigError, match='federation.mechanism: "dp-ftrl" needs federation.noise'):
+        _plan(tmp_path, mechanism="dp-ftrl")
+    for setting in ({"adaptive_clipping": True}, {"sum_bound": True}):
+        with pytest.raises(ConfigError, match="fixed clipping norm and no sum_bound"):
+            _plan(tmp_path, mechanism="dp-ftrl", noise="server", **setting)
+    assert not _plan(tmp_path, mechanism="dp-ftrl", dp=False, noise="server").tree

@@ -15,6 +15,7 @@ from common.privacy.accounting import (
     gaussian_rdp,
     poisson_subsampled_rdp,
     sum_tau,
+    tree_round_rdp,
 )
 
 
@@ -78,3 +79,37 @@ def test_epsilon_edges():
     assert epsilon_at(np.full(len(ORDERS), math.inf), 1e-5) == math.inf
     with pytest.raises(ValueError, match="delta"):
         epsilon_at(np.ones(len(ORDERS)), 0.0)
+
+
+def _worst_device_nodes(epoch_rounds: int, rounds: int) -> int:
+    """Brute force over the tree: the most completed nodes holding one device's updates,
+    one leaf per epoch, after ``rounds`` rounds (a node [a, b] of an epoch completes at b)."""
+    total = 0
+    for start in range(0, rounds, epoch_rounds):
+        done = min(rounds - start, epoch_rounds)
+        nodes = [
+            (a, a + size - 1)
+            for size in (2**k for k in range(epoch_rounds.bit_length()))
+            for a in range(1, epoch_rounds + 1, size)
+            if a + size - 1 <= done
+        ]
+        total += max(sum(a <= leaf <= b for a, b in nodes) for leaf in range(1, done + 1))
+    return total
+
+
+@pytest.mark.parametrize("epoch_rounds", [1, 3, 8, 30, 37])
+def test_tree_charges_add_up_to_the_most_nodes_any_device_is_in(epoch_rounds):
+    unit = np.asarray(ORDERS, dtype=np.float64) / (2 * 1.3**2)  # one node's Gaussian RDP
+    total = np.zeros(len(ORDERS))
+    for server_round in range(1, 3 * epoch_rounds + 5):
+        total = total + tree_round_rdp(server_round, epoch_rounds, 1.3)
+        nodes = _worst_device_nodes(epoch_rounds, server_round)
+        np.testing.assert_allclose(total, nodes * unit, rtol=1e-12)
+
+
+def test_one_tree_node_is_the_unsampled_gaussian():
+    np.testing.assert_allclose(tree_round_rdp(1, 30, 0.9), gaussian_rdp(1.0, 0.9), rtol=1e-9)
+    assert not tree_round_rdp(3, 30, 0.9).any()
+    assert np.isinf(tree_round_rdp(4, 30, 0.0)).all()
+    with pytest.raises(ValueError, match="server_round"):
+        tree_round_rdp(0, 30, 1.0)

@@ -94,6 +94,24 @@ def test_a_round_is_charged_once_and_refunded_when_its_sum_stayed_masked(tmp_pat
     assert _lines(spec)[-1]["dropped"] and recorder.ledger.rounds == 0
 
 
+def test_under_dp_ftrl_dropped_and_masked_rounds_stay_charged(tmp_path):
+    """The tree's node of a round nothing came back from is still released later."""
+    spec = _spec(tmp_path, mechanism="dp-ftrl", noise="server")
+    recorder = _recorder(spec, RoundLog())
+    assert recorder.plan.epoch_rounds == 10
+    recorder.charge(1)
+    recorder.refund(1)
+    entry = recorder.record(2, QueryAdapter(8, 2).get_weights())
+    assert entry["dropped"] and entry["epsilon_user"] > 0
+    entries = recorder.ledger.entries
+    assert [e["round"] for e in entries] == [1, 2]
+    assert entries[0]["mechanism"]["mechanism"] == "dp-ftrl"
+    unit = recorder.plan.round_rdp(1000, 1)
+    assert recorder.ledger.total_rdp() == pytest.approx(2 * unit)
+    recorder.record(3, QueryAdapter(8, 2).get_weights())  # a third leaf completes no node
+    assert recorder.ledger.total_rdp() == pytest.approx(2 * unit)
+
+
 def test_a_resumed_recorder_appends_to_the_recorded_rounds(tmp_path):
     spec = _spec(tmp_path)
     _recorder(spec, RoundLog()).record(1, QueryAdapter(8, 2).get_weights())

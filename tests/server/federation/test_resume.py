@@ -12,7 +12,13 @@ from common.config import ConfigError
 from common.privacy.accounting import gaussian_rdp
 from server.federation.ledger import PopulationLedger
 from server.federation.recorder import METRICS_FILE
-from server.federation.resume import ServerState, load_server_state, resume_point, save_server_state
+from server.federation.resume import (
+    ServerState,
+    check_resumable,
+    load_server_state,
+    resume_point,
+    save_server_state,
+)
 
 
 def _state(round_number: int, *, average: bool) -> ServerState:
@@ -64,3 +70,9 @@ def test_resume_without_a_recorded_round_starts_afresh_and_refuses_other_folders
     assert resume_point(tmp_path, "run-1", None) is None
     with pytest.raises(ConfigError, match="not a run folder"):
         resume_point(tmp_path / "elsewhere", "run-1", None)
+
+
+def test_a_dp_ftrl_run_is_not_resumed():
+    check_resumable(False)
+    with pytest.raises(ConfigError, match='--resume: a run with federation.mechanism = "dp-ftrl"'):
+        check_resumable(True)

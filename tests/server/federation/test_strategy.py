@@ -161,6 +161,34 @@ def test_server_side_noise_has_the_planned_scale(tmp_path):
     assert diff.std() == pytest.approx(plan.sigma_server / spec.expected_devices, rel=0.1)
 
 
+def test_dp_ftrl_rounds_take_fixed_cohorts_and_the_trees_noise(tmp_path):
+    """40 devices, 10 a round: epochs of 4 rounds, each device once an epoch; the model's
+    noise after 4 rounds is one tree node (fresh noise each round would give 4)."""
+    ftrl = {"mechanism": "dp-ftrl", "noise": "server", "secagg": False}
+    spec = _spec(tmp_path, noise_multiplier=1.5, **ftrl)
+    quiet = _spec(tmp_path, noise_multiplier=0.0, **ftrl)
+    plan = PrivacyPlan.from_spec(spec)
+    codec, _, payloads = _payloads(spec, 10)
+    manager = _manager(40)
+    runs, stds = [], []
+    for s in (spec, quiet):
+        strategy, params, joined = _strategy(s), ndarrays_to_parameters(_initial()), []
+        for server_round in range(1, 9):
+            picked = strategy.configure_fit(server_round, params, manager)
+            joined.append([proxy.node_id for proxy, _ in picked])
+            params, figures = strategy.aggregate_fit(server_round, _results(payloads), [])
+            if s is spec:
+                stds.append(figures["stats_noise_std"])
+            if server_round == 4:
+                runs.append(parameters_to_ndarrays(params))
+        for epoch in (joined[:4], joined[4:]):
+            assert sorted(n for cohort in epoch for n in cohort) == list(range(1, 41))
+    noise = np.concatenate([(a - b).ravel() for a, b in zip(*runs, strict=True)])
+    assert noise.std() == pytest.approx(plan.sigma_server / spec.expected_devices, rel=0.1)
+    one = stds[0]
+    assert one > 0 and stds[:4] == pytest.approx([one, one * 2**0.5, one, one * 3**0.5])
+
+
 def test_no_replies_no_update(tmp_path):
     strategy = _strategy(_spec(tmp_path))
     assert strategy.aggregate_fit(1, [], [RuntimeError("gone")]) == (None, {})
