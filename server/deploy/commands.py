@@ -33,7 +33,6 @@ from server.deploy.layout import (
     run_status,
     superlink_command,
 )
-from server.federation.recorder import METRICS_FILE
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -211,6 +210,8 @@ def resumed_run_config(run_config: str | None, resume: Path | None) -> str | Non
         return run_config
     if run_config and re.search(r"(^|\s)(run-dir|resume)\s*=", run_config):
         raise UsageError("--resume sets run-dir and resume: drop them from --run-config")
+    from server.federation.recorder import METRICS_FILE  # heavy (Opacus, torch): on use
+
     if not (resume / METRICS_FILE).is_file():
         raise UsageError(f"--resume: {resume} holds no {METRICS_FILE}: not a run folder")
     keys = f'run-dir={json.dumps(str(resume.resolve()))} resume="true"'
