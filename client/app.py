@@ -13,6 +13,10 @@ encrypted store of its device folder (``stored_device``, node config ``device-di
 the device's own policy and OS randomness; in a simulation, the simulated population
 (``simulation.devices``). The ClientApp itself never depends on the simulator.
 
+On a real device Flower starts a new ClientApp process for every message (four a round
+under SecAgg+); the three SecAgg+ stages need no torch, so the training client
+(``client.adapter_client``) and torch are imported only for the training message.
+
 A real device reads its own config only: its data, privacy policy and budget come from its
 device folder (node config ``device-dir``, set by the device's own ``device join``, and its
 ``device.toml``), and of the server's run config it ignores every key that names a file or
@@ -27,34 +31,16 @@ import functools
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
-import numpy as np
-import torch
 from flwr.app import Context
-from flwr.client import NumPyClient
 from flwr.clientapp import ClientApp
 from flwr.clientapp.typing import Mod
 
 from client.local_device import LocalDevice, stored_device
-from client.local_training import train_local
-from client.privacy import privacy_mod, round_plan
-from client.store import PersonalState
-from common.evaluation.protocol import (
-    MODES,
-    device_bonus,
-    gate_for_queries,
-    metrics_from_sums,
-    rank_sums,
-    ranks_by_mode,
-    stack_searches,
-)
-from common.federation.candidate import decode_candidate
-from common.federation.payload import UNCLIPPED, PayloadCodec
+from client.privacy import privacy_mod
 from common.federation.prime_shamir import install_prime_shamir
 from common.federation.privacy_plan import PrivacyPlan
 from common.federation.run_spec import RunSpec
 from common.federation.secure_masks import install_secure_masks
-from common.model.adapter import QueryAdapter
-from common.model.personalization import user_vector
 
 install_secure_masks()  # SecAgg+ masks keyed by the whole shared secret (server does too)
 install_prime_shamir()  # SecAgg+ secret shares over GF(2**521 - 1), fast (server does too)
@@ -65,97 +51,6 @@ DEVICE_IGNORED_SECTIONS = ("paths.", "device.")
 # the encoder the server names is not looked up on a device: it checks published versions
 # against the encoder its own vectors come from (``client.device.Device.base_model``)
 UNUSED_BASE_MODEL = "(not used on a device)"
-
-
-class AdapterClient(NumPyClient):
-    """Trains the global query adapter on one device and reports through its payload."""
-
-    def __init__(self, device: LocalDevice, spec: RunSpec) -> None:
-        self.device = device
-        self.spec = spec
-        self.config = spec.config
-
-    def fit(self, parameters: list[np.ndarray], config: dict) -> tuple[list, int, dict]:
-        round_number = int(config.get("round", 0))
-        plan = round_plan(PrivacyPlan.from_spec(self.spec), config)
-        adapter = QueryAdapter.from_weights(parameters)
-        result = train_local(
-            adapter,
-            self.device.data.train,
-            self.device.item_vectors,
-            self.device.config,
-            self.config.adapter,
-            self._state().accountant,
-            seed=self.device.seed("train", round_number),
-            public_items=self.device.public_items,
-        )
-
-        def record(state: PersonalState) -> PersonalState:
-            # under the store lock: an SDK update of the user vector meanwhile is kept
-            state.accountant = result.accountant
-            trained = int(state.info.get("rounds_trained", 0))
-            state.info["rounds_trained"] = trained + (0 if result.declined else 1)
-            return state
-
-        self.device.store.update_state(record)
-        update = (
-            [np.zeros_like(p) for p in parameters]
-            if result.weights is None
-            else [new - old for new, old in zip(result.weights, parameters, strict=True)]
-        )
-        codec = PayloadCodec.for_plan(parameters, plan)
-        stats = {"trained": float(not result.declined), "declined": float(result.declined)}
-        if plan.adaptive:
-            stats[UNCLIPPED] = float(not result.declined and codec.unclipped(update))
-        if codec.stats_size:
-            stats |= self._evaluation(decode_candidate(config))
-        # weight 1: under user-level DP every device counts once
-        return [codec.encode(update, stats)], 1, {}
-
-    def _evaluation(self, candidate: list[np.ndarray] | None) -> dict[str, float]:
-        """Per-device means of HR, nDCG and reciprocal rank on the held-out searches, for the
-        base encoder, the ``candidate`` adapter sent for evaluation (None: the base encoder
-        again), and its personal rerank. Bounded figures inside the noised sum, whatever
-        the weights: evaluating unsigned weights reveals no more than the round's DP
-        allows, and a candidate never serves searches."""
-        test, vectors = self.device.data.test, self.device.item_vectors
-        if not test:
-            return {"evaluated": 0.0}
-        settings = self.config.evaluation
-        adapter = None if candidate is None else QueryAdapter.from_weights(candidate)
-        queries, relevant = stack_searches(test)
-        ranks = ranks_by_mode(
-            queries,
-            adapter.apply_numpy(queries) if adapter is not None else None,
-            relevant,
-            vectors,
-            users=self._state().user_vector,
-            beta=settings.beta,
-            candidates=settings.candidates,
-            bonus=device_bonus(self.device.data, self.device.attributes, settings.attribute_beta),
-            gate=gate_for_queries(self.device.facets if settings.facet_gate else None, test),
-        )
-        out = {"evaluated": 1.0}
-        for mode in MODES:
-            means = metrics_from_sums(rank_sums(ranks[mode], settings.k), settings.k)
-            out[f"{mode}.hr"] = means[f"HR@{settings.k}"]
-            out[f"{mode}.ndcg"] = means[f"nDCG@{settings.k}"]
-            out[f"{mode}.rr"] = means["MRR"]
-        return out
-
-    def _state(self) -> PersonalState:
-        """The private state; the user vector (mean of clicked items) is built on first use."""
-        state = self.device.store.load_state()
-        if state.user_vector is not None:
-            return state
-
-        def build(state: PersonalState) -> PersonalState:
-            if state.user_vector is None:
-                clicked = [s.clicked for s in self.device.data.train]
-                state.user_vector = user_vector(self.device.item_vectors[clicked])
-            return state
-
-        return self.device.store.update_state(build)
 
 
 def build_client_app(
@@ -184,6 +79,10 @@ def build_client_app(
         return _device(source, run, tuple(sorted(context.node_config.items())))
 
     def client_fn(context: Context):
+        import torch  # the training path only (see ``client.adapter_client``)
+
+        from client.adapter_client import AdapterClient
+
         torch.set_num_threads(1)
         return AdapterClient(device_of(context), spec_of(context)).to_client()
 

@@ -10,6 +10,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+# What a search is ranked with: the base encoder, + the global adapter, + the personal rerank.
+MODES = ("base", "adapter", "personal")
+
 Rank = int | np.ndarray
 
 

@@ -9,7 +9,7 @@ it, the server pools the sums, simulations evaluate whole populations with it::
         sums from many devices add up; ``metrics_from_sums`` turns them into means.
     evaluate_device(device, item_vectors, *, adapter=None, beta, candidates, k,
                     attributes=None, attribute_beta=0.0, facets=None)
-        -> {mode: sums} for MODES = ("base", "adapter", "personal")
+        -> {mode: sums} for ``common.evaluation.metrics.MODES`` ("base", "adapter", "personal")
 
 Ranking: score = (adapted) query . item (+ ``item_prior``, a per-item bonus) over every
 catalog item. With a user vector and beta > 0 (or a facet gate), the top ``candidates``
@@ -26,7 +26,13 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from common.data.searches import DeviceData, SearchExample
-from common.evaluation.metrics import hit_rate_at_k, mrr, ndcg_at_k, ranks_from_scores
+from common.evaluation.metrics import (
+    MODES,
+    hit_rate_at_k,
+    mrr,
+    ndcg_at_k,
+    ranks_from_scores,
+)
 from common.model.adapter import QueryAdapter
 from common.model.personalization import (
     AttributeTable,
@@ -36,7 +42,6 @@ from common.model.personalization import (
 )
 from common.model.query_facets import QueryFacets
 
-MODES = ("base", "adapter", "personal")
 SUM_KEYS = ("count", "hr_sum", "ndcg_sum", "rr_sum")
 _CHUNK = 1024
 # The personal rerank's per-item bonus: none, one (n_items,) row for every query, or

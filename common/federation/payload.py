@@ -28,7 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from common.evaluation.protocol import MODES
+from common.evaluation.metrics import MODES
 from common.federation.privacy_plan import PrivacyPlan
 
 COUNTS = ("trained", "declined", "evaluated")

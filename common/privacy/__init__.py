@@ -1,16 +1,17 @@
 """Differential privacy: accounting, discrete Gaussian noise, keyed randomness.
 
-Importing this package imports Opacus and takes back the log handler that Opacus adds to
-the root logger when it is imported (``logging.basicConfig`` in
-``opacus.utils.module_utils``): that handler printed every record of loggers that
-propagate, Flower's round log in a ServerApp or ClientApp process included, a second time.
+Opacus (and with it torch) is imported only where it is used (local DP-SGD, the RDP of the
+Gaussian), so that what a device runs for the SecAgg+ stages and the command line start
+fast. Opacus adds a log handler to the root logger when it is imported
+(``logging.basicConfig`` in ``opacus.utils.module_utils``), which printed every record of
+loggers that propagate, Flower's round log in a ServerApp or ClientApp process included, a
+second time: every module that imports Opacus calls ``drop_opacus_log_handler`` after it,
+and importing this package drops one already there.
 """
 
 from __future__ import annotations
 
 import logging
-
-import opacus  # noqa: F401  (imported here so that its handler is removed below)
 
 OPACUS_DATE_FORMAT = "%m/%d/%Y %H:%M:%S"
 

@@ -35,8 +35,9 @@ import math
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 from scipy.special import gammaln, logsumexp
+
+from common.privacy import drop_opacus_log_handler
 
 ORDERS: tuple[int, ...] = (*range(2, 65), 80, 96, 128, 192, 256)
 
@@ -48,6 +49,9 @@ def gaussian_rdp(
     _check_rate(sample_rate)
     if noise_multiplier <= 0:
         return np.full(len(orders), math.inf)
+    from opacus.accountants.analysis.rdp import compute_rdp  # heavy (torch): on use
+
+    drop_opacus_log_handler()
     rdp = compute_rdp(
         q=sample_rate, noise_multiplier=noise_multiplier, steps=1, orders=list(orders)
     )
@@ -147,6 +151,9 @@ def epsilon_at(rdp: np.ndarray, delta: float, orders: Sequence[int] = ORDERS) ->
         return math.inf
     if not rdp.any():
         return 0.0
+    from opacus.accountants.analysis.rdp import get_privacy_spent  # heavy (torch): on use
+
+    drop_opacus_log_handler()
     eps, _ = get_privacy_spent(orders=list(orders), rdp=rdp, delta=delta)
     return float(eps)
 

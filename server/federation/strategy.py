@@ -54,7 +54,7 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg
 
-from common.evaluation.protocol import MODES
+from common.evaluation.metrics import MODES
 from common.federation.candidate import CANDIDATE_KEY, encode_candidate
 from common.federation.payload import COUNTS, UNCLIPPED, PayloadCodec
 from common.federation.privacy_plan import CEILING_RATIO, CLIPPING_KEY, PrivacyPlan

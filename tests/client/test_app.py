@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
 
-from client.app import AdapterClient
+from client.adapter_client import AdapterClient
 from client.local_device import LocalDevice
 from client.privacy import PolicyRefusal
 from client.store import DeviceStore
@@ -142,3 +145,12 @@ def test_an_adaptive_round_clips_to_the_norm_it_names_and_reports_whether_it_fit
         assert stats["unclipped"] == pytest.approx(fits)
     with pytest.raises(PolicyRefusal, match="outside"):
         client.fit(weights, {"round": 2, "clipping_norm": 1.0})
+
+
+def test_the_clientapp_module_imports_neither_torch_nor_opacus():
+    """Flower starts a ClientApp process per message: the SecAgg+ stages start light."""
+    script = "import sys, client.app; print(sorted({'torch', 'opacus'} & set(sys.modules)))"
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert done.stdout.strip() == "[]"

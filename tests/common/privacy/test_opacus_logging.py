@@ -1,4 +1,4 @@
-"""Importing Opacus (through ``common.privacy``) leaves logging as it was: Flower's log
+"""Importing Opacus through fedsearch's modules leaves logging as it was: Flower's log
 lines are printed once, whichever is imported first."""
 
 from __future__ import annotations
@@ -18,7 +18,11 @@ log(logging.INFO, "round-line-%s", "x")
 
 @pytest.mark.parametrize(
     "imports",
-    ["import opacus\nimport common.privacy", "import common.privacy\nimport opacus"],
+    [
+        "import opacus\nimport common.privacy",
+        "from common.privacy import accounting as a\na.epsilon_at(a.gaussian_rdp(0.1, 1.0), 1e-5)",
+        "import client.local_training",
+    ],
 )
 def test_a_flower_log_line_is_printed_once(imports):
     done = subprocess.run(
