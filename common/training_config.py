@@ -112,10 +112,10 @@ class FederationConfig(Section):
 
     ``mechanism``: ``"dp-fedavg"`` samples the rounds as above and draws fresh noise each
     round (its epsilon relies on the sampling staying secret from whoever reads the
-    models). ``"dp-ftrl"`` needs no sampling assumption: each epoch splits the population
-    into population // ``clients_per_round`` fixed cohorts, one a round (a device joins at
-    most once an epoch), and the server adds tree-aggregated noise that is correlated
-    across the rounds of an epoch (DP-FTRL, as in Gboard's training; requires ``noise =
+    models). ``"dp-ftrl"`` needs no sampling assumption: epochs of population //
+    ``clients_per_round`` rounds, each device joining at one round of each epoch drawn
+    uniformly, and the server adds tree-aggregated noise that is correlated across the
+    rounds of an epoch (DP-FTRL, as in Gboard's training; requires ``noise =
     "server"``, a fixed clipping norm and no ``sum_bound``; ``server.federation.tree_noise``).
     """
 

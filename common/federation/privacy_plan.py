@@ -17,8 +17,8 @@ Noise of standard deviation ``noise_multiplier`` x ``payload_norm`` on the sum i
 - or by the server (``noise = "server"``): Gaussian noise on the sum it unmasked or
   received; the guarantee then holds against readers of published versions only.
 
-Under ``mechanism = "dp-ftrl"`` the rounds run in epochs of ``epoch_rounds`` fixed
-cohorts (a device joins at most once an epoch) and the server's noise is that of tree
+Under ``mechanism = "dp-ftrl"`` the rounds run in epochs of ``epoch_rounds`` rounds (a
+device joins at one round of each epoch) and the server's noise is that of tree
 aggregation, restarted each epoch (``server.federation.tree_noise``); ``round_rdp`` then
 depends on the round's place in its epoch (``common.privacy.accounting.tree_round_rdp``).
 
@@ -213,8 +213,9 @@ class PrivacyPlan:
             return "no user-level DP: nothing bounds what the server or readers learn"
         if self.noise == "devices" and self.secagg:
             return (
-                "holds against the server and anyone reading published versions: the "
-                "server only unmasks sums that devices already noised"
+                "holds against readers of published versions; the server, which only "
+                "unmasks sums that devices already noised but knows whom it sampled, is held "
+                "to the devices' noise in each round a device took part in, unamplified"
             )
         return (
             "holds against readers of published versions only: the server sees the "

@@ -10,7 +10,9 @@ round of declines yields none. That adapter is published as the registry's next 
 (signed with ``finalize``) at once under the ``promote`` rule ``"always"``, or after the
 next round's devices evaluated it and ``server.federation.promotion`` found it not worse
 than the served version. A round dropped unseen is recorded as dropped, neither charged nor
-published. A ``resume``d run appends to the rounds already recorded.
+published; under DP-FTRL it stays charged (never refunded), since the tree's noise drawn
+for it is released with a later round. A ``resume``d run appends to the rounds already
+recorded.
 """
 
 from __future__ import annotations

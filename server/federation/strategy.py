@@ -180,9 +180,9 @@ class FederatedAdapterStrategy(FedAvg):
         plan = self.plan_of_round(server_round)
         codec = PayloadCodec.for_plan(self.current, plan)
         total = self._payload_sum(results)
-        noise_nodes = 1
+        noise_variance = 1  # in node variances (sigma_server**2)
         if self.tree is not None:
-            noise, noise_nodes = self.tree.increment(server_round, total.size)
+            noise, noise_variance = self.tree.increment(server_round, total.size)
             total = total + noise
         elif plan.server_adds_noise:
             total = total + plan.sigma_server * self.rng.normal(total.size)
@@ -202,7 +202,7 @@ class FederatedAdapterStrategy(FedAvg):
         weights = self.optimizer.step(self.current, average)
         figures = self._round_figures(len(results), len(failures), stats)
         if stats:
-            figures["stats_noise_std"] = stats_noise_std(plan, codec, noise_nodes)
+            figures["stats_noise_std"] = stats_noise_std(plan, codec, noise_variance)
         if self.clipping is not None:
             figures["clipping_norm"] = plan.clipping_norm
             share = self.clipping.step(stats[UNCLIPPED], plan.expected_devices)
@@ -251,13 +251,13 @@ class FederatedAdapterStrategy(FedAvg):
         }
 
 
-def stats_noise_std(plan: PrivacyPlan, codec: PayloadCodec, nodes: int = 1) -> float:
+def stats_noise_std(plan: PrivacyPlan, codec: PayloadCodec, variance: int = 1) -> float:
     """Standard deviation of the round's noise on each summed statistic (in counts);
-    ``nodes``: how many independent node noises the round's increment sums (DP-FTRL)."""
+    ``variance``: the server noise's, in units of sigma_server**2 (above 1 under DP-FTRL)."""
     if not plan.dp or not codec.stats_size:
         return 0.0
     if plan.server_adds_noise:
-        noise = plan.sigma_server * math.sqrt(nodes)
+        noise = plan.sigma_server * math.sqrt(variance)
     else:  # the devices' shares, at the fewest survivors, in payload units
         noise = plan.noise_multiplier * plan.l2_sensitivity_units(codec.size) / plan.scale
     return noise / codec.gamma

@@ -11,10 +11,12 @@ has only popcount(j) node variances, against j for fresh noise each round. The t
 restarts every epoch. A round the server could not aggregate still advances the tree: its
 increment is carried into the next release.
 
-``EpochCohorts`` splits each epoch's devices at random into ``epoch_rounds`` cohorts, one
-a round, so a device joins at most once an epoch (the bound the accounting needs,
-``common.privacy.accounting.tree_round_rdp``). A device that registers mid-epoch waits
-for the next one; one that is offline at its cohort's round misses the epoch.
+``EpochCohorts`` gives each device, at the start of each epoch, a round of the epoch drawn
+uniformly and independently of the other devices, so a device joins at most once an epoch
+(the bound the accounting needs, ``common.privacy.accounting.tree_round_rdp``) and no
+device's round depends on who else is enrolled. A device that registers mid-epoch waits
+for the next one; one that is offline at its round misses the epoch. The bound is per
+Flower node: like Poisson sampling, it assumes one node per device.
 """
 
 from __future__ import annotations
@@ -37,44 +39,44 @@ class TreeNoise:
         self.epoch_rounds = epoch_rounds
         self.sigma = sigma
         self.rng = rng
-        self._nodes: list[tuple[int, np.ndarray]] = []  # (level, noise), highest level first
+        self._nodes: list[tuple[int, int, np.ndarray]] = []  # (level, node id, noise)
         self._next = 1  # the next round the tree has not yet stepped through
+        self._drawn = 0  # node ids
         self._carried: np.ndarray | None = None
-        self._carried_nodes = 0
+        self._coefficients: dict[int, int] = {}  # node id -> its multiple in the carried sum
 
     def increment(self, server_round: int, size: int) -> tuple[np.ndarray, int]:
-        """The noise to add to round ``server_round``'s sum, and how many node noises it
-        sums (its variance over sigma**2); rounds skipped since the last call are carried."""
+        """The noise to add to round ``server_round``'s sum, and its variance over sigma**2
+        (the sum of the squared multiples of the independent node noises in it); rounds
+        skipped since the last call are carried into it."""
         if server_round < self._next:
             raise ValueError(f"round {server_round} already had its noise")
-        while self._next < server_round:
-            self._carry(*self._step(self._next, size))
+        while self._next <= server_round:
+            self._step(self._next, size)
             self._next += 1
-        self._carry(*self._step(server_round, size))
-        self._next = server_round + 1
-        noise, nodes = self._carried, self._carried_nodes
-        self._carried, self._carried_nodes = None, 0
+        noise, variance = self._carried, sum(c * c for c in self._coefficients.values())
+        self._carried, self._coefficients = None, {}
         assert noise is not None
-        return noise, nodes
+        return noise, variance
 
-    def _carry(self, noise: np.ndarray, nodes: int) -> None:
-        self._carried = noise if self._carried is None else self._carried + noise
-        self._carried_nodes += nodes
-
-    def _step(self, server_round: int, size: int) -> tuple[np.ndarray, int]:
+    def _step(self, server_round: int, size: int) -> None:
+        """Draw the node that ends at ``server_round``; carry the change of prefix noise."""
         position = (server_round - 1) % self.epoch_rounds + 1
         if position == 1:
             self._nodes = []
         level = (position & -position).bit_length() - 1  # trailing zeros
-        completed = [noise for node_level, noise in self._nodes if node_level < level]
-        self._nodes = [(lv, noise) for lv, noise in self._nodes if lv >= level]
-        fresh = self.sigma * self.rng.normal(size)
-        self._nodes.append((level, fresh))
-        return fresh - sum(completed, np.zeros(size)), 1 + len(completed)
+        completed = [(node, noise) for lv, node, noise in self._nodes if lv < level]
+        self._nodes = [entry for entry in self._nodes if entry[0] >= level]
+        fresh, self._drawn = self.sigma * self.rng.normal(size), self._drawn + 1
+        self._nodes.append((level, self._drawn, fresh))
+        change = fresh - sum((noise for _, noise in completed), np.zeros(size))
+        self._carried = change if self._carried is None else self._carried + change
+        for node, sign in [(self._drawn, 1), *((node, -1) for node, _ in completed)]:
+            self._coefficients[node] = self._coefficients.get(node, 0) + sign
 
 
 class EpochCohorts:
-    """Each epoch's random split of the devices into ``epoch_rounds`` cohorts."""
+    """Each epoch, every device's round, uniform over the epoch's ``epoch_rounds`` rounds."""
 
     def __init__(self, epoch_rounds: int, rng: KeystreamRandom) -> None:
         if epoch_rounds < 1:
@@ -82,16 +84,13 @@ class EpochCohorts:
         self.epoch_rounds = epoch_rounds
         self.rng = rng
         self._epoch = -1
-        self._cohorts: list[set[int]] = []
+        self._round_of: dict[int, int] = {}  # node id -> its round's place in the epoch (0-based)
 
     def cohort(self, server_round: int, devices: Sequence[int]) -> list[int]:
         """The node ids among ``devices`` (in their order) that join ``server_round``."""
         epoch, position = divmod(server_round - 1, self.epoch_rounds)
         if epoch != self._epoch:
-            order = np.argsort(self.rng.uniform(len(devices)), kind="stable")
-            shuffled = [devices[n] for n in order]
-            parts = np.array_split(np.arange(len(shuffled)), self.epoch_rounds)
-            self._cohorts = [{shuffled[n] for n in part} for part in parts]
+            rounds = np.floor(self.rng.uniform(len(devices)) * self.epoch_rounds).astype(int)
+            self._round_of = dict(zip(devices, rounds.tolist(), strict=True))
             self._epoch = epoch
-        members = self._cohorts[position]
-        return [node for node in devices if node in members]
+        return [node for node in devices if self._round_of.get(node) == position]

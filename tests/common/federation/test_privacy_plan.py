@@ -26,6 +26,9 @@ def test_device_shares_add_up_to_the_planned_noise_at_the_fewest_survivors(tmp_p
     # in payload units, the sum's noise is sigma x payload norm, plus the rounding slack
     assert total / plan.scale == pytest.approx(1.2 * plan.payload_norm, rel=0.01)
     assert plan.sigma_server == 0.0 and plan.devices_add_noise
+    # the ledger's (amplified) epsilon is not claimed against the server, which sampled
+    assert plan.against_whom().startswith("holds against readers of published versions;")
+    assert "unamplified" in plan.against_whom()
 
 
 def test_server_placement_and_no_dp(tmp_path):

@@ -72,18 +72,46 @@ def test_a_skipped_round_is_carried_into_the_next_release():
         skipping.increment(3, SIZE)
 
 
-def test_each_device_joins_once_an_epoch_in_balanced_cohorts():
-    devices = list(range(101, 141))  # 40 devices, 6 cohorts an epoch
+@pytest.mark.parametrize(("released", "variance"), [((2,), 1), ((1, 2, 4), 2), ((5,), 2)])
+def test_the_variance_of_a_carried_release_counts_cancelled_nodes_once(released, variance):
+    """Skipping round 1 and releasing at 2 gives the node [1..2] alone; skipping 3 and
+    releasing at 4 gives [1..4] minus [1..2]; skipping 1 to 4 gives [1..4] plus [5]."""
+    trials, last = 600, np.zeros(600)
+    for t in range(trials):
+        tree = TreeNoise(8, 1.0, KeystreamRandom.from_seed("carried", t))
+        for server_round in released:
+            noise, reported = tree.increment(server_round, 1)
+        last[t] = noise[0]
+    assert reported == variance
+    assert last.var() == pytest.approx(variance, rel=0.2)
+
+
+def test_each_device_joins_once_an_epoch_at_a_uniform_round():
+    devices = list(range(101, 141))  # 40 devices, 6 rounds an epoch
     cohorts = EpochCohorts(6, KeystreamRandom.from_seed("e"))
-    epochs = []
-    for epoch in range(3):
+    epochs, places = [], np.zeros((40, 6))
+    for epoch in range(300):
         joined = [cohorts.cohort(epoch * 6 + j, devices) for j in range(1, 7)]
         flat = [node for cohort in joined for node in cohort]
         assert sorted(flat) == devices
-        assert {len(c) for c in joined} <= {6, 7}
         assert all(c == [d for d in devices if d in c] for c in joined)  # in device order
+        for place, cohort in enumerate(joined):
+            places[[d - 101 for d in cohort], place] += 1
         epochs.append([frozenset(c) for c in joined])
-    assert epochs[0] != epochs[1] != epochs[2]
+    assert len(set(map(tuple, epochs))) == 300
+    np.testing.assert_allclose(places.mean(axis=0), 50, rtol=0.1)  # uniform over the epoch
+    assert places.min() > 25  # every device at every place
+
+
+def test_a_devices_round_does_not_depend_on_who_else_is_enrolled():
+    """Independent draws: a device's round is the same whether or not the devices drawn
+    after it are enrolled (no split of a shuffled list)."""
+    full = EpochCohorts(5, KeystreamRandom.from_seed("i"))
+    fewer = EpochCohorts(5, KeystreamRandom.from_seed("i"))
+    devices = list(range(1, 31))
+    for server_round in range(1, 6):
+        kept = set(fewer.cohort(server_round, devices[:20]))
+        assert kept == set(full.cohort(server_round, devices)) & set(devices[:20])
 
 
 def test_a_device_registered_mid_epoch_waits_for_the_next_epoch():
