@@ -9,7 +9,7 @@ from flwr.client import NumPyClient
 
 from client.local_device import LocalDevice
 from client.local_training import train_local
-from client.privacy import round_plan
+from client.privacy import SERVER_VIEW_KEY, ServerView, round_plan
 from client.store import PersonalState
 from common.evaluation.metrics import MODES
 from common.evaluation.protocol import (
@@ -39,6 +39,12 @@ class AdapterClient(NumPyClient):
     def fit(self, parameters: list[np.ndarray], config: dict) -> tuple[list, int, dict]:
         round_number = int(config.get("round", 0))
         plan = round_plan(PrivacyPlan.from_spec(self.spec), config)
+        codec = PayloadCodec.for_plan(parameters, plan)
+        view_rdp = ServerView.round_rdp(plan, codec.size)
+        if view_rdp is not None and self._past_server_cap(view_rdp, plan.delta):
+            # nothing of this device's data goes into the sum: a declined, empty payload
+            empty = [np.zeros_like(p) for p in parameters]
+            return [codec.encode(empty, {"trained": 0.0, "declined": 1.0})], 1, {}
         adapter = QueryAdapter.from_weights(parameters)
         result = train_local(
             adapter,
@@ -56,6 +62,9 @@ class AdapterClient(NumPyClient):
             state.accountant = result.accountant
             trained = int(state.info.get("rounds_trained", 0))
             state.info["rounds_trained"] = trained + (0 if result.declined else 1)
+            if view_rdp is not None:  # its evaluation, at least, is in the sum
+                view = ServerView.from_info(state.info).after(view_rdp, plan.delta)
+                state.info[SERVER_VIEW_KEY] = view.to_info()
             return state
 
         self.device.store.update_state(record)
@@ -64,7 +73,6 @@ class AdapterClient(NumPyClient):
             if result.weights is None
             else [new - old for new, old in zip(result.weights, parameters, strict=True)]
         )
-        codec = PayloadCodec.for_plan(parameters, plan)
         stats = {"trained": float(not result.declined), "declined": float(result.declined)}
         if plan.adaptive:
             stats[UNCLIPPED] = float(not result.declined and codec.unclipped(update))
@@ -72,6 +80,12 @@ class AdapterClient(NumPyClient):
             stats |= self._evaluation(decode_candidate(config))
         # weight 1: under user-level DP every device counts once
         return [codec.encode(update, stats)], 1, {}
+
+    def _past_server_cap(self, round_rdp: np.ndarray, delta: float) -> bool:
+        """Whether one more round would take the server's view of this device past its
+        ``max_epsilon_server``."""
+        view = ServerView.from_info(self._state().info).after(round_rdp, delta)
+        return view.epsilon() > self.device.config.max_epsilon_server
 
     def _evaluation(self, candidate: list[np.ndarray] | None) -> dict[str, float]:
         """Per-device means of HR, nDCG and reciprocal rank on the held-out searches, for the

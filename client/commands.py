@@ -119,6 +119,7 @@ def register_device_commands(subparsers: argparse._SubParsersAction) -> None:
 
 POLICY_OPTIONS = {
     "max_epsilon_user": "refuse federations that may spend more user-level epsilon",
+    "max_epsilon_server": "decline rounds once the server's view of this device would pass it",
     "min_noise_multiplier": "refuse rounds with less noise per unit of clip norm",
     "max_clipping_norm": "refuse rounds that clip updates to a larger norm",
 }
@@ -194,6 +195,7 @@ def _init(args: argparse.Namespace) -> int:
 def _budget(args: argparse.Namespace) -> int:
     from client.device import Device
     from client.local_training import record_epsilon
+    from client.privacy import ServerView
 
     device = Device(args.folder)
     name = device.info.name
@@ -213,6 +215,13 @@ def _budget(args: argparse.Namespace) -> int:
     )
     left = settings.epsilon_budget - spent
     print(f"  budget left: {left:.3f}" if left > 0 else "  budget spent: the device stops training")
+    view = ServerView.from_info(state.info)
+    at = f" at delta {view.delta:.3g}" if view.rounds else ""
+    print(
+        f"  against the server: epsilon {view.epsilon():.3f}{at} after {view.rounds} rounds "
+        f"it sent data in (at most {settings.max_epsilon_server:g}; the federation's ledger "
+        "holds against readers of published versions)"
+    )
     print(f"  privacy policy: {describe_policy(device.device_config())}")
     user = state.user_vector is not None
     print(f"  personal state: user vector {'set' if user else 'not set'}")
@@ -285,7 +294,8 @@ def describe_policy(settings: DeviceConfig) -> str:
     return (
         f"{secagg}, {noise}, noise multiplier >= {settings.min_noise_multiplier:g}, "
         f"clip norm <= {settings.max_clipping_norm:g}, "
-        f"epsilon_user <= {settings.max_epsilon_user:g}"
+        f"epsilon_user <= {settings.max_epsilon_user:g}, "
+        f"epsilon against the server <= {settings.max_epsilon_server:g}"
     )
 
 

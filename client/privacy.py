@@ -16,13 +16,19 @@ not require it) the payload leaves as computed, and only server-side noise can a
 Under adaptive clipping the plan is taken at the norm the round's fit config names
 (``round_plan``), which the device refuses outside the run's bounds; its noise share
 scales with that norm.
+
+The population ledger's epsilon relies on Poisson sampling, which amplifies nothing
+against the server: it drew the cohorts. So the device keeps its own account of what the
+server's view of its rounds costs (``ServerView``: the RDP of the devices' noise in each
+round it sent data in, unamplified, kept in its store) and declines a round, sending a
+payload with no data in it, once that would pass ``device.max_epsilon_server``.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, cast
 
 import numpy as np
@@ -34,6 +40,7 @@ from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFI
 
 from common.config import DeviceConfig
 from common.federation.privacy_plan import MODULUS, QUANTIZATION_RANGE, PrivacyPlan
+from common.privacy.accounting import ORDERS, epsilon_at
 from common.privacy.discrete_gaussian import discrete_gaussian
 from common.privacy.keystream import KeystreamRandom
 
@@ -90,6 +97,42 @@ class DevicePolicy:
                 f"device policy: the federation may spend epsilon_user {budget}, above the "
                 f"device's maximum {self.max_epsilon_user:g}"
             )
+
+
+SERVER_VIEW_KEY = "server_view"  # in the device's store: {"rdp": [...], "delta": ..., "rounds"}
+
+
+@dataclass(frozen=True)
+class ServerView:
+    """What the rounds a device sent data in cost against the server (see the module doc)."""
+
+    rdp: np.ndarray
+    delta: float
+    rounds: int
+
+    @classmethod
+    def from_info(cls, info: Mapping[str, Any]) -> ServerView:
+        saved = info.get(SERVER_VIEW_KEY) or {}
+        rdp = np.asarray(saved.get("rdp", np.zeros(len(ORDERS))), dtype=np.float64)
+        return cls(rdp, float(saved.get("delta", 0.0)), int(saved.get("rounds", 0)))
+
+    @staticmethod
+    def round_rdp(plan: PrivacyPlan, dim: int) -> np.ndarray | None:
+        """One round's RDP as the server sees it (no amplification: it knows whom it
+        sampled); None when the devices add no noise (then ``require_noise`` decides)."""
+        if not plan.devices_add_noise:
+            return None
+        return replace(plan, sample_rate=1.0).round_rdp(dim)
+
+    def epsilon(self, delta: float | None = None) -> float:
+        delta = delta or self.delta
+        return epsilon_at(self.rdp, delta) if self.rounds and delta else 0.0
+
+    def after(self, rdp: np.ndarray, delta: float) -> ServerView:
+        return ServerView(self.rdp + rdp, delta, self.rounds + 1)
+
+    def to_info(self) -> dict[str, Any]:
+        return {"rdp": self.rdp.tolist(), "delta": self.delta, "rounds": self.rounds}
 
 
 def privacy_mod(

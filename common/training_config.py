@@ -232,7 +232,10 @@ class DeviceConfig(Section):
     ever sent masked), ``require_noise`` (user-level DP on with noise added by the devices),
     ``min_noise_multiplier``, ``max_clipping_norm``, ``max_epsilon_user`` (the most the
     federation may plan to spend on its population; only ``inf`` accepts a run without
-    user-level DP).
+    user-level DP), ``max_epsilon_server`` (the most epsilon, at the run's delta, that the
+    server's view of the rounds this device sent data in may reach: the devices' noise in
+    each, without the sampling's amplification, which holds only against readers of
+    published versions; past it the device declines rounds, ``client.privacy``).
     """
 
     local_epochs: int = Field(default=5, ge=1)
@@ -250,3 +253,4 @@ class DeviceConfig(Section):
     min_noise_multiplier: float = Field(default=0.5, ge=0)
     max_clipping_norm: float = Field(default=10.0, gt=0)
     max_epsilon_user: float = Field(default=10.0, gt=0)
+    max_epsilon_server: float = Field(default=10.0, gt=0)

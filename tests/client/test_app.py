@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,13 +12,15 @@ import torch
 
 from client.adapter_client import AdapterClient
 from client.local_device import LocalDevice
-from client.privacy import PolicyRefusal
+from client.privacy import PolicyRefusal, ServerView
 from client.store import DeviceStore
 from common.config import config_from_dict
 from common.federation.candidate import CANDIDATE_KEY, encode_candidate
 from common.federation.payload import STATS, UNCLIPPED, PayloadCodec
+from common.federation.privacy_plan import PrivacyPlan
 from common.federation.run_spec import RunSpec
 from common.model.adapter import QueryAdapter
+from common.privacy.accounting import epsilon_at
 from simulation.synthetic import synthetic_population
 
 DIM, RANK, CLIP = 16, 4, 0.5
@@ -154,3 +157,37 @@ def test_the_clientapp_module_imports_neither_torch_nor_opacus():
         [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
     )
     assert done.stdout.strip() == "[]"
+
+
+def test_the_servers_view_of_the_device_is_accounted_and_capped(tmp_path, population):
+    """The ledger's sampling amplification does not hold against the server, which knows
+    whom it sampled: the device charges itself each round unamplified, and declines (an
+    empty payload, no evaluation) once one more round would pass its own cap."""
+    client, store = _client(tmp_path, population, _config())
+    weights = QueryAdapter(DIM, RANK).get_weights()
+    client.fit(weights, {"round": 1})
+    plan, size = PrivacyPlan.from_spec(client.spec), _codec(_config()).size
+    one = replace(plan, sample_rate=1.0).round_rdp(size)
+    view = ServerView.from_info(store.load_state().info)
+    assert view.rounds == 1 and view.epsilon() == pytest.approx(epsilon_at(one, plan.delta))
+    two = epsilon_at(2 * one, plan.delta)
+    capped = _config(max_epsilon_server=(view.epsilon() + two) / 2)  # room for one round
+    client, _ = _client(tmp_path, population, capped)
+    sent, _, _ = client.fit(weights, {"round": 2})
+    update, stats = _codec(capped).decode(sent[0])
+    assert not any(u.any() for u in update)
+    assert stats["declined"] == pytest.approx(1.0) and stats["evaluated"] == 0.0
+    assert ServerView.from_info(store.load_state().info).rounds == 1
+
+
+def test_without_the_devices_noise_the_server_view_is_not_charged(tmp_path, population):
+    config = config_from_dict(
+        {
+            "adapter": {"rank": RANK, "shown_negatives": 4, "random_negatives": 4},
+            "device": {"batch_size": 4, "epsilon_budget": 1000.0, "require_noise": False},
+            "federation": {"clipping_norm": CLIP, "noise": "server"},
+        }
+    )
+    client, store = _client(tmp_path, population, config)
+    client.fit(QueryAdapter(DIM, RANK).get_weights(), {"round": 1})
+    assert ServerView.from_info(store.load_state().info).rounds == 0

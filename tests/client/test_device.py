@@ -15,6 +15,7 @@ from client.device import (
 from client.store import KEY_ENV, generate_key
 from common.cli import main
 from common.data.searches import DeviceData, SearchExample
+from common.privacy.accounting import ORDERS
 from common.security.pki import create_ca
 from common.security.signing import generate_signing_key
 
@@ -124,3 +125,22 @@ def test_init_writes_the_device_s_own_policy_and_the_policy_refuses(
     assert main([*_init_args(tmp_path, "bad"), "--max-epsilon-user", "-1"]) == 2
     assert "device.max_epsilon_user" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()  # nothing written for a bad policy
+
+
+def test_budget_prints_the_servers_view_of_the_devices_rounds(device, capsys) -> None:
+    from client.privacy import SERVER_VIEW_KEY, ServerView
+
+    assert main(["device", "budget", str(device.folder)]) == 0
+    assert "against the server: epsilon 0.000 after 0 rounds" in capsys.readouterr().out
+    rdp = np.asarray(ORDERS, dtype=np.float64) / (2 * 1.2**2)  # one unamplified round, z 1.2
+    view = ServerView.from_info({}).after(rdp, 1e-4)
+
+    def charge(state):
+        state.info[SERVER_VIEW_KEY] = view.to_info()
+        return state
+
+    device.open_store().update_state(charge)
+    assert main(["device", "budget", str(device.folder)]) == 0
+    out = capsys.readouterr().out
+    assert "against the server: epsilon 3.38" in out and "after 1 rounds" in out
+    assert "(at most 10;" in out
