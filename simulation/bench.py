@@ -210,7 +210,7 @@ def bench_config(config: Config, out: Path, rounds: int) -> Config:
     return config_from_dict(
         {
             "federation": federation,
-            "device": {"max_epsilon_user": 1e9},
+            "device": {"max_epsilon_user": 1e9, "max_epsilon_server": 1e9},
         },
         config,
     )

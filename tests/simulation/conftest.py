@@ -77,7 +77,7 @@ def small_federation_config(
         {
             "paths": {"work_dir": str(tmp_path / "work")},
             "adapter": {"rank": rank, "shown_negatives": 4, "random_negatives": 4},
-            "device": {"batch_size": 4, "max_epsilon_user": 1e6},
+            "device": {"batch_size": 4, "max_epsilon_user": 1e6, "max_epsilon_server": 1e6},
             "evaluation": {"candidates": 20},
             "federation": settings,
         }

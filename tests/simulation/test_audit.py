@@ -74,7 +74,7 @@ def test_a_correctly_noised_run_passes_the_audit(audited, capsys):
     assert main(["audit", str(audited["noised"])]) == 0
     out = capsys.readouterr().out
     assert "PASS" in out and "FAIL" not in out
-    assert "unit user" in out and "delta" in out and "against the server" in out
+    assert "unit user" in out and "delta" in out and "readers of published versions" in out
     report = audit_run(audited["noised"])
     assert report.empirical.low <= report.ledger_epsilon
     assert report.noise_ratio == pytest.approx(1.0, abs=0.05)
