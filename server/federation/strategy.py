@@ -9,8 +9,8 @@
   ``REGISTRATION_TIMEOUT_S`` for the whole population to connect; after that (or once it
   passed) rounds sample the devices connected at the time: a device offline is never
   sampled, which only lowers its chance of joining below q.
-  Under DP-FTRL (``federation.mechanism``) each round takes its epoch's next fixed cohort
-  instead, and the server's noise is the tree's (``server.federation.tree_noise``).
+  Under DP-FTRL (``federation.mechanism``) a device joins instead at the round of each
+  epoch it drew, and the server's noise is the tree's (``server.federation.tree_noise``).
 - Aggregation: the devices' payloads (``common.federation.payload``) arrive summed by
   SecAgg+ (Flower hands each result the average; the sum is that times the count) or one
   by one. Server-side noise, when the plan places it there, is added to the sum; then the
