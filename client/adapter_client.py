@@ -41,7 +41,8 @@ class AdapterClient(NumPyClient):
         plan = round_plan(PrivacyPlan.from_spec(self.spec), config)
         codec = PayloadCodec.for_plan(parameters, plan)
         view_rdp = ServerView.round_rdp(plan, codec.size)
-        if view_rdp is not None and self._past_server_cap(view_rdp, plan.delta):
+        state = self._state()
+        if view_rdp is not None and self._past_server_cap(state, view_rdp, plan.delta):
             # nothing of this device's data goes into the sum: a declined, empty payload
             empty = [np.zeros_like(p) for p in parameters]
             return [codec.encode(empty, {"trained": 0.0, "declined": 1.0})], 1, {}
@@ -52,7 +53,7 @@ class AdapterClient(NumPyClient):
             self.device.item_vectors,
             self.device.config,
             self.config.adapter,
-            self._state().accountant,
+            state.accountant,
             seed=self.device.seed("train", round_number),
             public_items=self.device.public_items,
         )
@@ -81,10 +82,10 @@ class AdapterClient(NumPyClient):
         # weight 1: under user-level DP every device counts once
         return [codec.encode(update, stats)], 1, {}
 
-    def _past_server_cap(self, round_rdp: np.ndarray, delta: float) -> bool:
+    def _past_server_cap(self, state: PersonalState, round_rdp: np.ndarray, delta: float) -> bool:
         """Whether one more round would take the server's view of this device past its
         ``max_epsilon_server``."""
-        view = ServerView.from_info(self._state().info).after(round_rdp, delta)
+        view = ServerView.from_info(state.info).after(round_rdp, delta)
         return view.epsilon() > self.device.config.max_epsilon_server
 
     def _evaluation(self, candidate: list[np.ndarray] | None) -> dict[str, float]:

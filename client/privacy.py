@@ -124,9 +124,8 @@ class ServerView:
             return None
         return replace(plan, sample_rate=1.0).round_rdp(dim)
 
-    def epsilon(self, delta: float | None = None) -> float:
-        delta = delta or self.delta
-        return epsilon_at(self.rdp, delta) if self.rounds and delta else 0.0
+    def epsilon(self) -> float:
+        return epsilon_at(self.rdp, self.delta) if self.rounds else 0.0
 
     def after(self, rdp: np.ndarray, delta: float) -> ServerView:
         return ServerView(self.rdp + rdp, delta, self.rounds + 1)

@@ -79,7 +79,7 @@ class PrivacyPlan:
     adaptive: bool
     ceiling: float  # the largest norm a round of the run may use (the norm, unless adaptive)
     mechanism: Mechanism = "dp-fedavg"
-    epoch_rounds: int = 1  # rounds per epoch of fixed cohorts (dp-ftrl)
+    epoch_rounds: int = 1  # rounds per epoch; a device joins one of them (dp-ftrl)
 
     @classmethod
     def from_spec(cls, spec: RunSpec) -> PrivacyPlan:
@@ -173,7 +173,7 @@ class PrivacyPlan:
 
     @property
     def tree(self) -> bool:
-        """Whether the rounds run DP-FTRL's fixed cohorts and tree noise."""
+        """Whether the rounds run DP-FTRL's epochs and tree noise."""
         return self.dp and self.mechanism == "dp-ftrl"
 
     def round_rdp(self, dim: int, server_round: int = 1) -> np.ndarray:
@@ -198,12 +198,15 @@ class PrivacyPlan:
     def planned_rdp(self, dim: int, first: int) -> Callable[[int], np.ndarray]:
         """The total RDP of ``n`` rounds from round ``first`` on, as a function of ``n``."""
 
+        if not self.tree:
+            one = self.round_rdp(dim)  # computed once: the ledger's search calls ``total`` often
+            return lambda rounds: rounds * one
+        node = self.round_rdp(dim, 1)
+
         def total(rounds: int) -> np.ndarray:
-            if not self.tree:
-                return rounds * self.round_rdp(dim)
             positions = (np.arange(first, first + rounds) - 1) % self.epoch_rounds + 1
             nodes = int(np.count_nonzero(positions & (positions - 1) == 0))
-            return nodes * self.round_rdp(dim, 1) if nodes else np.zeros(len(ORDERS))
+            return nodes * node if nodes else np.zeros(len(ORDERS))  # 0 x inf would be nan
 
         return total
 
