@@ -1,4 +1,5 @@
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -155,3 +156,31 @@ def test_kill_9_while_folding_the_overlay_loses_no_acknowledged_upsert(tmp_path)
     assert len(reopened) == 31 and reopened.search(np.full(16, 0.25), 1)[0][0].id == "acked"
     assert not list((tmp_path / "s").glob(".vectors-*.tmp"))
     reopened.close()
+
+
+def mapped_kb(path: Path) -> int:
+    """Resident kB of this process's mappings of ``path`` (/proc/self/smaps)."""
+    total, inside = 0, False
+    for line in Path("/proc/self/smaps").read_text().splitlines():
+        if re.match(r"[0-9a-f]+-[0-9a-f]+ ", line):
+            inside = line.rstrip().endswith(str(path))
+        elif inside and line.startswith("Rss:"):
+            total += int(line.split()[1])
+    return total
+
+
+def test_queries_read_rows_without_mapping_the_file_into_the_process(tmp_path):
+    rng = np.random.default_rng(3)
+    n, dim = 8192, 64
+    path, vectors = tmp_path / "vectors-x.f32", unit(rng, n, dim)
+    writer = VectorFileWriter(path, n, dim)
+    writer.append(np.arange(n, dtype=np.int64), vectors)
+    writer.commit()
+    stored = CatalogVectors(path)
+    before = mapped_kb(path)
+    rows = rng.choice(n, 400, replace=False)
+    np.testing.assert_array_equal(stored.gather(rows), vectors[rows])
+    assert stored.gather(np.array([], dtype=np.int64)).shape == (0, dim)
+    assert mapped_kb(path) == before  # pread: page cache, not this process's memory
+    stored.file.take(rows, axis=0)  # the same rows through the mapping do count
+    assert mapped_kb(path) >= before + 400 * 4 * dim // 1024
