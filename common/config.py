@@ -48,6 +48,7 @@ __all__ = [
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TextPrecision = Literal["auto", "float32", "bfloat16", "int8"]
+QueryRuntime = Literal["torch", "numpy"]
 TEXT_PRECISIONS: tuple[str, ...] = get_args(TextPrecision)
 
 
@@ -182,8 +183,12 @@ class SearchConfig(Section):
     ``public_key`` "": registry versions are checked against their manifest's sha256,
     without a signature. ``query_precision``: the query text tower's ("auto": measured at
     start-up among float32, bfloat16 and int8 weights, the fastest whose vectors agree with
-    float32's); items are always encoded in float32. ``query_cache_size``: encoded query
-    texts kept (LRU; 0: no cache). Threads 0: the library default.
+    float32's); items are always encoded in float32. ``query_runtime``: "torch", or "numpy"
+    (needs a distilled student as ``encoder.query_model``; float32 only): query texts are
+    encoded in NumPy and the base encoder, with torch, is loaded only when a photo query or
+    an item upsert first needs it. ``query_cache_size``: encoded query texts kept (LRU; 0:
+    no cache). ``torch_threads``: the query text encoder's threads (torch's, or NumPy's BLAS
+    under the numpy runtime). Threads 0: the library default.
 
     Security (``server.search.auth``, ``serve_checks``): ``admin_token`` guards catalog
     writes and ``/admin/*`` ("": ``$FEDSEARCH_ADMIN_TOKEN``, else the token file the first
@@ -228,6 +233,7 @@ class SearchConfig(Section):
     shoppers_file: str = ""
     max_batch: int = Field(default=32, ge=1)
     query_precision: TextPrecision = "auto"
+    query_runtime: QueryRuntime = "torch"
     query_cache_size: int = Field(default=10000, ge=0, description="0 = no cache")
     index_memory_mb: float = Field(default=512.0, gt=0)
     pq_bytes: int = Field(default=48, ge=1)
@@ -241,6 +247,11 @@ class SearchConfig(Section):
             raise ConfigError("search.max_k: must be >= search.default_k")
         if self.max_request_bytes < self.max_image_bytes:
             raise ConfigError("search.max_request_bytes: must be >= search.max_image_bytes")
+        if self.query_runtime == "numpy" and self.query_precision not in ("auto", "float32"):
+            raise ConfigError(
+                'search.query_precision: the numpy query runtime computes in float32 ("auto" '
+                'or "float32"), not ' + repr(self.query_precision)
+            )
         return self
 
 

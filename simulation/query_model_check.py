@@ -13,7 +13,8 @@ from typing import Any
 
 from common.config import Config
 from common.evaluation.protocol import evaluate_searches, metrics_from_sums
-from common.model.student import load_query_student, query_model_folder
+from common.model.student import load_query_student
+from common.model.student_files import query_model_folder
 from simulation.loader import load_population
 
 

@@ -33,7 +33,7 @@ RUN_KEYS = (
 def base_model_label(config: Config) -> str:
     """The version label of the encoder ``config`` names (``Encoder.version``), found where
     every command finds it (``paths.encoders``); what a published version records."""
-    from common.model.encoder import resolve_encoder
+    from common.model.encoder_files import resolve_encoder
 
     encoder = config.encoder
     return resolve_encoder(encoder.model, encoder.pretrained, encoder_dir=config.paths.encoders)[1]

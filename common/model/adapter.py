@@ -17,7 +17,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 
-ADAPTER_FILE = "adapter.safetensors"
+from common.model.adapter_numpy import ADAPTER_FILE as ADAPTER_FILE  # re-exported
 
 
 class QueryAdapter(nn.Module):

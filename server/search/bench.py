@@ -33,8 +33,9 @@ import numpy as np
 from common.config import Config, config_from_dict
 from common.model.encoder import Encoder
 from common.model.precision import TextTower
-from common.model.student import query_model_folder
+from common.model.student_files import query_model_folder
 from common.security.versions import latest_version
+from server.search.base_encoder import encoder_from_config
 from server.search.bench_report import print_results
 from server.search.bench_service import ServiceProcess
 from server.search.catalog import Catalog, CatalogStoreError, Item
@@ -42,7 +43,6 @@ from server.search.catalog_build import (
     catalog_text_queries,
     create_catalog,
     encode_catalog_items,
-    encoder_from_config,
     fashion_items,
     open_catalog,
     store_path,
@@ -148,7 +148,7 @@ def run_search_bench(
 ) -> dict[str, Any]:
     """Run the benchmark; print the table and return (and optionally write) the figures."""
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    apply_thread_settings(config.search.torch_threads, config.search.faiss_threads)
+    apply_thread_settings(config.search)
     encoder = encoder_from_config(config)
     tower, choice = query_text_tower(config, encoder)  # as the service will encode queries
     real_items, real_vectors = _catalog_vectors(config, encoder)
@@ -180,6 +180,7 @@ def run_search_bench(
         "encoder_version": encoder.version,
         "query_model": tower.version,
         "query_precision": choice.precision,
+        "query_runtime": config.search.query_runtime,
         "precision_reason": choice.reason,
         "cpu_count": os.cpu_count(),
         "load_average_before": os.getloadavg()[0],

@@ -264,7 +264,8 @@ def _slow_headers(url: str) -> dict[str, Any]:
 
 def run_limits_bench(config: Config, items: int = 200) -> dict[str, Any]:
     """Build a small store, attack a default service, then time /healthz during a decode."""
-    from server.search.catalog_build import build_catalog, encoder_from_config, fashion_items
+    from server.search.base_encoder import encoder_from_config
+    from server.search.catalog_build import build_catalog, fashion_items
 
     with tempfile.TemporaryDirectory(prefix="fedsearch-bench-limits-") as tmp:
         work = Path(tmp)

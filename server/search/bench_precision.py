@@ -20,10 +20,10 @@ from common.config import Config, config_from_dict
 from common.model.encoder import Encoder
 from common.model.int8 import module_bytes
 from common.model.precision import CANDIDATES, TextTower, at_precision
+from server.search.base_encoder import encoder_from_config
 from server.search.catalog_build import (
     catalog_text_queries,
     encode_catalog_items,
-    encoder_from_config,
     fashion_items,
 )
 from server.search.query_model import query_text_tower
@@ -45,7 +45,7 @@ def run_precision_bench(
     """The figures for each precision; printed as a table and returned."""
     if queries < timed or timed < 1 or rounds < 1:
         raise ValueError("need queries >= timed >= 1 and rounds >= 1")
-    apply_thread_settings(config.search.torch_threads, config.search.faiss_threads)
+    apply_thread_settings(config.search)
     encoder = encoder_from_config(config)
     float32 = config_from_dict({"search": {"query_precision": "float32"}}, config)
     tower, _ = query_text_tower(float32, encoder)

@@ -20,6 +20,7 @@ def print_results(results: dict[str, Any]) -> None:
         f"\nsearch benchmark: {results['items']:,} items, {results['requests']:,} text queries "
         f"per workload over HTTP on 127.0.0.1, {results['clients']} clients\n"
         f"query texts: {results['query_model']} in {results['query_precision']} "
+        f"on {results['query_runtime']} "
         f"({results['precision_reason']})\n"
         f"{results['cpu_count']} CPUs, load average {results['load_average_before']:.1f} before "
         f"and {results['load_average_after']:.1f} after (other processes share the CPUs)"

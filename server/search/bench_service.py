@@ -32,7 +32,7 @@ def _serve_child(config: Config, port: int) -> None:
     from server.search.service import create_app
 
     logging.basicConfig(level=logging.WARNING)
-    apply_thread_settings(config.search.torch_threads, config.search.faiss_threads)
+    apply_thread_settings(config.search)
     uvicorn.run(create_app(config), host="127.0.0.1", port=port, log_level="warning")
 
 

@@ -13,28 +13,23 @@ import math
 import random
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from common.config import Config
 from common.data.fashion import load_fashion_catalog
 from common.data.records import Product
-from common.model.encoder import Encoder, create_encoder
+
+if TYPE_CHECKING:
+    from common.model.encoder import Encoder
+from server.search.base_encoder import BaseEncoder, built
 from server.search.catalog import Catalog, Item
 from server.search.index_kinds import IndexKind, IndexOptions
 
 log = logging.getLogger(__name__)
 
 PRICE_MIN, PRICE_MAX = 5.0, 250.0
-
-
-def encoder_from_config(config: Config) -> Encoder:
-    return create_encoder(
-        config.encoder.model,
-        config.encoder.pretrained,
-        encoder_dir=config.paths.encoders,
-        device=config.encoder.device,
-    )
 
 
 def store_path(config: Config) -> Path:
@@ -168,7 +163,9 @@ def open_catalog(config: Config, folder: Path | None = None) -> Catalog:
     return Catalog.open(folder or store_path(config), exact_max_items=config.search.exact_max_items)
 
 
-def open_or_build_catalog(config: Config, encoder: Encoder, folder: Path | None = None) -> Catalog:
+def open_or_build_catalog(
+    config: Config, encoder: BaseEncoder, folder: Path | None = None
+) -> Catalog:
     """The served catalog: the store if it matches the encoder; else built (from the fashion
     data if there is no store, from the store's own items if the encoder changed)."""
     folder = folder or store_path(config)
@@ -176,7 +173,7 @@ def open_or_build_catalog(config: Config, encoder: Encoder, folder: Path | None 
         catalog = open_catalog(config, folder)
     except FileNotFoundError:
         log.info("no catalog store at %s: indexing the fashion catalog", folder)
-        return build_catalog(config, encoder, fashion_items(config), folder=folder)
+        return build_catalog(config, built(encoder), fashion_items(config), folder=folder)
     if catalog.encoder_version == encoder.version:
         return catalog
     log.warning(
@@ -188,4 +185,4 @@ def open_or_build_catalog(config: Config, encoder: Encoder, folder: Path | None 
     )
     items = catalog.items()
     catalog.close()
-    return build_catalog(config, encoder, items, folder=folder)
+    return build_catalog(config, built(encoder), items, folder=folder)

@@ -176,7 +176,8 @@ def _user_errors(handler: Callable[[argparse.Namespace], int]) -> Callable:
 
 @_user_errors
 def _index(args: argparse.Namespace) -> int:
-    from server.search.catalog_build import build_catalog, encoder_from_config, fashion_items
+    from server.search.base_encoder import encoder_from_config
+    from server.search.catalog_build import build_catalog, fashion_items
 
     config = config_from_args(args)
     if args.limit is not None and args.limit < 1:
@@ -207,7 +208,7 @@ def _serve(args: argparse.Namespace) -> int:
     host = args.host or config.search.host
     port = args.port or config.search.port
     admin, new_token = admin_for_serving(config, host, insecure=args.insecure)
-    apply_thread_settings(config.search.torch_threads, config.search.faiss_threads)
+    apply_thread_settings(config.search)
     app = create_app(config, admin=admin)
     if args.rollback_to:
         error = app.state.service.watcher.rollback(args.rollback_to)
@@ -224,7 +225,8 @@ def _serve(args: argparse.Namespace) -> int:
 
 @_user_errors
 def _search(args: argparse.Namespace) -> int:
-    from server.search.catalog_build import encoder_from_config, open_or_build_catalog
+    from server.search.base_encoder import encoder_from_config
+    from server.search.catalog_build import open_or_build_catalog
     from server.search.compare import compare_shoppers
 
     config = config_from_args(args)

@@ -18,7 +18,6 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import ValidationError
 
 from common.config import Config
-from common.model.encoder import Encoder
 from server.search.api import (
     ErrorResponse,
     UpsertBody,
@@ -31,6 +30,7 @@ from server.search.api import (
 )
 from server.search.api_errors import ApiError
 from server.search.auth import AdminAuth
+from server.search.base_encoder import BaseEncoder
 from server.search.catalog import Catalog, Item, PhotoUpload
 from server.search.images import PhotoWorkers, open_image
 from server.search.spoken import SpokenQueries
@@ -40,7 +40,7 @@ class _Service(Protocol):
     """What these routes use of ``server.search.service.SearchService``."""
 
     config: Config
-    encoder: Encoder
+    encoder: BaseEncoder
     catalog: Catalog
     admin: AdminAuth
     photo_workers: PhotoWorkers

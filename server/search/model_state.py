@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from common.model.adapter import ADAPTER_FILE, QueryAdapter
+from common.model.adapter_numpy import ADAPTER_FILE, NumpyAdapter
 from common.security.trust import TrustedVersions, check_base_model
 from common.security.versions import IntegrityError
 
@@ -34,7 +34,7 @@ class ModelState:
     """One adapter version, immutable once built; ``adapter`` None is the identity."""
 
     version: str = BASE_VERSION
-    adapter: QueryAdapter | None = None
+    adapter: NumpyAdapter | None = None
     manifest: dict[str, Any] = field(default_factory=dict, hash=False)
     loaded_at: float = field(default_factory=time.time)
 
@@ -61,7 +61,10 @@ def load_model_state(
     path = folder / ADAPTER_FILE
     if not path.is_file():
         raise IntegrityError(f"{folder}: no {ADAPTER_FILE}")
-    adapter = QueryAdapter.load(path)
+    try:
+        adapter = NumpyAdapter.load(path)
+    except (ValueError, OSError) as exc:
+        raise IntegrityError(f"{folder}: unreadable {ADAPTER_FILE}: {exc}") from exc
     if adapter.dim != dim:
         raise IntegrityError(f"{folder}: adapter dim {adapter.dim}, index dim {dim}")
     adapter.apply_numpy(np.zeros((1, dim), dtype=np.float32))

@@ -16,14 +16,17 @@ import threading
 import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from PIL import Image
 
-from common.model.encoder import Encoder
 from common.model.fusion import fuse
 from common.model.precision import PrecisionChoice, TextTower
 from server.search.query_cache import CacheKey, QueryVectorCache, normalize_query
+
+if TYPE_CHECKING:
+    from server.search.base_encoder import BaseEncoder
 
 
 @dataclass
@@ -42,7 +45,7 @@ class QueryEncoder:
     def __init__(
         self,
         text_tower: TextTower,
-        image_encoder: Encoder,
+        image_encoder: BaseEncoder,
         *,
         max_batch: int = 32,
         cache: QueryVectorCache | None = None,
@@ -143,8 +146,8 @@ class QueryEncoder:
 
 def _ignores_case(tower: TextTower) -> bool:
     """Whether the tower's tokenizer reads "Ab Cd" and "ab cd" as the same tokens."""
-    tokenizer = getattr(tower, "tokenizer", None)
-    if tokenizer is None:
+    token_ids = getattr(tower, "token_ids", None) or getattr(tower, "tokenizer", None)
+    if token_ids is None:
         return False
-    upper, lower = tokenizer(["Black Casual SHOES"]), tokenizer(["black casual shoes"])
+    upper, lower = token_ids(["Black Casual SHOES"]), token_ids(["black casual shoes"])
     return bool(np.array_equal(np.asarray(upper), np.asarray(lower)))

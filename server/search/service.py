@@ -30,7 +30,6 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common.config import Config
-from common.model.encoder import Encoder
 from common.security.signing import load_public_key
 from server.search.api import (
     SYNTHETIC_PRICE_NOTE,
@@ -47,8 +46,9 @@ from server.search.api import (
     validation_error,
 )
 from server.search.auth import AdminAuth
+from server.search.base_encoder import BaseEncoder, base_encoder
 from server.search.catalog import Catalog
-from server.search.catalog_build import encoder_from_config, open_or_build_catalog
+from server.search.catalog_build import open_or_build_catalog
 from server.search.engine import SearchEngine
 from server.search.images import PhotoWorkers
 from server.search.item_routes import ERRORS, add_item_routes, admin_guard
@@ -74,7 +74,11 @@ class SearchService:
     """Everything one running service holds; ``app.state.service``."""
 
     def __init__(
-        self, config: Config, encoder: Encoder, catalog: Catalog, admin: AdminAuth | None = None
+        self,
+        config: Config,
+        encoder: BaseEncoder,
+        catalog: Catalog,
+        admin: AdminAuth | None = None,
     ) -> None:
         if catalog.dim != encoder.dim:
             raise ValueError(f"catalog vectors are {catalog.dim}-d, encoder {encoder.dim}-d")
@@ -121,15 +125,16 @@ class SearchService:
 def create_app(
     config: Config,
     *,
-    encoder: Encoder | None = None,
+    encoder: BaseEncoder | None = None,
     catalog: Catalog | None = None,
     watch_registry: bool = True,
     admin: AdminAuth | None = None,
 ) -> FastAPI:
-    """The service app. Builds the encoder and catalog from ``config`` unless given; the
+    """The service app. Builds the encoder (deferred under the numpy query runtime:
+    ``server.search.base_encoder``) and catalog from ``config`` unless given; the
     admin token is the configured one (``server.search.auth``) unless ``admin`` is."""
     if encoder is None:
-        encoder = encoder_from_config(config)
+        encoder = base_encoder(config)
     if catalog is None:
         catalog = open_or_build_catalog(config, encoder)
     admin = admin or AdminAuth.from_config(config, catalog.folder)

@@ -30,8 +30,9 @@ from typing import Any
 from common.config import Config
 from common.progress import progress_bar
 from common.speech.vocabulary import spoken_words
+from server.search.base_encoder import encoder_from_config
 from server.search.catalog import Item
-from server.search.catalog_build import encoder_from_config, open_or_build_catalog
+from server.search.catalog_build import open_or_build_catalog
 from server.search.engine import Query, SearchEngine
 from server.search.query_model import query_encoder_from_config
 from server.search.spoken import SpokenQueries

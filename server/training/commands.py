@@ -48,7 +48,7 @@ def _pretrain(args: argparse.Namespace) -> int:
 
 
 def _distill(args: argparse.Namespace) -> int:
-    from server.search.catalog_build import encoder_from_config
+    from server.search.base_encoder import encoder_from_config
     from server.training.distill import DistillSettings, run_distill
 
     try:

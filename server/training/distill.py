@@ -28,13 +28,8 @@ from common.config import Config
 from common.data.fashion import load_fashion_catalog
 from common.data.retail import TRANSACTIONS_FILE, load_retail_catalog
 from common.model.encoder import Encoder
-from common.model.student import (
-    QUERY_MODEL_DIR,
-    QueryStudent,
-    StudentTextTower,
-    save_student,
-    student_from_teacher,
-)
+from common.model.student import QueryStudent, StudentTextTower, save_student, student_from_teacher
+from common.model.student_files import QUERY_MODEL_DIR
 from common.progress import progress_bar
 from common.security.versions import write_version
 from server.training.distill_eval import DistillData, evaluate_student, report_table

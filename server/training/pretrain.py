@@ -24,7 +24,8 @@ from torch.nn import functional as F
 from common.config import Config
 from common.data.fashion import load_fashion_catalog
 from common.data.records import Product
-from common.model.encoder import ENCODER_CONFIG_FILE, ENCODER_WEIGHTS_FILE, Encoder, create_encoder
+from common.model.encoder import Encoder, create_encoder
+from common.model.encoder_files import ENCODER_CONFIG_FILE, ENCODER_WEIGHTS_FILE
 from common.progress import progress_bar
 from common.security.versions import write_version
 from server.training.encoder_eval import encoder_table, evaluate_encoder

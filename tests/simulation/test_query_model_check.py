@@ -2,7 +2,8 @@ import pytest
 
 import simulation.loader
 from common.cli import main
-from common.model.student import QUERY_MODEL_DIR, save_student, student_from_teacher
+from common.model.student import save_student, student_from_teacher
+from common.model.student_files import QUERY_MODEL_DIR
 from common.security.versions import write_version
 from simulation.query_model_check import compare_query_models, format_comparison
 from tests.simulation.conftest import make_config

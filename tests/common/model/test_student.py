@@ -3,14 +3,12 @@ import pytest
 
 from common.model.encoder import EncoderError
 from common.model.student import (
-    QUERY_MODEL_DIR,
-    STUDENT_WEIGHTS_FILE,
     QueryStudent,
     load_query_student,
-    query_model_folder,
     save_student,
     student_from_teacher,
 )
+from common.model.student_files import QUERY_MODEL_DIR, STUDENT_WEIGHTS_FILE, query_model_folder
 from common.security.versions import write_version
 
 QUERIES = ["black casual shoes", "Titan Women Gold Watch", "a blue denim jacket for men"]

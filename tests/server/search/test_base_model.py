@@ -9,7 +9,8 @@ from fastapi.testclient import TestClient
 from common.config import ENCODER_DIR_ENV, config_from_dict
 from common.federation.run_spec import RunSpec, base_model_label
 from common.model.adapter import ADAPTER_FILE
-from common.model.encoder import EncoderError, resolve_encoder
+from common.model.encoder_files import resolve_encoder
+from common.model.errors import EncoderError
 from common.security.versions import write_version
 from tests.server.search.conftest import ADMIN_HEADERS
 from tests.server.search.test_hot_swap import random_adapter

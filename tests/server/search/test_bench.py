@@ -2,6 +2,7 @@ import json
 
 import numpy as np
 
+import common.model.encoder
 from common.cli import main
 from server.search.bench import _codes, perturbed_copies
 
@@ -25,11 +26,8 @@ def test_bench_search_command_serves_each_kind_and_workload(
     """`fedsearch bench-search` end to end at toy size (the README's command, scaled down):
     a real service process, both workloads, the CPU split and the recall."""
     import server.search.bench as bench
-    import server.search.catalog_build
 
-    monkeypatch.setattr(
-        server.search.catalog_build, "create_encoder", lambda *a, **k: untrained_encoder
-    )
+    monkeypatch.setattr(common.model.encoder, "create_encoder", lambda *a, **k: untrained_encoder)
     for name, value in (("TUNING_QUERIES", 30), ("WARMUP_REQUESTS", 4)):
         monkeypatch.setattr(bench, name, value)
     monkeypatch.setattr(bench, "SEQUENTIAL_REQUESTS", 10)

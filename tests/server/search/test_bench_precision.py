@@ -1,6 +1,6 @@
 import pytest
 
-import server.search.catalog_build
+import common.model.encoder
 from common.cli import main
 from common.config import config_from_dict
 from server.search.bench_precision import run_precision_bench
@@ -8,9 +8,7 @@ from server.search.bench_precision import run_precision_bench
 
 @pytest.fixture
 def config(tmp_path, small_catalog, monkeypatch, untrained_encoder):
-    monkeypatch.setattr(
-        server.search.catalog_build, "create_encoder", lambda *a, **k: untrained_encoder
-    )
+    monkeypatch.setattr(common.model.encoder, "create_encoder", lambda *a, **k: untrained_encoder)
     data = tmp_path / "data"
     data.mkdir()
     (data / "fashion_product_images_small_subset").symlink_to(small_catalog)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from fastapi.testclient import TestClient
 
-import server.search.catalog_build
+import common.model.encoder
 from common.cli import main
 from common.config import config_from_dict
 from server.search.catalog import Item
@@ -28,9 +28,7 @@ def config(tmp_path, small_catalog):
 @pytest.fixture
 def shared_encoder(monkeypatch, untrained_encoder):
     """Commands build their encoder with ``create_encoder``: hand them the session's."""
-    monkeypatch.setattr(
-        server.search.catalog_build, "create_encoder", lambda *a, **k: untrained_encoder
-    )
+    monkeypatch.setattr(common.model.encoder, "create_encoder", lambda *a, **k: untrained_encoder)
     return untrained_encoder
 
 

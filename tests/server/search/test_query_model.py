@@ -1,13 +1,22 @@
 """The service's query path: the text tower chosen by config, its precision, the cache."""
 
+import base64
+import json
+import subprocess
+import sys
+
 import numpy as np
+import pytest
 from fastapi.testclient import TestClient
 
-from common.config import config_from_dict
-from common.model.student import QUERY_MODEL_DIR, save_student, student_from_teacher
+from common.config import ConfigError, config_from_dict
+from common.model.errors import EncoderError
+from common.model.student import save_student, student_from_teacher
+from common.model.student_files import QUERY_MODEL_DIR
 from common.security.versions import write_version
 from server.search.catalog_build import create_catalog
 from server.search.model_state import ModelState
+from server.search.query_model import query_text_tower
 from server.search.service import create_app
 from tests.server.search.test_service import scrape
 
@@ -64,3 +73,76 @@ def test_a_distilled_student_encodes_the_queries(
     np.testing.assert_allclose(
         body["query_vector"], student.encode_text(["black watch"])[0], atol=1e-6
     )
+
+
+NUMPY_SERVICE = """
+import base64, json, sys
+from fastapi.testclient import TestClient
+from common.config import config_from_dict
+from server.search.service import create_app
+from server.search.threads import apply_thread_settings
+
+config = config_from_dict(json.loads(sys.argv[1]))
+apply_thread_settings(config.search)
+app = create_app(config, watch_registry=False)
+out = {}
+with TestClient(app) as c:
+    text = c.post("/search", json={"text": "black watch", "return_vectors": True}).json()
+    out["text"] = text
+    out["query"] = c.get("/version").json()["query"]
+    out["torch_after_text"] = "torch" in sys.modules
+    photo = base64.b64encode(open(sys.argv[2], "rb").read()).decode()
+    out["photo"] = c.post("/search", json={"image": photo, "return_vectors": True}).json()
+    out["torch_after_photo"] = "torch" in sys.modules
+print(json.dumps(out))
+"""
+
+
+def test_the_numpy_runtime_serves_text_without_torch_and_builds_it_for_photos(
+    tmp_path, untrained_encoder, search_items, search_vectors
+):
+    work = tmp_path / "work"
+    tower = student_from_teacher(untrained_encoder.model.text.transformer, [0, 5], 256)
+    write_version(work / QUERY_MODEL_DIR, lambda f: save_student(f, tower), {})
+    settings = {
+        "paths": {"work_dir": str(work)},
+        "encoder": {"pretrained": "none", "query_model": "latest"},
+        "search": {"query_cache_size": 0, "query_precision": "float32"},
+    }
+    torch_config = config_from_dict(settings)
+    create_catalog(torch_config, search_items, search_vectors, untrained_encoder.version).close()
+    app = create_app(torch_config, encoder=untrained_encoder, watch_registry=False)
+    photo = next(it.photo for it in search_items if it.photo)
+    with TestClient(app) as c:
+        reference = c.post("/search", json={"text": "black watch", "return_vectors": True}).json()
+        with open(photo, "rb") as fh:
+            image = base64.b64encode(fh.read()).decode()
+        by_photo = c.post("/search", json={"image": image, "return_vectors": True}).json()
+    settings["search"]["query_runtime"] = "numpy"
+    run = subprocess.run(
+        [sys.executable, "-c", NUMPY_SERVICE, json.dumps(settings), photo],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 0, run.stderr[-2000:]
+    out = json.loads(run.stdout)
+    assert out["query"]["runtime"] == "numpy" and out["query"]["precision"] == "float32"
+    assert out["query"]["text_model"] == app.state.service.engine.query_encoder.text_tower.version
+    assert not out["torch_after_text"] and out["torch_after_photo"]
+    assert [r["id"] for r in out["text"]["results"]] == [r["id"] for r in reference["results"]]
+    np.testing.assert_allclose(out["text"]["query_vector"], reference["query_vector"], atol=2e-6)
+    # "none" gives each process its own random vision tower: the photo query is served by
+    # the base encoder built on demand, not comparable with this process's
+    assert len(out["photo"]["results"]) == len(by_photo["results"]) == 10
+    assert abs(np.linalg.norm(out["photo"]["query_vector"]) - 1) < 1e-5
+
+
+def test_the_numpy_runtime_needs_a_student_and_float32(tmp_path, untrained_encoder):
+    config = config_from_dict(
+        {"encoder": {"pretrained": "none"}, "search": {"query_runtime": "numpy"}}
+    )
+    with pytest.raises(EncoderError, match="encoder.query_model"):
+        query_text_tower(config, untrained_encoder)
+    with pytest.raises(ConfigError, match="search.query_precision"):
+        config_from_dict({"search": {"query_runtime": "numpy", "query_precision": "int8"}})

@@ -3,9 +3,11 @@ import json
 
 import pytest
 
+import common.model.encoder
 from common.cli import main
 from common.data.records import Product
-from common.model.student import QUERY_MODEL_DIR, load_query_student
+from common.model.student import load_query_student
+from common.model.student_files import QUERY_MODEL_DIR
 from common.security.versions import latest_version, read_manifest
 from server.training.distill_texts import fashion_phrases, retail_phrases, split_phrases
 
@@ -41,11 +43,8 @@ def data_dir(tmp_path, small_catalog, retail_dir):
 def test_distill_command_trains_evaluates_and_saves_a_verified_student(
     tmp_path, data_dir, monkeypatch, untrained_encoder, capsys
 ):
-    import server.search.catalog_build
 
-    monkeypatch.setattr(
-        server.search.catalog_build, "create_encoder", lambda *a, **k: untrained_encoder
-    )
+    monkeypatch.setattr(common.model.encoder, "create_encoder", lambda *a, **k: untrained_encoder)
     work = tmp_path / "work"
     args = [
         "distill", "--steps", "3", "--batch-size", "16", "--max-train", "150",

@@ -1,0 +1,56 @@
+"""The query adapter (``common.model.adapter.QueryAdapter``) applied in NumPy, for serving.
+
+The search service only ever runs an adapter forward on a few query vectors, so it reads
+the published ``adapter.safetensors`` into arrays and computes
+``normalize(q + up(gelu(down(q))))`` without torch.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from safetensors import safe_open
+from scipy.special import erf
+
+ADAPTER_FILE = "adapter.safetensors"
+_KEYS = ("down.weight", "down.bias", "up.weight", "up.bias")
+
+
+class NumpyAdapter:
+    """A published adapter's weights and its forward pass on float32 query rows."""
+
+    def __init__(self, weights: dict[str, np.ndarray]) -> None:
+        missing = [k for k in _KEYS if k not in weights]
+        if missing:
+            raise ValueError(f"adapter weights lack {', '.join(missing)}")
+        down, up = weights["down.weight"], weights["up.weight"]
+        self.rank, self.dim = down.shape
+        if up.shape != (self.dim, self.rank):
+            raise ValueError(f"adapter up weight is {up.shape}, expected {(self.dim, self.rank)}")
+        self._down_t = np.ascontiguousarray(down.T, dtype=np.float32)
+        self._down_b = np.asarray(weights["down.bias"], dtype=np.float32)
+        self._up_t = np.ascontiguousarray(up.T, dtype=np.float32)
+        self._up_b = np.asarray(weights["up.bias"], dtype=np.float32)
+
+    @classmethod
+    def load(cls, path: Path) -> NumpyAdapter:
+        with safe_open(str(path), framework="numpy") as fh:
+            meta = fh.metadata() or {}
+            weights = {k: fh.get_tensor(k) for k in fh.keys()}  # noqa: SIM118 (not a dict)
+        if "dim" not in meta or "rank" not in meta:
+            raise ValueError(f"{path}: adapter file has no dim/rank metadata")
+        adapter = cls(weights)
+        if (adapter.dim, adapter.rank) != (int(meta["dim"]), int(meta["rank"])):
+            raise ValueError(f"{path}: weights do not match the dim/rank metadata")
+        return adapter
+
+    def apply_numpy(self, queries: np.ndarray) -> np.ndarray:
+        """Adapt float32 query rows (or one vector)."""
+        q = np.asarray(queries, dtype=np.float32)
+        hidden = q @ self._down_t + self._down_b
+        hidden = 0.5 * hidden * (1.0 + erf(hidden * np.float32(0.7071067811865476)))
+        out = q + hidden @ self._up_t + self._up_b
+        norms = np.maximum(np.linalg.norm(out, axis=-1, keepdims=True), 1e-12)
+        adapted: np.ndarray = (out / norms).astype(np.float32)
+        return adapted
