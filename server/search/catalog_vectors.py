@@ -165,7 +165,7 @@ class CatalogVectors:
         if not len(rows):
             return out
         row_bytes = 4 * self.dim
-        view = memoryview(out).cast("B")
+        view = memoryview(out.data).cast("B")
         for i, row in enumerate(rows.tolist()):
             target = view[i * row_bytes : (i + 1) * row_bytes]
             if os.preadv(self._fd, [target], self._rows_at + row * row_bytes) != row_bytes:
