@@ -4,6 +4,9 @@ import numpy as np
 
 import common.model.encoder
 from common.cli import main
+from common.model.student import save_student, student_from_teacher
+from common.model.student_files import QUERY_MODEL_DIR
+from common.security.versions import write_version
 from server.search.bench import _codes, perturbed_copies
 
 
@@ -24,7 +27,8 @@ def test_bench_search_command_serves_each_kind_and_workload(
     tmp_path, small_catalog, monkeypatch, untrained_encoder, capsys
 ):
     """`fedsearch bench-search` end to end at toy size (the README's command, scaled down):
-    a real service process, both workloads, the CPU split and the recall."""
+    a real service process, both workloads, the CPU split and the recall; then the same
+    with the numpy query runtime, whose service holds far less memory."""
     import server.search.bench as bench
 
     monkeypatch.setattr(common.model.encoder, "create_encoder", lambda *a, **k: untrained_encoder)
@@ -32,18 +36,27 @@ def test_bench_search_command_serves_each_kind_and_workload(
         monkeypatch.setattr(bench, name, value)
     monkeypatch.setattr(bench, "SEQUENTIAL_REQUESTS", 10)
     monkeypatch.setattr(bench, "IN_PROCESS_QUERIES", 10)
-    out = tmp_path / "bench.json"
-    args = [
-        "bench-search", "--items", "1000", "--clients", "2", "--requests", "24",
-        "--kinds", "ivf-pq", "--out", str(out),
-        "--set", f"paths.data_dir={small_catalog.parent}",
-        "--set", f"paths.work_dir={tmp_path / 'work'}", "--set", "encoder.pretrained=none",
-        "--set", "search.exact_max_items=100", "--set", "search.pq_bytes=16",
-    ]  # fmt: skip
-    assert main(args) == 0
+    work = tmp_path / "work"
+    tower = student_from_teacher(untrained_encoder.model.text.transformer, [0, 5], 256)
+    write_version(work / QUERY_MODEL_DIR, lambda f: save_student(f, tower), {})
+
+    def run(*settings: str) -> dict:
+        out = tmp_path / "bench.json"
+        args = [
+            "bench-search", "--items", "1000", "--clients", "2", "--requests", "24",
+            "--kinds", "ivf-pq", "--out", str(out),
+            "--set", f"paths.data_dir={small_catalog.parent}",
+            "--set", f"paths.work_dir={work}", "--set", "encoder.pretrained=none",
+            "--set", "search.exact_max_items=100", "--set", "search.pq_bytes=16",
+            "--set", "encoder.query_model=latest", *settings,
+        ]  # fmt: skip
+        assert main(args) == 0
+        return json.loads(out.read_text())
+
+    results = run()
     printed = capsys.readouterr().out
     assert "targets [ivf-pq, uniform]" in printed and "targets [ivf-pq, zipf]" in printed
-    results = json.loads(out.read_text())
+    assert "on torch" in printed and results["query_runtime"] == "torch"
     kind = results["kinds"]["ivf-pq"]
     assert kind["index"]["kind"] == "ivf-pq" and kind["index"]["refine_factor"] == 10
     uniform, zipf = kind["workloads"]["uniform"], kind["workloads"]["zipf"]
@@ -52,3 +65,10 @@ def test_bench_search_command_serves_each_kind_and_workload(
     split = uniform["cpu_split_ms_per_query"]
     assert split["encode"] > 0 and split["search"] > 0 and split["rerank"] > 0
     assert kind["recall_at_10_vs_exact"] > 0.8 and kind["memory"]["rss_mb"] > 100
+
+    numpy = run("--workloads", "uniform", "--set", "search.query_runtime=numpy")
+    assert "on numpy" in capsys.readouterr().out and numpy["query_runtime"] == "numpy"
+    lean = numpy["kinds"]["ivf-pq"]
+    assert lean["workloads"]["uniform"]["failed"] == 0
+    assert abs(lean["recall_at_10_vs_exact"] - kind["recall_at_10_vs_exact"]) < 0.02
+    assert lean["memory"]["rss_mb"] < kind["memory"]["rss_mb"] / 2  # no torch in the service
