@@ -14,21 +14,26 @@ in-memory overlay until the next compaction. A file is written beside its final 
 fsynced and renamed into place: a crash leaves the old file or the new one, and a store
 without a readable file for its id gets a new one when it is opened.
 
-Queries read the rows they need through the mapping (random access advised), then unmap
-what the read faulted in (``MADV_DONTNEED``: the pages stay in the page cache, shared and
-reclaimable, and leave the process's resident memory). The kernel maps whole page-cache
-folios around each row touched, ~100 KB a row on the machine measured, so without that a
-million items' shortlists would soon map the whole 1.5 GB file into the process. Reading
-rows with ``pread`` instead cost 3x the CPU (one system call, and one release of the GIL,
-per row). Whole-file passes (opening, compaction) use plain reads.
+Queries read the rows they need with one ``pread`` each, called through ctypes so that the
+GIL stays held (a read from the page cache takes about a microsecond; releasing and taking
+back the GIL around each of a query's hundreds of reads cost more than the reads under
+load). The vectors stay in the page cache, out of the process's resident memory: read
+through the mapping instead, each row maps the page-cache folio around it (~100 KB a row
+on the machine measured, whole megabytes for a file written in one go), so a million items'
+shortlists mapped most of the 1.5 GB file, and unmapping after each query still left
+gigabyte peaks under concurrent queries. Gathers of more than ``PREAD_MAX_ROWS`` rows (an
+exact search over a wide filter) read through the mapping. Whole-file passes (opening,
+compaction) use plain reads.
 """
 
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
 import struct
-from collections.abc import Iterable
+import weakref
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +43,21 @@ from server.search.catalog_rows import grown, room_for
 
 VECTOR_FILE_MAGIC = b"FSVECS01"
 HEADER_BYTES = 64
+PREAD_MAX_ROWS = 4096  # rows a gather reads with pread; beyond, through the mapping
+
+
+def _libc_pread() -> Callable[[int, int, int, int], int] | None:
+    """libc's ``pread(fd, buf, count, offset)`` called with the GIL held, if there is one."""
+    try:
+        pread = ctypes.PyDLL(None).pread
+    except (OSError, AttributeError):
+        return None
+    pread.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int64)
+    pread.restype = ctypes.c_ssize_t
+    return pread
+
+
+_PREAD = _libc_pread()
 
 
 def vector_file(folder: Path, store_id: str) -> Path:
@@ -121,6 +141,9 @@ class CatalogVectors:
         if n < 0 or dim <= 0 or len(self._map) != HEADER_BYTES + n * (8 + 4 * dim):
             raise ValueError(f"{path}: truncated or damaged vector file")
         self._map.madvise(mmap.MADV_RANDOM)
+        self._fd = os.open(path, os.O_RDONLY)
+        weakref.finalize(self, os.close, self._fd)
+        self._rows_at = HEADER_BYTES + 8 * n
         self.path, self.dim = path, int(dim)
         self.keys = np.frombuffer(self._map, dtype="<i8", count=n, offset=HEADER_BYTES)
         self.file = np.frombuffer(
@@ -143,19 +166,36 @@ class CatalogVectors:
         return -1 - np.arange(start, start + m, dtype=np.int64)
 
     def gather(self, refs: np.ndarray) -> np.ndarray:
-        """The vectors of ``refs`` (a copy); file rows read through the mapping, whose pages
-        are unmapped again before returning."""
+        """The vectors of ``refs`` (a copy): file rows by ``pread``, or through the mapping
+        for more than ``PREAD_MAX_ROWS`` of them."""
         refs = np.asarray(refs, dtype=np.int64)
         in_file = refs >= 0
         rows = refs[in_file]
-        from_file = self.file.take(rows, axis=0)
-        if len(rows):
-            self._map.madvise(mmap.MADV_DONTNEED)
+        from_file = self._pread(rows) if len(rows) <= PREAD_MAX_ROWS else self.file.take(rows, 0)
         if len(rows) == len(refs):
             return from_file
         out = np.empty((len(refs), self.dim), dtype=np.float32)
         out[in_file] = from_file
         out[~in_file] = self.overlay[-1 - refs[~in_file]]
+        return out
+
+    def _pread(self, rows: np.ndarray) -> np.ndarray:
+        out = np.empty((len(rows), self.dim), dtype="<f4")
+        row_bytes = 4 * self.dim
+        if _PREAD is None:  # no libc: os.preadv, which releases the GIL around each read
+            view = memoryview(out.data).cast("B") if len(rows) else memoryview(b"")
+            done = [
+                os.preadv(self._fd, [view[i * row_bytes : (i + 1) * row_bytes]], offset)
+                for i, offset in enumerate((self._rows_at + rows * row_bytes).tolist())
+            ]
+        else:
+            base = out.ctypes.data
+            done = [
+                _PREAD(self._fd, base + i * row_bytes, row_bytes, offset)
+                for i, offset in enumerate((self._rows_at + rows * row_bytes).tolist())
+            ]
+        if any(n != row_bytes for n in done):
+            raise OSError(f"{self.path}: short read of a vector row")
         return out
 
     def read(self, refs: np.ndarray) -> np.ndarray:

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from server.search import catalog_vectors
 from server.search.catalog import Catalog, Filters, Item
 from server.search.catalog_vectors import CatalogVectors, VectorFileWriter, vector_file
 from server.search.index_kinds import IndexOptions
@@ -169,7 +170,10 @@ def mapped_kb(path: Path) -> int:
     return total
 
 
-def test_queries_read_rows_without_keeping_the_file_mapped_in_the_process(tmp_path):
+@pytest.mark.parametrize("libc", [True, False], ids=["libc-pread", "os-preadv"])
+def test_queries_read_rows_without_mapping_the_file_into_the_process(tmp_path, monkeypatch, libc):
+    if not libc:
+        monkeypatch.setattr(catalog_vectors, "_PREAD", None)
     rng = np.random.default_rng(3)
     n, dim = 8192, 64
     path, vectors = tmp_path / "vectors-x.f32", unit(rng, n, dim)
@@ -181,6 +185,6 @@ def test_queries_read_rows_without_keeping_the_file_mapped_in_the_process(tmp_pa
     rows = rng.choice(n, 400, replace=False)
     np.testing.assert_array_equal(stored.gather(rows), vectors[rows])
     assert stored.gather(np.array([], dtype=np.int64)).shape == (0, dim)
-    assert mapped_kb(path) <= before  # unmapped again: page cache, not this process's
-    stored.file.take(rows, axis=0)  # the same rows read through the mapping stay mapped
+    assert mapped_kb(path) <= before  # pread: page cache, not this process's memory
+    stored.file.take(rows, axis=0)  # the same rows read through the mapping do count
     assert mapped_kb(path) >= before + 400 * 4 * dim // 1024
