@@ -109,12 +109,14 @@ def register_simulation_commands(subparsers: argparse._SubParsersAction) -> None
 
     check = subparsers.add_parser(
         "check-query-model",
-        help="base nDCG@10 of a population's held-out searches: distilled query encoder vs "
+        help="base nDCG@10 of a population's held-out searches: compressed query encoder vs "
         "the base encoder",
         description="Loads a simulated population with the base encoder and ranks its "
-        "held-out searches over the whole catalog twice: with the base encoder's query "
-        "vectors and with the distilled student's (encoder.query_model, default the latest "
-        "`fedsearch distill` version). Prints nDCG@10, HR@10 and MRR of both.",
+        "held-out searches over the whole catalog twice: with the base encoder's float32 "
+        "query vectors and with a compressed query encoder's: the distilled student "
+        "(encoder.query_model, default the latest `fedsearch distill` version), or, with "
+        "--set search.query_precision=int8 (or bfloat16) and no student named, the base "
+        "encoder at that precision. Prints nDCG@10, HR@10 and MRR of both.",
     )
     check.add_argument("--population", required=True, help="retail or marketplace")
     check.add_argument("--clients", type=int, metavar="N", help="number of devices")

@@ -17,6 +17,18 @@ from simulation.retail_customers import load_retail
 POPULATIONS = ("retail", "marketplace")
 
 
+def base_encoder(config: Config) -> Encoder:
+    """The base encoder ``config.encoder`` names, at its batch size."""
+    encoder = create_encoder(
+        config.encoder.model,
+        config.encoder.pretrained,
+        encoder_dir=config.paths.encoders,
+        device=config.encoder.device,
+    )
+    encoder.batch_size = config.encoder.batch_size
+    return encoder
+
+
 def load_population(
     name: str,
     config: Config,
@@ -37,13 +49,7 @@ def load_population(
         raise ConfigError(f"num_devices must be >= 1, got {num_devices}")
     start = time.perf_counter()
     if encoder is None:
-        encoder = create_encoder(
-            config.encoder.model,
-            config.encoder.pretrained,
-            encoder_dir=config.paths.encoders,
-            device=config.encoder.device,
-        )
-        encoder.batch_size = config.encoder.batch_size
+        encoder = base_encoder(config)
     if name == "retail":
         population = load_retail(config, encoder, num_devices, seed, progress)
     else:

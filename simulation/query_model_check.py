@@ -1,9 +1,12 @@
-"""Downstream check of a distilled query encoder on a simulated population.
+"""Downstream check of a compressed query encoder on a simulated population.
 
 The population is loaded with the base encoder as usual (its item vectors, and the teacher's
-query vectors for every search); each held-out search is then ranked twice over the whole
-catalog, with the teacher's query vector and with the student's vector of the same query
-text (no adapter, no personalization: the "base" figures of a simulation report).
+float32 query vectors for every search); each held-out search is then ranked twice over the
+whole catalog, with the teacher's query vector and with the compressed encoder's vector of
+the same query text (no adapter, no personalization: the "base" figures of a simulation
+report). The compressed encoder is a distilled student (``encoder.query_model``, default the
+latest), or the base encoder itself at ``search.query_precision`` "int8" or "bfloat16" when
+no student is named; a student runs at that precision too ("auto": float32).
 """
 
 from __future__ import annotations
@@ -13,18 +16,33 @@ from typing import Any
 
 from common.config import Config
 from common.evaluation.protocol import evaluate_searches, metrics_from_sums
+from common.model.encoder import Encoder
+from common.model.precision import TextTower, at_precision
 from common.model.student import load_query_student
 from common.model.student_files import query_model_folder
-from simulation.loader import load_population
+from simulation.loader import base_encoder, load_population
+
+
+def compressed_tower(config: Config, encoder: Encoder) -> TextTower:
+    """The query encoder to compare with the base encoder's float32 one (module doc)."""
+    precision = config.search.query_precision
+    if not config.encoder.query_model and precision in ("int8", "bfloat16"):
+        return at_precision(encoder, precision)
+    student = load_query_student(
+        query_model_folder(config.encoder.query_model or "latest", config.paths.work)
+    )
+    return student if precision == "auto" else at_precision(student, precision)
 
 
 def compare_query_models(
     config: Config, population: str, *, num_devices: int | None = None, progress: bool = True
 ) -> dict[str, Any]:
-    """Base nDCG@k (and HR@k, MRR) of the held-out searches, teacher vs student."""
-    folder = query_model_folder(config.encoder.query_model or "latest", config.paths.work)
-    student = load_query_student(folder)
-    loaded = load_population(population, config, num_devices=num_devices, progress=progress)
+    """Base nDCG@k (and HR@k, MRR) of the held-out searches, teacher vs compressed encoder."""
+    encoder = base_encoder(config)
+    student = compressed_tower(config, encoder)
+    loaded = load_population(
+        population, config, num_devices=num_devices, encoder=encoder, progress=progress
+    )
     tests = [s for device in loaded.devices for s in device.test]
     texts = sorted({s.query for s in tests})
     vectors = dict(zip(texts, student.encode_text(texts), strict=True))
@@ -41,7 +59,7 @@ def compare_query_models(
         "searches": len(tests),
         "distinct_queries": len(texts),
         **figures,
-        "student_version": student.version,
+        "student_version": f"{student.version} ({student.text_precision})",
         "ndcg_ratio": figures["student"][key] / figures["teacher"][key],
     }
 

@@ -3,9 +3,11 @@
 For the configured query tower (the base encoder's, or the distilled student with
 ``encoder.query_model``) at float32, bfloat16 and int8 weights: the cosine of each query's
 vector to its float32 vector, the top-10 overlap with float32's answers over the catalog's
-item vectors, the median time of a single-query encode (precisions interleaved query by
-query, so a burst of load on a shared machine hits them alike) and the text tower's size.
-Queries are built from catalog attributes and titles; no precision is trained on them.
+item vectors, title->photo R@10 and type P@10 on the base encoder's validation items (as
+``fedsearch distill`` reports them for a student), the median time of a single-query encode
+(precisions interleaved query by query, so a burst of load on a shared machine hits them
+alike) and the text tower's size. Queries are built from catalog attributes and titles; no
+precision is trained on them.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from common.config import Config, config_from_dict
+from common.data.fashion import load_fashion_catalog
 from common.model.encoder import Encoder
 from common.model.int8 import module_bytes
 from common.model.precision import CANDIDATES, TextTower, at_precision
@@ -29,6 +32,7 @@ from server.search.catalog_build import (
 from server.search.query_model import query_text_tower
 from server.search.threads import apply_thread_settings
 from server.search.vector_index import RECALL_K, ann_recall_at_k, exact_top_k
+from server.training.distill_eval import downstream, validation_items
 
 
 def text_tower_mb(tower: TextTower) -> float:
@@ -54,6 +58,7 @@ def run_precision_bench(
     texts = catalog_text_queries(items, queries)
     towers = {name: at_precision(tower, name) for name in CANDIDATES}
     vectors = {name: t.encode_text(texts) for name, t in towers.items()}
+    val = validation_items(config, load_fashion_catalog(config.paths.fashion)[0])
     keys = np.arange(len(items), dtype=np.int64)
     top = {name: exact_top_k(item_vectors, keys, v, RECALL_K) for name, v in vectors.items()}
     times: dict[str, list[float]] = {name: [] for name in towers}
@@ -70,6 +75,7 @@ def run_precision_bench(
             "cos_mean": round(float(cos.mean()), 6),
             "cos_min": round(float(cos.min()), 6),
             "top10_overlap": round(ann_recall_at_k(top[name], top["float32"]), 4),
+            **{k: round(v, 4) for k, v in downstream(config, encoder, t.encode_text, val).items()},
             "ms_per_query": round(float(np.median(times[name])) * 1000, 3),
             "size_mb": round(text_tower_mb(t), 1),
         }
@@ -77,6 +83,7 @@ def run_precision_bench(
         "query_model": tower.version,
         "queries": len(texts),
         "items": len(items),
+        "validation_items": len(val),
         "load_average": os.getloadavg()[0],
         "precisions": rows,
     }
@@ -86,13 +93,18 @@ def run_precision_bench(
 
 def print_precision_table(figures: dict[str, Any]) -> None:
     print(
-        f"{figures['query_model']}: {figures['queries']} queries, {figures['items']} items, "
-        f"load average {figures['load_average']:.1f}"
+        f"{figures['query_model']}: {figures['queries']} queries, {figures['items']} items "
+        f"({figures['validation_items']} validation items), load average "
+        f"{figures['load_average']:.1f}"
     )
-    print("| precision | cos mean | cos min | top-10 overlap | ms/query | text tower MB |")
-    print("|---|---|---|---|---|---|")
+    print(
+        "| precision | cos mean | cos min | top-10 overlap | title->photo R@10 | type P@10 "
+        "| ms/query | text tower MB |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
     for name, r in figures["precisions"].items():
         print(
             f"| {name} | {r['cos_mean']:.5f} | {r['cos_min']:.5f} | {r['top10_overlap']:.3f} "
+            f"| {r['title->photo R@10']:.4f} | {r['type P@10']:.4f} "
             f"| {r['ms_per_query']:.2f} | {r['size_mb']:.1f} |"
         )

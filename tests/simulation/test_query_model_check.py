@@ -37,3 +37,19 @@ def test_teacher_and_student_rank_the_same_held_out_searches(
     assert "query-student:v0002" in printed and "teacher (base encoder)" in printed
     assert main(["check-query-model", "--population", "mars"]) == 2
     assert "--population" in capsys.readouterr().err
+
+
+def test_the_base_encoder_in_int8_is_checked_when_no_student_is_named(
+    tmp_path, fashion_folder, untrained_encoder, monkeypatch
+):
+    monkeypatch.setattr(simulation.loader, "create_encoder", lambda *a, **k: untrained_encoder)
+    settings = {"shoppers": 6, "train_searches": 4, "test_searches": 3, "impression_size": 5}
+    config = make_config(
+        tmp_path,
+        population=settings,
+        encoder={"pretrained": "none"},
+        search={"query_precision": "int8"},
+    )
+    result = compare_query_models(config, "marketplace", progress=False)
+    assert result["student_version"] == f"{untrained_encoder.version} (int8)"
+    assert result["ndcg_ratio"] == pytest.approx(1.0, abs=0.1)

@@ -3,7 +3,9 @@ import pytest
 import common.model.encoder
 from common.cli import main
 from common.config import config_from_dict
+from common.data.fashion import load_fashion_catalog
 from server.search.bench_precision import run_precision_bench
+from server.training.distill_eval import downstream, validation_items
 
 
 @pytest.fixture
@@ -20,7 +22,7 @@ def config(tmp_path, small_catalog, monkeypatch, untrained_encoder):
     )
 
 
-def test_precisions_are_compared_with_float32(config, capsys):
+def test_precisions_are_compared_with_float32(config, untrained_encoder, capsys):
     figures = run_precision_bench(config, queries=30, timed=3, rounds=1)
     rows = figures["precisions"]
     assert list(rows) == ["float32", "bfloat16", "int8"] and figures["items"] == 40
@@ -31,6 +33,12 @@ def test_precisions_are_compared_with_float32(config, capsys):
         assert 0.5 < rows[name]["top10_overlap"] <= 1.0
     assert rows["int8"]["size_mb"] < 0.7 * rows["float32"]["size_mb"]
     assert all(r["ms_per_query"] > 0 for r in rows.values())
+    val = validation_items(config, load_fashion_catalog(config.paths.fashion)[0])
+    assert figures["validation_items"] == len(val) == 6  # a seeded 15% of the 40 items
+    expected = downstream(config, untrained_encoder, untrained_encoder.encode_text, val)
+    for key, value in expected.items():  # distill's downstream figures, per precision
+        assert rows["float32"][key] == round(value, 4)
+        assert all(0 <= r[key] <= 1 for r in rows.values())
     assert "| int8 |" in capsys.readouterr().out
 
 
