@@ -40,7 +40,7 @@ def test_teacher_and_student_rank_the_same_held_out_searches(
 
 
 def test_the_base_encoder_in_int8_is_checked_when_no_student_is_named(
-    tmp_path, fashion_folder, untrained_encoder, monkeypatch
+    tmp_path, fashion_folder, untrained_encoder, monkeypatch, capsys
 ):
     monkeypatch.setattr(simulation.loader, "create_encoder", lambda *a, **k: untrained_encoder)
     settings = {"shoppers": 6, "train_searches": 4, "test_searches": 3, "impression_size": 5}
@@ -53,3 +53,9 @@ def test_the_base_encoder_in_int8_is_checked_when_no_student_is_named(
     result = compare_query_models(config, "marketplace", progress=False)
     assert result["student_version"] == f"{untrained_encoder.version} (int8)"
     assert result["ndcg_ratio"] == pytest.approx(1.0, abs=0.1)
+    sets = [f"paths.data_dir={tmp_path / 'data'}", f"paths.work_dir={tmp_path / 'runs'}",
+            "encoder.pretrained=none", "population.shoppers=6", "population.test_searches=3",
+            "population.train_searches=4", "search.query_precision=int8"]  # fmt: skip
+    args = ["check-query-model", "--population", "marketplace"]  # the README's, scaled down
+    assert main([*args, *(part for s in sets for part in ("--set", s))]) == 0
+    assert f"{untrained_encoder.version} (int8)" in capsys.readouterr().out
