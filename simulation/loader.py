@@ -17,7 +17,7 @@ from simulation.retail_customers import load_retail
 POPULATIONS = ("retail", "marketplace")
 
 
-def base_encoder(config: Config) -> Encoder:
+def build_base_encoder(config: Config) -> Encoder:
     """The base encoder ``config.encoder`` names, at its batch size."""
     encoder = create_encoder(
         config.encoder.model,
@@ -49,7 +49,7 @@ def load_population(
         raise ConfigError(f"num_devices must be >= 1, got {num_devices}")
     start = time.perf_counter()
     if encoder is None:
-        encoder = base_encoder(config)
+        encoder = build_base_encoder(config)
     if name == "retail":
         population = load_retail(config, encoder, num_devices, seed, progress)
     else:

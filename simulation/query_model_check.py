@@ -20,7 +20,7 @@ from common.model.encoder import Encoder
 from common.model.precision import TextTower, at_precision
 from common.model.student import load_query_student
 from common.model.student_files import query_model_folder
-from simulation.loader import base_encoder, load_population
+from simulation.loader import build_base_encoder, load_population
 
 
 def compressed_tower(config: Config, encoder: Encoder) -> TextTower:
@@ -38,7 +38,7 @@ def compare_query_models(
     config: Config, population: str, *, num_devices: int | None = None, progress: bool = True
 ) -> dict[str, Any]:
     """Base nDCG@k (and HR@k, MRR) of the held-out searches, teacher vs compressed encoder."""
-    encoder = base_encoder(config)
+    encoder = build_base_encoder(config)
     student = compressed_tower(config, encoder)
     loaded = load_population(
         population, config, num_devices=num_devices, encoder=encoder, progress=progress
