@@ -48,10 +48,6 @@ class DeferredEncoder:
         self._encoder: Encoder | None = None
         self._lock = threading.Lock()
 
-    @property
-    def loaded(self) -> bool:
-        return self._encoder is not None
-
     def load(self) -> Encoder:
         with self._lock:
             if self._encoder is None:
