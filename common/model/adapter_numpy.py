@@ -24,13 +24,21 @@ class NumpyAdapter:
         missing = [k for k in _KEYS if k not in weights]
         if missing:
             raise ValueError(f"adapter weights lack {', '.join(missing)}")
-        down, up = weights["down.weight"], weights["up.weight"]
+        down = weights["down.weight"]
+        if down.ndim != 2:
+            raise ValueError(f"adapter down weight is {down.shape}, expected (rank, dim)")
         self.rank, self.dim = down.shape
-        if up.shape != (self.dim, self.rank):
-            raise ValueError(f"adapter up weight is {up.shape}, expected {(self.dim, self.rank)}")
+        expected = {
+            "up.weight": (self.dim, self.rank),
+            "down.bias": (self.rank,),
+            "up.bias": (self.dim,),
+        }
+        for key, shape in expected.items():
+            if weights[key].shape != shape:
+                raise ValueError(f"adapter {key} is {weights[key].shape}, expected {shape}")
         self._down_t = np.ascontiguousarray(down.T, dtype=np.float32)
         self._down_b = np.asarray(weights["down.bias"], dtype=np.float32)
-        self._up_t = np.ascontiguousarray(up.T, dtype=np.float32)
+        self._up_t = np.ascontiguousarray(weights["up.weight"].T, dtype=np.float32)
         self._up_b = np.asarray(weights["up.bias"], dtype=np.float32)
 
     @classmethod

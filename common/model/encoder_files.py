@@ -57,7 +57,7 @@ def resolve_package_path(reference: str) -> str:
     return str(Path(folder))
 
 
-def _latest_checkpoint(model: str, encoder_dir: Path) -> Path:
+def latest_checkpoint(model: str, encoder_dir: Path) -> Path:
     folder = latest_version(encoder_dir)
     if folder is None:
         raise EncoderError(
@@ -81,7 +81,7 @@ def resolve_encoder(
     if model.startswith(LOCAL_DIR_PREFIX):
         return None, _version_label(Path(model.removeprefix(LOCAL_DIR_PREFIX)))
     if pretrained == "latest":
-        pretrained = str(_latest_checkpoint(model, Path(encoder_dir)))
+        pretrained = str(latest_checkpoint(model, Path(encoder_dir)))
     if pretrained and Path(pretrained).is_dir():
         return str(Path(pretrained) / ENCODER_WEIGHTS_FILE), _version_label(Path(pretrained))
     return pretrained, f"{model}:{pretrained or 'untrained'}"

@@ -201,8 +201,9 @@ class QueryStudent:
         for start in range(0, len(order), self.batch_size):
             rows = order[start : start + self.batch_size]
             ids = self.tokenizer([texts[i] for i in rows])
-            mask = ids != pad
-            ids = ids[:, : max(1, int(mask.sum(1).max()))]
+            mask = ids != pad  # as the teacher: a pad id inside a text is masked too
+            positions = torch.arange(1, ids.shape[1] + 1)
+            ids = ids[:, : max(1, int((mask * positions).max()))]  # up to the last real token
             mask = mask[:, : ids.shape[1]].long()
             with torch.autocast(
                 "cpu", dtype=torch.bfloat16, enabled=self.text_autocast is not None

@@ -138,10 +138,9 @@ class NumpyQueryStudent:
             rows = order[start : start + self.batch_size]
             longest = max(1, max(len(ids[i]) for i in rows))
             batch = np.full((len(rows), longest), self.pad_id, dtype=np.int64)
-            mask = np.zeros((len(rows), longest), dtype=np.float32)
             for r, i in enumerate(rows):
                 batch[r, : len(ids[i])] = ids[i]
-                mask[r, : len(ids[i])] = 1.0
+            mask = (batch != self.pad_id).astype(np.float32)  # a pad id in a text too, as torch
             out[rows] = self.forward(batch, mask)
         return out
 

@@ -3,7 +3,8 @@
 Under ``search.query_runtime = "numpy"`` query texts never touch the base encoder, so the
 service starts with a ``DeferredEncoder``: the encoder's version label and width, read off
 its files, and its open_clip model (and torch) built on the first photo query, item upsert
-or catalog build. Until then the serving process does not import torch.
+or catalog build (a photo query builds it in its own request thread, not in the worker
+that encodes every query). Until then the serving process does not import torch.
 """
 
 from __future__ import annotations
@@ -16,7 +17,13 @@ from typing import TYPE_CHECKING, Any, Union
 import numpy as np
 
 from common.config import Config
-from common.model.encoder_files import embedding_dim, resolve_encoder
+from common.model.encoder_files import (
+    LOCAL_DIR_PREFIX,
+    embedding_dim,
+    latest_checkpoint,
+    resolve_encoder,
+)
+from common.model.errors import EncoderError
 
 if TYPE_CHECKING:
     from common.model.encoder import Encoder
@@ -36,35 +43,57 @@ def encoder_from_config(config: Config) -> Encoder:
 
 
 class DeferredEncoder:
-    """``version`` and ``dim`` of the configured base encoder; ``load()`` builds it once."""
+    """``version`` and ``dim`` of the configured base encoder; ``load()`` builds it once.
+
+    ``encoder.pretrained = "latest"`` is resolved when the service starts, so a checkpoint
+    that ``fedsearch pretrain`` writes later is not what a deferred build picks up. A build
+    that fails is not retried: each later call gets its error at once.
+    """
 
     def __init__(self, config: Config) -> None:
         enc = config.encoder
         self.config = config
-        self.version = resolve_encoder(
-            enc.model, enc.pretrained, encoder_dir=config.paths.encoders
-        )[1]
+        self._pretrained = enc.pretrained
+        if enc.pretrained == "latest" and not enc.model.startswith(LOCAL_DIR_PREFIX):
+            self._pretrained = str(latest_checkpoint(enc.model, config.paths.encoders))
+        _, self.version = resolve_encoder(
+            enc.model, self._pretrained, encoder_dir=config.paths.encoders
+        )
         self.dim = embedding_dim(enc.model)
         self._encoder: Encoder | None = None
+        self._failure: Exception | None = None
         self._lock = threading.Lock()
 
     def load(self) -> Encoder:
         with self._lock:
+            if self._failure is not None:
+                raise EncoderError(f"the base encoder could not be built: {self._failure}")
             if self._encoder is None:
                 log.info("building the base encoder %s (photos and items need it)", self.version)
-                encoder = encoder_from_config(self.config)
-                if encoder.version != self.version or encoder.dim != self.dim:
-                    raise RuntimeError(
-                        f"the base encoder changed on disk: expected {self.version} "
-                        f"({self.dim}-d), built {encoder.version} ({encoder.dim}-d)"
-                    )
-                threads = self.config.search.torch_threads
-                if threads > 0:
-                    import torch
-
-                    torch.set_num_threads(threads)
-                self._encoder = encoder
+                try:
+                    self._encoder = self._build()
+                except Exception as exc:
+                    self._failure = exc
+                    raise
             return self._encoder
+
+    def _build(self) -> Encoder:
+        from common.model import encoder  # torch, imported here for the first time
+
+        enc = self.config.encoder
+        built = encoder.create_encoder(
+            enc.model, self._pretrained, encoder_dir=self.config.paths.encoders, device=enc.device
+        )
+        if built.version != self.version or built.dim != self.dim:
+            raise EncoderError(
+                f"expected {self.version} ({self.dim}-d), built {built.version} ({built.dim}-d)"
+            )
+        threads = self.config.search.torch_threads
+        if threads > 0:
+            import torch
+
+            torch.set_num_threads(threads)
+        return built
 
     def encode_image(self, images: Sequence[Any]) -> np.ndarray:
         return self.load().encode_image(images)

@@ -51,7 +51,8 @@ def run_precision_bench(
         raise ValueError("need queries >= timed >= 1 and rounds >= 1")
     apply_thread_settings(config.search)
     encoder = encoder_from_config(config)
-    float32 = config_from_dict({"search": {"query_precision": "float32"}}, config)
+    torch_float32 = {"query_precision": "float32", "query_runtime": "torch"}  # to convert
+    float32 = config_from_dict({"search": torch_float32}, config)
     tower, _ = query_text_tower(float32, encoder)
     items = fashion_items(config)
     item_vectors = encode_catalog_items(config, encoder, items, progress=False)

@@ -49,7 +49,8 @@ PREAD_MAX_ROWS = 4096  # rows a gather reads with pread; beyond, through the map
 def _libc_pread() -> Callable[[int, int, int, int], int] | None:
     """libc's ``pread(fd, buf, count, offset)`` called with the GIL held, if there is one."""
     try:
-        pread = ctypes.PyDLL(None).pread
+        libc = ctypes.PyDLL(None, use_errno=True)
+        pread = getattr(libc, "pread64", None) or libc.pread  # pread64: a 64-bit offset
     except (OSError, AttributeError):
         return None
     pread.argtypes = (ctypes.c_int, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int64)
@@ -130,8 +131,9 @@ class CatalogVectors:
     """
 
     def __init__(self, path: Path) -> None:
-        with path.open("rb") as fh:
-            self._map = mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ)
+        self._fd = os.open(path, os.O_RDONLY)  # one open file for the mapping and the reads
+        weakref.finalize(self, os.close, self._fd)
+        self._map = mmap.mmap(self._fd, 0, access=mmap.ACCESS_READ)
         if (
             self._map[: len(VECTOR_FILE_MAGIC)] != VECTOR_FILE_MAGIC
             or len(self._map) < HEADER_BYTES
@@ -141,8 +143,6 @@ class CatalogVectors:
         if n < 0 or dim <= 0 or len(self._map) != HEADER_BYTES + n * (8 + 4 * dim):
             raise ValueError(f"{path}: truncated or damaged vector file")
         self._map.madvise(mmap.MADV_RANDOM)
-        self._fd = os.open(path, os.O_RDONLY)
-        weakref.finalize(self, os.close, self._fd)
         self._rows_at = HEADER_BYTES + 8 * n
         self.path, self.dim = path, int(dim)
         self.keys = np.frombuffer(self._map, dtype="<i8", count=n, offset=HEADER_BYTES)
@@ -195,7 +195,8 @@ class CatalogVectors:
                 for i, offset in enumerate((self._rows_at + rows * row_bytes).tolist())
             ]
         if any(n != row_bytes for n in done):
-            raise OSError(f"{self.path}: short read of a vector row")
+            error = ctypes.get_errno() if -1 in done else 0
+            raise OSError(error, f"{self.path}: a vector row could not be read whole")
         return out
 
     def read(self, refs: np.ndarray) -> np.ndarray:

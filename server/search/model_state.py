@@ -63,11 +63,11 @@ def load_model_state(
         raise IntegrityError(f"{folder}: no {ADAPTER_FILE}")
     try:
         adapter = NumpyAdapter.load(path)
+        if adapter.dim != dim:
+            raise ValueError(f"adapter dim {adapter.dim}, index dim {dim}")
+        adapter.apply_numpy(np.zeros((1, dim), dtype=np.float32))
     except (ValueError, OSError) as exc:
-        raise IntegrityError(f"{folder}: unreadable {ADAPTER_FILE}: {exc}") from exc
-    if adapter.dim != dim:
-        raise IntegrityError(f"{folder}: adapter dim {adapter.dim}, index dim {dim}")
-    adapter.apply_numpy(np.zeros((1, dim), dtype=np.float32))
+        raise IntegrityError(f"{folder}: unusable {ADAPTER_FILE}: {exc}") from exc
     return ModelState(version=folder.name, adapter=adapter, manifest=manifest)
 
 

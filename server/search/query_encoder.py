@@ -23,6 +23,7 @@ from PIL import Image
 
 from common.model.fusion import fuse
 from common.model.precision import PrecisionChoice, TextTower
+from server.search.base_encoder import DeferredEncoder
 from server.search.query_cache import CacheKey, QueryVectorCache, normalize_query
 
 if TYPE_CHECKING:
@@ -84,6 +85,8 @@ class QueryEncoder:
         cached = self.cache.get(self.cache_key(text)) if text and self.cache is not None else None
         if cached is not None and image is None:
             return fuse(cached, None, text_weight=text_weight)
+        if image is not None and isinstance(self.image_encoder, DeferredEncoder):
+            self.image_encoder.load()  # built here, not in the worker all queries wait on
         job = _Job(text or None, image, text_weight, image_weight, cached)
         self._queue.put(job)
         return job.future.result(timeout=timeout)
@@ -108,16 +111,24 @@ class QueryEncoder:
                     break
                 jobs.append(nxt)
             start = time.thread_time()
-            try:
-                vectors = self._encode_batch(jobs)
-            except Exception as exc:  # every waiting request gets the error, the worker lives
-                for j in jobs:
-                    j.future.set_exception(exc)
-                continue
-            finally:
-                self.encode_cpu_s += time.thread_time() - start
-            for j, vector in zip(jobs, vectors, strict=True):
-                j.future.set_result(vector)
+            # queries with a photo apart: a photo that fails fails its own requests only
+            for group in (
+                [j for j in jobs if j.image is None],
+                [j for j in jobs if j.image is not None],
+            ):
+                if group:
+                    self._finish(group)
+            self.encode_cpu_s += time.thread_time() - start
+
+    def _finish(self, jobs: list[_Job]) -> None:
+        try:
+            vectors = self._encode_batch(jobs)
+        except Exception as exc:  # every request of the group gets the error, the worker lives
+            for j in jobs:
+                j.future.set_exception(exc)
+            return
+        for j, vector in zip(jobs, vectors, strict=True):
+            j.future.set_result(vector)
 
     def _encode_batch(self, jobs: list[_Job]) -> list[np.ndarray]:
         dim = self.dim

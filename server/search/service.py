@@ -30,6 +30,7 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from common.config import Config
+from common.model.errors import EncoderError
 from common.security.signing import load_public_key
 from server.search.api import (
     SYNTHETIC_PRICE_NOTE,
@@ -191,6 +192,12 @@ def _add_error_handlers(app: FastAPI) -> None:
         field = "path" if exc.status_code in (404, 405) else "body"
         body = ApiError(exc.status_code, field, str(exc.detail)).body()
         return JSONResponse(body, status_code=exc.status_code)
+
+    @app.exception_handler(EncoderError)
+    async def encoder_unavailable(request: Request, exc: EncoderError) -> JSONResponse:
+        log.error("base encoder unavailable on %s %s: %s", request.method, request.url.path, exc)
+        message = "the base encoder is unavailable (photos and item upserts need it); logged"
+        return JSONResponse(ApiError(503, "server", message).body(), status_code=503)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:

@@ -30,6 +30,7 @@ def test_adapter_files_without_metadata_or_with_wrong_shapes_are_refused(tmp_pat
     save_file(state, str(tmp_path / "lying.safetensors"), metadata={"dim": "16", "rank": "8"})
     with pytest.raises(ValueError, match="do not match"):
         NumpyAdapter.load(tmp_path / "lying.safetensors")
-    state["up.weight"] = torch.zeros(4, 16)
-    with pytest.raises(ValueError, match="up weight"):
-        NumpyAdapter({k: v.numpy() for k, v in state.items()})
+    arrays = {k: v.numpy() for k, v in state.items()}
+    for key, wrong in (("up.weight", (4, 16)), ("down.bias", (1,)), ("up.bias", (4,))):
+        with pytest.raises(ValueError, match=f"adapter {key} is"):
+            NumpyAdapter({**arrays, key: np.zeros(wrong, dtype=np.float32)})

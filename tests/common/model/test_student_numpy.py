@@ -23,6 +23,8 @@ TEXTS = [
     "",
     "café crème NAÏVE ＦＵＬＬ width",
     "set of 6 tea lights " * 30,  # past the 64-token context: truncated
+    "red [PAD] shoes",  # special tokens typed into a query
+    "[SEP] x [CLS]",
 ]
 
 
@@ -45,8 +47,8 @@ def test_numpy_vectors_and_tokens_match_the_torch_student(student_folder):
     )
     reference = student_tokenizer(torch_student.tower.cfg)(TEXTS)
     for row, ids in zip(reference.tolist(), numpy_student.token_ids(TEXTS), strict=True):
-        assert [i for i in row if i != 0] == ids
-    assert len(numpy_student.token_ids(TEXTS[-1:])[0]) == 64
+        assert row[: len(ids)] == ids and not any(row[len(ids) :])  # then padding only
+    assert len(numpy_student.token_ids(TEXTS[5:6])[0]) == 64
 
 
 def test_a_query_vector_does_not_depend_on_its_batch(student_folder):
