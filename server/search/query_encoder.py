@@ -1,11 +1,13 @@
 """Base query vectors for the search service, with concurrent requests encoded in batches.
 
 One worker thread owns the encoders for queries: it takes every request waiting in its queue
-(up to ``max_batch``) and encodes their texts in one call and their images in another, so
-under load the encoders run few large batches instead of many competing small ones. Texts
-go to the query text tower (the base encoder's, or a distilled student), images to the base
-encoder. With a ``QueryVectorCache``, a text query seen before is answered in the calling
-thread without waiting for the worker, and each encoded text is remembered.
+(up to ``max_batch``) and encodes them in few large calls instead of many competing small
+ones: the text-only queries' texts in one, then the photo queries' texts and photos apart
+(a photo that fails fails its own requests only). Texts go to the query text tower (the
+base encoder's, or a distilled student), photos to the base encoder, which a deferred one
+builds in the photo request's own thread first. With a ``QueryVectorCache``, a text query
+seen before is answered in the calling thread without waiting for the worker, and each
+encoded text is remembered.
 ``encode_cpu_s`` adds up the worker's CPU time spent encoding.
 """
 
