@@ -11,7 +11,9 @@ from pathlib import Path
 
 import numpy as np
 from safetensors import safe_open
-from scipy.special import erf
+
+from common.model.fusion import l2_normalize
+from common.model.numpy_layers import Linear, gelu
 
 ADAPTER_FILE = "adapter.safetensors"
 _KEYS = ("down.weight", "down.bias", "up.weight", "up.bias")
@@ -36,10 +38,7 @@ class NumpyAdapter:
         for key, shape in expected.items():
             if weights[key].shape != shape:
                 raise ValueError(f"adapter {key} is {weights[key].shape}, expected {shape}")
-        self._down_t = np.ascontiguousarray(down.T, dtype=np.float32)
-        self._down_b = np.asarray(weights["down.bias"], dtype=np.float32)
-        self._up_t = np.ascontiguousarray(weights["up.weight"].T, dtype=np.float32)
-        self._up_b = np.asarray(weights["up.bias"], dtype=np.float32)
+        self._down, self._up = Linear(weights, "down"), Linear(weights, "up")
 
     @classmethod
     def load(cls, path: Path) -> NumpyAdapter:
@@ -56,9 +55,4 @@ class NumpyAdapter:
     def apply_numpy(self, queries: np.ndarray) -> np.ndarray:
         """Adapt float32 query rows (or one vector)."""
         q = np.asarray(queries, dtype=np.float32)
-        hidden = q @ self._down_t + self._down_b
-        hidden = 0.5 * hidden * (1.0 + erf(hidden * np.float32(0.7071067811865476)))
-        out = q + hidden @ self._up_t + self._up_b
-        norms = np.maximum(np.linalg.norm(out, axis=-1, keepdims=True), 1e-12)
-        adapted: np.ndarray = (out / norms).astype(np.float32)
-        return adapted
+        return l2_normalize(q + self._up(gelu(self._down(q))))

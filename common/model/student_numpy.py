@@ -20,11 +20,12 @@ from typing import TYPE_CHECKING
 import ftfy
 import numpy as np
 from safetensors.numpy import load_file
-from scipy.special import erf
 from tokenizers import Tokenizer
 
 from common.model.encoder_files import resolve_package_path
 from common.model.errors import EncoderError
+from common.model.fusion import l2_normalize
+from common.model.numpy_layers import Linear, gelu, layer_norm
 from common.model.student_files import STUDENT_WEIGHTS_FILE, StudentConfig, read_student_folder
 
 if TYPE_CHECKING:
@@ -41,35 +42,13 @@ def clean_text(text: str) -> str:
     return " ".join(text.split())
 
 
-def _layer_norm(x: np.ndarray, weight: np.ndarray, bias: np.ndarray, eps: float) -> np.ndarray:
-    centered = x - x.mean(-1, keepdims=True)
-    var = np.mean(centered * centered, axis=-1, keepdims=True)
-    out: np.ndarray = centered / np.sqrt(var + eps) * weight + bias
-    return out
-
-
-def _gelu(x: np.ndarray) -> np.ndarray:
-    out: np.ndarray = 0.5 * x * (1.0 + erf(x * np.float32(0.7071067811865476)))
-    return out
-
-
-class _Linear:
-    def __init__(self, weights: dict[str, np.ndarray], name: str) -> None:
-        self.w_t = np.ascontiguousarray(weights[f"{name}.weight"].T, dtype=np.float32)
-        self.b = np.asarray(weights[f"{name}.bias"], dtype=np.float32)
-
-    def __call__(self, x: np.ndarray) -> np.ndarray:
-        out: np.ndarray = x @ self.w_t + self.b
-        return out
-
-
 class _Block:
     """One post-LayerNorm transformer block, on token rows (batch * tokens, width)."""
 
     def __init__(self, weights: dict[str, np.ndarray], prefix: str) -> None:
-        self.qkv, self.out = _Linear(weights, f"{prefix}.qkv"), _Linear(weights, f"{prefix}.out")
-        self.ffn_in = _Linear(weights, f"{prefix}.ffn_in")
-        self.ffn_out = _Linear(weights, f"{prefix}.ffn_out")
+        self.qkv, self.out = Linear(weights, f"{prefix}.qkv"), Linear(weights, f"{prefix}.out")
+        self.ffn_in = Linear(weights, f"{prefix}.ffn_in")
+        self.ffn_out = Linear(weights, f"{prefix}.ffn_out")
         self.norm1 = (weights[f"{prefix}.norm1.weight"], weights[f"{prefix}.norm1.bias"])
         self.norm2 = (weights[f"{prefix}.norm2.weight"], weights[f"{prefix}.norm2.bias"])
 
@@ -87,8 +66,8 @@ class _Block:
         scores = np.exp(scores - scores.max(-1, keepdims=True))
         attended = (scores / scores.sum(-1, keepdims=True)) @ v
         attended = attended.transpose(0, 2, 1, 3).reshape(b * t, d)
-        x = _layer_norm(x + self.out(attended), *self.norm1, eps)
-        return _layer_norm(x + self.ffn_out(_gelu(self.ffn_in(x))), *self.norm2, eps)
+        x = layer_norm(x + self.out(attended), *self.norm1, eps)
+        return layer_norm(x + self.ffn_out(gelu(self.ffn_in(x))), *self.norm2, eps)
 
 
 class NumpyQueryStudent:
@@ -149,15 +128,13 @@ class NumpyQueryStudent:
         cfg = self.cfg
         b, t = ids.shape
         x = self._word[ids] + self._position[:t] + self._token_type
-        x = _layer_norm(x, *self._norm, cfg.layer_norm_eps).reshape(b * t, cfg.width)
+        x = layer_norm(x, *self._norm, cfg.layer_norm_eps).reshape(b * t, cfg.width)
         bias = np.where(mask > 0, 0.0, -np.inf).astype(np.float32)[:, None, None, :]
         for block in self._blocks:
             x = block(x, bias, b, t, cfg.heads, cfg.layer_norm_eps)
         x = x.reshape(b, t, cfg.width)
         pooled = (x * mask[:, :, None]).sum(1) / np.maximum(mask.sum(1, keepdims=True), 1.0)
-        norms = np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
-        vectors: np.ndarray = (pooled / norms).astype(np.float32)
-        return vectors
+        return l2_normalize(pooled)
 
 
 def student_tokenizer_file(cfg: StudentConfig) -> Path:

@@ -31,12 +31,13 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
-def encoder_from_config(config: Config) -> Encoder:
+def encoder_from_config(config: Config, pretrained: str | None = None) -> Encoder:
+    """The configured base encoder (``pretrained``: instead of ``encoder.pretrained``)."""
     from common.model import encoder  # torch, imported when an encoder is first built
 
     return encoder.create_encoder(
         config.encoder.model,
-        config.encoder.pretrained,
+        pretrained or config.encoder.pretrained,
         encoder_dir=config.paths.encoders,
         device=config.encoder.device,
     )
@@ -78,12 +79,7 @@ class DeferredEncoder:
             return self._encoder
 
     def _build(self) -> Encoder:
-        from common.model import encoder  # torch, imported here for the first time
-
-        enc = self.config.encoder
-        built = encoder.create_encoder(
-            enc.model, self._pretrained, encoder_dir=self.config.paths.encoders, device=enc.device
-        )
+        built = encoder_from_config(self.config, self._pretrained)
         if built.version != self.version or built.dim != self.dim:
             raise EncoderError(
                 f"expected {self.version} ({self.dim}-d), built {built.version} ({built.dim}-d)"

@@ -15,7 +15,7 @@ fsynced and renamed into place: a crash leaves the old file or the new one, and 
 without a readable file for its id gets a new one when it is opened.
 
 Queries read the rows they need with one ``pread`` each, called through ctypes so that the
-GIL stays held (a read from the page cache takes about a microsecond; releasing and taking
+GIL stays held (a read from the page cache takes about 2 µs; releasing and taking
 back the GIL around each of a query's hundreds of reads cost more than the reads under
 load). The vectors stay in the page cache, out of the process's resident memory: read
 through the mapping instead, each row maps the page-cache folio around it (~100 KB a row
@@ -182,18 +182,16 @@ class CatalogVectors:
     def _pread(self, rows: np.ndarray) -> np.ndarray:
         out = np.empty((len(rows), self.dim), dtype="<f4")
         row_bytes = 4 * self.dim
+        offsets = enumerate((self._rows_at + rows * row_bytes).tolist())
         if _PREAD is None:  # no libc: os.preadv, which releases the GIL around each read
             view = memoryview(out.data).cast("B") if len(rows) else memoryview(b"")
             done = [
                 os.preadv(self._fd, [view[i * row_bytes : (i + 1) * row_bytes]], offset)
-                for i, offset in enumerate((self._rows_at + rows * row_bytes).tolist())
+                for i, offset in offsets
             ]
         else:
             base = out.ctypes.data
-            done = [
-                _PREAD(self._fd, base + i * row_bytes, row_bytes, offset)
-                for i, offset in enumerate((self._rows_at + rows * row_bytes).tolist())
-            ]
+            done = [_PREAD(self._fd, base + i * row_bytes, row_bytes, at) for i, at in offsets]
         if any(n != row_bytes for n in done):
             error = ctypes.get_errno() if -1 in done else 0
             raise OSError(error, f"{self.path}: a vector row could not be read whole")
