@@ -41,9 +41,11 @@ from common.federation.prime_shamir import install_prime_shamir
 from common.federation.privacy_plan import PrivacyPlan
 from common.federation.run_spec import RunSpec
 from common.federation.secure_masks import install_secure_masks
+from common.federation.x25519_keys import install_x25519_keys
 
 install_secure_masks()  # SecAgg+ masks keyed by the whole shared secret (server does too)
 install_prime_shamir()  # SecAgg+ secret shares over GF(2**521 - 1), fast (server does too)
+install_x25519_keys()  # SecAgg+ key agreement over X25519, fast (server does too)
 
 DeviceSource = Callable[[RunSpec, Mapping[str, Any]], LocalDevice]
 SERVER_PATH_KEYS = ("config-file", "run-dir")

@@ -10,11 +10,10 @@ whose next round would pass its budget declines to train.
 
 from __future__ import annotations
 
-import functools
 import math
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,12 +21,12 @@ import numpy as np
 import torch
 from opacus import PrivacyEngine
 from opacus.accountants import RDPAccountant
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 
 from common.config import AdapterConfig, DeviceConfig
 from common.data.searches import SearchExample
 from common.model.adapter import QueryAdapter
-from common.model.ranking_loss import ranking_loss, search_tensors
+from common.model.ranking_loss import SearchRows, ranking_loss
 from common.privacy import drop_opacus_log_handler
 
 drop_opacus_log_handler()  # Opacus was imported above: no second copy of every log line
@@ -124,22 +123,15 @@ def train_local(
         epsilon = float(after.get_epsilon(device.delta, alphas=RECORD_RDP_ORDERS))
         if epsilon > device.epsilon_budget:
             return _declined(len(searches), record_epsilon(accountant, device.delta), accountant)
-    rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    draw = functools.partial(
-        search_tensors,
+    data = SearchRows(
         searches,
         item_vectors,
         shown_negatives=loss_config.shown_negatives,
         random_negatives=loss_config.random_negatives,
-        rng=rng,
+        rng=np.random.default_rng(seed),
         public_items=public_items,
     )
-    data = TensorDataset(*draw())
-
-    def redraw_negatives() -> None:
-        """Fresh random negatives for the next epoch (each search's own, as before)."""
-        data.tensors[2].copy_(draw()[2])
 
     adapter.train()
     with warnings.catch_warnings():
@@ -149,11 +141,9 @@ def train_local(
             "ignore", message="Full backward hook is firing", category=UserWarning
         )
         if device.dp:
-            losses, accountant = _train_dp(
-                adapter, data, redraw_negatives, device, loss_config, accountant
-            )
+            losses, accountant = _train_dp(adapter, data, device, loss_config, accountant)
         else:
-            losses = _train_plain(adapter, data, redraw_negatives, device, loss_config)
+            losses = _train_plain(adapter, data, device, loss_config)
     adapter.eval()
     metrics = {
         "num_examples": float(len(searches)),
@@ -193,8 +183,7 @@ def _step_loss(model: torch.nn.Module, batch: Sequence[torch.Tensor], temperatur
 
 def _train_dp(
     adapter: QueryAdapter,
-    data: TensorDataset,
-    new_epoch: Callable[[], None],
+    data: SearchRows,
     device: DeviceConfig,
     loss_config: AdapterConfig,
     accountant: dict[str, Any],
@@ -209,28 +198,30 @@ def _train_dp(
         max_grad_norm=device.max_grad_norm,
         poisson_sampling=True,
     )
-    losses = _epochs(model, optimizer, loader, new_epoch, device.local_epochs, loss_config)
+    losses = _epochs(model, optimizer, loader, data, device.local_epochs, loss_config)
     model.remove_hooks()
     return losses, accountant_state(engine.accountant)
 
 
 def _train_plain(
     adapter: QueryAdapter,
-    data: TensorDataset,
-    new_epoch: Callable[[], None],
+    data: SearchRows,
     device: DeviceConfig,
     loss_config: AdapterConfig,
 ) -> list[float]:
     optimizer = _optimizer(adapter, device)
-    loader = DataLoader(data, batch_size=device.batch_size, shuffle=True)
-    return _epochs(adapter, optimizer, loader, new_epoch, device.local_epochs, loss_config)
+    # each batch read whole: the batches of DataLoader(data, batch_size, shuffle=True), in
+    # the same order from the same random draws, without stacking them row by row
+    batches = BatchSampler(RandomSampler(data), device.batch_size, drop_last=False)
+    loader = DataLoader(data, sampler=batches, batch_size=None)
+    return _epochs(adapter, optimizer, loader, data, device.local_epochs, loss_config)
 
 
 def _epochs(
     model: torch.nn.Module,
     optimizer: torch.optim.Optimizer,
     loader: DataLoader,
-    new_epoch: Callable[[], None],
+    data: SearchRows,
     epochs: int,
     loss_config: AdapterConfig,
 ) -> list[float]:
@@ -239,7 +230,7 @@ def _epochs(
     losses = []
     for epoch in range(epochs):
         if epoch:
-            new_epoch()
+            data.redraw()
         for batch in loader:
             optimizer.zero_grad()
             loss, size = _step_loss(model, batch, loss_config.temperature)

@@ -26,11 +26,11 @@ from typing import Any
 import numpy as np
 from flwr.common import bytes_to_ndarray
 from flwr.common.secure_aggregation.secaggplus_constants import Key
-from flwr.supercore.primitives.asymmetric import bytes_to_public_key
 
 from common.evaluation.protocol import device_user_vector
 from common.federation.payload import PayloadCodec
 from common.federation.privacy_plan import MODULUS
+from common.federation.x25519_keys import bytes_to_public_key
 from simulation.population import Population
 
 STAGE_KEYS = {

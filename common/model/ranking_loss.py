@@ -26,6 +26,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from torch.nn import functional as F
+from torch.utils.data import Dataset
 
 from common.data.searches import SearchExample
 
@@ -103,21 +104,62 @@ def search_tensors(
     public_items: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Float32 tensors (queries (B,d), positives (B,d), negatives (B,m,d)) for a batch."""
-    if len(searches) == 0:
-        raise ValueError("search_tensors needs at least one search")
-    vectors = np.asarray(item_vectors, dtype=np.float32)
-    queries = np.stack([np.asarray(s.query_vector, dtype=np.float32) for s in searches])
-    clicked = np.array([s.clicked for s in searches], dtype=np.int64)
-    negatives = negative_indices(
+    rows = SearchRows(
         searches,
-        len(vectors),
+        item_vectors,
         shown_negatives=shown_negatives,
         random_negatives=random_negatives,
         rng=rng,
         public_items=public_items,
     )
-    return (
-        torch.from_numpy(queries),
-        torch.from_numpy(vectors[clicked]),
-        torch.from_numpy(vectors[negatives]),
-    )
+    return rows[torch.arange(len(rows))]
+
+
+class SearchRows(Dataset):
+    """Searches as training rows (query, clicked item, negatives) for a ``DataLoader``.
+
+    Row ``i`` is what ``search_tensors`` gives for search ``i``; an index may be one row or
+    a batch (a list or tensor of rows), whose negatives are gathered from the item table
+    as the batch is read, not kept for every search. ``redraw`` draws fresh negatives
+    (``negative_indices`` with the same generator, e.g. for another epoch).
+    """
+
+    def __init__(
+        self,
+        searches: Sequence[SearchExample],
+        item_vectors: np.ndarray,
+        *,
+        shown_negatives: int,
+        random_negatives: int,
+        rng: np.random.Generator,
+        public_items: int | None = None,
+    ) -> None:
+        if len(searches) == 0:
+            raise ValueError("search_tensors needs at least one search")
+        self.searches = searches
+        self.items = torch.from_numpy(np.asarray(item_vectors, dtype=np.float32))
+        queries = np.stack([np.asarray(s.query_vector, dtype=np.float32) for s in searches])
+        self.queries = torch.from_numpy(queries)
+        self.positives = self.items[[s.clicked for s in searches]]
+        self._draw = {
+            "shown_negatives": shown_negatives,
+            "random_negatives": random_negatives,
+            "rng": rng,
+            "public_items": public_items,
+        }
+        self.negatives = torch.empty(0, dtype=torch.int64)
+        self.redraw()
+
+    def redraw(self) -> None:
+        """New negatives for every search (each row's own, from the generator)."""
+        indices = negative_indices(self.searches, len(self.items), **self._draw)
+        self.negatives = torch.from_numpy(indices)
+
+    def __len__(self) -> int:
+        return len(self.queries)
+
+    def __getitem__(self, index: int | Sequence[int] | torch.Tensor):
+        rows = torch.as_tensor(index)
+        ids = self.negatives[rows]
+        negatives = self.items.index_select(0, ids.reshape(-1)).reshape(*ids.shape, -1)
+        return self.queries[rows], self.positives[rows], negatives

@@ -44,6 +44,7 @@ from common.federation.prime_shamir import install_prime_shamir
 from common.federation.privacy_plan import PrivacyPlan
 from common.federation.run_spec import RunSpec
 from common.federation.secure_masks import install_secure_masks
+from common.federation.x25519_keys import install_x25519_keys
 from common.model.adapter import QueryAdapter
 from common.model.encoder_files import embedding_dim
 from common.privacy.keystream import KeystreamRandom
@@ -67,6 +68,7 @@ from server.federation.strategy import (
 
 install_secure_masks()  # SecAgg+ masks keyed by the whole shared secret (devices do too)
 install_prime_shamir()  # SecAgg+ secret shares over GF(2**521 - 1), fast (devices do too)
+install_x25519_keys()  # SecAgg+ key agreement over X25519, fast (devices do too)
 
 log = logging.getLogger(__name__)
 # Hears each round's sampled node ids before its first message (simulated faults).

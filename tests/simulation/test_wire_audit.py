@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 from flwr.common import ndarray_to_bytes
 from flwr.common.secure_aggregation.secaggplus_constants import Key
-from flwr.supercore.primitives.asymmetric import generate_key_pairs, public_key_to_bytes
 
 from common.evaluation.protocol import device_user_vector
 from common.federation.payload import PayloadCodec
 from common.federation.privacy_plan import MODULUS, QUANTIZATION_RANGE
+from common.federation.x25519_keys import generate_key_pairs, public_key_to_bytes
 from common.model.adapter import QueryAdapter
 from simulation.synthetic import synthetic_population
 from simulation.wire_audit import PrivateData, check_payloads, check_wire

@@ -169,14 +169,17 @@ def test_install_also_catches_other_flwr_modules_bound_to_flwrs_generator(
 
 @pytest.mark.parametrize("app", ["client.app", "server.federation.app"])
 def test_each_app_module_installs_the_generator_and_the_sharing_on_import(app: str) -> None:
-    """In a fresh interpreter, as a device or the server would import it, alone: the masks
-    and Shamir's sharing (``common.federation.prime_shamir``) must match on both sides."""
+    """In a fresh interpreter, as a device or the server would import it, alone: the masks,
+    Shamir's sharing (``common.federation.prime_shamir``) and the key agreement
+    (``common.federation.x25519_keys``) must match on both sides."""
     code = (
         f"import {app}\n"
         "from common.federation.secure_masks import secure_masks_installed\n"
         "from common.federation.prime_shamir import prime_shamir_installed\n"
+        "from common.federation.x25519_keys import x25519_keys_installed\n"
         "assert secure_masks_installed()\n"
         "assert prime_shamir_installed()\n"
+        "assert x25519_keys_installed()\n"
     )
     done = subprocess.run(
         [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=300

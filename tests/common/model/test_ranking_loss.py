@@ -4,11 +4,17 @@ import numpy as np
 import pytest
 import torch
 from torch.nn import functional as F
+from torch.utils.data import BatchSampler, DataLoader, RandomSampler
 
 from common.data.searches import SearchExample
 from common.model.adapter import QueryAdapter
 from common.model.fusion import l2_normalize
-from common.model.ranking_loss import negative_indices, ranking_loss, search_tensors
+from common.model.ranking_loss import (
+    SearchRows,
+    negative_indices,
+    ranking_loss,
+    search_tensors,
+)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -170,3 +176,43 @@ def test_random_negatives_come_from_the_public_items_only():
     assert negatives.max() < public
     for row, search in zip(negatives, searches, strict=True):
         assert search.clicked not in row  # never the device's own click
+
+
+def _rows(searches, items, seed=0):
+    return SearchRows(
+        searches, items, shown_negatives=3, random_negatives=4, rng=np.random.default_rng(seed)
+    )
+
+
+def test_search_rows_read_as_batches_equal_the_rows_stacked_one_by_one():
+    searches, items = make_searches(37, seed=4)
+    whole = search_tensors(
+        searches, items, shown_negatives=3, random_negatives=4, rng=np.random.default_rng(0)
+    )
+    rows = _rows(searches, items)
+    for got, want in zip(rows[torch.arange(37)], whole, strict=True):
+        assert torch.equal(got, want)
+    torch.manual_seed(1)
+    one_by_one = list(DataLoader(rows, batch_size=16, shuffle=True))
+    torch.manual_seed(1)
+    batches = BatchSampler(RandomSampler(rows), 16, drop_last=False)
+    read_whole = list(DataLoader(rows, sampler=batches, batch_size=None))
+    assert [len(b[0]) for b in read_whole] == [16, 16, 5]
+    for got, want in zip(read_whole, one_by_one, strict=True):
+        for a, b in zip(got, want, strict=True):
+            assert torch.equal(a, b)
+
+
+def test_search_rows_redraw_gives_each_search_fresh_negatives_from_the_generator():
+    searches, items = make_searches(20, seed=5)
+    rows = _rows(searches, items, seed=3)
+    first = rows[torch.arange(20)][2].clone()
+    rows.redraw()
+    rng = np.random.default_rng(3)
+    kwargs = {"shown_negatives": 3, "random_negatives": 4, "rng": rng}
+    negative_indices(searches, N_ITEMS, **kwargs)  # the first draw
+    expected = torch.from_numpy(items[negative_indices(searches, N_ITEMS, **kwargs)])
+    again = rows[torch.arange(20)][2]
+    assert torch.equal(again, expected.float())
+    assert not torch.equal(again[:, 3:], first[:, 3:])  # the random slots moved
+    assert torch.equal(again[:, :3], first[:, :3])  # each search's own shown items stay
