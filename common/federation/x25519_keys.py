@@ -28,7 +28,7 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 AGREEMENT_LABEL = b"fedsearch/secaggplus-key-agreement/x25519/v1"
-KEY_BYTES = 32
+X25519_KEY_BYTES = 32
 _CLIENT = "flwr.client.mod.secure_aggregation.secaggplus_mod"
 _SERVER = "flwr.server.workflow.secure_aggregation.secaggplus_workflow"
 _AGREE = ("bytes_to_private_key", "bytes_to_public_key", "generate_shared_key")
@@ -72,8 +72,8 @@ def generate_shared_key(private_key: X25519PrivateKey, public_key: X25519PublicK
 
 
 def _raw(value: bytes, kind: str) -> bytes:
-    if not isinstance(value, bytes) or len(value) != KEY_BYTES:
-        raise ValueError(f"an X25519 {kind} key is {KEY_BYTES} raw bytes")
+    if not isinstance(value, bytes) or len(value) != X25519_KEY_BYTES:
+        raise ValueError(f"an X25519 {kind} key is {X25519_KEY_BYTES} raw bytes")
     return value
 
 
