@@ -1,7 +1,8 @@
 """Shamir's secret sharing over the prime field of 2**521 − 1, for SecAgg+.
 
-Each SecAgg+ device splits two secrets among its neighbours every round (its 306-byte
-private key and a 32-byte seed), and the server rebuilds one of them per device. flwr 1.41
+Each SecAgg+ device splits two secrets among its neighbours every round (a private key: 306
+bytes of PEM with flwr's P-384, 32 with ``common.federation.x25519_keys``; and a 32-byte
+seed), and the server rebuilds one of them per device. flwr 1.41
 does this with pycryptodome's Shamir over GF(2**128) in pure Python, 16 bytes at a time:
 about 14 ms of a device's round and 8 ms of the server's per device (51 ms per dropped
 device) in neighbourhoods of 11, measured on 2 cores: at 1,000 devices a round, 8 s of
