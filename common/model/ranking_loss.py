@@ -21,7 +21,8 @@ both optimize the very same objective:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -115,7 +116,7 @@ def search_tensors(
     return rows[torch.arange(len(rows))]
 
 
-class SearchRows(Dataset):
+class SearchRows(Dataset[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
     """Searches as training rows (query, clicked item, negatives) for a ``DataLoader``.
 
     Row ``i`` is what ``search_tensors`` gives for search ``i``; an index may be one row or
@@ -136,29 +137,32 @@ class SearchRows(Dataset):
     ) -> None:
         if len(searches) == 0:
             raise ValueError("search_tensors needs at least one search")
-        self.searches = searches
         self.items = torch.from_numpy(np.asarray(item_vectors, dtype=np.float32))
         queries = np.stack([np.asarray(s.query_vector, dtype=np.float32) for s in searches])
         self.queries = torch.from_numpy(queries)
         self.positives = self.items[[s.clicked for s in searches]]
-        self._draw = {
-            "shown_negatives": shown_negatives,
-            "random_negatives": random_negatives,
-            "rng": rng,
-            "public_items": public_items,
-        }
+        self._draw: Callable[[], np.ndarray] = functools.partial(
+            negative_indices,
+            searches,
+            len(self.items),
+            shown_negatives=shown_negatives,
+            random_negatives=random_negatives,
+            rng=rng,
+            public_items=public_items,
+        )
         self.negatives = torch.empty(0, dtype=torch.int64)
         self.redraw()
 
     def redraw(self) -> None:
         """New negatives for every search (each row's own, from the generator)."""
-        indices = negative_indices(self.searches, len(self.items), **self._draw)
-        self.negatives = torch.from_numpy(indices)
+        self.negatives = torch.from_numpy(self._draw())
 
     def __len__(self) -> int:
         return len(self.queries)
 
-    def __getitem__(self, index: int | Sequence[int] | torch.Tensor):
+    def __getitem__(
+        self, index: int | Sequence[int] | torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         rows = torch.as_tensor(index)
         ids = self.negatives[rows]
         negatives = self.items.index_select(0, ids.reshape(-1)).reshape(*ids.shape, -1)
