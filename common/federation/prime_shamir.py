@@ -29,9 +29,9 @@ way, so devices (the ClientApp) and the server (the ServerApp) must BOTH install
 from __future__ import annotations
 
 import functools
-import importlib
 import secrets
-import threading
+
+from common.federation.flwr_bindings import bound, rebind
 
 PRIME = 2**521 - 1
 BLOCK_BYTES = 64
@@ -48,7 +48,6 @@ _BINDINGS = {
     "flwr.client.mod.secure_aggregation.secaggplus_mod": ("create_shares",),
     "flwr.server.workflow.secure_aggregation.secaggplus_workflow": ("combine_shares",),
 }
-_LOCK = threading.Lock()
 
 
 class ShareError(ValueError):
@@ -111,20 +110,12 @@ def shares_agree(share_list: list[bytes], threshold: int) -> bool:
 def install_prime_shamir() -> None:
     """Make flwr's SecAgg+ (client mod and server workflow) share secrets with this module
     (idempotent). Call it in the ClientApp AND in the ServerApp module."""
-    with _LOCK:
-        for module_name, names in _BINDINGS.items():
-            module = importlib.import_module(module_name)
-            for name in names:
-                setattr(module, name, globals()[name])
+    rebind(_BINDINGS, globals())
 
 
 def prime_shamir_installed() -> bool:
     """Whether flwr's client mod and server workflow both use this module's functions."""
-    return all(
-        getattr(importlib.import_module(module_name), name) is globals()[name]
-        for module_name, names in _BINDINGS.items()
-        for name in names
-    )
+    return bound(_BINDINGS, globals())
 
 
 def _evaluate(coefficients: list[int], x: int) -> int:

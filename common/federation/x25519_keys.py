@@ -20,12 +20,12 @@ it.
 from __future__ import annotations
 
 import base64
-import importlib
-import threading
 
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
+
+from common.federation.flwr_bindings import bound, rebind
 
 AGREEMENT_LABEL = b"fedsearch/secaggplus-key-agreement/x25519/v1"
 X25519_KEY_BYTES = 32
@@ -36,7 +36,6 @@ _BINDINGS = {
     _CLIENT: (*_AGREE, "generate_key_pairs", "private_key_to_bytes", "public_key_to_bytes"),
     _SERVER: _AGREE,
 }
-_LOCK = threading.Lock()
 
 
 def generate_key_pairs() -> tuple[X25519PrivateKey, X25519PublicKey]:
@@ -80,17 +79,9 @@ def _raw(value: bytes, kind: str) -> bytes:
 def install_x25519_keys() -> None:
     """Make flwr's SecAgg+ (client mod and server workflow) agree keys with this module
     (idempotent). Call it in the ClientApp AND in the ServerApp module."""
-    with _LOCK:
-        for module_name, names in _BINDINGS.items():
-            module = importlib.import_module(module_name)
-            for name in names:
-                setattr(module, name, globals()[name])
+    rebind(_BINDINGS, globals())
 
 
 def x25519_keys_installed() -> bool:
     """Whether flwr's client mod and server workflow both use this module's functions."""
-    return all(
-        getattr(importlib.import_module(module_name), name) is globals()[name]
-        for module_name, names in _BINDINGS.items()
-        for name in names
-    )
+    return bound(_BINDINGS, globals())
