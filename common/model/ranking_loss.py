@@ -137,7 +137,9 @@ class SearchRows(Dataset[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
     ) -> None:
         if len(searches) == 0:
             raise ValueError("search_tensors needs at least one search")
-        self.items = torch.from_numpy(np.asarray(item_vectors, dtype=np.float32))
+        vectors = np.asarray(item_vectors, dtype=np.float32)
+        # read, never written: shared with the caller's table unless that one is read-only
+        self.items = torch.from_numpy(vectors if vectors.flags.writeable else vectors.copy())
         queries = np.stack([np.asarray(s.query_vector, dtype=np.float32) for s in searches])
         self.queries = torch.from_numpy(queries)
         self.positives = self.items[[s.clicked for s in searches]]

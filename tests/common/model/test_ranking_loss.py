@@ -1,4 +1,5 @@
 import dataclasses
+import warnings
 
 import numpy as np
 import pytest
@@ -216,3 +217,16 @@ def test_search_rows_redraw_gives_each_search_fresh_negatives_from_the_generator
     assert torch.equal(again, expected.float())
     assert not torch.equal(again[:, 3:], first[:, 3:])  # the random slots moved
     assert torch.equal(again[:, :3], first[:, :3])  # each search's own shown items stay
+
+
+def test_search_rows_take_a_read_only_item_table_without_a_warning():
+    searches, items = make_searches(6, seed=6)
+    frozen = np.asarray(items, dtype=np.float32)
+    frozen.setflags(write=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rows = _rows(searches, frozen)
+    assert not np.shares_memory(rows.items.numpy(), frozen)  # a copy torch may own
+    assert torch.equal(
+        rows[torch.arange(6)][1], torch.from_numpy(frozen.copy())[[s.clicked for s in searches]]
+    )
