@@ -48,7 +48,7 @@ from common.evaluation.protocol import (
 )
 from common.model.adapter import QueryAdapter
 from common.model.personalization import user_vector
-from common.model.ranking_loss import ranking_loss, search_tensors
+from common.model.ranking_loss import SearchRows, ranking_loss
 from common.progress import progress_bar
 from server.training.warm_start import train_warm_start
 from simulation.evaluation import evaluate_population
@@ -229,13 +229,13 @@ def _epoch(
     for b in progress_bar(
         range(0, len(order), batch_size), show=progress, desc="centralized epoch", leave=False
     ):
-        queries, positives, negatives = search_tensors(
+        queries, positives, negatives = SearchRows(
             [searches[i] for i in order[b : b + batch_size]],
             item_vectors,
             shown_negatives=loss_cfg.shown_negatives,
             random_negatives=loss_cfg.random_negatives,
             rng=rng,
-        )
+        ).tensors()
         losses = ranking_loss(adapter(queries), positives, negatives, loss_cfg.temperature)
         optimizer.zero_grad()
         losses.mean().backward()

@@ -15,8 +15,9 @@ both optimize the very same objective:
   with random public catalog items) followed by ``random_negatives`` random catalog items.
   Never another sample's clicks or impressions (no in-batch negatives): changing one
   search changes only its own row. The random draws do not depend on the searches' content.
-- ``search_tensors(searches, item_vectors, ...)`` -> (queries, positives, negatives) tensors
-  ready for ``ranking_loss`` (or for a ``TensorDataset`` under Opacus).
+- ``SearchRows(searches, item_vectors, ...)``: the (query, positive, negatives) rows as a
+  ``Dataset`` (a ``DataLoader``'s, Opacus's included); ``.tensors()`` -> (queries (B,d),
+  positives (B,d), negatives (B,m,d)) ready for ``ranking_loss``.
 """
 
 from __future__ import annotations
@@ -95,34 +96,14 @@ def negative_indices(
     return out
 
 
-def search_tensors(
-    searches: Sequence[SearchExample],
-    item_vectors: np.ndarray,
-    *,
-    shown_negatives: int,
-    random_negatives: int,
-    rng: np.random.Generator,
-    public_items: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Float32 tensors (queries (B,d), positives (B,d), negatives (B,m,d)) for a batch."""
-    rows = SearchRows(
-        searches,
-        item_vectors,
-        shown_negatives=shown_negatives,
-        random_negatives=random_negatives,
-        rng=rng,
-        public_items=public_items,
-    )
-    return rows[torch.arange(len(rows))]
-
-
 class SearchRows(Dataset[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
     """Searches as training rows (query, clicked item, negatives) for a ``DataLoader``.
 
-    Row ``i`` is what ``search_tensors`` gives for search ``i``; an index may be one row or
-    a batch (a list or tensor of rows), whose negatives are gathered from the item table
-    as the batch is read, not kept for every search. ``redraw`` draws fresh negatives
-    (``negative_indices`` with the same generator, e.g. for another epoch).
+    Row ``i`` is search ``i``'s query, its clicked item's vector and its negatives' vectors
+    (``negative_indices``); an index may be one row or a batch (a list or tensor of rows),
+    whose negatives are gathered from the item table as the batch is read, not kept for
+    every search. ``tensors()`` gives every row; ``redraw`` draws fresh negatives from the
+    same generator (e.g. for another epoch).
     """
 
     def __init__(
@@ -136,7 +117,7 @@ class SearchRows(Dataset[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
         public_items: int | None = None,
     ) -> None:
         if len(searches) == 0:
-            raise ValueError("search_tensors needs at least one search")
+            raise ValueError("SearchRows needs at least one search")
         vectors = np.asarray(item_vectors, dtype=np.float32)
         # read, never written: shared with the caller's table unless that one is read-only
         self.items = torch.from_numpy(vectors if vectors.flags.writeable else vectors.copy())
@@ -158,6 +139,10 @@ class SearchRows(Dataset[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]):
     def redraw(self) -> None:
         """New negatives for every search (each row's own, from the generator)."""
         self.negatives = torch.from_numpy(self._draw())
+
+    def tensors(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Float32 (queries (B,d), positives (B,d), negatives (B,m,d)) of every row."""
+        return self[torch.arange(len(self))]
 
     def __len__(self) -> int:
         return len(self.queries)

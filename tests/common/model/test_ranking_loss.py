@@ -14,7 +14,6 @@ from common.model.ranking_loss import (
     SearchRows,
     negative_indices,
     ranking_loss,
-    search_tensors,
 )
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -104,8 +103,8 @@ def untouched_rows(loss_fn, searches, changed, items) -> np.ndarray:
     adapter = QueryAdapter(DIM, rank=4)
     torch.nn.init.normal_(adapter.up.weight, std=0.3)  # not the identity: all weights matter
     kwargs = {"shown_negatives": 4, "random_negatives": 6}
-    before = search_tensors(searches, items, rng=np.random.default_rng(5), **kwargs)
-    after = search_tensors(changed, items, rng=np.random.default_rng(5), **kwargs)
+    before = SearchRows(searches, items, rng=np.random.default_rng(5), **kwargs).tensors()
+    after = SearchRows(changed, items, rng=np.random.default_rng(5), **kwargs).tensors()
     grads_before = per_sample_grads(adapter, loss_fn, before)
     grads_after = per_sample_grads(adapter, loss_fn, after)
     return np.array([torch.equal(a, b) for a, b in zip(grads_before, grads_after, strict=True)])
@@ -139,9 +138,9 @@ def test_opacus_per_sample_gradients_match_the_loss_of_each_sample():
     from opacus import GradSampleModule
 
     searches, items = make_searches(5, seed=3)
-    tensors = search_tensors(
+    tensors = SearchRows(
         searches, items, shown_negatives=4, random_negatives=3, rng=np.random.default_rng(0)
-    )
+    ).tensors()
     torch.manual_seed(0)
     adapter = QueryAdapter(DIM, rank=4)
     torch.nn.init.normal_(adapter.up.weight, std=0.3)
@@ -153,16 +152,16 @@ def test_opacus_per_sample_gradients_match_the_loss_of_each_sample():
     torch.testing.assert_close(got, torch.stack(expected), rtol=1e-4, atol=1e-6)
 
 
-def test_search_tensors_shapes_and_positives():
+def test_search_rows_tensors_shapes_and_positives():
     searches, items = make_searches(7)
-    q, pos, neg = search_tensors(
+    q, pos, neg = SearchRows(
         searches, items, shown_negatives=3, random_negatives=2, rng=np.random.default_rng(0)
-    )
+    ).tensors()
     assert q.shape == (7, DIM) and pos.shape == (7, DIM) and neg.shape == (7, 5, DIM)
     assert q.dtype == pos.dtype == neg.dtype == torch.float32
     np.testing.assert_array_equal(pos.numpy(), items[[s.clicked for s in searches]])
     with pytest.raises(ValueError):
-        search_tensors([], items, shown_negatives=1, random_negatives=1, rng=None)
+        SearchRows([], items, shown_negatives=1, random_negatives=1, rng=None).tensors()
 
 
 def test_random_negatives_come_from_the_public_items_only():
@@ -187,12 +186,18 @@ def _rows(searches, items, seed=0):
 
 def test_search_rows_read_as_batches_equal_the_rows_stacked_one_by_one():
     searches, items = make_searches(37, seed=4)
-    whole = search_tensors(
-        searches, items, shown_negatives=3, random_negatives=4, rng=np.random.default_rng(0)
+    vectors = np.asarray(items, dtype=np.float32)
+    ids = negative_indices(
+        searches, N_ITEMS, shown_negatives=3, random_negatives=4, rng=np.random.default_rng(0)
+    )
+    stacked = (  # what the rows are, built by plain numpy indexing
+        np.stack([np.asarray(s.query_vector, dtype=np.float32) for s in searches]),
+        vectors[[s.clicked for s in searches]],
+        vectors[ids],
     )
     rows = _rows(searches, items)
-    for got, want in zip(rows[torch.arange(37)], whole, strict=True):
-        assert torch.equal(got, want)
+    for got, want in zip(rows.tensors(), stacked, strict=True):
+        assert torch.equal(got, torch.from_numpy(want))
     torch.manual_seed(1)
     one_by_one = list(DataLoader(rows, batch_size=16, shuffle=True))
     torch.manual_seed(1)
