@@ -17,7 +17,6 @@ import hashlib
 import os
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,60 +30,18 @@ from server.search.catalog_db import (
     acquire_store_lock,
     item_row,
 )
+from server.search.catalog_items import Filters, Hits, Item, PhotoUpload
 from server.search.catalog_load import fold_vectors, load_columns, load_vectors, write_vectors
 from server.search.catalog_rows import CatalogRows, RWLock
 from server.search.catalog_vectors import CatalogVectors, vector_file
 from server.search.index_kinds import DEFAULT_INDEX_OPTIONS, IndexOptions
 from server.search.vector_index import VectorIndex
 
-__all__ = ["Catalog", "CatalogStoreError", "Filters", "Item", "PhotoUpload"]
+__all__ = ["Catalog", "CatalogStoreError", "Filters", "Hits", "Item", "PhotoUpload"]
+
+_NOTHING = (np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32))
 
 OVERLAY_MIN_ROWS = 65536  # upserted vectors held in memory before a fold, at least
-
-
-@dataclass(frozen=True)
-class Item:
-    """One product served by the search service.
-
-    ``price`` is None when unknown; ``price_synthetic`` marks a generated demo price (the
-    fashion catalog has none, see ``server.search.catalog_build.synthetic_price``).
-    ``photo`` is a file path, or None for a text-only item.
-    """
-
-    id: str
-    title: str
-    category: str = ""
-    price: float | None = None
-    price_synthetic: bool = False
-    photo: str | None = None
-    attributes: dict[str, str] = field(default_factory=dict, hash=False)
-
-    def to_json(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass(frozen=True)
-class PhotoUpload:
-    """Photo bytes given with an upsert, stored in the store's photo folder."""
-
-    data: bytes
-    suffix: str
-
-
-@dataclass(frozen=True)
-class Filters:
-    """Candidate restrictions: categories (case-insensitive) and an inclusive price range.
-
-    A price bound excludes items without a price.
-    """
-
-    categories: tuple[str, ...] = ()
-    price_min: float | None = None
-    price_max: float | None = None
-
-    @property
-    def active(self) -> bool:
-        return bool(self.categories) or self.price_min is not None or self.price_max is not None
 
 
 class Catalog:
@@ -218,34 +175,63 @@ class Catalog:
             ids = [record["id"] for record in self.db.iter_records()]
             return ids, self.vectors.read(self._rows.refs[self._rows.live_rows()])
 
-    def search(
-        self, query: np.ndarray, n: int, filters: Filters | None = None
-    ) -> tuple[list[Item], np.ndarray, np.ndarray]:
+    def search(self, query: np.ndarray, n: int, filters: Filters | None = None) -> Hits:
         """Top-``n`` items for one query vector: (items, scores, item vectors), best first.
 
         A filter that leaves at most ``exact_max_items`` items is searched exactly over
         those rows; a wider one restricts the FAISS search to the allowed keys. Only the
         hits' records are read from the database.
         """
+        return self.search_many(np.asarray(query)[None, :], [n], [filters])[0]
+
+    def search_many(
+        self, queries: np.ndarray, n: Sequence[int], filters: Sequence[Filters | None]
+    ) -> list[Hits]:
+        """``search`` for each row of ``queries`` under one read of the store: unfiltered
+        rows wanting the same ``n`` in one index search, every hit's record in one
+        database read, every hit's vector in one gather."""
+        queries = np.ascontiguousarray(queries, dtype=np.float32).reshape(-1, self.dim)
         with self.lock.read():
-            rows, scores = self._candidate_rows(np.asarray(query, dtype=np.float32), n, filters)
+            found = self._candidate_rows(queries, n, filters)
+            rows = np.concatenate([r for r, _ in found])
             keys = self._rows.keys[rows].tolist()
             records = self.db.records(keys)
-            items = [Item(**records[k]) for k in keys]
-            return items, scores, self.vectors.gather(self._rows.refs[rows])
+            vectors = self.vectors.gather(self._rows.refs[rows])
+        out, start = [], 0
+        for hit_rows, scores in found:
+            end = start + len(hit_rows)
+            out.append(([Item(**records[k]) for k in keys[start:end]], scores, vectors[start:end]))
+            start = end
+        return out
 
     def _candidate_rows(
-        self, query: np.ndarray, n: int, filters: Filters | None
+        self, queries: np.ndarray, n: Sequence[int], filters: Sequence[Filters | None]
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        found: list[tuple[np.ndarray, np.ndarray]] = [_NOTHING] * len(queries)
+        plain: dict[int, list[int]] = {}  # n -> unfiltered rows wanting n
+        for i, (want, f) in enumerate(zip(n, filters, strict=True)):
+            if f is None or not f.active:
+                plain.setdefault(want, []).append(i)
+            else:
+                found[i] = self._filtered_rows(queries[i], want, f)
+        for want, rows in plain.items():
+            scores, keys = self.index.search(queries[rows], want, None, self._vectors_of_keys)
+            for j, i in enumerate(rows):
+                hit = keys[j] >= 0
+                found[i] = self._rows.rows_of(keys[j][hit]), scores[j][hit].astype(np.float32)
+        return found
+
+    def _filtered_rows(
+        self, query: np.ndarray, n: int, filters: Filters
     ) -> tuple[np.ndarray, np.ndarray]:
-        allowed = None if filters is None or not filters.active else self._filter_rows(filters)
-        if allowed is not None and len(allowed) <= self.exact_max_items:
+        allowed = self._filter_rows(filters)
+        if len(allowed) <= self.exact_max_items:
             scores = self.vectors.gather(self._rows.refs[allowed]) @ query
             top = np.argsort(-scores, kind="stable")[:n]
             return allowed[top], scores[top].astype(np.float32)
-        allowed_keys = None if allowed is None else self._rows.keys[allowed]
-        scores, keys = self.index.search(query, n, allowed_keys, self._vectors_of_keys)
-        found = keys[0] >= 0
-        return self._rows.rows_of(keys[0][found]), scores[0][found].astype(np.float32)
+        scores, keys = self.index.search(query, n, self._rows.keys[allowed], self._vectors_of_keys)
+        hit = keys[0] >= 0
+        return self._rows.rows_of(keys[0][hit]), scores[0][hit].astype(np.float32)
 
     def _vectors_of_keys(self, keys: np.ndarray) -> np.ndarray:
         return self.vectors.gather(self._rows.refs[self._rows.rows_of(keys)])

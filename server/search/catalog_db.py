@@ -48,6 +48,7 @@ from server.search.vector_index import IndexInfo, VectorIndex
 DB_FILE = "catalog.sqlite3"
 PHOTOS_DIR = "photos"
 _LOCK_FILE = "LOCK"
+MAX_PARAMETERS = 500  # bound parameters per statement, under SQLite's oldest limit (999)
 _NEW_DB = ".catalog.sqlite3.new"
 _SCHEMA = """
 CREATE TABLE items (
@@ -165,18 +166,22 @@ class CatalogDB:
 
     def records(self, keys: Sequence[int]) -> dict[int, dict[str, Any]]:
         """Item fields by key, for those of ``keys`` held."""
-        marks = ",".join("?" * len(keys))
-        with self._read_lock:
-            rows = self._db.execute(
-                f"SELECT {_RECORD_COLUMNS} FROM items WHERE key IN ({marks})", list(keys)
-            ).fetchall()
-        return dict(map(row_record, rows))
+        found: dict[int, dict[str, Any]] = {}
+        for start in range(0, len(keys), MAX_PARAMETERS):
+            chunk = list(keys[start : start + MAX_PARAMETERS])
+            marks = ",".join("?" * len(chunk))
+            with self._read_lock:
+                rows = self._db.execute(
+                    f"SELECT {_RECORD_COLUMNS} FROM items WHERE key IN ({marks})", chunk
+                ).fetchall()
+            found.update(map(row_record, rows))
+        return found
 
     def records_by_id(self, item_ids: Sequence[str]) -> dict[str, tuple[int, dict[str, Any]]]:
         """(key, item fields) by id, for those of ``item_ids`` held."""
         found: dict[str, tuple[int, dict[str, Any]]] = {}
-        for start in range(0, len(item_ids), 500):  # SQLite's limit on bound parameters
-            chunk = list(item_ids[start : start + 500])
+        for start in range(0, len(item_ids), MAX_PARAMETERS):
+            chunk = list(item_ids[start : start + MAX_PARAMETERS])
             marks = ",".join("?" * len(chunk))
             with self._read_lock:
                 rows = self._db.execute(

@@ -82,16 +82,33 @@ class QueryEncoder:
         image_weight: float = 0.5,
         timeout: float | None = 60.0,
     ) -> np.ndarray:
+        """The query's vector (``submit`` and wait)."""
+        future = self.submit(text, image, text_weight=text_weight, image_weight=image_weight)
+        vector: np.ndarray = future.result(timeout=timeout)
+        return vector
+
+    def submit(
+        self,
+        text: str | None = None,
+        image: Image.Image | None = None,
+        *,
+        text_weight: float = 0.5,
+        image_weight: float = 0.5,
+    ) -> Future:
+        """A future of the query's vector: done at once for a cached text, else when the
+        worker has encoded the batch it joins."""
         if not text and image is None:
             raise ValueError("a query needs text, an image, or both")
         cached = self.cache.get(self.cache_key(text)) if text and self.cache is not None else None
         if cached is not None and image is None:
-            return fuse(cached, None, text_weight=text_weight)
+            done: Future = Future()
+            done.set_result(fuse(cached, None, text_weight=text_weight))
+            return done
         if image is not None and isinstance(self.image_encoder, DeferredEncoder):
             self.image_encoder.load()  # built here, not in the worker all queries wait on
         job = _Job(text or None, image, text_weight, image_weight, cached)
         self._queue.put(job)
-        return job.future.result(timeout=timeout)
+        return job.future
 
     def close(self) -> None:
         self._queue.put(None)

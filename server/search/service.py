@@ -12,6 +12,7 @@ decoding and encoding run off the event loop.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from contextlib import asynccontextmanager
@@ -60,6 +61,7 @@ from server.search.model_state import ModelWatcher
 from server.search.query_model import describe_query_path, query_encoder_from_config
 from server.search.shoppers import shoppers_for
 from server.search.spoken import SpokenQueries, transcript_json, with_transcript
+from server.search.threads import faiss_thread_setup
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +99,8 @@ class SearchService:
             query_encoder_from_config(config, encoder),
             catalog,
             candidates=config.search.candidates,
+            max_batch=config.search.max_batch,
+            thread_setup=faiss_thread_setup(config.search),
         )
         public_key = (
             load_public_key(Path(config.search.public_key)) if config.search.public_key else None
@@ -118,6 +122,7 @@ class SearchService:
 
     def close(self) -> None:
         self.watcher.stop()
+        self.engine.close()
         self.engine.query_encoder.close()
         self.photo_workers.close()
         self.catalog.close()
@@ -262,7 +267,10 @@ def _add_search_routes(app: FastAPI, service: SearchService) -> None:
             query = to_query(data, None, service.limits)
         else:
             query = await service.photo_workers.run(to_query, data, image, service.limits)
-        result = await run_in_threadpool(service.engine.search, query)
+        if query.image is None:  # the pipeline's threads do the work; nothing waits in a thread
+            result = await asyncio.wrap_future(service.engine.submit(query))
+        else:  # a photo query may build the deferred base encoder first
+            result = await run_in_threadpool(service.engine.search, query)
         body = result_json(result, query, service.encoder.version)
         if heard is not None:
             body.update(transcript_json(heard))

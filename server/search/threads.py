@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 
 from common.config import SearchConfig
 
@@ -26,3 +27,17 @@ def apply_thread_settings(search: SearchConfig) -> None:
         import torch
 
         torch.set_num_threads(threads)
+
+
+def faiss_thread_setup(search: SearchConfig) -> Callable[[], None]:
+    """What a thread that runs FAISS searches calls first: OpenMP keeps a thread count per
+    thread, so ``faiss_threads`` set in the main thread does not reach a thread started
+    later (a batch of queries would be searched on every core, spinning)."""
+
+    def setup() -> None:
+        if search.faiss_threads > 0:
+            import faiss
+
+            faiss.omp_set_num_threads(search.faiss_threads)
+
+    return setup

@@ -65,6 +65,30 @@ def test_filters_on_category_and_price(tmp_path, exact_max_items):
     catalog.close()
 
 
+def test_search_many_answers_each_query_like_plain_numpy(tmp_path):
+    rng = np.random.default_rng(4)
+    items, vectors = make_items(700), unit(rng, 700)  # one query's 600 hits: two DB reads
+    catalog = Catalog.create(tmp_path / "s", items, vectors, encoder_version="e")
+    queries = unit(rng, 6)
+    wanted = [3, 5, 3, 600, 4, 3]
+    filters = [None, None, Filters(categories=("watches",)), None,
+               Filters(price_min=10, price_max=20), Filters()]  # fmt: skip
+    found = catalog.search_many(queries, wanted, filters)
+    catalog.close()
+    for q, n, f, (hits, scores, vecs) in zip(queries, wanted, filters, found, strict=True):
+        allowed = [
+            i for i, it in enumerate(items)
+            if f is None or not f.active
+            or (not f.categories or it.category.lower() in f.categories)
+            and (f.price_min is None or (it.price is not None and it.price >= f.price_min))
+            and (f.price_max is None or (it.price is not None and it.price <= f.price_max))
+        ]  # fmt: skip
+        order = sorted(allowed, key=lambda i: -float(vectors[i] @ q))[:n]
+        assert [it.id for it in hits] == [items[i].id for i in order]
+        np.testing.assert_allclose(scores, vectors[order] @ q, atol=1e-5)
+        np.testing.assert_array_equal(vecs, vectors[order])
+
+
 def test_upsert_and_delete_survive_a_restart(store, tmp_path):
     catalog, items, vectors, rng = store
     new = unit(rng, 2)
