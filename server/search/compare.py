@@ -79,6 +79,6 @@ def compare_shoppers(
             )
             columns.append((shopper["name"], service.engine.search(query)))
     finally:
-        service.engine.query_encoder.close()
+        service.engine.close()
     label = "demo shoppers (no simulation run found)" if source == "demo" else source
     return f"shoppers from {label}\n" + side_by_side(text, columns)

@@ -142,8 +142,10 @@ class SearchEngine:
         return result
 
     def close(self) -> None:
+        """Stop both stages: the search stage, then the query encoder."""
         self._pending.put(None)
         self._stage.join(timeout=10)
+        self.query_encoder.close()
 
     def _run(self) -> None:
         self.thread_setup()

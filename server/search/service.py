@@ -123,7 +123,6 @@ class SearchService:
     def close(self) -> None:
         self.watcher.stop()
         self.engine.close()
-        self.engine.query_encoder.close()
         self.photo_workers.close()
         self.catalog.close()
 

@@ -159,7 +159,7 @@ def run_speech_bench(
             rows.append(_one_query(engine, speech, query, voice, speed))
         figures = _figures(rows, len(items), speech.describe(), command)
     finally:
-        engine.query_encoder.close()
+        engine.close()
         catalog.close()
     print(format_figures(figures))
     if out:

@@ -23,6 +23,9 @@ class InstantEncoder:
             done.set_result(np.eye(DIM, dtype=np.float32)[len(text) % DIM])
         return done
 
+    def close(self) -> None:
+        pass
+
 
 class RecordingCatalog:
     """Answers every query with one item named after its text length; the first call waits
