@@ -166,29 +166,23 @@ class CatalogDB:
 
     def records(self, keys: Sequence[int]) -> dict[int, dict[str, Any]]:
         """Item fields by key, for those of ``keys`` held."""
-        found: dict[int, dict[str, Any]] = {}
-        for start in range(0, len(keys), MAX_PARAMETERS):
-            chunk = list(keys[start : start + MAX_PARAMETERS])
-            marks = ",".join("?" * len(chunk))
-            with self._read_lock:
-                rows = self._db.execute(
-                    f"SELECT {_RECORD_COLUMNS} FROM items WHERE key IN ({marks})", chunk
-                ).fetchall()
-            found.update(map(row_record, rows))
-        return found
+        return dict(map(row_record, self._rows_where("key", keys)))
 
     def records_by_id(self, item_ids: Sequence[str]) -> dict[str, tuple[int, dict[str, Any]]]:
         """(key, item fields) by id, for those of ``item_ids`` held."""
-        found: dict[str, tuple[int, dict[str, Any]]] = {}
-        for start in range(0, len(item_ids), MAX_PARAMETERS):
-            chunk = list(item_ids[start : start + MAX_PARAMETERS])
+        return {r[0]: row_record(r) for r in self._rows_where("id", item_ids)}
+
+    def _rows_where(self, column: str, values: Sequence[Any]) -> list[Row]:
+        """Record rows whose ``column`` is one of ``values``, ``MAX_PARAMETERS`` at a time."""
+        rows: list[Row] = []
+        for start in range(0, len(values), MAX_PARAMETERS):
+            chunk = list(values[start : start + MAX_PARAMETERS])
             marks = ",".join("?" * len(chunk))
             with self._read_lock:
-                rows = self._db.execute(
-                    f"SELECT {_RECORD_COLUMNS} FROM items WHERE id IN ({marks})", chunk
+                rows += self._db.execute(
+                    f"SELECT {_RECORD_COLUMNS} FROM items WHERE {column} IN ({marks})", chunk
                 ).fetchall()
-            found.update((r[0], row_record(r)) for r in rows)
-        return found
+        return rows
 
     def iter_records(self) -> Iterator[dict[str, Any]]:
         """Every item's fields by key, read on a connection of its own (one snapshot)."""

@@ -28,6 +28,7 @@ from PIL import Image
 
 from common.model.personalization import rerank
 from common.model.query_facets import candidate_matches
+from server.search.batches import next_batch
 from server.search.catalog import Catalog, Filters, Hits, Item
 from server.search.model_state import ModelState
 from server.search.query_encoder import QueryEncoder
@@ -149,17 +150,7 @@ class SearchEngine:
 
     def _run(self) -> None:
         self.thread_setup()
-        while (first := self._pending.get()) is not None:
-            batch = [first]
-            while len(batch) < self.max_batch:
-                try:
-                    nxt = self._pending.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    self._pending.put(None)
-                    break
-                batch.append(nxt)
+        while (batch := next_batch(self._pending, self.max_batch)) is not None:
             ready = []
             for p in batch:
                 if (error := p.encoded.exception()) is not None:

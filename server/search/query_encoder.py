@@ -26,6 +26,7 @@ from PIL import Image
 from common.model.fusion import fuse
 from common.model.precision import PrecisionChoice, TextTower
 from server.search.base_encoder import DeferredEncoder
+from server.search.batches import next_batch
 from server.search.query_cache import CacheKey, QueryVectorCache, normalize_query
 
 if TYPE_CHECKING:
@@ -115,20 +116,7 @@ class QueryEncoder:
         self._thread.join(timeout=10)
 
     def _run(self) -> None:
-        while True:
-            job = self._queue.get()
-            if job is None:
-                return
-            jobs = [job]
-            while len(jobs) < self.max_batch:
-                try:
-                    nxt = self._queue.get_nowait()
-                except queue.Empty:
-                    break
-                if nxt is None:
-                    self._queue.put(None)
-                    break
-                jobs.append(nxt)
+        while (jobs := next_batch(self._queue, self.max_batch)) is not None:
             start = time.thread_time()
             # queries with a photo apart: a photo that fails fails its own requests only
             for group in (
