@@ -152,7 +152,9 @@ class SearchEngine:
         self.thread_setup()
         while (batch := next_batch(self._pending, self.max_batch)) is not None:
             ready = []
-            for p in batch:
+            # a request whose caller went away (its future cancelled) is dropped here; the
+            # others can no longer be cancelled
+            for p in (p for p in batch if p.result.set_running_or_notify_cancel()):
                 if (error := p.encoded.exception()) is not None:
                     p.result.set_exception(error)
                 else:

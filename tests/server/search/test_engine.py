@@ -86,3 +86,18 @@ def test_search_waits_for_the_result(engine_and_catalog):
     catalog.release.set()
     result = engine.search(Query(text="abc", k=1))
     assert [h.item.id for h in result.hits] == ["item-3"] and result.model_version == "base"
+
+
+def test_a_cancelled_request_is_dropped_and_the_stage_goes_on(engine_and_catalog):
+    engine, catalog = engine_and_catalog
+    first = engine.submit(Query(text="a"))
+    while not catalog.calls:
+        threading.Event().wait(0.01)
+    gone = engine.submit(Query(text="ab"))
+    assert gone.cancel()  # e.g. the client disconnected while it waited
+    kept = engine.submit(Query(text="abc"))
+    threading.Event().wait(0.2)
+    catalog.release.set()
+    assert first.result(10).hits and kept.result(10).hits[0].item.id == "item-3"
+    assert gone.cancelled() and catalog.calls == [1, 1]  # only "abc" was searched after
+    assert engine.search(Query(text="abcd")).hits[0].item.id == "item-0"
