@@ -6,7 +6,9 @@ Two stages, each a thread that takes whatever is waiting as one batch: the query
 (``server.search.query_encoder``) encodes, then the search stage adapts the batch's
 vectors in one product, searches the catalog for all of them under one read
 (``Catalog.search_many``) and reranks each. ``submit`` returns a future, so a caller on an
-event loop awaits the result without holding a thread. A request reads the serving state
+event loop awaits the result without holding a thread. The stage searches one batch at a
+time, so a slow query (a filter wide enough for a FAISS selector scan) holds up the
+others of its batch. A request reads the serving state
 (adapter version + catalog) once, when submitted, so it is served wholly by one version;
 a hot swap replaces that one reference and clears the query cache. The user vector is
 used for this request's reranking only: never stored, never logged. ``stage_cpu_s`` adds
