@@ -47,6 +47,15 @@ class RecordingCatalog:
         ]
 
 
+def _wait_for_first_call(catalog: RecordingCatalog) -> None:
+    """Until the stage holds the first query in the catalog (10 s at most)."""
+    for _ in range(1000):
+        if catalog.calls:
+            return
+        threading.Event().wait(0.01)
+    raise AssertionError("the search stage never called the catalog")
+
+
 @pytest.fixture
 def engine_and_catalog():
     catalog = RecordingCatalog()
@@ -60,8 +69,7 @@ def test_waiting_queries_are_searched_as_one_batch_and_an_error_stays_its_own(
 ):
     engine, catalog = engine_and_catalog
     first = engine.submit(Query(text="a"))
-    while not catalog.calls:  # the stage holds the first query
-        threading.Event().wait(0.01)
+    _wait_for_first_call(catalog)
     batch = [
         engine.submit(Query(text="ab")),
         engine.submit(Query(text="abc", filters=Filters(categories=("broken",)))),
@@ -77,7 +85,7 @@ def test_waiting_queries_are_searched_as_one_batch_and_an_error_stays_its_own(
     with pytest.raises(RuntimeError, match="encoding failed"):
         batch[2].result(10)
     assert batch[3].result(10).hits[0].item.id == "item-0"
-    # the first alone; the three encoded together; after the error, each alone
+    # the first alone; the three encoded ones together; after the error, each alone
     assert catalog.calls == [1, 3, 1, 1, 1]
 
 
@@ -91,8 +99,7 @@ def test_search_waits_for_the_result(engine_and_catalog):
 def test_a_cancelled_request_is_dropped_and_the_stage_goes_on(engine_and_catalog):
     engine, catalog = engine_and_catalog
     first = engine.submit(Query(text="a"))
-    while not catalog.calls:
-        threading.Event().wait(0.01)
+    _wait_for_first_call(catalog)
     gone = engine.submit(Query(text="ab"))
     assert gone.cancel()  # e.g. the client disconnected while it waited
     kept = engine.submit(Query(text="abc"))
