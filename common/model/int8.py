@@ -7,8 +7,8 @@ is int8 with one scale per token row, taken from that row alone: a query's token
 quantized and multiplied (int32 sums) the same whatever else is in the batch, so its vector
 does not depend on its batch (up to the float32 parts' summation order, which can differ
 in a padded batch and now and then flips a rounding: 5 of 300 queries by up to 3.6e-3 in
-one value, measured on the base encoder). A few of a transformer's input channels carry outliers far
-above the rest, which would make a row's scale coarse for the others; as in SmoothQuant
+one value, measured on the base encoder). A few of a transformer's input channels carry
+outliers far above the rest, which would make a row's scale coarse for the others; as in SmoothQuant
 (Xiao et al., 2023), each input channel ``j`` is divided by a fixed
 ``s_j = max|x_j| ** a / max|W_:,j| ** (1 - a)`` (``max|x_j|`` calibrated once on
 calibration texts) and the weights' column multiplied by it, which leaves the float

@@ -44,7 +44,8 @@ class _Job:
 
 
 class QueryEncoder:
-    """Thread-safe ``encode(text, image)`` -> fused, normalized base query vector."""
+    """Thread-safe ``submit(text, image)`` -> a future of the fused, normalized base query
+    vector."""
 
     def __init__(
         self,
@@ -73,20 +74,6 @@ class QueryEncoder:
     def cache_key(self, text: str) -> CacheKey:
         tower = self.text_tower
         return (tower.version, normalize_query(text, lower=self._lower), tower.text_precision)
-
-    def encode(
-        self,
-        text: str | None = None,
-        image: Image.Image | None = None,
-        *,
-        text_weight: float = 0.5,
-        image_weight: float = 0.5,
-        timeout: float | None = 60.0,
-    ) -> np.ndarray:
-        """The query's vector (``submit`` and wait)."""
-        future = self.submit(text, image, text_weight=text_weight, image_weight=image_weight)
-        vector: np.ndarray = future.result(timeout=timeout)
-        return vector
 
     def submit(
         self,

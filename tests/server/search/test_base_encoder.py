@@ -1,7 +1,6 @@
 """The deferred base encoder, and a photo that fails beside text queries."""
 
 import threading
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -68,17 +67,16 @@ def test_a_failing_photo_fails_its_own_request_only():
     texts = BlockingTexts()
     encoder = QueryEncoder(texts, BrokenPhotos())
     try:
-        with ThreadPoolExecutor(3) as pool:
-            first = pool.submit(encoder.encode, "a")
-            while not texts.calls:  # the worker holds the first query
-                threading.Event().wait(0.01)
-            photo = pool.submit(encoder.encode, None, object())
-            text = pool.submit(encoder.encode, "b")
-            threading.Event().wait(0.2)  # both wait in the queue: one batch
-            texts.release.set()
-            assert first.result(10).shape == (4,) and text.result(10).shape == (4,)
-            with pytest.raises(RuntimeError, match="bad photo"):
-                photo.result(10)
+        first = encoder.submit("a")
+        while not texts.calls:  # the worker holds the first query
+            threading.Event().wait(0.01)
+        photo = encoder.submit(None, object())
+        text = encoder.submit("b")
+        threading.Event().wait(0.2)  # both wait in the queue: one batch
+        texts.release.set()
+        assert first.result(10).shape == (4,) and text.result(10).shape == (4,)
+        with pytest.raises(RuntimeError, match="bad photo"):
+            photo.result(10)
     finally:
         encoder.close()
     assert texts.calls[1] == ["b"]
