@@ -27,6 +27,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from transformers.utils import logging as hf_logging
 
+from common.model.bfloat16 import bfloat16_linears
 from common.model.encoder_files import (
     ENCODER_CONFIG_FILE,
     LOCAL_DIR_PREFIX,
@@ -192,32 +193,31 @@ class Encoder:
         self.version = version
         self.config = config
         self.batch_size = 128
-        self.text_autocast: torch.dtype | None = None
-        self.text_int8 = False
+        self.text_precision = "float32"  # the text tower's: "float32", "bfloat16" or "int8"
 
     @property
     def dim(self) -> int:
         return int(self.config["embed_dim"])
 
-    @property
-    def text_precision(self) -> str:
-        """The text tower's precision: "int8" (weights), "bfloat16" (autocast) or "float32"."""
-        if self.text_int8:
-            return "int8"
-        return "bfloat16" if self.text_autocast is not None else "float32"
-
     def with_int8_text(self, calibration: Sequence[str]) -> Encoder:
         """A copy whose text tower's linear layers run in int8 (``common.model.int8``),
         calibrated on ``calibration`` texts; the vision tower is left as it is."""
         out = copy(self)
-        out.text_autocast = None
 
         def calibrate(model: Any) -> None:
             out.model = model
             out.encode_text(list(calibration))
 
         out.model = quantize_linears(self.model, calibrate, skip=("visual",))
-        out.text_int8 = True
+        out.text_precision = "int8"
+        return out
+
+    def with_bfloat16_text(self) -> Encoder:
+        """A copy whose text tower's linear layers compute in bfloat16, their weights cast
+        once (``common.model.bfloat16``); the vision tower is left as it is."""
+        out = copy(self)
+        out.model = bfloat16_linears(self.model, skip=("visual",))
+        out.text_precision = "bfloat16"
         return out
 
     @property
@@ -238,12 +238,7 @@ class Encoder:
         for start in progress_bar(starts, show=progress, desc="encode text", leave=False):
             rows = order[start : start + self.batch_size]
             tokens = self._trim_padding(self.tokenizer([texts[i] for i in rows]))
-            with torch.autocast(
-                self.device.type,
-                dtype=self.text_autocast or torch.bfloat16,
-                enabled=self.text_autocast is not None,
-            ):
-                vecs = self.model.encode_text(tokens.to(self.device), normalize=normalize)
+            vecs = self.model.encode_text(tokens.to(self.device), normalize=normalize)
             out[rows] = vecs.float().cpu().numpy()
         return out
 

@@ -26,6 +26,8 @@ from typing import cast
 import torch
 from torch import nn
 
+from common.model.linear_layers import linear_layer_names, swap_layer
+
 INT8_MAX = 127
 ZERO_POINT = 128  # symmetric int8 codes, shifted into oneDNN's uint8 inputs
 SMOOTHING = 0.5
@@ -108,19 +110,13 @@ def quantize_linears(
     in ``skip`` replaced by an ``Int8Linear``, calibrated on what ``calibrate(copy)`` runs
     through it; ``module`` is left unchanged."""
     out = copy.deepcopy(module).eval()
-    targets = [
-        name
-        for name, child in out.named_modules()
-        if isinstance(child, nn.Linear) and not any(_within(name, s) for s in skip)
-    ]
-    if not targets:
-        raise ValueError("the module has no nn.Linear layer to quantize")
+    targets = linear_layer_names(out, skip=skip)
     for name in targets:
-        _replace(out, name, lambda linear: _Observed(cast(nn.Linear, linear)))
+        swap_layer(out, name, lambda linear: _Observed(cast(nn.Linear, linear)))
     with torch.inference_mode():
         calibrate(out)
     for name in targets:
-        _replace(out, name, _calibrated)
+        swap_layer(out, name, _calibrated)
     return out
 
 
@@ -134,13 +130,3 @@ def _calibrated(observed: nn.Module) -> Int8Linear:
     if not isinstance(observed, _Observed) or observed.low is None or observed.high is None:
         raise ValueError("calibration ran no input through a linear layer")
     return Int8Linear(observed.linear, low=observed.low, high=observed.high)
-
-
-def _replace(root: nn.Module, name: str, make: Callable[[nn.Module], nn.Module]) -> None:
-    parent_name, _, attr = name.rpartition(".")
-    parent = root.get_submodule(parent_name)
-    setattr(parent, attr, make(getattr(parent, attr)))
-
-
-def _within(name: str, prefix: str) -> bool:
-    return name == prefix or name.startswith(prefix + ".")

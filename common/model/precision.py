@@ -1,14 +1,18 @@
 """The query text tower's compute precision, chosen by measuring it, not by CPU flags.
 
-A CPU that advertises bfloat16 instructions is not always faster in bfloat16: for short
-queries the casts can cost more than the matrix products save. The candidates: float32,
-bfloat16 (autocast) and int8 (``common.model.int8``, its channel smoothing calibrated on
-``CALIBRATION_QUERIES``: a query's vector stays independent of its batch, unlike torch's
-dynamic quantization). ``choose_precision`` encodes a few dozen probe queries with each
-candidate in alternating rounds (so a burst of load on a shared machine hits them alike),
-checks each candidate's vectors against float32's, and keeps the fastest that agrees;
-float32 is the reference and wins every tie, so the choice is never slower than float32 on
-the measurement. The choice is remembered per model version for the life of the process.
+A CPU that advertises bfloat16 instructions is not always faster in bfloat16, and which
+precision wins can change with the batch size. The candidates: float32, bfloat16 (the
+linear layers' weights cast once, ``common.model.bfloat16``) and int8
+(``common.model.int8``, its channel smoothing calibrated on ``CALIBRATION_QUERIES``).
+Neither scales by its batch, as torch's dynamic quantization does; a query's vector alone
+and in a padded batch can differ by a rounding (their modules say how much).
+``choose_precision`` encodes a few dozen probe queries with each candidate in alternating
+rounds (so a burst of load on a shared machine hits them alike), one at a time as a lone
+shopper's query is and in batches of ``BATCH`` as a busy service's are, checks each
+candidate's vectors against float32's, and keeps the one with the least time per query
+(the mean of the two ways) among those that agree; float32 is the reference and wins
+every tie, so the choice is never slower than float32 on the measurement. The choice is
+remembered per model version for the life of the process.
 """
 
 from __future__ import annotations
@@ -16,20 +20,17 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Sequence
-from copy import copy
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol, TypeVar, cast
+from typing import Any, Protocol, TypeVar, cast
 
 import numpy as np
 
 from common.config import TEXT_PRECISIONS
 
-if TYPE_CHECKING:
-    import torch
-
 log = logging.getLogger(__name__)
 
 CANDIDATES = ("float32", "bfloat16", "int8")
+BATCH = 8
 MIN_COSINE = 0.999
 PROBE_QUERIES = (
     "black casual shoes",
@@ -82,14 +83,13 @@ class TextTower(Protocol):
     """What a query text encoder offers: the base encoder and the distilled student alike."""
 
     version: str
-    text_autocast: torch.dtype | None
-
-    @property
-    def text_precision(self) -> str: ...
+    text_precision: str
 
     def encode_text(self, texts: Sequence[str]) -> np.ndarray: ...
 
     def with_int8_text(self, calibration: Sequence[str]) -> Any: ...
+
+    def with_bfloat16_text(self) -> Any: ...
 
 
 _Tower = TypeVar("_Tower", bound=TextTower)
@@ -97,7 +97,8 @@ _Tower = TypeVar("_Tower", bound=TextTower)
 
 @dataclass(frozen=True)
 class PrecisionChoice:
-    """The precision kept, why, and what was measured (median ms per query, min cosine)."""
+    """The precision kept, why, and what was measured (ms per query: the mean of the median
+    alone and the median in a batch; min cosine to float32)."""
 
     precision: str
     reason: str
@@ -106,21 +107,19 @@ class PrecisionChoice:
 
 
 def at_precision(tower: _Tower, precision: str) -> _Tower:
-    """``tower`` computing in ``precision``: "float32" or "bfloat16" (its model shared), or
-    "int8" (a copy with int8 weights). ``tower`` must not be an int8 copy itself."""
+    """``tower`` computing in ``precision``: itself for its own precision, else a copy with
+    bfloat16 or int8 linear layers. Only a float32 tower converts."""
     if precision not in CANDIDATES:
         raise ValueError(f"precision must be one of {', '.join(CANDIDATES)}, got {precision!r}")
     if tower.text_precision == precision:
         return tower
-    if tower.text_precision == "int8":
-        raise ValueError("an int8 tower cannot be converted back: start from the float one")
+    if tower.text_precision != "float32":
+        raise ValueError(
+            f"a {tower.text_precision} tower cannot be converted: start from the float32 one"
+        )
     if precision == "int8":
         return cast(_Tower, tower.with_int8_text(CALIBRATION_QUERIES))
-    import torch
-
-    out = copy(tower)
-    out.text_autocast = torch.bfloat16 if precision == "bfloat16" else None
-    return out
+    return cast(_Tower, tower.with_bfloat16_text())
 
 
 def choose_precision(
@@ -132,31 +131,51 @@ def choose_precision(
     min_cosine: float = MIN_COSINE,
     timer: Callable[[], float] = time.perf_counter,
 ) -> PrecisionChoice:
-    """Time single-query encodes of ``probes`` for each candidate over ``rounds`` alternating
-    rounds; keep the fastest whose vectors are within ``min_cosine`` of float32's."""
+    """Time encodes of ``probes``, one at a time and in batches of ``BATCH``, for each
+    candidate over ``rounds`` alternating rounds; keep the fastest per query (the mean of the
+    two ways) whose vectors are within ``min_cosine`` of float32's."""
     towers = {name: at_precision(tower, name) for name in dict.fromkeys(["float32", *candidates])}
     reference = towers["float32"].encode_text(list(probes))
     cosine = {
         name: float(np.min(np.sum(t.encode_text(list(probes)) * reference, axis=1)))
         for name, t in towers.items()
     }
-    times: dict[str, list[float]] = {name: [] for name in towers}
+    groups = [[text] for text in probes] + _batches(probes)
+    times: dict[str, dict[int, list[float]]] = {name: {1: [], BATCH: []} for name in towers}
     for _ in range(rounds):
         for name, t in towers.items():
-            for text in probes:
+            for group in groups:
                 start = timer()
-                t.encode_text([text])
-                times[name].append(timer() - start)
-    ms = {name: round(float(np.median(v)) * 1000, 4) for name, v in times.items()}
+                t.encode_text(group)
+                per_query = (timer() - start) / len(group)
+                times[name][1 if len(group) == 1 else BATCH].append(per_query)
+    ms = {
+        name: round(float(np.mean([np.median(v) for v in ways.values()])) * 1000, 4)
+        for name, ways in times.items()
+    }
     agreeing = [n for n in towers if cosine[n] >= min_cosine]
     best = min(agreeing, key=lambda n: (ms[n], n != "float32"))
     return PrecisionChoice(best, _reason(best, ms, cosine, min_cosine), ms, cosine)
 
 
+def _batches(probes: Sequence[str]) -> list[list[str]]:
+    """``probes`` in groups of ``BATCH`` (the last one filled up from the start)."""
+    if len(probes) < 2:
+        return []
+    size = min(BATCH, len(probes))
+    return [
+        [probes[(start + i) % len(probes)] for i in range(size)]
+        for start in range(0, len(probes), size)
+    ]
+
+
 def _reason(best: str, ms: dict[str, float], cosine: dict[str, float], min_cos: float) -> str:
     parts = [f"{n} {ms[n]:.3f} ms/query (min cos {cosine[n]:.5f})" for n in ms]
     refused = [n for n in ms if cosine[n] < min_cos]
-    why = f"measured {', '.join(parts)}; kept the fastest agreeing with float32 (cos >= {min_cos})"
+    why = (
+        f"measured {', '.join(parts)}, alone and in batches of {BATCH}; kept the fastest "
+        f"agreeing with float32 (cos >= {min_cos})"
+    )
     return why + (f"; {', '.join(refused)} refused: vectors too far" if refused else "")
 
 

@@ -29,6 +29,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 
+from common.model.bfloat16 import bfloat16_linears
 from common.model.encoder_files import resolve_package_path
 from common.model.errors import EncoderError
 from common.model.int8 import module_bytes, quantize_linears
@@ -151,38 +152,37 @@ def student_tokenizer(cfg: StudentConfig) -> open_clip.tokenizer.HFTokenizer:
 
 class QueryStudent:
     """The student as a query text encoder: ``encode_text`` like ``Encoder.encode_text``
-    (batched by length, padding trimmed), with the same ``text_autocast`` switch."""
+    (batched by length, padding trimmed), with the same precision copies."""
 
     def __init__(self, tower: StudentTextTower, *, version: str) -> None:
         self.tower = tower.eval()
         self.tokenizer = student_tokenizer(tower.cfg)
         self.version = version
         self.batch_size = 128
-        self.text_autocast: torch.dtype | None = None
-        self.text_int8 = False
+        self.text_precision = "float32"
 
     @property
     def dim(self) -> int:
         return self.tower.cfg.width
 
-    @property
-    def text_precision(self) -> str:
-        if self.text_int8:
-            return "int8"
-        return "bfloat16" if self.text_autocast is not None else "float32"
-
     def with_int8_text(self, calibration: Sequence[str]) -> QueryStudent:
         """A copy whose linear layers run in int8 (``common.model.int8``), calibrated on
         ``calibration`` texts."""
         out = copy.copy(self)
-        out.text_autocast = None
 
         def calibrate(tower: nn.Module) -> None:
             out.tower = cast(StudentTextTower, tower)
             out.encode_text(list(calibration))
 
         out.tower = cast(StudentTextTower, quantize_linears(self.tower, calibrate))
-        out.text_int8 = True
+        out.text_precision = "int8"
+        return out
+
+    def with_bfloat16_text(self) -> QueryStudent:
+        """A copy whose linear layers compute in bfloat16 (``common.model.bfloat16``)."""
+        out = copy.copy(self)
+        out.tower = cast(StudentTextTower, bfloat16_linears(self.tower))
+        out.text_precision = "bfloat16"
         return out
 
     @property
@@ -205,10 +205,7 @@ class QueryStudent:
             positions = torch.arange(1, ids.shape[1] + 1)
             ids = ids[:, : max(1, int((mask * positions).max()))]  # up to the last real token
             mask = mask[:, : ids.shape[1]].long()
-            with torch.autocast(
-                "cpu", dtype=torch.bfloat16, enabled=self.text_autocast is not None
-            ):
-                out[rows] = self.tower(ids, mask).numpy()
+            out[rows] = self.tower(ids, mask).numpy()
         return out
 
 

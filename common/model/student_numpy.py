@@ -15,7 +15,6 @@ import html
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import ftfy
 import numpy as np
@@ -27,9 +26,6 @@ from common.model.errors import EncoderError
 from common.model.fusion import l2_normalize
 from common.model.numpy_layers import Linear, gelu, layer_norm
 from common.model.student_files import STUDENT_WEIGHTS_FILE, StudentConfig, read_student_folder
-
-if TYPE_CHECKING:
-    import torch
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +70,6 @@ class NumpyQueryStudent:
     """``encode_text(texts)`` -> L2-normalized float32 vectors, like ``QueryStudent``."""
 
     runtime = "numpy"
-    text_autocast: torch.dtype | None = None  # the TextTower protocol's; always None here
     text_precision = "float32"
 
     def __init__(
@@ -103,6 +98,9 @@ class NumpyQueryStudent:
         return sum(a.nbytes for a in arrays)
 
     def with_int8_text(self, calibration: Sequence[str]) -> NumpyQueryStudent:
+        raise EncoderError("the NumPy query runtime computes in float32 only")
+
+    def with_bfloat16_text(self) -> NumpyQueryStudent:
         raise EncoderError("the NumPy query runtime computes in float32 only")
 
     def token_ids(self, texts: Sequence[str]) -> list[list[int]]:

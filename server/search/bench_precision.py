@@ -4,9 +4,10 @@ For the configured query tower (the base encoder's, or the distilled student wit
 ``encoder.query_model``) at float32, bfloat16 and int8 weights: the cosine of each query's
 vector to its float32 vector, the top-10 overlap with float32's answers over the catalog's
 item vectors, title->photo R@10 and type P@10 on the base encoder's validation items (as
-``fedsearch distill`` reports them for a student), the median time of a single-query encode
-(precisions interleaved query by query, so a burst of load on a shared machine hits them
-alike) and the text tower's size. Queries are built from catalog attributes and titles; no
+``fedsearch distill`` reports them for a student), the median time per query of encodes
+alone and in batches of ``BATCH`` (precisions interleaved, so a burst of load on a shared
+machine hits them alike), how far a query's vector alone is from its vector in a batch,
+and the text tower's size. Queries are built from catalog attributes and titles; no
 precision is trained on them.
 """
 
@@ -22,7 +23,7 @@ from common.config import Config, config_from_dict
 from common.data.fashion import load_fashion_catalog
 from common.model.encoder import Encoder
 from common.model.int8 import module_bytes
-from common.model.precision import CANDIDATES, TextTower, at_precision
+from common.model.precision import BATCH, CANDIDATES, TextTower, at_precision
 from server.search.base_encoder import encoder_from_config
 from server.search.catalog_build import (
     catalog_text_queries,
@@ -62,13 +63,7 @@ def run_precision_bench(
     val = validation_items(config, load_fashion_catalog(config.paths.fashion)[0])
     keys = np.arange(len(items), dtype=np.int64)
     top = {name: exact_top_k(item_vectors, keys, v, RECALL_K) for name, v in vectors.items()}
-    times: dict[str, list[float]] = {name: [] for name in towers}
-    for _ in range(rounds):
-        for text in texts[:timed]:
-            for name, t in towers.items():
-                start = time.perf_counter()
-                t.encode_text([text])
-                times[name].append(time.perf_counter() - start)
+    times, alone = _timed_encodes(towers, texts[:timed], rounds)
     rows = {}
     for name, t in towers.items():
         cos = np.sum(vectors[name] * vectors["float32"], axis=1)
@@ -77,7 +72,9 @@ def run_precision_bench(
             "cos_min": round(float(cos.min()), 6),
             "top10_overlap": round(ann_recall_at_k(top[name], top["float32"]), 4),
             **{k: round(v, 4) for k, v in downstream(config, encoder, t.encode_text, val).items()},
-            "ms_per_query": round(float(np.median(times[name])) * 1000, 3),
+            "ms_per_query": round(float(np.median(times[name]["alone"])) * 1000, 3),
+            "ms_per_query_batched": round(float(np.median(times[name]["batch"])) * 1000, 3),
+            "alone_vs_batch_max_abs": float(np.abs(alone[name] - vectors[name][:timed]).max()),
             "size_mb": round(text_tower_mb(t), 1),
         }
     figures = {
@@ -92,6 +89,27 @@ def run_precision_bench(
     return figures
 
 
+def _timed_encodes(
+    towers: dict[str, TextTower], texts: list[str], rounds: int
+) -> tuple[dict[str, dict[str, list[float]]], dict[str, np.ndarray]]:
+    """Seconds per query of each tower's encodes "alone" and in a "batch" (of ``BATCH``, or
+    all of ``texts`` if fewer), interleaved tower by tower; and each text's vector alone."""
+    times: dict[str, dict[str, list[float]]] = {n: {"alone": [], "batch": []} for n in towers}
+    alone: dict[str, list[np.ndarray]] = {name: [] for name in towers}
+    size = min(BATCH, len(texts))
+    groups = [("alone", [text]) for text in texts]
+    groups += [("batch", texts[i : i + size]) for i in range(0, len(texts) - size + 1, size)]
+    for round_ in range(rounds):
+        for kind, group in groups:
+            for name, t in towers.items():
+                start = time.perf_counter()
+                vectors = t.encode_text(group)
+                times[name][kind].append((time.perf_counter() - start) / len(group))
+                if round_ == 0 and kind == "alone":
+                    alone[name].append(vectors[0])
+    return times, {name: np.stack(v) for name, v in alone.items()}
+
+
 def print_precision_table(figures: dict[str, Any]) -> None:
     print(
         f"{figures['query_model']}: {figures['queries']} queries, {figures['items']} items "
@@ -100,12 +118,13 @@ def print_precision_table(figures: dict[str, Any]) -> None:
     )
     print(
         "| precision | cos mean | cos min | top-10 overlap | title->photo R@10 | type P@10 "
-        "| ms/query | text tower MB |"
+        f"| ms/query alone | in batches of {BATCH} | alone vs batch max diff | text tower MB |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for name, r in figures["precisions"].items():
         print(
             f"| {name} | {r['cos_mean']:.5f} | {r['cos_min']:.5f} | {r['top10_overlap']:.3f} "
             f"| {r['title->photo R@10']:.4f} | {r['type P@10']:.4f} "
-            f"| {r['ms_per_query']:.2f} | {r['size_mb']:.1f} |"
+            f"| {r['ms_per_query']:.2f} | {r['ms_per_query_batched']:.2f} "
+            f"| {r['alone_vs_batch_max_abs']:.1e} | {r['size_mb']:.1f} |"
         )

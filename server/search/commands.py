@@ -117,7 +117,8 @@ def register_search_commands(subparsers: argparse._SubParsersAction) -> None:
         "(encoder.query_model, else the base encoder's) in float32, bfloat16 and int8 "
         "weights; prints each one's cosine to float32, top-10 overlap with float32's answers "
         "over the catalog's items, title->photo R@10 and type P@10 on the validation items, "
-        "single-query ms (interleaved) and size.",
+        "ms per query alone and in batches of 8 (interleaved), how far a query's vector "
+        "alone is from its vector in a batch, and size.",
     )
     add_config_arguments(precision)
     precision.add_argument("--queries", type=int, default=1000, help="compared queries")

@@ -32,7 +32,9 @@ def test_precisions_are_compared_with_float32(config, untrained_encoder, capsys)
         assert 0.98 < rows[name]["cos_mean"] < 1.0
         assert 0.5 < rows[name]["top10_overlap"] <= 1.0
     assert rows["int8"]["size_mb"] < 0.7 * rows["float32"]["size_mb"]
-    assert all(r["ms_per_query"] > 0 for r in rows.values())
+    assert all(r["ms_per_query"] > 0 and r["ms_per_query_batched"] > 0 for r in rows.values())
+    assert rows["float32"]["alone_vs_batch_max_abs"] < 1e-5
+    assert all(r["alone_vs_batch_max_abs"] < 1e-2 for r in rows.values())
     val = validation_items(config, load_fashion_catalog(config.paths.fashion)[0])
     assert figures["validation_items"] == len(val) == 6  # a seeded 15% of the 40 items
     expected = downstream(config, untrained_encoder, untrained_encoder.encode_text, val)
