@@ -175,20 +175,21 @@ class SearchConfig(Section):
 
     Up to ``exact_max_items`` items the index is exact; beyond, an IVF index (``ivf_nlist``
     lists, 0: 4 * sqrt(n)) whose ``ivf_nprobe`` the build raises until recall@10 against exact
-    search reaches ``ann_min_recall`` on ``recall_queries`` sample queries (0.96: a margin, so
-    unseen queries keep 0.95). Its kind ("auto" for ``fedsearch index --kind``) is the most
-    exact whose vectors fit ``index_memory_mb``: IVF with float32, float16 or 8-bit scalar
-    codes, else IVF-PQ with ``pq_bytes`` bytes per vector whose top ``refine_factor * k``
-    candidates are re-scored on the full vectors. ``store_dir`` "": ``<work_dir>/search``.
-    ``public_key`` "": registry versions are checked against their manifest's sha256,
-    without a signature. ``query_precision``: the query text tower's ("auto": measured at
-    start-up among float32, bfloat16 and int8 weights, the fastest whose vectors agree with
-    float32's); items are always encoded in float32. ``query_runtime``: "torch", or "numpy"
+    search reaches ``ann_min_recall`` on ``recall_queries`` sample queries, with 95% confidence
+    (the lower bound of their mean recall: a small or lucky sample cannot pass). Its kind
+    ("auto" for ``fedsearch index --kind``) is the most exact whose vectors fit
+    ``index_memory_mb``: IVF with float32, float16 or 8-bit scalar codes, else IVF-PQ with
+    ``pq_bytes`` bytes per vector whose top ``refine_factor * k`` candidates are re-scored on
+    the full vectors. ``store_dir`` "": ``<work_dir>/search``. ``public_key`` "": registry
+    versions are checked against their manifest's sha256, without a signature.
+    ``query_precision``: the query text tower's ("auto": measured at start-up among float32,
+    bfloat16 and int8 weights, the fastest per query, alone and in batches, whose vectors agree
+    with float32's); items are always encoded in float32. ``query_runtime``: "torch", or "numpy"
     (needs a distilled student as ``encoder.query_model``; float32 only): query texts are
-    encoded in NumPy and the base encoder, with torch, is loaded only when a photo query or
-    an item upsert first needs it. ``query_cache_size``: encoded query texts kept (LRU; 0:
-    no cache). ``torch_threads``: the query text encoder's threads (torch's, or NumPy's BLAS
-    under the numpy runtime). Threads 0: the library default.
+    encoded in NumPy and the base encoder, with torch, is loaded only when a photo query or an
+    item upsert first needs it. ``query_cache_size``: encoded query texts kept (LRU; 0: no
+    cache). ``torch_threads``: the query text encoder's threads (torch's, or NumPy's BLAS under
+    the numpy runtime). Threads 0: the library default.
 
     Security (``server.search.auth``, ``serve_checks``): ``admin_token`` guards catalog
     writes and ``/admin/*`` ("": ``$FEDSEARCH_ADMIN_TOKEN``, else the token file the first
@@ -212,8 +213,8 @@ class SearchConfig(Section):
     exact_max_items: int = Field(default=20000, ge=0)
     ivf_nlist: int = Field(default=0, ge=0, description="0 = 4 * sqrt(n)")
     ivf_nprobe: int = Field(default=8, ge=1)
-    ann_min_recall: float = Field(default=0.96, gt=0, le=1)
-    recall_queries: int = Field(default=500, ge=10)
+    ann_min_recall: float = Field(default=0.95, gt=0, le=1)
+    recall_queries: int = Field(default=2000, ge=10)
     max_text_chars: int = Field(default=512, ge=1)
     max_image_bytes: int = Field(default=4_000_000, ge=1)
     max_request_bytes: int = 16_000_000

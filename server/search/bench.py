@@ -58,7 +58,7 @@ log = logging.getLogger(__name__)
 WARMUP_REQUESTS = 40
 SEQUENTIAL_REQUESTS = 200
 IN_PROCESS_QUERIES = 200
-TUNING_QUERIES = 300
+TUNING_QUERIES = 1000
 
 
 def perturbed_copies(vectors: np.ndarray, total: int, seed: int = 0) -> np.ndarray:

@@ -44,7 +44,8 @@ PQ_BITS = 8
 class IndexOptions:
     """How an index is built: its ``kind`` ("auto" chooses by size and ``memory_mb``), the
     exact-search threshold, IVF lists (0: 4 * sqrt(n)) and the starting ``nprobe`` raised
-    until recall@10 reaches ``min_recall`` on ``recall_queries`` queries, the product-code
+    until recall@10 reaches ``min_recall`` on ``recall_queries`` queries (the 95% lower
+    confidence bound of their mean, ``vector_index.recall_lower_bound``), the product-code
     size and re-scored shortlist of IVF-PQ, and the training ``seed``."""
 
     kind: IndexKind = "auto"
@@ -52,7 +53,7 @@ class IndexOptions:
     nlist: int = 0
     nprobe: int = 8
     min_recall: float = 0.95
-    recall_queries: int = 500
+    recall_queries: int = 2000
     memory_mb: float = 512.0
     pq_bytes: int = 48
     refine_factor: int = 10

@@ -38,6 +38,7 @@ log = logging.getLogger(__name__)
 INDEX_FILE = "index.faiss"
 INFO_FILE = "index.json"
 RECALL_K = 10
+CONFIDENCE_Z = 1.645  # one-sided 95%
 VectorLookup = Callable[[np.ndarray], np.ndarray]
 
 
@@ -51,13 +52,16 @@ def faiss_backend() -> str:
 class IndexInfo:
     """How an index was built; stored beside it and reported by the service.
     ``bytes_per_item``: the serialized index's size over its items; ``refine_factor`` > 0:
-    the shortlist of ``refine_factor * k`` is re-scored on full vectors."""
+    the shortlist of ``refine_factor * k`` is re-scored on full vectors;
+    ``recall_at_10_low``: the one-sided 95% lower confidence bound of ``recall_at_10``
+    over its queries (what the tuning of ``nprobe`` holds to the target)."""
 
     kind: str
     dim: int
     encoder_version: str
     recall_at_10: float
     recall_queries: int
+    recall_at_10_low: float = 1.0
     recall_query_source: str = "noisy-items"
     nlist: int = 0
     nprobe: int = 0
@@ -77,6 +81,20 @@ def ann_recall_at_k(found: np.ndarray, truth: np.ndarray) -> float:
         hits += len(np.intersect1d(got[got >= 0], want))
         total += len(want)
     return hits / total if total else 1.0
+
+
+def recall_lower_bound(found: np.ndarray, truth: np.ndarray) -> float:
+    """A one-sided 95% lower confidence bound of the mean recall@k of ``found`` against
+    ``truth`` (rows as in ``ann_recall_at_k``): the mean of the per-query recalls less
+    ``CONFIDENCE_Z`` standard errors, so a small or lucky sample of queries cannot pass.
+    Two pseudo-queries, one with recall 0 and one with 1 (as in Agresti and Coull's
+    interval), keep a margin for a small sample without spread."""
+    recalls = [0.0, 1.0] + [
+        len(np.intersect1d(got[got >= 0], want[want >= 0])) / max(1, int((want >= 0).sum()))
+        for got, want in zip(found, truth, strict=True)
+    ]
+    spread = float(np.std(recalls, ddof=1)) / np.sqrt(len(recalls))
+    return float(np.mean(recalls)) - CONFIDENCE_Z * spread
 
 
 def noisy_item_queries(vectors: np.ndarray, n: int, seed: int = 0) -> np.ndarray:
@@ -181,8 +199,9 @@ class VectorIndex:
             bytes_per_item=round(len(faiss.serialize_index(index)) / max(1, len(vectors)), 1),
         )
         log.info(
-            "built %s index of %d items: recall@10 %.4f, %.0f bytes per item",
-            kind, len(vectors), out.info.recall_at_10, out.info.bytes_per_item,
+            "built %s index of %d items: recall@10 %.4f (95%% lower bound %.4f), %.0f bytes "
+            "per item", kind, len(vectors), out.info.recall_at_10, out.info.recall_at_10_low,
+            out.info.bytes_per_item,
         )  # fmt: skip
         return out
 
@@ -267,27 +286,30 @@ class VectorIndex:
         min_recall: float,
     ) -> None:
         """Smallest power-of-two multiple of ``nprobe`` whose recall@10 (after re-scoring,
-        for refined kinds) reaches ``min_recall``; sets ``info.nprobe`` and the recall."""
+        for refined kinds) reaches ``min_recall`` with 95% confidence (its lower bound,
+        ``recall_lower_bound``); sets ``info.nprobe`` and the recall."""
         ivf = faiss.extract_index_ivf(self.index)
         nprobe = min(nprobe, ivf.nlist)
         if queries is None or not len(queries):
-            self._set_nprobe(nprobe, 1.0)
+            self._set_nprobe(nprobe, 1.0, 1.0)
             return
         truth = exact_top_k(vectors, keys, queries, RECALL_K)
         lookup = _row_lookup(vectors, keys)
         while True:
-            self._set_nprobe(nprobe, 0.0)
+            self._set_nprobe(nprobe, 0.0, 0.0)
             found = self.search(queries, RECALL_K, full_vectors=lookup)[1]
-            recall = ann_recall_at_k(found, truth)
-            if recall >= min_recall or nprobe >= ivf.nlist:
-                self._set_nprobe(nprobe, recall)
+            low = recall_lower_bound(found, truth)
+            if low >= min_recall or nprobe >= ivf.nlist:
+                self._set_nprobe(nprobe, ann_recall_at_k(found, truth), low)
                 self.refine_cpu_s = 0.0
                 return
             nprobe = min(2 * nprobe, ivf.nlist)
 
-    def _set_nprobe(self, nprobe: int, recall: float) -> None:
+    def _set_nprobe(self, nprobe: int, recall: float, low: float) -> None:
         faiss.extract_index_ivf(self.index).nprobe = nprobe
-        self.info = dataclasses.replace(self.info, nprobe=nprobe, recall_at_10=round(recall, 4))
+        self.info = dataclasses.replace(
+            self.info, nprobe=nprobe, recall_at_10=round(recall, 4), recall_at_10_low=round(low, 4)
+        )
 
     def save(self, folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)

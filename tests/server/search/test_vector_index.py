@@ -2,7 +2,14 @@ import numpy as np
 import pytest
 
 from server.search.index_kinds import IndexOptions
-from server.search.vector_index import VectorIndex, ann_recall_at_k, exact_top_k, faiss_backend
+from server.search.vector_index import (
+    CONFIDENCE_Z,
+    VectorIndex,
+    ann_recall_at_k,
+    exact_top_k,
+    faiss_backend,
+    recall_lower_bound,
+)
 
 
 def clustered(n: int, dim: int = 32, clusters: int = 40, seed: int = 0) -> np.ndarray:
@@ -16,6 +23,34 @@ def test_recall_at_k_counts_shared_keys():
     found = np.array([[1, 2, 3], [4, 5, -1]])
     truth = np.array([[3, 2, 9], [4, 6, 7]])
     assert ann_recall_at_k(found, truth) == pytest.approx(3 / 6)
+
+
+def test_recall_lower_bound_is_the_mean_less_z_standard_errors():
+    truth = np.arange(40).reshape(4, 10)
+    found = truth.copy()
+    found[2, :5] = -1  # query 2 finds half, query 3 nothing
+    found[3] = 99
+    per_query = np.array([0.0, 1.0, 1.0, 1.0, 0.5, 0.0])  # two pseudo-queries, then the four
+    want = per_query.mean() - CONFIDENCE_Z * per_query.std(ddof=1) / np.sqrt(6)
+    assert recall_lower_bound(found, truth) == pytest.approx(want)
+    assert recall_lower_bound(truth[:3], truth[:3]) < 0.5  # three perfect queries prove little
+    perfect = np.arange(20_000).reshape(2000, 10)
+    assert 0.99 < recall_lower_bound(perfect, perfect) < 1.0
+
+
+def test_a_few_lucky_queries_do_not_pass_the_tuning():
+    x = clustered(4000)
+    keys = np.arange(4000)
+    rng = np.random.default_rng(3)
+    q = x[rng.choice(4000, 400)] + 0.05 * rng.standard_normal((400, 32)).astype(np.float32)
+    q /= np.linalg.norm(q, axis=1, keepdims=True)
+    options = IndexOptions(exact_max_items=1000, nprobe=1, min_recall=0.9)
+    few = VectorIndex.build(x, keys, encoder_version="e", options=options, queries=q[:8])
+    many = VectorIndex.build(x, keys, encoder_version="e", options=options, queries=q)
+    for index in (few, many):
+        assert index.info.recall_at_10_low >= 0.9 or index.info.nprobe == index.info.nlist
+        assert index.info.recall_at_10 >= index.info.recall_at_10_low
+    assert few.info.nprobe >= many.info.nprobe  # a wider margin for the smaller sample
 
 
 def test_exact_index_matches_brute_force_and_reports_recall_one():
@@ -43,7 +78,7 @@ def test_ivf_above_threshold_tunes_nprobe_to_reach_target_recall():
     )
     info = index.info
     assert info.kind == "ivf" and info.nlist > 1
-    assert info.recall_at_10 >= 0.97
+    assert info.recall_at_10 >= info.recall_at_10_low >= 0.97
     assert info.nprobe > 1, "nprobe 1 should not have been enough on 40 clusters"
     # the stored figure is real: re-measure on fresh queries
     rng = np.random.default_rng(5)
