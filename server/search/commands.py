@@ -190,7 +190,12 @@ def _index(args: argparse.Namespace) -> int:
     print(
         f"indexed {len(catalog):,} items into {catalog.folder}: {info.kind} index on "
         f"{catalog.index.backend}, recall@10 vs exact {info.recall_at_10:.4f}"
-        + (f" (nlist {info.nlist}, nprobe {info.nprobe})" if info.kind != "exact" else "")
+        + (
+            f" (95% lower bound {info.recall_at_10_low:.4f} on {info.recall_queries} queries;"
+            f" nlist {info.nlist}, nprobe {info.nprobe})"
+            if info.kind != "exact"
+            else ""
+        )
         + (f", re-scoring the top {info.refine_factor}k" if info.refine_factor else "")
         + f", {info.bytes_per_item:,.0f} bytes per item, encoder {info.encoder_version}"
     )
