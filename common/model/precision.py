@@ -150,7 +150,7 @@ def choose_precision(
                 per_query = (timer() - start) / len(group)
                 times[name][1 if len(group) == 1 else BATCH].append(per_query)
     ms = {
-        name: round(float(np.mean([np.median(v) for v in ways.values()])) * 1000, 4)
+        name: round(float(np.mean([np.median(v) for v in ways.values() if v])) * 1000, 4)
         for name, ways in times.items()
     }
     agreeing = [n for n in towers if cosine[n] >= min_cosine]

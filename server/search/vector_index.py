@@ -54,14 +54,15 @@ class IndexInfo:
     ``bytes_per_item``: the serialized index's size over its items; ``refine_factor`` > 0:
     the shortlist of ``refine_factor * k`` is re-scored on full vectors;
     ``recall_at_10_low``: the one-sided 95% lower confidence bound of ``recall_at_10``
-    over its queries (what the tuning of ``nprobe`` holds to the target)."""
+    over its queries (what the tuning of ``nprobe`` holds to the target; None for an index
+    built before the bound was stored)."""
 
     kind: str
     dim: int
     encoder_version: str
     recall_at_10: float
     recall_queries: int
-    recall_at_10_low: float = 1.0
+    recall_at_10_low: float | None = None
     recall_query_source: str = "noisy-items"
     nlist: int = 0
     nprobe: int = 0
@@ -178,6 +179,7 @@ class VectorIndex:
             dim=dim,
             encoder_version=encoder_version,
             recall_at_10=1.0,
+            recall_at_10_low=1.0,
             recall_queries=0 if queries is None else len(queries),
             recall_query_source=source,
             pq_bytes=o.pq_bytes if kind == "ivf-pq" else 0,

@@ -105,6 +105,8 @@ def test_auto_weighs_queries_alone_and_in_batches_alike():
     assert choice.precision == "int8"
     assert choice.ms_per_query == pytest.approx({"float32": 4.5, "bfloat16": 3.25, "int8": 3.0})
     assert "alone and in batches of 8" in choice.reason
+    one = choose_precision(FakeTower(clock, cost), probes=PROBE_QUERIES[:1], timer=clock)
+    assert one.ms_per_query == pytest.approx({"float32": 6.0, "bfloat16": 4.0, "int8": 5.0})
 
 
 def test_resolve_measures_auto_once_per_model_version(monkeypatch):

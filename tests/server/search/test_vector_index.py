@@ -1,3 +1,5 @@
+import json
+
 import numpy as np
 import pytest
 
@@ -107,6 +109,10 @@ def test_add_remove_filter_and_save_load(tmp_path, kind):
     index.save(tmp_path)
     loaded = VectorIndex.load(tmp_path)
     assert loaded.info == index.info and loaded.ntotal == 1997
+    info = json.loads((tmp_path / "index.json").read_text())
+    del info["recall_at_10_low"]  # as written before the bound was stored
+    (tmp_path / "index.json").write_text(json.dumps(info))
+    assert VectorIndex.load(tmp_path).info.recall_at_10_low is None  # unknown, not 1.0
     np.testing.assert_array_equal(loaded.search(x[:20], 10)[1], index.search(x[:20], 10)[1])
 
 
