@@ -3,15 +3,15 @@
 ``torch.autocast`` casts every weight to bfloat16 again on every call, which for a short
 query costs more than the bfloat16 product saves. Here each linear layer's weight is cast
 once, when the copy is made; per call only the input is cast, the product runs in
-bfloat16 (oneDNN; AMX tiles where the CPU has them, accumulating in float32) and comes
-back rounded to bfloat16, and the bias is added in float32. Embeddings, layer norms and
-attention's softmax stay float32. At batch 1 a query tower reads its linear weights from
-memory once per call, so halving them halves that traffic.
+bfloat16 (oneDNN's matmul, on AMX tiles where the CPU has them, accumulating in float32)
+and comes back rounded to bfloat16, and the bias is added in float32. Embeddings, layer
+norms and attention's softmax stay float32. At batch 1 a query tower reads its linear
+weights from memory once per call, so halving them halves that traffic.
 
 No scale depends on the batch, but a query's vector is not bit-for-bit the same alone and
 in a padded batch: where float32's summation order differs, the product's rounding to
 bfloat16 can flip (up to about 6e-4 in a value, cosine above 0.99999; ``README.md``,
-"Speed and memory", has the figures on 1,000 queries).
+"Speed and memory", has the figure on 100 catalog queries).
 """
 
 from __future__ import annotations

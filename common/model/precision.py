@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar, cast
 
@@ -132,25 +132,17 @@ def choose_precision(
     timer: Callable[[], float] = time.perf_counter,
 ) -> PrecisionChoice:
     """Time encodes of ``probes``, one at a time and in batches of ``BATCH``, for each
-    candidate over ``rounds`` alternating rounds; keep the fastest per query (the mean of the
-    two ways) whose vectors are within ``min_cosine`` of float32's."""
+    candidate (``timed_encodes``); keep the fastest per query (the mean of the two ways)
+    whose vectors are within ``min_cosine`` of float32's."""
     towers = {name: at_precision(tower, name) for name in dict.fromkeys(["float32", *candidates])}
     reference = towers["float32"].encode_text(list(probes))
     cosine = {
         name: float(np.min(np.sum(t.encode_text(list(probes)) * reference, axis=1)))
         for name, t in towers.items()
     }
-    groups = [[text] for text in probes] + _batches(probes)
-    times: dict[str, dict[int, list[float]]] = {name: {1: [], BATCH: []} for name in towers}
-    for _ in range(rounds):
-        for name, t in towers.items():
-            for group in groups:
-                start = timer()
-                t.encode_text(group)
-                per_query = (timer() - start) / len(group)
-                times[name][1 if len(group) == 1 else BATCH].append(per_query)
+    times, _ = timed_encodes(towers, probes, rounds=rounds, timer=timer)
     ms = {
-        name: round(float(np.mean([np.median(v) for v in ways.values() if v])) * 1000, 4)
+        name: round(float(np.mean([np.median(v) for v in ways.values()])) * 1000, 4)
         for name, ways in times.items()
     }
     agreeing = [n for n in towers if cosine[n] >= min_cosine]
@@ -158,15 +150,33 @@ def choose_precision(
     return PrecisionChoice(best, _reason(best, ms, cosine, min_cosine), ms, cosine)
 
 
-def _batches(probes: Sequence[str]) -> list[list[str]]:
-    """``probes`` in groups of ``BATCH`` (the last one filled up from the start)."""
-    if len(probes) < 2:
-        return []
-    size = min(BATCH, len(probes))
-    return [
-        [probes[(start + i) % len(probes)] for i in range(size)]
-        for start in range(0, len(probes), size)
+def timed_encodes(
+    towers: Mapping[str, TextTower],
+    texts: Sequence[str],
+    *,
+    rounds: int,
+    timer: Callable[[], float] = time.perf_counter,
+) -> tuple[dict[str, dict[str, list[float]]], dict[str, np.ndarray]]:
+    """Seconds per query of each tower's encodes of ``texts``, "alone" and in a "batch" of
+    ``BATCH`` (or of all ``texts`` if fewer; the last batch filled up from the start), the
+    towers interleaved group by group over ``rounds`` rounds, so a burst of load on a shared
+    machine hits them alike; and each text's vector encoded alone (first round)."""
+    size = min(BATCH, len(texts))
+    groups = [("alone", [text]) for text in texts] + [
+        ("batch", [texts[(start + i) % len(texts)] for i in range(size)])
+        for start in range(0, len(texts), size or 1)
     ]
+    times: dict[str, dict[str, list[float]]] = {n: {"alone": [], "batch": []} for n in towers}
+    alone: dict[str, list[np.ndarray]] = {name: [] for name in towers}
+    for round_ in range(rounds):
+        for kind, group in groups:
+            for name, t in towers.items():
+                start = timer()
+                vectors = t.encode_text(group)
+                times[name][kind].append((timer() - start) / len(group))
+                if round_ == 0 and kind == "alone":
+                    alone[name].append(vectors[0])
+    return times, {name: np.stack(v) for name, v in alone.items() if v}
 
 
 def _reason(best: str, ms: dict[str, float], cosine: dict[str, float], min_cos: float) -> str:

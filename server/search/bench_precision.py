@@ -14,7 +14,6 @@ precision is trained on them.
 from __future__ import annotations
 
 import os
-import time
 from typing import Any
 
 import numpy as np
@@ -23,7 +22,7 @@ from common.config import Config, config_from_dict
 from common.data.fashion import load_fashion_catalog
 from common.model.encoder import Encoder
 from common.model.int8 import module_bytes
-from common.model.precision import BATCH, CANDIDATES, TextTower, at_precision
+from common.model.precision import BATCH, CANDIDATES, TextTower, at_precision, timed_encodes
 from server.search.base_encoder import encoder_from_config
 from server.search.catalog_build import (
     catalog_text_queries,
@@ -63,7 +62,7 @@ def run_precision_bench(
     val = validation_items(config, load_fashion_catalog(config.paths.fashion)[0])
     keys = np.arange(len(items), dtype=np.int64)
     top = {name: exact_top_k(item_vectors, keys, v, RECALL_K) for name, v in vectors.items()}
-    times, alone = _timed_encodes(towers, texts[:timed], rounds)
+    times, alone = timed_encodes(towers, texts[:timed], rounds=rounds)
     rows = {}
     for name, t in towers.items():
         cos = np.sum(vectors[name] * vectors["float32"], axis=1)
@@ -87,27 +86,6 @@ def run_precision_bench(
     }
     print_precision_table(figures)
     return figures
-
-
-def _timed_encodes(
-    towers: dict[str, TextTower], texts: list[str], rounds: int
-) -> tuple[dict[str, dict[str, list[float]]], dict[str, np.ndarray]]:
-    """Seconds per query of each tower's encodes "alone" and in a "batch" (of ``BATCH``, or
-    all of ``texts`` if fewer), interleaved tower by tower; and each text's vector alone."""
-    times: dict[str, dict[str, list[float]]] = {n: {"alone": [], "batch": []} for n in towers}
-    alone: dict[str, list[np.ndarray]] = {name: [] for name in towers}
-    size = min(BATCH, len(texts))
-    groups = [("alone", [text]) for text in texts]
-    groups += [("batch", texts[i : i + size]) for i in range(0, len(texts) - size + 1, size)]
-    for round_ in range(rounds):
-        for kind, group in groups:
-            for name, t in towers.items():
-                start = time.perf_counter()
-                vectors = t.encode_text(group)
-                times[name][kind].append((time.perf_counter() - start) / len(group))
-                if round_ == 0 and kind == "alone":
-                    alone[name].append(vectors[0])
-    return times, {name: np.stack(v) for name, v in alone.items()}
 
 
 def print_precision_table(figures: dict[str, Any]) -> None:

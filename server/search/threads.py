@@ -14,15 +14,12 @@ def apply_thread_settings(search: SearchConfig) -> None:
     of the BLAS libraries, set first (the limit reaches FAISS's OpenMP too, so FAISS's own
     count is set after it), and torch's only if torch is already loaded (the deferred base
     encoder sets them when it builds)."""
-    import faiss
-
     threads = search.torch_threads
     if threads > 0 and search.query_runtime == "numpy":
         from threadpoolctl import threadpool_limits
 
         threadpool_limits(limits=threads, user_api="blas")
-    if search.faiss_threads > 0:
-        faiss.omp_set_num_threads(search.faiss_threads)
+    faiss_thread_setup(search)()
     if threads > 0 and (search.query_runtime == "torch" or "torch" in sys.modules):
         import torch
 
