@@ -26,6 +26,7 @@ from common.training_config import (
 
 __all__ = [
     "REPO_ROOT",
+    "RUNTIME_PRECISIONS",
     "TEXT_PRECISIONS",
     "AdapterConfig",
     "CentralizedConfig",
@@ -48,8 +49,9 @@ __all__ = [
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 TextPrecision = Literal["auto", "float32", "bfloat16", "int8"]
-QueryRuntime = Literal["torch", "numpy"]
+QueryRuntime = Literal["torch", "numpy", "onnx"]
 TEXT_PRECISIONS: tuple[str, ...] = get_args(TextPrecision)
+RUNTIME_PRECISIONS = dict(torch=TEXT_PRECISIONS[1:], numpy=("float32",), onnx=("float32", "int8"))
 
 
 ENCODER_DIR_ENV = "FEDSEARCH_ENCODER_DIR"
@@ -182,14 +184,13 @@ class SearchConfig(Section):
     ``pq_bytes`` bytes per vector whose top ``refine_factor * k`` candidates are re-scored on
     the full vectors. ``store_dir`` "": ``<work_dir>/search``. ``public_key`` "": registry
     versions are checked against their manifest's sha256, without a signature.
-    ``query_precision``: the query text tower's ("auto": measured at start-up among float32,
-    bfloat16 and int8 weights, the fastest per query, alone and in batches, whose vectors agree
-    with float32's); items are always encoded in float32. ``query_runtime``: "torch", or "numpy"
-    (needs a distilled student as ``encoder.query_model``; float32 only): query texts are
-    encoded in NumPy and the base encoder, with torch, is loaded only when a photo query or an
-    item upsert first needs it. ``query_cache_size``: encoded query texts kept (LRU; 0: no
-    cache). ``torch_threads``: the query text encoder's threads (torch's, or NumPy's BLAS under
-    the numpy runtime). Threads 0: the library default.
+    ``query_precision``: the query text tower's ("auto": the fastest precision of its runtime
+    whose vectors agree with float32's, measured at start-up); items are always in float32.
+    ``query_runtime``: "torch", "numpy" (float32) or "onnx" (float32, int8); the last two
+    encode a student (``encoder.query_model``; ``fedsearch distill --steps 0`` copies the
+    teacher's) without torch, loaded when a photo or an item upsert first needs the base
+    encoder. ``query_cache_size``: query texts kept (LRU; 0: none). ``torch_threads``: the
+    query encoder's (torch's, BLAS's, ONNX Runtime's). Threads 0: the library default.
 
     Security (``server.search.auth``, ``serve_checks``): ``admin_token`` guards catalog
     writes and ``/admin/*`` ("": ``$FEDSEARCH_ADMIN_TOKEN``, else the token file the first
@@ -248,10 +249,11 @@ class SearchConfig(Section):
             raise ConfigError("search.max_k: must be >= search.default_k")
         if self.max_request_bytes < self.max_image_bytes:
             raise ConfigError("search.max_request_bytes: must be >= search.max_image_bytes")
-        if self.query_runtime == "numpy" and self.query_precision not in ("auto", "float32"):
+        allowed = RUNTIME_PRECISIONS[self.query_runtime]
+        if self.query_precision not in ("auto", *allowed):
             raise ConfigError(
-                'search.query_precision: the numpy query runtime computes in float32 ("auto" '
-                'or "float32"), not ' + repr(self.query_precision)
+                f"search.query_precision: the {self.query_runtime} query runtime computes in "
+                f'{" or ".join(allowed)} (or "auto"), not {self.query_precision!r}'
             )
         return self
 

@@ -175,6 +175,8 @@ def load_image(image: ImageInput) -> Image.Image:
 class Encoder:
     """A frozen open_clip model with batched ``encode_text`` / ``encode_image``."""
 
+    precisions: tuple[str, ...] = ("float32", "bfloat16", "int8")  # the text tower's
+
     def __init__(
         self,
         model: Any,

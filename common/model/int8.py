@@ -26,12 +26,11 @@ from typing import cast
 import torch
 from torch import nn
 
+from common.model.int8_codes import INT8_MAX, SMOOTHING
+from common.model.int8_codes import TINY as _TINY
 from common.model.linear_layers import linear_layer_names, swap_layer
 
-INT8_MAX = 127
 ZERO_POINT = 128  # symmetric int8 codes, shifted into oneDNN's uint8 inputs
-SMOOTHING = 0.5
-_TINY = 1e-6
 
 
 class _Observed(nn.Module):

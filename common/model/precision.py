@@ -25,11 +25,11 @@ from typing import Any, Protocol, TypeVar, cast
 
 import numpy as np
 
-from common.config import TEXT_PRECISIONS
+from common.config import RUNTIME_PRECISIONS, TEXT_PRECISIONS
 
 log = logging.getLogger(__name__)
 
-CANDIDATES = ("float32", "bfloat16", "int8")
+CANDIDATES = RUNTIME_PRECISIONS["torch"]
 BATCH = 8
 MIN_COSINE = 0.999
 PROBE_QUERIES = (
@@ -84,6 +84,7 @@ class TextTower(Protocol):
 
     version: str
     text_precision: str
+    precisions: tuple[str, ...]  # those it can compute in
 
     def encode_text(self, texts: Sequence[str]) -> np.ndarray: ...
 
@@ -109,8 +110,10 @@ class PrecisionChoice:
 def at_precision(tower: _Tower, precision: str) -> _Tower:
     """``tower`` computing in ``precision``: itself for its own precision, else a copy with
     bfloat16 or int8 linear layers. Only a float32 tower converts."""
-    if precision not in CANDIDATES:
-        raise ValueError(f"precision must be one of {', '.join(CANDIDATES)}, got {precision!r}")
+    if precision not in tower.precisions:
+        raise ValueError(
+            f"precision must be one of {', '.join(tower.precisions)}, got {precision!r}"
+        )
     if tower.text_precision == precision:
         return tower
     if tower.text_precision != "float32":
@@ -200,9 +203,9 @@ def resolve_precision(tower: TextTower, precision: str) -> tuple[TextTower, Prec
         )
     if precision != "auto":
         return at_precision(tower, precision), PrecisionChoice(precision, "set by configuration")
-    key = (tower.version, CANDIDATES)
+    key = (tower.version, tower.precisions)
     if key not in _CHOICES:
-        _CHOICES[key] = choose_precision(tower)
+        _CHOICES[key] = choose_precision(tower, candidates=tower.precisions)
         log.info("query precision: %s (%s)", _CHOICES[key].precision, _CHOICES[key].reason)
     choice = _CHOICES[key]
     return at_precision(tower, choice.precision), choice

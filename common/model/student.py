@@ -154,6 +154,8 @@ class QueryStudent:
     """The student as a query text encoder: ``encode_text`` like ``Encoder.encode_text``
     (batched by length, padding trimmed), with the same precision copies."""
 
+    precisions: tuple[str, ...] = ("float32", "bfloat16", "int8")
+
     def __init__(self, tower: StudentTextTower, *, version: str) -> None:
         self.tower = tower.eval()
         self.tokenizer = student_tokenizer(tower.cfg)

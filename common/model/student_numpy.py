@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import html
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import ftfy
@@ -71,6 +71,7 @@ class NumpyQueryStudent:
 
     runtime = "numpy"
     text_precision = "float32"
+    precisions: tuple[str, ...] = ("float32",)
 
     def __init__(
         self, cfg: StudentConfig, weights: dict[str, np.ndarray], tokenizer: Tokenizer, version: str
@@ -104,22 +105,11 @@ class NumpyQueryStudent:
         raise EncoderError("the NumPy query runtime computes in float32 only")
 
     def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
-        encodings = self._tokenizer.encode_batch([clean_text(t) for t in texts])
-        return [e.ids for e in encodings]
+        return student_token_ids(self._tokenizer, texts)
 
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
         ids = self.token_ids(texts)
-        order = sorted(range(len(texts)), key=lambda i: len(ids[i]))
-        for start in range(0, len(order), self.batch_size):
-            rows = order[start : start + self.batch_size]
-            longest = max(1, max(len(ids[i]) for i in rows))
-            batch = np.full((len(rows), longest), self.pad_id, dtype=np.int64)
-            for r, i in enumerate(rows):
-                batch[r, : len(ids[i])] = ids[i]
-            mask = (batch != self.pad_id).astype(np.float32)  # a pad id in a text too, as torch
-            out[rows] = self.forward(batch, mask)
-        return out
+        return encode_by_length(ids, self.pad_id, self.batch_size, self.dim, self.forward)
 
     def forward(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
         """Token ids and a 0/1 mask (batch, tokens) -> normalized mean-pooled vectors."""
@@ -133,6 +123,40 @@ class NumpyQueryStudent:
         x = x.reshape(b, t, cfg.width)
         pooled = (x * mask[:, :, None]).sum(1) / np.maximum(mask.sum(1, keepdims=True), 1.0)
         return l2_normalize(pooled)
+
+
+def student_token_ids(tokenizer: Tokenizer, texts: Sequence[str]) -> list[list[int]]:
+    """Token ids of each text, cleaned as open_clip's ``HFTokenizer`` cleans it."""
+    return [e.ids for e in tokenizer.encode_batch([clean_text(t) for t in texts])]
+
+
+def encode_by_length(
+    ids: list[list[int]],
+    pad_id: int,
+    batch_size: int,
+    dim: int,
+    forward: Callable[[np.ndarray, np.ndarray], np.ndarray],
+) -> np.ndarray:
+    """``forward(ids, mask)`` over batches of texts of similar length (padded to the longest
+    of their batch), in the texts' order; a pad id inside a text is masked too, as torch's."""
+    out = np.zeros((len(ids), dim), dtype=np.float32)
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        longest = max(1, max(len(ids[i]) for i in rows))
+        batch = np.full((len(rows), longest), pad_id, dtype=np.int64)
+        for r, i in enumerate(rows):
+            batch[r, : len(ids[i])] = ids[i]
+        out[rows] = forward(batch, (batch != pad_id).astype(np.float32))
+    return out
+
+
+def load_student_tokenizer(cfg: StudentConfig) -> Tokenizer:
+    """The student's ``tokenizers`` tokenizer: no padding, truncated to its context."""
+    tokenizer = Tokenizer.from_file(str(student_tokenizer_file(cfg)))
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length=cfg.context_length)
+    return tokenizer
 
 
 def student_tokenizer_file(cfg: StudentConfig) -> Path:
@@ -150,9 +174,7 @@ def student_tokenizer_file(cfg: StudentConfig) -> Path:
 def load_numpy_student(folder: Path) -> NumpyQueryStudent:
     """Verify the folder's files against their manifest sha256, then load the student."""
     cfg, version = read_student_folder(folder)
-    tokenizer = Tokenizer.from_file(str(student_tokenizer_file(cfg)))
-    tokenizer.no_padding()
-    tokenizer.enable_truncation(max_length=cfg.context_length)
+    tokenizer = load_student_tokenizer(cfg)
     weights = load_file(str(folder / STUDENT_WEIGHTS_FILE))
     log.info("query texts are encoded by the distilled student %s (NumPy)", version)
     return NumpyQueryStudent(cfg, weights, tokenizer, version)

@@ -1,10 +1,10 @@
 """The search service's base encoder: now, or built when first needed.
 
-Under ``search.query_runtime = "numpy"`` query texts never touch the base encoder, so the
-service starts with a ``DeferredEncoder``: the encoder's version label and width, read off
-its files, and its open_clip model (and torch) built on the first photo query, item upsert
-or catalog build (a photo query builds it in its own request thread, not in the worker
-that encodes every query). Until then the serving process does not import torch.
+Under ``search.query_runtime = "numpy"`` or ``"onnx"`` query texts never touch the base
+encoder, so the service starts with a ``DeferredEncoder``: the encoder's version label and
+width, read off its files, and its open_clip model (and torch) built on the first photo
+query, item upsert or catalog build (a photo query builds it in its own request thread, not in
+the worker that encodes every query). Until then the serving process does not import torch.
 """
 
 from __future__ import annotations
@@ -111,8 +111,9 @@ BaseEncoder = Union["Encoder", DeferredEncoder]
 
 
 def base_encoder(config: Config) -> BaseEncoder:
-    """The deferred encoder under the numpy query runtime, else the encoder built now."""
-    if config.search.query_runtime == "numpy":
+    """The deferred encoder under the numpy and onnx query runtimes, else the encoder built
+    now."""
+    if config.search.query_runtime != "torch":
         return DeferredEncoder(config)
     return encoder_from_config(config)
 

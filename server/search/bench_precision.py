@@ -1,13 +1,14 @@
 """Query text tower precisions against float32 (``fedsearch bench-precision``).
 
 For the configured query tower (the base encoder's, or the distilled student with
-``encoder.query_model``) at float32, bfloat16 and int8 weights: the cosine of each query's
-vector to its float32 vector, the top-10 overlap with float32's answers over the catalog's
-item vectors, title->photo R@10 and type P@10 on the base encoder's validation items (as
-``fedsearch distill`` reports them for a student), the median time per query of encodes
-alone and in batches of ``BATCH`` (precisions interleaved, so a burst of load on a shared
-machine hits them alike), how far a query's vector alone is from its vector in a batch,
-and the text tower's size. Queries are built from catalog attributes and titles; no
+``encoder.query_model``) at float32, bfloat16 and int8 weights in torch, and under
+``search.query_runtime`` "numpy" or "onnx" at that runtime's precisions too: the cosine of
+each query's vector to its float32 vector, the top-10 overlap with float32's answers over
+the catalog's item vectors, title->photo R@10 and type P@10 on the base encoder's validation
+items (as ``fedsearch distill`` reports them for a student), the median time per query of
+encodes alone and in batches of ``BATCH`` (precisions interleaved, so a burst of load on a
+shared machine hits them alike), how far a query's vector alone is from its vector in a
+batch, and the text tower's size. Queries are built from catalog attributes and titles; no
 precision is trained on them.
 """
 
@@ -40,7 +41,7 @@ def text_tower_mb(tower: TextTower) -> float:
     if isinstance(tower, Encoder):
         visual = module_bytes(tower.model.visual) if hasattr(tower.model, "visual") else 0
         return (module_bytes(tower.model) - visual) / 1e6
-    return module_bytes(tower.tower) / 1e6  # type: ignore[attr-defined]
+    return int(tower.size_bytes) / 1e6  # type: ignore[attr-defined]
 
 
 def run_precision_bench(
@@ -58,6 +59,11 @@ def run_precision_bench(
     item_vectors = encode_catalog_items(config, encoder, items, progress=False)
     texts = catalog_text_queries(items, queries)
     towers = {name: at_precision(tower, name) for name in CANDIDATES}
+    runtime = config.search.query_runtime
+    if runtime != "torch":  # the runtime's precisions beside torch's
+        own = config_from_dict({"search": {"query_precision": "float32"}}, config)
+        other, _ = query_text_tower(own, encoder)
+        towers |= {f"{runtime} {p}": at_precision(other, p) for p in other.precisions}
     vectors = {name: t.encode_text(texts) for name, t in towers.items()}
     val = validation_items(config, load_fashion_catalog(config.paths.fashion)[0])
     keys = np.arange(len(items), dtype=np.int64)

@@ -115,7 +115,8 @@ def register_search_commands(subparsers: argparse._SubParsersAction) -> None:
         help="the query text tower in float32, bfloat16 and int8: agreement, speed, size",
         description="Encodes catalog-built queries with the query text tower "
         "(encoder.query_model, else the base encoder's) in float32, bfloat16 and int8 "
-        "weights; prints each one's cosine to float32, top-10 overlap with float32's answers "
+        "weights, and with search.query_runtime = numpy or onnx in that runtime's precisions "
+        "too; prints each one's cosine to float32, top-10 overlap with float32's answers "
         "over the catalog's items, title->photo R@10 and type P@10 on the validation items, "
         "ms per query alone and in batches of 8 (interleaved), how far a query's vector "
         "alone is from its vector in a batch, and size.",

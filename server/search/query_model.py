@@ -1,7 +1,7 @@
 """The search service's query path, built from the configuration: which text tower encodes
 query texts (the base encoder's or a distilled student, ``encoder.query_model``), in which
-runtime (``search.query_runtime``: torch, or NumPy without torch), at which precision
-(``search.query_precision``, "auto" measured at start-up), and the query cache."""
+runtime (``search.query_runtime``: torch, or NumPy or ONNX Runtime without torch), at which
+precision (``search.query_precision``, "auto" measured at start-up), and the query cache."""
 
 from __future__ import annotations
 
@@ -24,7 +24,13 @@ def query_text_tower(config: Config, encoder: BaseEncoder) -> tuple[TextTower, P
     if config.search.query_runtime == "numpy":
         return _numpy_student(config, encoder.dim)
     tower: TextTower
-    if config.encoder.query_model:
+    if config.search.query_runtime == "onnx":
+        from common.model.student_onnx import load_onnx_student
+
+        folder = query_model_folder(_required_student(config), config.paths.work)
+        tower = load_onnx_student(folder, threads=config.search.torch_threads)
+        _check_dim(tower, encoder.dim)
+    elif config.encoder.query_model:
         from common.model.student import load_query_student
 
         tower = load_query_student(
@@ -41,16 +47,23 @@ def query_text_tower(config: Config, encoder: BaseEncoder) -> tuple[TextTower, P
 def _numpy_student(config: Config, dim: int) -> tuple[TextTower, PrecisionChoice]:
     from common.model.student_numpy import load_numpy_student
 
-    if not config.encoder.query_model:
-        raise EncoderError(
-            'search.query_runtime = "numpy" encodes queries with a distilled student: set '
-            'encoder.query_model ("latest" after `fedsearch distill`, or a version folder)'
-        )
-    student = load_numpy_student(query_model_folder(config.encoder.query_model, config.paths.work))
+    student = load_numpy_student(query_model_folder(_required_student(config), config.paths.work))
     _check_dim(student, dim)
     choice = PrecisionChoice("float32", "the numpy query runtime computes in float32")
     log.info("query texts: %s in NumPy, float32", student.version)
     return student, choice
+
+
+def _required_student(config: Config) -> str:
+    runtime = config.search.query_runtime
+    if not config.encoder.query_model:
+        raise EncoderError(
+            f'search.query_runtime = "{runtime}" encodes queries with a student: set '
+            'encoder.query_model ("latest" after `fedsearch distill`, or a version folder; '
+            "`fedsearch distill --steps 0 --layers 0,1,2,3,4,5 --ffn 1536` copies the base "
+            "encoder's own text tower)"
+        )
+    return config.encoder.query_model
 
 
 def _check_dim(student: Any, dim: int) -> None:

@@ -30,7 +30,13 @@ def register_training_commands(subparsers: argparse._SubParsersAction) -> None:
     add_config_arguments(distill)
     distill.add_argument("--layers", default="0,5", help="teacher layers to copy (default 0,5)")
     distill.add_argument("--ffn", type=int, default=768, help="feed-forward neurons kept")
-    distill.add_argument("--steps", type=int, default=3000)
+    distill.add_argument(
+        "--steps",
+        type=int,
+        default=3000,
+        help="training steps; 0 copies the layers untrained (with --layers 0,1,2,3,4,5 "
+        "--ffn 1536: the base encoder's text tower itself, for the numpy and onnx runtimes)",
+    )
     distill.add_argument("--batch-size", type=int, default=256)
     distill.add_argument("--lr", type=float, default=3e-4)
     distill.add_argument("--max-train", type=int, default=30000, help="training phrases")
@@ -59,9 +65,11 @@ def _distill(args: argparse.Namespace) -> int:
         ) from None
     if not layers or min(layers) < 0:
         raise UsageError("--layers: teacher layer indices, from 0")
-    for name in ("ffn", "steps", "batch_size", "max_train", "heldout"):
+    for name in ("ffn", "batch_size", "max_train", "heldout"):
         if getattr(args, name) < 1:
             raise UsageError(f"--{name.replace('_', '-')}: must be >= 1")
+    if args.steps < 0:
+        raise UsageError("--steps: must be >= 0")
     if not args.lr > 0:
         raise UsageError("--lr: must be > 0")
     settings = DistillSettings(

@@ -91,9 +91,12 @@ def train_student(
     tokens: dict[str, torch.Tensor],
     data: DistillData,
     s: DistillSettings,
-) -> dict[str, float]:
+) -> dict[str, float | None]:
     """Train ``student`` in place; the word embeddings stay the teacher's. A batch is a random
-    window of the phrases sorted by token count, so it is padded little."""
+    window of the phrases sorted by token count, so it is padded little. No steps: the copy
+    stays untrained (no final loss)."""
+    if not s.steps:
+        return {"train_seconds": 0.0, "final_loss": None}
     student.word.weight.requires_grad_(False)
     params = [p for p in student.parameters() if p.requires_grad]
     optimizer = torch.optim.AdamW(params, lr=s.lr, weight_decay=0.01)

@@ -43,6 +43,7 @@ class FakeTower:
 
     def __init__(self, clock: Clock, cost: dict, drift: dict | None = None) -> None:
         self.version, self.text_precision = "fake:v1", "float32"
+        self.precisions = ("float32", "bfloat16", "int8")
         self.clock, self.cost, self.drift = clock, {"int8": 1.0, **cost}, drift or {}
 
     def _at(self, precision: str) -> FakeTower:

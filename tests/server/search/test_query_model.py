@@ -98,8 +98,9 @@ print(json.dumps(out))
 """
 
 
-def test_the_numpy_runtime_serves_text_without_torch_and_builds_it_for_photos(
-    tmp_path, untrained_encoder, search_items, search_vectors
+@pytest.mark.parametrize("runtime", ["numpy", "onnx"])
+def test_a_torch_free_runtime_serves_text_without_torch_and_builds_it_for_photos(
+    runtime, tmp_path, untrained_encoder, search_items, search_vectors
 ):
     work = tmp_path / "work"
     tower = student_from_teacher(untrained_encoder.model.text.transformer, [0, 5], 256)
@@ -118,7 +119,7 @@ def test_the_numpy_runtime_serves_text_without_torch_and_builds_it_for_photos(
         with open(photo, "rb") as fh:
             image = base64.b64encode(fh.read()).decode()
         by_photo = c.post("/search", json={"image": image, "return_vectors": True}).json()
-    settings["search"]["query_runtime"] = "numpy"
+    settings["search"]["query_runtime"] = runtime
     run = subprocess.run(
         [sys.executable, "-c", NUMPY_SERVICE, json.dumps(settings), photo],
         capture_output=True,
@@ -127,7 +128,7 @@ def test_the_numpy_runtime_serves_text_without_torch_and_builds_it_for_photos(
     )
     assert run.returncode == 0, run.stderr[-2000:]
     out = json.loads(run.stdout)
-    assert out["query"]["runtime"] == "numpy" and out["query"]["precision"] == "float32"
+    assert out["query"]["runtime"] == runtime and out["query"]["precision"] == "float32"
     assert out["query"]["text_model"] == app.state.service.engine.query_encoder.text_tower.version
     assert not out["torch_after_text"] and out["torch_after_photo"]
     assert [r["id"] for r in out["text"]["results"]] == [r["id"] for r in reference["results"]]
@@ -138,11 +139,44 @@ def test_the_numpy_runtime_serves_text_without_torch_and_builds_it_for_photos(
     assert abs(np.linalg.norm(out["photo"]["query_vector"]) - 1) < 1e-5
 
 
-def test_the_numpy_runtime_needs_a_student_and_float32(tmp_path, untrained_encoder):
+@pytest.mark.parametrize("runtime", ["numpy", "onnx"])
+def test_a_torch_free_runtime_needs_a_student(runtime, untrained_encoder):
     config = config_from_dict(
-        {"encoder": {"pretrained": "none"}, "search": {"query_runtime": "numpy"}}
+        {"encoder": {"pretrained": "none"}, "search": {"query_runtime": runtime}}
     )
-    with pytest.raises(EncoderError, match="encoder.query_model"):
+    with pytest.raises(EncoderError, match="encoder.query_model.*distill --steps 0"):
         query_text_tower(config, untrained_encoder)
-    with pytest.raises(ConfigError, match="search.query_precision"):
-        config_from_dict({"search": {"query_runtime": "numpy", "query_precision": "int8"}})
+
+
+@pytest.mark.parametrize(
+    ("runtime", "refused", "accepted"),
+    [("numpy", ["int8", "bfloat16"], ["float32"]), ("onnx", ["bfloat16"], ["float32", "int8"])],
+)
+def test_each_runtime_takes_its_own_precisions(runtime, refused, accepted):
+    for precision in refused:
+        with pytest.raises(ConfigError, match=f"search.query_precision: the {runtime} query"):
+            config_from_dict({"search": {"query_runtime": runtime, "query_precision": precision}})
+    for precision in [*accepted, "auto"]:
+        search = {"query_runtime": runtime, "query_precision": precision}
+        assert config_from_dict({"search": search}).search.query_precision == precision
+
+
+def test_the_onnx_runtime_in_int8_measures_only_its_own_precisions(tmp_path, untrained_encoder):
+    work = tmp_path / "work"
+    tower = student_from_teacher(untrained_encoder.model.text.transformer, [0, 5], 256)
+    write_version(work / QUERY_MODEL_DIR, lambda f: save_student(f, tower), {})
+    settings = {
+        "paths": {"work_dir": str(work)},
+        "encoder": {"pretrained": "none", "query_model": "latest"},
+        "search": {"query_runtime": "onnx"},
+    }
+    int8, choice = query_text_tower(
+        config_from_dict(
+            {**settings, "search": {"query_runtime": "onnx", "query_precision": "int8"}}
+        ),
+        untrained_encoder,
+    )
+    assert int8.text_precision == "int8" and choice.reason == "set by configuration"
+    auto, choice = query_text_tower(config_from_dict(settings), untrained_encoder)
+    assert set(choice.ms_per_query) == {"float32", "int8"}  # no bfloat16 in ONNX Runtime
+    assert auto.text_precision == choice.precision and auto.runtime == "onnx"

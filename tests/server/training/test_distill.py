@@ -1,6 +1,7 @@
 import gzip
 import json
 
+import numpy as np
 import pytest
 
 import common.model.encoder
@@ -72,5 +73,28 @@ def test_distill_command_trains_evaluates_and_saves_a_verified_student(
 def test_distill_arguments_are_checked(capsys):
     assert main(["distill", "--layers", "a,b"]) == 2
     assert "--layers" in capsys.readouterr().err
-    assert main(["distill", "--steps", "0"]) == 2
-    assert "--steps" in capsys.readouterr().err
+    assert main(["distill", "--steps", "-1"]) == 2
+    assert "--steps: must be >= 0" in capsys.readouterr().err
+
+
+def test_zero_steps_over_every_layer_copy_the_teachers_text_tower(
+    tmp_path, data_dir, monkeypatch, untrained_encoder
+):
+    monkeypatch.setattr(common.model.encoder, "create_encoder", lambda *a, **k: untrained_encoder)
+    work = tmp_path / "work"
+    args = [
+        "distill", "--steps", "0", "--layers", "0,1,2,3,4,5", "--ffn", "1536",
+        "--max-train", "50", "--heldout", "20", "--threads", "1",
+        "--set", f"paths.data_dir={data_dir}", "--set", f"paths.work_dir={work}",
+        "--set", "encoder.pretrained=none",
+    ]  # fmt: skip
+    assert main(args) == 0
+    folder = latest_version(work / QUERY_MODEL_DIR)
+    metrics = read_manifest(folder)["metrics"]
+    assert metrics["final_loss"] is None and metrics["top10_overlap_fashion"] == 1.0
+    texts = ["black casual shoes", "Titan Women Gold Watch", "set of 6 tea lights"]
+    np.testing.assert_allclose(
+        load_query_student(folder).encode_text(texts),
+        untrained_encoder.encode_text(texts),
+        atol=1e-5,
+    )

@@ -1,0 +1,280 @@
+"""The query student in ONNX Runtime: float32, or int8 with a scale per token row.
+
+``OnnxQueryStudent`` computes what ``common.model.student_numpy.NumpyQueryStudent`` computes,
+from the same verified version folder, without torch. Its graph is built here from the
+student's config and weights (``onnx.helper``), not exported by torch, so the only file to
+trust is the verified weights file. An untrained copy of all of the teacher's layers
+(``fedsearch distill --steps 0 --layers 0,1,2,3,4,5 --ffn 1536``) is the base encoder's
+text tower itself, so this runtime serves the teacher's query vectors too.
+
+int8 (``with_int8_text``): each linear layer's weights become int8 codes with SmoothQuant
+channel scales (``common.model.int8_codes``), and its input is quantized per token row,
+from that row alone (uint8 codes around 128, ONNX Runtime's u8s8 ``MatMulInteger``), the
+recipe of ``common.model.int8``. ONNX Runtime's own dynamic quantization scales a whole
+batch by its range, so a query's vector would depend on its batch; here it does not (the
+float parts between the products sum in another order in a padded batch: 5e-8). Layer
+norms, softmax and the attention products stay float32.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+from onnx import TensorProto, helper, numpy_helper
+from safetensors.numpy import load_file
+from tokenizers import Tokenizer
+
+from common.model.errors import EncoderError
+from common.model.fusion import l2_normalize
+from common.model.int8_codes import INT8_MAX, TINY, Int8Codes, smoothed_int8_codes
+from common.model.student_files import STUDENT_WEIGHTS_FILE, StudentConfig, read_student_folder
+from common.model.student_numpy import (
+    encode_by_length,
+    load_student_tokenizer,
+    student_token_ids,
+)
+
+log = logging.getLogger(__name__)
+
+OPSET = 17
+LINEARS = ("qkv", "out", "ffn_in", "ffn_out")
+_MASKED = -1e30  # added to a padding token's attention score: its softmax weight is 0
+
+
+class _GraphBuilder:
+    """Nodes and constants of one ONNX graph, each node with a single, generated output."""
+
+    def __init__(self) -> None:
+        self.nodes: list[onnx.NodeProto] = []
+        self.constants: list[onnx.TensorProto] = []
+        self._count = 0
+
+    def const(self, name: str, value: np.ndarray | np.generic) -> str:
+        self.constants.append(numpy_helper.from_array(np.asarray(value), name))
+        return name
+
+    def op(self, op_type: str, *inputs: str, out: str = "", **attributes: Any) -> str:
+        self._count += 1
+        out = out or f"{op_type.lower()}_{self._count}"
+        self.nodes.append(helper.make_node(op_type, list(inputs), [out], **attributes))
+        return out
+
+
+def student_graph(
+    cfg: StudentConfig,
+    weights: dict[str, np.ndarray],
+    *,
+    int8: dict[str, Int8Codes] | None = None,
+    probe: bool = False,
+) -> onnx.ModelProto:
+    """The student's forward pass: ``ids`` (int64) and ``mask`` (float32, 1 for a real
+    token), both (batch, tokens) -> ``pooled`` (batch, width), mean-pooled, not normalized.
+    ``int8``: codes per linear layer name (``blocks.0.qkv``); ``probe``: each linear layer's
+    input is a graph output too, named after the layer (for calibration)."""
+    g = _GraphBuilder()
+    float_weights = _float_constants(weights, skip=set(int8 or ()))
+    inputs = {name: g.const(name, array) for name, array in float_weights.items()}
+    tokens = g.op("Slice", g.op("Shape", "ids"), g.const("one", np.array([1])), g.const(
+        "two", np.array([2])))  # fmt: skip
+    positions = g.op("Slice", inputs["position.weight"], g.const("zero", np.array([0])), tokens,
+                     g.const("axis0", np.array([0])))  # fmt: skip
+    x = g.op("Add", g.op("Gather", inputs["word.weight"], "ids"), positions)
+    x = g.op("Add", x, inputs["token_type"])
+    x = _layer_norm(g, x, inputs, "norm", cfg.layer_norm_eps)
+    masked = g.op("Mul", g.op("Sub", g.const("f_one", np.float32(1)), "mask"),
+                  g.const("masked", np.float32(_MASKED)))  # fmt: skip
+    bias = g.op("Unsqueeze", masked, g.const("axes12", np.array([1, 2])))
+    probes: list[str] = []
+    for i in range(cfg.layers):
+        x = _block(g, x, bias, inputs, f"blocks.{i}", cfg, int8, probes)
+    mask = g.op("Unsqueeze", "mask", g.const("axes2", np.array([2])))
+    total = g.op("ReduceSum", g.op("Mul", x, mask), g.const("axes1", np.array([1])), keepdims=0)
+    count = g.op("ReduceSum", "mask", "axes1", keepdims=1)
+    pooled = g.op("Div", total, g.op("Max", count, "f_one"))
+    g.nodes.append(helper.make_node("Identity", [pooled], ["pooled"]))
+    outputs = ["pooled", *(probes if probe else [])]
+    graph = helper.make_graph(
+        g.nodes,
+        "query_student",
+        [
+            helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "tokens"]),
+            helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["batch", "tokens"]),
+        ],
+        [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in outputs],
+        g.constants,
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+
+
+def _float_constants(weights: dict[str, np.ndarray], skip: set[str]) -> dict[str, np.ndarray]:
+    """Every weight as float32, linear weights transposed for a right-hand product; the
+    weights of the linear layers in ``skip`` left out."""
+    out = {}
+    for name, array in weights.items():
+        if name.removesuffix(".weight") in skip:
+            continue
+        array = np.asarray(array, dtype=np.float32)
+        linear = name.endswith(".weight") and name.split(".")[-2] in LINEARS
+        out[name] = np.ascontiguousarray(array.T) if linear else array
+    return out
+
+
+def _layer_norm(g: _GraphBuilder, x: str, inputs: dict[str, str], name: str, eps: float) -> str:
+    weight, bias = inputs[f"{name}.weight"], inputs[f"{name}.bias"]
+    return g.op("LayerNormalization", x, weight, bias, axis=-1, epsilon=eps)
+
+
+def _block(
+    g: _GraphBuilder,
+    x: str,
+    bias: str,
+    inputs: dict[str, str],
+    prefix: str,
+    cfg: StudentConfig,
+    int8: dict[str, Int8Codes] | None,
+    probes: list[str],
+) -> str:
+    """One post-LayerNorm block, as ``student_numpy._Block``."""
+
+    def linear(h: str, name: str) -> str:
+        layer = f"{prefix}.{name}"
+        probes.append(g.op("Identity", h, out=layer))
+        codes = None if int8 is None else int8.get(layer)
+        if codes is None:
+            return g.op("Add", g.op("MatMul", layer, inputs[f"{layer}.weight"]),
+                        inputs[f"{layer}.bias"])  # fmt: skip
+        return g.op("Add", _int8_product(g, layer, codes), inputs[f"{layer}.bias"])
+
+    head = cfg.width // cfg.heads
+    qkv = g.op("Reshape", linear(x, "qkv"), g.const(f"{prefix}.split_heads", np.array(
+        [0, 0, 3, cfg.heads, head])))  # fmt: skip
+    qkv = g.op("Transpose", qkv, perm=[2, 0, 3, 1, 4])
+    q, k, v = (g.op("Gather", qkv, g.const(f"{prefix}.part{i}", np.array(i))) for i in range(3))
+    scores = g.op("MatMul", q, g.op("Transpose", k, perm=[0, 1, 3, 2]))
+    scores = g.op("Add", g.op("Mul", scores, g.const(f"{prefix}.scale", np.float32(
+        1.0 / math.sqrt(head)))), bias)  # fmt: skip
+    attended = g.op("MatMul", g.op("Softmax", scores, axis=-1), v)
+    attended = g.op("Reshape", g.op("Transpose", attended, perm=[0, 2, 1, 3]), g.const(
+        f"{prefix}.join_heads", np.array([0, 0, cfg.width])))  # fmt: skip
+    x = g.op("Add", x, linear(attended, "out"))
+    x = _layer_norm(g, x, inputs, f"{prefix}.norm1", cfg.layer_norm_eps)
+    hidden = linear(x, "ffn_in")
+    erf = g.op("Erf", g.op("Div", hidden, g.const(f"{prefix}.sqrt2", np.float32(math.sqrt(2)))))
+    hidden = g.op("Mul", g.op("Mul", hidden, g.op("Add", erf, "f_one")), g.const(
+        f"{prefix}.half", np.float32(0.5)))  # fmt: skip
+    x = g.op("Add", x, linear(hidden, "ffn_out"))
+    return _layer_norm(g, x, inputs, f"{prefix}.norm2", cfg.layer_norm_eps)
+
+
+def _int8_product(g: _GraphBuilder, layer: str, codes: Int8Codes) -> str:
+    """``layer``'s input (named ``layer``) times its weights, in int8 with a scale per row."""
+    rows = g.op("Mul", layer, g.const(f"{layer}.inverse_smooth", codes.inverse_smooth))
+    row_max = g.op("ReduceMax", g.op("Abs", rows), axes=[-1], keepdims=1)
+    row_scale = g.op("Div", g.op("Max", row_max, g.const(f"{layer}.tiny", np.float32(TINY))),
+                     g.const(f"{layer}.int8_max", np.float32(INT8_MAX)))  # fmt: skip
+    shifted = g.op("Add", g.op("Round", g.op("Div", rows, row_scale)), g.const(
+        f"{layer}.f128", np.float32(128)))  # fmt: skip
+    quantized = g.op("Cast", shifted, to=TensorProto.UINT8)
+    sums = g.op("MatMulInteger", quantized, g.const(f"{layer}.codes", codes.codes), g.const(
+        f"{layer}.zero_point", np.uint8(128)))  # fmt: skip
+    product = g.op("Mul", g.op("Cast", sums, to=TensorProto.FLOAT), row_scale)
+    return g.op("Mul", product, g.const(f"{layer}.scale", codes.scale))
+
+
+class OnnxQueryStudent:
+    """``encode_text(texts)`` -> L2-normalized float32 vectors, like ``QueryStudent``."""
+
+    runtime = "onnx"
+    precisions: tuple[str, ...] = ("float32", "int8")
+
+    def __init__(
+        self,
+        cfg: StudentConfig,
+        weights: dict[str, np.ndarray],
+        tokenizer: Tokenizer,
+        version: str,
+        *,
+        threads: int = 0,
+    ) -> None:
+        if cfg.width % cfg.heads:
+            raise EncoderError(f"width {cfg.width} is not a multiple of {cfg.heads} heads")
+        self.cfg, self.version, self.threads = cfg, version, threads
+        self._weights, self._tokenizer = weights, tokenizer
+        self.pad_id = tokenizer.token_to_id("[PAD]") or 0
+        self.batch_size = 128
+        self.text_precision = "float32"
+        self._int8: dict[str, Int8Codes] | None = None
+        self._session = self._new_session(student_graph(cfg, weights))
+
+    @property
+    def dim(self) -> int:
+        return self.cfg.width
+
+    @property
+    def size_bytes(self) -> int:
+        """Bytes of the graph's constants (int8 codes count one byte each)."""
+        return sum(numpy_helper.to_array(t).nbytes for t in self._graph().graph.initializer)
+
+    def _graph(self, *, probe: bool = False) -> onnx.ModelProto:
+        return student_graph(self.cfg, self._weights, int8=self._int8, probe=probe)
+
+    def _new_session(self, model: onnx.ModelProto) -> ort.InferenceSession:
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = self.threads
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        return ort.InferenceSession(
+            model.SerializeToString(), options, providers=["CPUExecutionProvider"]
+        )
+
+    def with_int8_text(self, calibration: Sequence[str]) -> OnnxQueryStudent:
+        """A copy whose linear layers run in int8, smoothed by each input channel's largest
+        value over the ``calibration`` texts (each run alone, so no padding counts)."""
+        if not calibration:
+            raise ValueError("int8 needs at least one calibration text")
+        probe = self._new_session(self._graph(probe=True))
+        names = [o.name for o in probe.get_outputs()][1:]
+        largest: dict[str, np.ndarray] = {}
+        for ids in student_token_ids(self._tokenizer, calibration):
+            batch = np.asarray([ids or [self.pad_id]], dtype=np.int64)
+            outputs = probe.run(names, {"ids": batch, "mask": np.ones(batch.shape, np.float32)})
+            for name, x in zip(names, outputs, strict=True):
+                row_max = np.abs(x).reshape(-1, x.shape[-1]).max(axis=0)
+                largest[name] = np.maximum(largest.get(name, row_max), row_max)
+        out = copy.copy(self)
+        out._int8 = {
+            name: smoothed_int8_codes(self._weights[f"{name}.weight"], largest[name])
+            for name in names
+        }
+        out._session = out._new_session(out._graph())
+        out.text_precision = "int8"
+        return out
+
+    def with_bfloat16_text(self) -> OnnxQueryStudent:
+        raise EncoderError("the onnx query runtime computes in float32 or int8, not bfloat16")
+
+    def encode_text(self, texts: Sequence[str]) -> np.ndarray:
+        ids = student_token_ids(self._tokenizer, texts)
+        return encode_by_length(ids, self.pad_id, self.batch_size, self.dim, self._forward)
+
+    def _forward(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        pooled = self._session.run(["pooled"], {"ids": ids, "mask": mask})[0]
+        return l2_normalize(pooled)
+
+
+def load_onnx_student(folder: Path, *, threads: int = 0) -> OnnxQueryStudent:
+    """Verify the folder's files against their manifest sha256, then build the student's
+    graph in ONNX Runtime (``threads``: its intra-op threads, 0 its default)."""
+    cfg, version = read_student_folder(folder)
+    tokenizer = load_student_tokenizer(cfg)
+    weights = load_file(str(folder / STUDENT_WEIGHTS_FILE))
+    log.info("query texts are encoded by the distilled student %s (ONNX Runtime)", version)
+    return OnnxQueryStudent(cfg, weights, tokenizer, version, threads=threads)
