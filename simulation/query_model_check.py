@@ -6,7 +6,8 @@ whole catalog, with the teacher's query vector and with the compressed encoder's
 the same query text (no adapter, no personalization: the "base" figures of a simulation
 report). The compressed encoder is a distilled student (``encoder.query_model``, default the
 latest), or the base encoder itself at ``search.query_precision`` "int8" or "bfloat16" when
-no student is named; a student runs at that precision too ("auto": float32).
+no student is named; a student runs at that precision too ("auto": float32), in torch or in
+``search.query_runtime`` "numpy" or "onnx".
 """
 
 from __future__ import annotations
@@ -14,12 +15,13 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
-from common.config import Config
+from common.config import Config, config_from_dict
 from common.evaluation.protocol import evaluate_searches, metrics_from_sums
 from common.model.encoder import Encoder
 from common.model.precision import TextTower, at_precision
 from common.model.student import load_query_student
 from common.model.student_files import query_model_folder
+from server.search.query_model import query_text_tower
 from simulation.loader import build_base_encoder, load_population
 
 
@@ -28,6 +30,12 @@ def compressed_tower(config: Config, encoder: Encoder) -> TextTower:
     precision = config.search.query_precision
     if not config.encoder.query_model and precision in ("int8", "bfloat16"):
         return at_precision(encoder, precision)
+    if config.search.query_runtime != "torch":
+        pinned = "float32" if precision == "auto" else precision
+        search = {"query_precision": pinned}
+        encoder_section = {"query_model": config.encoder.query_model or "latest"}
+        own = config_from_dict({"search": search, "encoder": encoder_section}, config)
+        return query_text_tower(own, encoder)[0]
     student = load_query_student(
         query_model_folder(config.encoder.query_model or "latest", config.paths.work)
     )

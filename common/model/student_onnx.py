@@ -211,36 +211,30 @@ class OnnxQueryStudent:
         self.pad_id = tokenizer.token_to_id("[PAD]") or 0
         self.batch_size = 128
         self.text_precision = "float32"
-        self._int8: dict[str, Int8Codes] | None = None
-        self._session = self._new_session(student_graph(cfg, weights))
+        self._session, self.size_bytes = self._new_session(student_graph(cfg, weights))
 
     @property
     def dim(self) -> int:
         return self.cfg.width
 
-    @property
-    def size_bytes(self) -> int:
-        """Bytes of the graph's constants (int8 codes count one byte each)."""
-        return sum(numpy_helper.to_array(t).nbytes for t in self._graph().graph.initializer)
-
-    def _graph(self, *, probe: bool = False) -> onnx.ModelProto:
-        return student_graph(self.cfg, self._weights, int8=self._int8, probe=probe)
-
-    def _new_session(self, model: onnx.ModelProto) -> ort.InferenceSession:
+    def _new_session(self, model: onnx.ModelProto) -> tuple[ort.InferenceSession, int]:
+        """A session of ``model`` and the bytes of its constants (int8 codes one each)."""
+        size = sum(numpy_helper.to_array(t).nbytes for t in model.graph.initializer)
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        return ort.InferenceSession(
+        session = ort.InferenceSession(
             model.SerializeToString(), options, providers=["CPUExecutionProvider"]
         )
+        return session, size
 
     def with_int8_text(self, calibration: Sequence[str]) -> OnnxQueryStudent:
         """A copy whose linear layers run in int8, smoothed by each input channel's largest
         value over the ``calibration`` texts (each run alone, so no padding counts)."""
         if not calibration:
             raise ValueError("int8 needs at least one calibration text")
-        probe = self._new_session(self._graph(probe=True))
+        probe, _ = self._new_session(student_graph(self.cfg, self._weights, probe=True))
         names = [o.name for o in probe.get_outputs()][1:]
         largest: dict[str, np.ndarray] = {}
         for ids in student_token_ids(self._tokenizer, calibration):
@@ -249,12 +243,15 @@ class OnnxQueryStudent:
             for name, x in zip(names, outputs, strict=True):
                 row_max = np.abs(x).reshape(-1, x.shape[-1]).max(axis=0)
                 largest[name] = np.maximum(largest.get(name, row_max), row_max)
-        out = copy.copy(self)
-        out._int8 = {
+        int8 = {
             name: smoothed_int8_codes(self._weights[f"{name}.weight"], largest[name])
             for name in names
         }
-        out._session = out._new_session(out._graph())
+        out = copy.copy(self)
+        out._session, out.size_bytes = out._new_session(
+            student_graph(self.cfg, self._weights, int8=int8)
+        )
+        out._weights = {}  # not converted again (``at_precision``): ONNX Runtime holds the rest
         out.text_precision = "int8"
         return out
 

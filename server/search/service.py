@@ -13,6 +13,8 @@ decoding and encoding run off the event loop.
 from __future__ import annotations
 
 import asyncio
+import ctypes
+import gc
 import logging
 import time
 from contextlib import asynccontextmanager
@@ -127,6 +129,22 @@ class SearchService:
         self.catalog.close()
 
 
+def settle_start_up_heap() -> None:
+    """Move every object alive after start-up (models, tokenizers, the catalog's tables) out
+    of the garbage collector's sight: its full collections then walk only what requests
+    created, instead of pausing a request while it walks the start-up heap. Measured with
+    `fedsearch bench-search` (ivf-sq8, ONNX int8, 8 clients, 2026-12-07): p99 18.7 and 19.5
+    ms with it, 26.4 and 25.4 without, in alternating runs. Then hand the heap that building
+    the models freed back to the system (glibc keeps it otherwise: 160 MiB of an ONNX int8
+    query model's 430, measured)."""
+    gc.collect()
+    gc.freeze()
+    try:
+        ctypes.CDLL(None).malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to hand back this way
+        pass
+
+
 def create_app(
     config: Config,
     *,
@@ -150,7 +168,9 @@ def create_app(
     async def lifespan(app: FastAPI):
         if watch_registry:
             service.watcher.start()
+        settle_start_up_heap()
         yield
+        gc.unfreeze()  # collectable again once the service stops (tests start many)
         service.close()
 
     app = FastAPI(

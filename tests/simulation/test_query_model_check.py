@@ -59,3 +59,20 @@ def test_the_base_encoder_in_int8_is_checked_when_no_student_is_named(
     args = ["check-query-model", "--population", "marketplace"]  # the README's, scaled down
     assert main([*args, *(part for s in sets for part in ("--set", s))]) == 0
     assert f"{untrained_encoder.version} (int8)" in capsys.readouterr().out
+
+
+def test_the_teachers_copy_is_checked_in_onnx_int8(
+    tmp_path, fashion_folder, untrained_encoder, monkeypatch
+):
+    monkeypatch.setattr(simulation.loader, "create_encoder", lambda *a, **k: untrained_encoder)
+    exact = student_from_teacher(untrained_encoder.model.text.transformer, range(6), 1536)
+    write_version(tmp_path / "runs" / QUERY_MODEL_DIR, lambda f: save_student(f, exact), {})
+    settings = {"shoppers": 6, "train_searches": 4, "test_searches": 3, "impression_size": 5}
+    search = {"query_runtime": "onnx", "query_precision": "int8"}
+    config = make_config(
+        tmp_path, population=settings, encoder={"pretrained": "none"}, search=search
+    )
+    result = compare_query_models(config, "marketplace", progress=False)
+    assert result["student_version"].startswith("query-student:v0001:")
+    assert result["student_version"].endswith(" (int8)")
+    assert result["ndcg_ratio"] == pytest.approx(1.0, abs=0.1)

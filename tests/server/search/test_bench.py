@@ -28,7 +28,7 @@ def test_bench_search_command_serves_each_kind_and_workload(
 ):
     """`fedsearch bench-search` end to end at toy size (the README's command, scaled down):
     a real service process, both workloads, the CPU split and the recall; then the same
-    with the numpy query runtime, whose service holds far less memory."""
+    with the numpy and the onnx (int8) query runtimes, whose service holds far less memory."""
     import server.search.bench as bench
 
     monkeypatch.setattr(common.model.encoder, "create_encoder", lambda *a, **k: untrained_encoder)
@@ -72,3 +72,12 @@ def test_bench_search_command_serves_each_kind_and_workload(
     assert lean["workloads"]["uniform"]["failed"] == 0
     assert abs(lean["recall_at_10_vs_exact"] - kind["recall_at_10_vs_exact"]) < 0.02
     assert lean["memory"]["rss_mb"] < kind["memory"]["rss_mb"] / 2  # no torch in the service
+
+    onnx = run(
+        "--workloads", "uniform", "--set", "search.query_runtime=onnx",
+        "--set", "search.query_precision=int8",
+    )  # fmt: skip
+    assert "on onnx" in capsys.readouterr().out and onnx["query_runtime"] == "onnx"
+    int8 = onnx["kinds"]["ivf-pq"]
+    assert int8["workloads"]["uniform"]["failed"] == 0 and int8["recall_at_10_vs_exact"] > 0.8
+    assert int8["memory"]["rss_mb"] < kind["memory"]["rss_mb"] / 2  # no torch either

@@ -4,6 +4,9 @@ import common.model.encoder
 from common.cli import main
 from common.config import config_from_dict
 from common.data.fashion import load_fashion_catalog
+from common.model.student import save_student, student_from_teacher
+from common.model.student_files import QUERY_MODEL_DIR
+from common.security.versions import write_version
 from server.search.bench_precision import run_precision_bench
 from server.training.distill_eval import downstream, validation_items
 
@@ -47,3 +50,19 @@ def test_precisions_are_compared_with_float32(config, untrained_encoder, capsys)
 def test_bad_arguments_are_refused():
     assert main(["bench-precision", "--queries", "5", "--timed", "10"]) == 2
     assert main(["bench-precision", "--rounds", "0"]) == 2
+
+
+def test_the_onnx_runtime_is_compared_beside_torch(config, untrained_encoder, capsys):
+    """The README's `bench-precision` with the teacher's copy in ONNX Runtime, scaled down."""
+    exact = student_from_teacher(untrained_encoder.model.text.transformer, range(6), 1536)
+    write_version(config.paths.work / QUERY_MODEL_DIR, lambda f: save_student(f, exact), {})
+    search = {"query_runtime": "onnx"}
+    onnx = config_from_dict({"encoder": {"query_model": "latest"}, "search": search}, config)
+    rows = run_precision_bench(onnx, queries=30, timed=3, rounds=1)["precisions"]
+    assert list(rows) == ["float32", "bfloat16", "int8", "onnx float32", "onnx int8"]
+    assert rows["onnx float32"]["cos_min"] == pytest.approx(1.0, abs=1e-5)
+    assert rows["onnx float32"]["top10_overlap"] == 1.0
+    assert 0.98 < rows["onnx int8"]["cos_mean"] < 1.0
+    assert rows["onnx int8"]["alone_vs_batch_max_abs"] < 1e-6  # a scale per token row
+    assert rows["onnx int8"]["size_mb"] < 0.7 * rows["onnx float32"]["size_mb"]
+    assert "| onnx int8 |" in capsys.readouterr().out

@@ -1,4 +1,5 @@
 import base64
+import gc
 import io
 import json
 import logging
@@ -35,6 +36,15 @@ def test_text_search_returns_results_with_version_and_timing(client):
     assert body["personalized"] is False
     scores = [r["score"] for r in body["results"]]
     assert scores == sorted(scores, reverse=True)
+
+
+def test_start_up_objects_are_frozen_while_serving_and_released_after(make_app):
+    app, _ = make_app()
+    frozen_before = gc.get_freeze_count()
+    with TestClient(app) as c:
+        assert gc.get_freeze_count() > frozen_before  # the models, the catalog, the app
+        assert c.post("/search", json={"text": "black watch"}).status_code == 200
+    assert gc.get_freeze_count() == 0
 
 
 def test_service_scores_match_the_in_process_pipeline(make_app, untrained_encoder, search_vectors):
