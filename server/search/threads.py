@@ -12,8 +12,8 @@ def apply_thread_settings(search: SearchConfig) -> None:
     """Set each library's thread count (``search.torch_threads``, ``faiss_threads``; 0 keeps
     the library's default). Under the numpy query runtime the encoder's threads are those
     of the BLAS libraries, set first (the limit reaches FAISS's OpenMP too, so FAISS's own
-    count is set after it), and torch's only if torch is already loaded (the deferred base
-    encoder sets them when it builds)."""
+    count is set after it); under the onnx one, its session's, set when it is built; torch's
+    only if torch is already loaded (the deferred base encoder sets them when it builds)."""
     threads = search.torch_threads
     if threads > 0 and search.query_runtime == "numpy":
         from threadpoolctl import threadpool_limits

@@ -1,5 +1,7 @@
-"""The NumPy student computes the torch student's vectors from the same verified folder."""
+"""The NumPy student computes the torch student's vectors from the same verified folder; it
+and the ONNX Runtime one refuse a tampered folder and never import torch."""
 
+import importlib
 import subprocess
 import sys
 
@@ -61,7 +63,15 @@ def test_a_query_vector_does_not_depend_on_its_batch(student_folder):
         student.with_int8_text(["x"])
 
 
-def test_a_tampered_student_is_refused(student_folder, tmp_path):
+RUNTIMES = {
+    "numpy": ("common.model.student_numpy", "load_numpy_student"),
+    "onnx": ("common.model.student_onnx", "load_onnx_student"),
+}
+
+
+@pytest.mark.parametrize("runtime", RUNTIMES)
+def test_a_tampered_student_is_refused(runtime, student_folder, tmp_path):
+    module, loader = RUNTIMES[runtime]
     folder = tmp_path / "v0001"
     folder.mkdir()
     for f in student_folder.iterdir():
@@ -70,15 +80,19 @@ def test_a_tampered_student_is_refused(student_folder, tmp_path):
     data[-1] ^= 1
     (folder / STUDENT_WEIGHTS_FILE).write_bytes(bytes(data))
     with pytest.raises(EncoderError, match="sha256"):
-        load_numpy_student(folder)
+        getattr(importlib.import_module(module), loader)(folder)
 
 
-def test_the_numpy_student_loads_and_encodes_without_torch(student_folder):
+@pytest.mark.parametrize(
+    ("runtime", "convert"), [("numpy", ""), ("onnx", ".with_int8_text(['red shoes'])")]
+)
+def test_the_student_loads_and_encodes_without_torch(runtime, convert, student_folder):
+    module, loader = RUNTIMES[runtime]
     script = (
         "import sys\n"
         "from pathlib import Path\n"
-        "from common.model.student_numpy import load_numpy_student\n"
-        f"s = load_numpy_student(Path({str(student_folder)!r}))\n"
+        f"from {module} import {loader}\n"
+        f"s = {loader}(Path({str(student_folder)!r})){convert}\n"
         "v = s.encode_text(['black watch'])\n"
         "print(v.shape, sorted(m for m in ('torch', 'open_clip', 'transformers') "
         "if m in sys.modules))\n"

@@ -102,14 +102,8 @@ print(json.dumps(out))
 def test_a_torch_free_runtime_serves_text_without_torch_and_builds_it_for_photos(
     runtime, tmp_path, untrained_encoder, search_items, search_vectors
 ):
-    work = tmp_path / "work"
-    tower = student_from_teacher(untrained_encoder.model.text.transformer, [0, 5], 256)
-    write_version(work / QUERY_MODEL_DIR, lambda f: save_student(f, tower), {})
-    settings = {
-        "paths": {"work_dir": str(work)},
-        "encoder": {"pretrained": "none", "query_model": "latest"},
-        "search": {"query_cache_size": 0, "query_precision": "float32"},
-    }
+    search = {"query_cache_size": 0, "query_precision": "float32"}
+    settings = _with_a_student(tmp_path, untrained_encoder, search)
     torch_config = config_from_dict(settings)
     create_catalog(torch_config, search_items, search_vectors, untrained_encoder.version).close()
     app = create_app(torch_config, encoder=untrained_encoder, watch_registry=False)
@@ -161,21 +155,22 @@ def test_each_runtime_takes_its_own_precisions(runtime, refused, accepted):
         assert config_from_dict({"search": search}).search.query_precision == precision
 
 
-def test_the_onnx_runtime_in_int8_measures_only_its_own_precisions(tmp_path, untrained_encoder):
+def _with_a_student(tmp_path, untrained_encoder, search: dict) -> dict:
+    """Settings serving a 2-layer student written under ``tmp_path``, with ``search``."""
     work = tmp_path / "work"
     tower = student_from_teacher(untrained_encoder.model.text.transformer, [0, 5], 256)
     write_version(work / QUERY_MODEL_DIR, lambda f: save_student(f, tower), {})
-    settings = {
+    return {
         "paths": {"work_dir": str(work)},
         "encoder": {"pretrained": "none", "query_model": "latest"},
-        "search": {"query_runtime": "onnx"},
+        "search": search,
     }
-    int8, choice = query_text_tower(
-        config_from_dict(
-            {**settings, "search": {"query_runtime": "onnx", "query_precision": "int8"}}
-        ),
-        untrained_encoder,
-    )
+
+
+def test_the_onnx_runtime_in_int8_measures_only_its_own_precisions(tmp_path, untrained_encoder):
+    settings = _with_a_student(tmp_path, untrained_encoder, {"query_runtime": "onnx"})
+    pinned = {**settings, "search": {"query_runtime": "onnx", "query_precision": "int8"}}
+    int8, choice = query_text_tower(config_from_dict(pinned), untrained_encoder)
     assert int8.text_precision == "int8" and choice.reason == "set by configuration"
     auto, choice = query_text_tower(config_from_dict(settings), untrained_encoder)
     assert set(choice.ms_per_query) == {"float32", "int8"}  # no bfloat16 in ONNX Runtime
