@@ -28,14 +28,14 @@ from simulation.loader import build_base_encoder, load_population
 def compressed_tower(config: Config, encoder: Encoder) -> TextTower:
     """The query encoder to compare with the base encoder's float32 one (module doc)."""
     precision = config.search.query_precision
-    if not config.encoder.query_model and precision in ("int8", "bfloat16"):
-        return at_precision(encoder, precision)
-    if config.search.query_runtime != "torch":
+    if config.search.query_runtime != "torch":  # a student, whether named or not
         pinned = "float32" if precision == "auto" else precision
         search = {"query_precision": pinned}
         encoder_section = {"query_model": config.encoder.query_model or "latest"}
         own = config_from_dict({"search": search, "encoder": encoder_section}, config)
         return query_text_tower(own, encoder)[0]
+    if not config.encoder.query_model and precision in ("int8", "bfloat16"):
+        return at_precision(encoder, precision)
     student = load_query_student(
         query_model_folder(config.encoder.query_model or "latest", config.paths.work)
     )
