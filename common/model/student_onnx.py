@@ -61,6 +61,13 @@ class _GraphBuilder:
         self.constants.append(numpy_helper.from_array(np.asarray(value), name))
         return name
 
+    def scalar(self, value: float, dtype: type[np.generic] = np.float32) -> str:
+        """A shared scalar constant."""
+        name = f"{np.dtype(dtype).name}_{value!r}"
+        if not any(c.name == name for c in self.constants):
+            self.const(name, dtype(value))
+        return name
+
     def op(self, op_type: str, *inputs: str, out: str = "", **attributes: Any) -> str:
         self._count += 1
         out = out or f"{op_type.lower()}_{self._count}"
@@ -82,23 +89,21 @@ def student_graph(
     g = _GraphBuilder()
     float_weights = _float_constants(weights, skip=set(int8 or ()))
     inputs = {name: g.const(name, array) for name, array in float_weights.items()}
-    tokens = g.op("Slice", g.op("Shape", "ids"), g.const("one", np.array([1])), g.const(
-        "two", np.array([2])))  # fmt: skip
-    positions = g.op("Slice", inputs["position.weight"], g.const("zero", np.array([0])), tokens,
-                     g.const("axis0", np.array([0])))  # fmt: skip
+    zero, one, two = (g.const(f"i{i}", np.array([i])) for i in range(3))
+    tokens = g.op("Slice", g.op("Shape", "ids"), one, two)
+    positions = g.op("Slice", inputs["position.weight"], zero, tokens, zero)  # rows 0..tokens
     x = g.op("Add", g.op("Gather", inputs["word.weight"], "ids"), positions)
     x = g.op("Add", x, inputs["token_type"])
     x = _layer_norm(g, x, inputs, "norm", cfg.layer_norm_eps)
-    masked = g.op("Mul", g.op("Sub", g.const("f_one", np.float32(1)), "mask"),
-                  g.const("masked", np.float32(_MASKED)))  # fmt: skip
+    masked = g.op("Mul", g.op("Sub", g.scalar(1.0), "mask"), g.scalar(_MASKED))
     bias = g.op("Unsqueeze", masked, g.const("axes12", np.array([1, 2])))
     probes: list[str] = []
     for i in range(cfg.layers):
         x = _block(g, x, bias, inputs, f"blocks.{i}", cfg, int8, probes)
     mask = g.op("Unsqueeze", "mask", g.const("axes2", np.array([2])))
-    total = g.op("ReduceSum", g.op("Mul", x, mask), g.const("axes1", np.array([1])), keepdims=0)
-    count = g.op("ReduceSum", "mask", "axes1", keepdims=1)
-    pooled = g.op("Div", total, g.op("Max", count, "f_one"))
+    total = g.op("ReduceSum", g.op("Mul", x, mask), one, keepdims=0)
+    count = g.op("ReduceSum", "mask", one, keepdims=1)
+    pooled = g.op("Div", total, g.op("Max", count, g.scalar(1.0)))
     g.nodes.append(helper.make_node("Identity", [pooled], ["pooled"]))
     outputs = ["pooled", *(probes if probe else [])]
     graph = helper.make_graph(
@@ -148,28 +153,28 @@ def _block(
         layer = f"{prefix}.{name}"
         probes.append(g.op("Identity", h, out=layer))
         codes = None if int8 is None else int8.get(layer)
-        if codes is None:
-            return g.op("Add", g.op("MatMul", layer, inputs[f"{layer}.weight"]),
-                        inputs[f"{layer}.bias"])  # fmt: skip
-        return g.op("Add", _int8_product(g, layer, codes), inputs[f"{layer}.bias"])
+        product = (
+            g.op("MatMul", layer, inputs[f"{layer}.weight"])
+            if codes is None
+            else _int8_product(g, layer, codes)
+        )
+        return g.op("Add", product, inputs[f"{layer}.bias"])
 
     head = cfg.width // cfg.heads
-    qkv = g.op("Reshape", linear(x, "qkv"), g.const(f"{prefix}.split_heads", np.array(
-        [0, 0, 3, cfg.heads, head])))  # fmt: skip
+    split_heads = g.const(f"{prefix}.split_heads", np.array([0, 0, 3, cfg.heads, head]))
+    qkv = g.op("Reshape", linear(x, "qkv"), split_heads)  # (batch, tokens, 3, heads, head)
     qkv = g.op("Transpose", qkv, perm=[2, 0, 3, 1, 4])
     q, k, v = (g.op("Gather", qkv, g.const(f"{prefix}.part{i}", np.array(i))) for i in range(3))
     scores = g.op("MatMul", q, g.op("Transpose", k, perm=[0, 1, 3, 2]))
-    scores = g.op("Add", g.op("Mul", scores, g.const(f"{prefix}.scale", np.float32(
-        1.0 / math.sqrt(head)))), bias)  # fmt: skip
+    scores = g.op("Add", g.op("Mul", scores, g.scalar(1.0 / math.sqrt(head))), bias)
     attended = g.op("MatMul", g.op("Softmax", scores, axis=-1), v)
-    attended = g.op("Reshape", g.op("Transpose", attended, perm=[0, 2, 1, 3]), g.const(
-        f"{prefix}.join_heads", np.array([0, 0, cfg.width])))  # fmt: skip
+    join_heads = g.const(f"{prefix}.join_heads", np.array([0, 0, cfg.width]))
+    attended = g.op("Reshape", g.op("Transpose", attended, perm=[0, 2, 1, 3]), join_heads)
     x = g.op("Add", x, linear(attended, "out"))
     x = _layer_norm(g, x, inputs, f"{prefix}.norm1", cfg.layer_norm_eps)
-    hidden = linear(x, "ffn_in")
-    erf = g.op("Erf", g.op("Div", hidden, g.const(f"{prefix}.sqrt2", np.float32(math.sqrt(2)))))
-    hidden = g.op("Mul", g.op("Mul", hidden, g.op("Add", erf, "f_one")), g.const(
-        f"{prefix}.half", np.float32(0.5)))  # fmt: skip
+    hidden = linear(x, "ffn_in")  # then exact GELU: x * (1 + erf(x / sqrt 2)) / 2
+    erf = g.op("Erf", g.op("Div", hidden, g.scalar(math.sqrt(2))))
+    hidden = g.op("Mul", g.op("Mul", hidden, g.op("Add", erf, g.scalar(1.0))), g.scalar(0.5))
     x = g.op("Add", x, linear(hidden, "ffn_out"))
     return _layer_norm(g, x, inputs, f"{prefix}.norm2", cfg.layer_norm_eps)
 
@@ -178,13 +183,12 @@ def _int8_product(g: _GraphBuilder, layer: str, codes: Int8Codes) -> str:
     """``layer``'s input (named ``layer``) times its weights, in int8 with a scale per row."""
     rows = g.op("Mul", layer, g.const(f"{layer}.inverse_smooth", codes.inverse_smooth))
     row_max = g.op("ReduceMax", g.op("Abs", rows), axes=[-1], keepdims=1)
-    row_scale = g.op("Div", g.op("Max", row_max, g.const(f"{layer}.tiny", np.float32(TINY))),
-                     g.const(f"{layer}.int8_max", np.float32(INT8_MAX)))  # fmt: skip
-    shifted = g.op("Add", g.op("Round", g.op("Div", rows, row_scale)), g.const(
-        f"{layer}.f128", np.float32(128)))  # fmt: skip
-    quantized = g.op("Cast", shifted, to=TensorProto.UINT8)
-    sums = g.op("MatMulInteger", quantized, g.const(f"{layer}.codes", codes.codes), g.const(
-        f"{layer}.zero_point", np.uint8(128)))  # fmt: skip
+    row_max = g.op("Max", row_max, g.scalar(TINY))
+    row_scale = g.op("Div", row_max, g.scalar(float(INT8_MAX)))
+    shifted = g.op("Add", g.op("Round", g.op("Div", rows, row_scale)), g.scalar(128.0))
+    quantized = g.op("Cast", shifted, to=TensorProto.UINT8)  # int8 codes + 128, as uint8
+    weights = g.const(f"{layer}.codes", codes.codes)
+    sums = g.op("MatMulInteger", quantized, weights, g.scalar(128, np.uint8))
     product = g.op("Mul", g.op("Cast", sums, to=TensorProto.FLOAT), row_scale)
     return g.op("Mul", product, g.const(f"{layer}.scale", codes.scale))
 
