@@ -236,6 +236,8 @@ class OnnxQueryStudent:
     def with_int8_text(self, calibration: Sequence[str]) -> OnnxQueryStudent:
         """A copy whose linear layers run in int8, smoothed by each input channel's largest
         value over the ``calibration`` texts (each run alone, so no padding counts)."""
+        if self.text_precision != "float32":
+            raise EncoderError(f"a {self.text_precision} student cannot be converted again")
         if not calibration:
             raise ValueError("int8 needs at least one calibration text")
         probe, _ = self._new_session(student_graph(self.cfg, self._weights, probe=True))

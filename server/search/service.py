@@ -141,7 +141,7 @@ def settle_start_up_heap() -> None:
     gc.freeze()
     try:
         ctypes.CDLL(None).malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to hand back this way
+    except (OSError, AttributeError, TypeError):  # not glibc: nothing to hand back this way
         pass
 
 

@@ -42,6 +42,8 @@ def test_int8_is_close_to_float32_smaller_and_independent_of_its_batch(student_f
     assert np.abs(float32 - batch).max() > 1e-4  # quantized, not the float32 graph
     for i, text in enumerate(TEXTS):
         np.testing.assert_allclose(int8.encode_text([text])[0], batch[i], atol=1e-6)
+    with pytest.raises(EncoderError, match="cannot be converted again"):
+        int8.with_int8_text(CALIBRATION_QUERIES)
     # the linear weights (3 layers x 4) are one byte each, the embeddings stay float32
     linear = sum(student._weights[k].size for k in student._weights if ".ffn" in k or "qkv" in k)
     assert student.size_bytes - int8.size_bytes > 2.5 * linear
