@@ -264,8 +264,11 @@ class OnnxQueryStudent:
     def with_bfloat16_text(self) -> OnnxQueryStudent:
         raise EncoderError("the onnx query runtime computes in float32 or int8, not bfloat16")
 
+    def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+        return student_token_ids(self._tokenizer, texts)
+
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
-        ids = student_token_ids(self._tokenizer, texts)
+        ids = self.token_ids(texts)
         return encode_by_length(ids, self.pad_id, self.batch_size, self.dim, self._forward)
 
     def _forward(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:

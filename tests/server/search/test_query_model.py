@@ -16,6 +16,8 @@ from common.model.student_files import QUERY_MODEL_DIR
 from common.security.versions import write_version
 from server.search.catalog_build import create_catalog
 from server.search.model_state import ModelState
+from server.search.query_cache import QueryVectorCache
+from server.search.query_encoder import QueryEncoder
 from server.search.query_model import query_text_tower
 from server.search.service import create_app
 from tests.server.search.test_service import scrape
@@ -175,3 +177,8 @@ def test_the_onnx_runtime_in_int8_measures_only_its_own_precisions(tmp_path, unt
     auto, choice = query_text_tower(config_from_dict(settings), untrained_encoder)
     assert set(choice.ms_per_query) == {"float32", "int8"}  # no bfloat16 in ONNX Runtime
     assert auto.text_precision == choice.precision and auto.runtime == "onnx"
+    encoder = QueryEncoder(int8, untrained_encoder, cache=QueryVectorCache(4))
+    try:  # MiniLM's tokens ignore case, so the cache does too
+        assert encoder.cache_key("Black  SHOES") == encoder.cache_key("black shoes")
+    finally:
+        encoder.close()
