@@ -285,8 +285,9 @@ class OnnxQueryStudent:
 
 
 def load_onnx_student(folder: Path, *, threads: int = 0) -> OnnxQueryStudent:
-    """Verify the folder's files against their manifest sha256, then build the student's
-    graph in ONNX Runtime (``threads``: its intra-op threads, 0 its default)."""
+    """Verify the folder's files against their manifest sha256, then load the student (its
+    ONNX Runtime session is built when it first encodes or converts; ``threads``: the
+    session's intra-op threads, 0 its default)."""
     cfg, version = read_student_folder(folder)
     tokenizer = load_student_tokenizer(cfg)
     weights = load_file(str(folder / STUDENT_WEIGHTS_FILE))
