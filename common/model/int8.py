@@ -26,8 +26,7 @@ from typing import cast
 import torch
 from torch import nn
 
-from common.model.int8_codes import INT8_MAX, SMOOTHING
-from common.model.int8_codes import TINY as _TINY
+from common.model.int8_codes import INT8_MAX, SMOOTHING, TINY
 from common.model.linear_layers import linear_layer_names, swap_layer
 
 ZERO_POINT = 128  # symmetric int8 codes, shifted into oneDNN's uint8 inputs
@@ -72,9 +71,9 @@ class Int8Linear(nn.Module):
         weight = linear.weight.detach().float()
         smooth = torch.ones(linear.in_features)
         if smoothing is not None:
-            x_max = torch.maximum(low.abs(), high.abs()).clamp(min=_TINY)
-            w_max = weight.abs().amax(dim=0).clamp(min=_TINY)
-            smooth = (x_max**smoothing / w_max ** (1 - smoothing)).clamp(min=_TINY)
+            x_max = torch.maximum(low.abs(), high.abs()).clamp(min=TINY)
+            w_max = weight.abs().amax(dim=0).clamp(min=TINY)
+            smooth = (x_max**smoothing / w_max ** (1 - smoothing)).clamp(min=TINY)
         weight = weight * smooth[None, :]
         scale = weight.abs().amax(dim=1).clamp(min=torch.finfo(torch.float32).tiny) / INT8_MAX
         codes = torch.round(weight / scale[:, None]).clamp(-INT8_MAX, INT8_MAX).to(torch.int8)
@@ -89,7 +88,7 @@ class Int8Linear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         inverse_smooth = cast(torch.Tensor, self.inverse_smooth)
         rows = x.reshape(-1, self.in_features).float() * inverse_smooth
-        row_scale = rows.abs().amax(dim=1, keepdim=True).clamp(min=_TINY) / INT8_MAX
+        row_scale = rows.abs().amax(dim=1, keepdim=True).clamp(min=TINY) / INT8_MAX
         codes = (torch.round(rows / row_scale) + ZERO_POINT).to(torch.uint8).contiguous()
         out: torch.Tensor = torch.ops.onednn.qlinear_pointwise(
             codes, 1.0, ZERO_POINT, self.packed, self.scale, self.zeros, None,

@@ -6,6 +6,7 @@ precision (``search.query_precision``, "auto" measured at start-up), and the que
 from __future__ import annotations
 
 import logging
+from pathlib import Path
 from typing import Any
 
 from common.config import Config
@@ -27,8 +28,7 @@ def query_text_tower(config: Config, encoder: BaseEncoder) -> tuple[TextTower, P
     if config.search.query_runtime == "onnx":
         from common.model.student_onnx import load_onnx_student
 
-        folder = query_model_folder(_required_student(config), config.paths.work)
-        tower = load_onnx_student(folder, threads=config.search.torch_threads)
+        tower = load_onnx_student(_student_folder(config), threads=config.search.torch_threads)
         _check_dim(tower, encoder.dim)
     elif config.encoder.query_model:
         from common.model.student import load_query_student
@@ -47,14 +47,15 @@ def query_text_tower(config: Config, encoder: BaseEncoder) -> tuple[TextTower, P
 def _numpy_student(config: Config, dim: int) -> tuple[TextTower, PrecisionChoice]:
     from common.model.student_numpy import load_numpy_student
 
-    student = load_numpy_student(query_model_folder(_required_student(config), config.paths.work))
+    student = load_numpy_student(_student_folder(config))
     _check_dim(student, dim)
     choice = PrecisionChoice("float32", "the numpy query runtime computes in float32")
     log.info("query texts: %s in NumPy, float32", student.version)
     return student, choice
 
 
-def _required_student(config: Config) -> str:
+def _student_folder(config: Config) -> Path:
+    """The student's version folder, which the numpy and onnx runtimes require."""
     runtime = config.search.query_runtime
     if not config.encoder.query_model:
         raise EncoderError(
@@ -63,7 +64,7 @@ def _required_student(config: Config) -> str:
             "`fedsearch distill --steps 0 --layers 0,1,2,3,4,5 --ffn 1536` copies the base "
             "encoder's own text tower)"
         )
-    return config.encoder.query_model
+    return query_model_folder(config.encoder.query_model, config.paths.work)
 
 
 def _check_dim(student: Any, dim: int) -> None:
