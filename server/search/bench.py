@@ -30,6 +30,7 @@ from typing import Any, cast
 
 import numpy as np
 
+from common.cli import UsageError
 from common.config import Config, config_from_dict
 from common.model.encoder import Encoder
 from common.model.precision import TextTower
@@ -155,7 +156,11 @@ def run_search_bench(
     needed = TUNING_QUERIES + WARMUP_REQUESTS + requests + SEQUENTIAL_REQUESTS + 100
     texts = catalog_text_queries(real_items, 1_000_000)
     if len(texts) < needed:
-        raise ValueError(f"the catalog gives {len(texts)} distinct queries, {needed} needed")
+        most = len(texts) - (needed - requests)
+        raise UsageError(
+            f"--requests {requests}: the catalog gives {len(texts):,} distinct queries, "
+            f"enough for at most {max(most, 0):,} requests per workload"
+        )
     tuning, load = texts[:TUNING_QUERIES], texts[TUNING_QUERIES:]
     vectors = perturbed_copies(real_vectors, items)
     rows = np.arange(items, dtype=np.int64)

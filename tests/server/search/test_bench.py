@@ -81,3 +81,17 @@ def test_bench_search_command_serves_each_kind_and_workload(
     int8 = onnx["kinds"]["ivf-pq"]
     assert int8["workloads"]["uniform"]["failed"] == 0 and int8["recall_at_10_vs_exact"] > 0.8
     assert int8["memory"]["rss_mb"] < kind["memory"]["rss_mb"] / 2  # no torch either
+
+
+def test_bench_search_with_more_requests_than_distinct_queries_names_the_flag(
+    tmp_path, small_catalog, monkeypatch, untrained_encoder, capsys
+):
+    monkeypatch.setattr(common.model.encoder, "create_encoder", lambda *a, **k: untrained_encoder)
+    args = [
+        "bench-search", "--requests", "1000000", "--kinds", "ivf",
+        "--set", f"paths.data_dir={small_catalog.parent}",
+        "--set", f"paths.work_dir={tmp_path}", "--set", "encoder.pretrained=none",
+    ]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "error: --requests 1000000: the catalog gives" in err and "Traceback" not in err
