@@ -74,7 +74,7 @@ def print_results(results: dict[str, Any]) -> None:
 def target_checks(
     items: int, kind: dict[str, Any], workload: dict[str, Any]
 ) -> list[tuple[str, bool, str]]:
-    """Each of issue 14's targets that applies to this catalog size, as (name, met, value):
+    """Each speed target (README, "Speed and memory") for this catalog size, as (name, met, value):
     at 100k items latency, throughput and CPU per query; from 1M items a looser p99 and the
     serving process's memory (its resident set while serving, and its peak)."""
     t = TARGETS_1M if items >= 1_000_000 else TARGETS
