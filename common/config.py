@@ -181,9 +181,10 @@ class SearchConfig(Section):
     (the lower bound of their mean recall: a small or lucky sample cannot pass). Its kind
     ("auto" for ``fedsearch index --kind``) is the most exact whose vectors fit
     ``index_memory_mb``: IVF with float32, float16 or 8-bit scalar codes, else IVF-PQ with
-    ``pq_bytes`` bytes per vector whose top ``refine_factor * k`` candidates are re-scored on
-    the full vectors. ``store_dir`` "": ``<work_dir>/search``. ``public_key`` "": registry
-    versions are checked against their manifest's sha256, without a signature.
+    ``pq_bytes`` bytes per vector (0: one per four dimensions) whose top ``refine_factor * k``
+    candidates are re-scored on the full vectors. ``store_dir`` "": ``<work_dir>/search``.
+    ``public_key`` "": registry versions are checked against their manifest's sha256,
+    without a signature.
     ``query_precision``: the query text tower's ("auto": the fastest precision of its runtime
     whose vectors agree with float32's, measured at start-up); items are always in float32.
     ``query_runtime``: "torch", "numpy" (float32) or "onnx" (float32, int8); the last two
@@ -237,8 +238,8 @@ class SearchConfig(Section):
     query_precision: TextPrecision = "auto"
     query_runtime: QueryRuntime = "torch"
     query_cache_size: int = Field(default=10000, ge=0, description="0 = no cache")
-    index_memory_mb: float = Field(default=512.0, gt=0)
-    pq_bytes: int = Field(default=48, ge=1)
+    index_memory_mb: float = Field(default=256.0, gt=0)
+    pq_bytes: int = Field(default=0, ge=0, description="0 = a byte per 4 dimensions")
     refine_factor: int = Field(default=10, ge=1)
     torch_threads: int = Field(default=1, ge=0, description="0 = default")
     faiss_threads: int = Field(default=1, ge=0, description="0 = default")

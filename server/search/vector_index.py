@@ -30,6 +30,7 @@ from server.search.index_kinds import (
     REFINED_KINDS,
     IndexOptions,
     choose_kind,
+    product_code_bytes,
     train_ann,
 )
 
@@ -159,8 +160,8 @@ class VectorIndex:
         vectors, keys = _as_vectors(vectors), _as_keys(keys)
         if len(vectors) != len(keys):
             raise ValueError(f"{len(vectors)} vectors but {len(keys)} keys")
-        o = options
         dim = int(vectors.shape[1])
+        o = dataclasses.replace(options, pq_bytes=product_code_bytes(dim, options.pq_bytes))
         kind = o.kind
         if kind == "auto":
             kind = choose_kind(  # type: ignore[assignment]

@@ -4,7 +4,14 @@ import faiss
 import numpy as np
 import pytest
 
-from server.search.index_kinds import ANN_KINDS, IndexOptions, choose_kind, code_bytes
+from server.search.index_kinds import (
+    ANN_KINDS,
+    DEFAULT_INDEX_OPTIONS,
+    IndexOptions,
+    choose_kind,
+    code_bytes,
+    product_code_bytes,
+)
 from server.search.vector_index import VectorIndex, ann_recall_at_k, exact_top_k
 from tests.server.search.test_vector_index import clustered
 
@@ -21,6 +28,16 @@ def test_the_most_exact_kind_that_fits_the_budget_is_chosen(caplog):
         assert choose_kind(10_000_000, 384, memory_mb=100, **kw) == "ivf-pq"
     assert "over search.index_memory_mb" in caplog.text
     assert [code_bytes(k, 384, 48) for k in ANN_KINDS] == [1544, 776, 392, 56]
+
+
+def test_product_codes_default_to_a_byte_per_four_dimensions_and_a_million_items_get_them():
+    assert [product_code_bytes(d, 0) for d in (384, 512, 64, 30, 3)] == [96, 128, 16, 6, 1]
+    assert product_code_bytes(384, 48) == 48
+    o = DEFAULT_INDEX_OPTIONS
+    kw = {"exact_max_items": o.exact_max_items, "memory_mb": o.memory_mb, "pq_bytes": o.pq_bytes}
+    assert choose_kind(1_000_000, 384, **kw) == "ivf-pq"  # ivf-sq8's 392 MB: over 1 GB at peak
+    assert choose_kind(500_000, 384, **kw) == "ivf-sq8"
+    assert code_bytes("ivf-pq", 384, o.pq_bytes) == 104
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -122,3 +139,11 @@ def test_a_gpu_that_refuses_the_index_falls_back_to_the_cpu(data, monkeypatch, c
         got = index.search(q[:3], 10)
     np.testing.assert_array_equal(got[1], expected[1])
     assert index.backend == "faiss-cpu" and "stays on the CPU" in caplog.text
+
+
+def test_an_ivf_pq_index_with_default_codes_stores_the_bytes_it_used(data):
+    x, keys, q = data
+    index = VectorIndex.build(
+        x, keys, encoder_version="e", options=IndexOptions(kind="ivf-pq", recall_queries=50)
+    )
+    assert index.info.pq_bytes == 16 and index.index.pq.M == 16  # 64 dimensions / 4
