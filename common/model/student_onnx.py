@@ -85,10 +85,15 @@ def student_graph(
     """The student's forward pass: ``ids`` (int64) and ``mask`` (float32, 1 for a real
     token), both (batch, tokens) -> ``pooled`` (batch, width), mean-pooled, not normalized.
     ``int8``: codes per linear layer name (``blocks.0.qkv``); ``probe``: each linear layer's
-    input is a graph output too, named after the layer (for calibration)."""
+    input is a graph output too, named after the layer, and the float weights are graph
+    inputs (``probe_feed``) fed at each run, so that a calibration session holds no copy
+    of them."""
     g = _GraphBuilder()
     float_weights = _float_constants(weights, skip=set(int8 or ()))
-    inputs = {name: g.const(name, array) for name, array in float_weights.items()}
+    if probe:
+        inputs = {name: name for name in float_weights}
+    else:
+        inputs = {name: g.const(name, array) for name, array in float_weights.items()}
     zero, one, two = (g.const(f"i{i}", np.array([i])) for i in range(3))
     tokens = g.op("Slice", g.op("Shape", "ids"), one, two)
     positions = g.op("Slice", inputs["position.weight"], zero, tokens, zero)  # rows 0..tokens
@@ -112,11 +117,20 @@ def student_graph(
         [
             helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "tokens"]),
             helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["batch", "tokens"]),
+            *(
+                helper.make_tensor_value_info(name, TensorProto.FLOAT, array.shape)
+                for name, array in (float_weights.items() if probe else ())
+            ),
         ],
         [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in outputs],
         g.constants,
     )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", OPSET)])
+
+
+def probe_feed(weights: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The weights that a ``probe`` graph takes as inputs."""
+    return _float_constants(weights, skip=set())
 
 
 def _float_constants(weights: dict[str, np.ndarray], skip: set[str]) -> dict[str, np.ndarray]:
@@ -238,10 +252,12 @@ class OnnxQueryStudent:
             student_graph(self.cfg, self._weights, probe=True).SerializeToString()
         )
         names = [o.name for o in probe.get_outputs()][1:]
+        feed = probe_feed(self._weights)
         largest: dict[str, np.ndarray] = {}
         for ids in student_token_ids(self._tokenizer, calibration):
             batch = np.asarray([ids or [self.pad_id]], dtype=np.int64)
-            outputs = probe.run(names, {"ids": batch, "mask": np.ones(batch.shape, np.float32)})
+            feed |= {"ids": batch, "mask": np.ones(batch.shape, np.float32)}
+            outputs = probe.run(names, feed)
             for name, x in zip(names, outputs, strict=True):
                 row_max = np.abs(x).reshape(-1, x.shape[-1]).max(axis=0)
                 largest[name] = np.maximum(largest.get(name, row_max), row_max)
