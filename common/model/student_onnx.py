@@ -89,10 +89,10 @@ def student_graph(
     inputs (``probe_feed``) fed at each run, so that a calibration session holds no copy
     of them."""
     g = _GraphBuilder()
-    float_weights = _float_constants(weights, skip=set(int8 or ()))
-    if probe:
-        inputs = {name: name for name in float_weights}
+    if probe:  # named only: ``probe_feed`` makes the arrays once, for the runs
+        inputs = {name: name for name in weights}
     else:
+        float_weights = _float_constants(weights, skip=set(int8 or ()))
         inputs = {name: g.const(name, array) for name, array in float_weights.items()}
     zero, one, two = (g.const(f"i{i}", np.array([i])) for i in range(3))
     tokens = g.op("Slice", g.op("Shape", "ids"), one, two)
@@ -118,8 +118,8 @@ def student_graph(
             helper.make_tensor_value_info("ids", TensorProto.INT64, ["batch", "tokens"]),
             helper.make_tensor_value_info("mask", TensorProto.FLOAT, ["batch", "tokens"]),
             *(
-                helper.make_tensor_value_info(name, TensorProto.FLOAT, array.shape)
-                for name, array in (float_weights.items() if probe else ())
+                helper.make_tensor_value_info(name, TensorProto.FLOAT, None)
+                for name in (weights if probe else ())
             ),
         ],
         [helper.make_tensor_value_info(name, TensorProto.FLOAT, None) for name in outputs],

@@ -78,9 +78,11 @@ def perturbed_copies(vectors: np.ndarray, total: int, seed: int = 0) -> np.ndarr
     return out
 
 
-def _catalog_vectors(config: Config, encoder: Encoder) -> tuple[list[Item], np.ndarray]:
-    """The real catalog and its item vectors (from the served store when it matches)."""
-    items = fashion_items(config)
+def _catalog_vectors(
+    config: Config, encoder: Encoder, items: list[Item]
+) -> tuple[list[Item], np.ndarray]:
+    """The real catalog's ``items`` and their vectors (from the served store when it
+    matches, in its order)."""
     try:
         store = open_catalog(config)
     except (FileNotFoundError, CatalogStoreError):
@@ -149,18 +151,19 @@ def run_search_bench(
 ) -> dict[str, Any]:
     """Run the benchmark; print the table and return (and optionally write) the figures."""
     logging.getLogger("httpx").setLevel(logging.WARNING)
-    apply_thread_settings(config.search)
-    encoder = encoder_from_config(config)
-    tower, choice = query_text_tower(config, encoder)  # as the service will encode queries
-    real_items, real_vectors = _catalog_vectors(config, encoder)
+    fashion = fashion_items(config)
     needed = TUNING_QUERIES + WARMUP_REQUESTS + requests + SEQUENTIAL_REQUESTS + 100
-    texts = catalog_text_queries(real_items, 1_000_000)
-    if len(texts) < needed:
+    texts = catalog_text_queries(fashion, 1_000_000)  # sorted, then shuffled: order-free
+    if len(texts) < needed:  # before any model is loaded or item encoded
         most = len(texts) - (needed - requests)
         raise UsageError(
             f"--requests {requests}: the catalog gives {len(texts):,} distinct queries, "
             f"enough for at most {max(most, 0):,} requests per workload"
         )
+    apply_thread_settings(config.search)
+    encoder = encoder_from_config(config)
+    tower, choice = query_text_tower(config, encoder)  # as the service will encode queries
+    real_items, real_vectors = _catalog_vectors(config, encoder, fashion)
     tuning, load = texts[:TUNING_QUERIES], texts[TUNING_QUERIES:]
     vectors = perturbed_copies(real_vectors, items)
     rows = np.arange(items, dtype=np.int64)

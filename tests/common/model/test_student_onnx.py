@@ -51,7 +51,7 @@ def test_int8_is_close_to_float32_smaller_and_independent_of_its_batch(student_f
 
 
 def test_the_calibration_graph_is_fed_its_weights_instead_of_holding_a_copy(student_folder):
-    """Its session held a second copy of every weight: start-up peaked 244 MB higher."""
+    """Its session held a second copy of every weight: start-up peaked 244 MiB higher."""
     student = load_onnx_student(student_folder, threads=1)
     graph = student_graph(student.cfg, student._weights, probe=True)
     held = {t.name for t in graph.graph.initializer}
